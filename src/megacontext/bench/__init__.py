@@ -1,0 +1,94 @@
+"""Benchmark suites and the result contract of DESIGN §9.
+
+A suite is a module exposing ``run(quick: bool, progress: Progress) -> list[Result]``; it is
+registered in :data:`SUITES` by module path so that running one suite imports only what it needs.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from megacontext.errors import InvalidInputError
+
+SUITES: dict[str, str] = {
+    "core": "megacontext.bench.core",
+}
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Result:
+    """One measured number. ``baseline`` and ``ratio`` come from the same run (DESIGN §9)."""
+
+    name: str
+    value: float
+    unit: str
+    baseline_name: str | None = None
+    baseline_value: float | None = None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.baseline_value is None or self.baseline_value == 0:
+            return None
+        return self.value / self.baseline_value
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "value": self.value, "unit": self.unit}
+        if self.baseline_name is not None and self.baseline_value is not None:
+            out["baseline"] = {"name": self.baseline_name, "value": self.baseline_value}
+            out["ratio"] = self.ratio
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+def median(samples: Iterable[float]) -> float:
+    return float(statistics.median(list(samples)))
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+def run_suite(name: str, quick: bool, progress: Progress | None = None) -> dict[str, Any]:
+    """Run one registered suite and return the JSON document of DESIGN §9."""
+    import importlib
+
+    if name not in SUITES:
+        known = ", ".join(sorted(SUITES))
+        raise InvalidInputError(f"unknown benchmark suite {name!r}; known suites: {known}")
+    module = importlib.import_module(SUITES[name])
+    results: list[Result] = module.run(quick=quick, progress=progress or (lambda _msg: None))
+    return {
+        "suite": name,
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine_description(),
+        "command": " ".join(["megacontext", *sys.argv[1:]]) if sys.argv else f"megacontext bench {name}",
+        "quick": quick,
+        "results": [r.to_json() for r in results],
+    }
+
+
+def write_json(document: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")

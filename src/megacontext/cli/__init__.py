@@ -1,0 +1,88 @@
+"""The ``megacontext`` command line (Typer).
+
+Each command group lives in its own module under ``megacontext.cli`` and is registered here. Heavy
+imports happen inside commands so that ``megacontext --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from megacontext._version import __version__
+from megacontext.errors import MegaContextError
+
+app = typer.Typer(
+    name="megacontext",
+    help=(
+        "MegaContext: effectively unbounded memory for language models at constant compute.\n\n"
+        "Everything a model has seen lives in the MegaContext tree (tokens, then gists of every "
+        "32 tokens, gists of 32 gists, ...). The model only ever sees a fixed-size working context "
+        "that covers the whole history at mixed detail, refocused as it reads."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@app.command()
+def version() -> None:
+    """Print the installed MegaContext version."""
+    console.print(f"megacontext {__version__}")
+
+
+@app.command()
+def bench(
+    suite: Annotated[str, typer.Argument(help="Suite to run, e.g. 'core'.")],
+    quick: Annotated[bool, typer.Option("--quick", help="Smaller sizes; finishes in seconds to minutes.")] = False,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results as JSON (DESIGN §9) to this path.")
+    ] = None,
+) -> None:
+    """Run a benchmark suite, print a table, and optionally write JSON.
+
+    Ratios are always measured against a baseline in the same run, so they survive noisy machines
+    better than absolute numbers. Record notable runs in BENCHMARKS.md.
+
+    Example: megacontext bench core --quick --json results/core.json
+    """
+    from megacontext.bench import SUITES, run_suite, write_json
+
+    if suite not in SUITES:
+        raise typer.BadParameter(f"unknown suite {suite!r}; choose one of: {', '.join(sorted(SUITES))}")
+    with console.status(f"running benchmark suite '{suite}'") as status:
+        document = run_suite(suite, quick=quick, progress=lambda msg: status.update(f"[{suite}] {msg}"))
+    table = Table(title=f"megacontext bench {suite}{' --quick' if quick else ''}")
+    for column in ("result", "value", "unit", "baseline", "ratio"):
+        table.add_column(column, justify="left" if column in ("result", "unit", "baseline") else "right")
+    for row in document["results"]:
+        baseline = row.get("baseline")
+        table.add_row(
+            row["name"],
+            f"{row['value']:.6g}",
+            row["unit"],
+            f"{baseline['name']} = {baseline['value']:.6g}" if baseline else "",
+            f"{row['ratio']:.3f}" if row.get("ratio") is not None else "",
+        )
+    console.print(table)
+    console.print(f"[dim]{document['machine']}[/dim]")
+    if json_path is not None:
+        write_json(document, json_path)
+        console.print(f"wrote {json_path}")
+
+
+def main() -> None:
+    """Entry point: run the app, turning MegaContext errors into a one-line message and exit 2."""
+    try:
+        app()
+    except MegaContextError as exc:
+        err_console.print(f"[bold red]error:[/bold red] {exc}")
+        raise SystemExit(2) from None
