@@ -67,7 +67,8 @@ def machine_description() -> str:
                     break
     except OSError:
         pass
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+    system = f"{platform.system()} {platform.machine()}"
+    return f"{system}, {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
 def run_suite(name: str, quick: bool, progress: Progress | None = None) -> dict[str, Any]:
@@ -83,7 +84,9 @@ def run_suite(name: str, quick: bool, progress: Progress | None = None) -> dict[
         "suite": name,
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "machine": machine_description(),
-        "command": " ".join(["megacontext", *sys.argv[1:]]) if sys.argv else f"megacontext bench {name}",
+        "command": " ".join(["megacontext", *sys.argv[1:]])
+        if sys.argv
+        else f"megacontext bench {name}",
         "quick": quick,
         "results": [r.to_json() for r in results],
     }

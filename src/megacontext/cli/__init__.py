@@ -42,9 +42,12 @@ def version() -> None:
 @app.command()
 def bench(
     suite: Annotated[str, typer.Argument(help="Suite to run, e.g. 'core'.")],
-    quick: Annotated[bool, typer.Option("--quick", help="Smaller sizes; finishes in seconds to minutes.")] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Smaller sizes; finishes in seconds to minutes.")
+    ] = False,
     json_path: Annotated[
-        Path | None, typer.Option("--json", help="Also write the results as JSON (DESIGN §9) to this path.")
+        Path | None,
+        typer.Option("--json", help="Also write the results as JSON (DESIGN §9) to this path."),
     ] = None,
 ) -> None:
     """Run a benchmark suite, print a table, and optionally write JSON.
@@ -57,12 +60,19 @@ def bench(
     from megacontext.bench import SUITES, run_suite, write_json
 
     if suite not in SUITES:
-        raise typer.BadParameter(f"unknown suite {suite!r}; choose one of: {', '.join(sorted(SUITES))}")
+        raise typer.BadParameter(
+            f"unknown suite {suite!r}; choose one of: {', '.join(sorted(SUITES))}"
+        )
     with console.status(f"running benchmark suite '{suite}'") as status:
-        document = run_suite(suite, quick=quick, progress=lambda msg: status.update(f"[{suite}] {msg}"))
+        document = run_suite(
+            suite, quick=quick, progress=lambda msg: status.update(f"[{suite}] {msg}")
+        )
     table = Table(title=f"megacontext bench {suite}{' --quick' if quick else ''}")
-    for column in ("result", "value", "unit", "baseline", "ratio"):
-        table.add_column(column, justify="left" if column in ("result", "unit", "baseline") else "right")
+    table.add_column("result", no_wrap=True)
+    table.add_column("value", justify="right", no_wrap=True)
+    table.add_column("unit")
+    table.add_column("baseline")
+    table.add_column("ratio", justify="right", no_wrap=True)
     for row in document["results"]:
         baseline = row.get("baseline")
         table.add_row(
@@ -77,6 +87,33 @@ def bench(
     if json_path is not None:
         write_json(document, json_path)
         console.print(f"wrote {json_path}")
+
+
+@app.command()
+def demo(
+    tokens: Annotated[
+        int, typer.Option(help="Minimum history length to build, in tokens.")
+    ] = 120_000,
+    w_max: Annotated[int, typer.Option("--w-max", help="Working-context budget in entries.")] = 512,
+    query: Annotated[
+        str, typer.Option(help="A phrase in the text to bring back into full detail.")
+    ] = "class ArgumentParser(",
+    text: Annotated[
+        Path | None,
+        typer.Option(help="Use this text file instead of the Python standard library's source."),
+    ] = None,
+) -> None:
+    """Show the working context covering a long real text, then refocus it on a phrase.
+
+    Builds a MegaContext tree over >= 100k tokens of real text, assembles a 512-entry working
+    context that covers all of it (coarse far past, raw recent tokens), and steers the focus
+    allocator until the chosen phrase is raw tokens again.
+
+    Example: megacontext demo --query "class HTTPConnection" --w-max 1024
+    """
+    from megacontext.cli.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(min_tokens=tokens, w_max=w_max, query=query, text_path=text), console)
 
 
 def main() -> None:

@@ -30,7 +30,8 @@ def span_tokens(level: int, K: int) -> int:
     """Number of tokens a level-``level`` node covers: ``K**level``."""
     if level < 0:
         raise InvalidInputError(f"level must be >= 0, got {level}")
-    return int(K) ** int(level)
+    width: int = int(K) ** int(level)
+    return width
 
 
 def node_start(level: int, index: int, K: int) -> int:

@@ -75,7 +75,9 @@ class TreeBackend(Protocol):
 class _ChunkedRecords:
     """A growable array made of fixed-size chunks: appends never copy what is already stored."""
 
-    def __init__(self, record_shape: tuple[int, ...], dtype: np.dtype[np.generic], chunk_bytes: int):
+    def __init__(
+        self, record_shape: tuple[int, ...], dtype: np.dtype[np.generic], chunk_bytes: int
+    ):
         record_bytes = int(np.prod(record_shape, dtype=np.int64)) * dtype.itemsize
         self.record_shape = record_shape
         self.dtype = dtype
@@ -108,14 +110,20 @@ class _ChunkedRecords:
         parts = []
         for chunk in range(first, last + 1):
             base = chunk * self.chunk_records
-            parts.append(self._chunks[chunk][max(start, base) - base : min(stop, base + self.chunk_records) - base])
+            parts.append(
+                self._chunks[chunk][
+                    max(start, base) - base : min(stop, base + self.chunk_records) - base
+                ]
+            )
         return np.concatenate(parts)
 
 
 class MemoryBackend:
     """In-process backend: per level, contiguous chunks of fixed-width records."""
 
-    def __init__(self, dim: int, gist_dtype: npt.DTypeLike = np.float16, chunk_bytes: int = 4 << 20):
+    def __init__(
+        self, dim: int, gist_dtype: npt.DTypeLike = np.float16, chunk_bytes: int = 4 << 20
+    ):
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise InvalidInputError(f"gist dimension must be a positive integer, got {dim!r}")
         self._dim = dim
@@ -173,7 +181,9 @@ def as_token_ids(ids: object, vocab_size: int | None = None) -> npt.NDArray[np.u
         try:
             array = np.asarray(ids)
         except (ValueError, TypeError) as exc:
-            raise InvalidInputError(f"token ids must be a flat sequence of integers: {exc}") from None
+            raise InvalidInputError(
+                f"token ids must be a flat sequence of integers: {exc}"
+            ) from None
     else:
         raise InvalidInputError(
             f"token ids must be a numpy array or a sequence of ints, got {type(ids).__name__}; "
@@ -220,10 +230,12 @@ class MegaContextTree:
     ):
         self.K = check_block_size(K)
         if vocab_size is not None and (isinstance(vocab_size, bool) or vocab_size < 1):
-            raise InvalidInputError(f"vocab_size must be a positive integer or None, got {vocab_size!r}")
+            raise InvalidInputError(
+                f"vocab_size must be a positive integer or None, got {vocab_size!r}"
+            )
         if gister.dim != backend.dim:
             raise InvalidInputError(
-                f"gister writes {gister.dim}-dim gists but the backend stores {backend.dim}-dim ones"
+                f"gister writes {gister.dim}-dim gists, the backend stores {backend.dim}-dim ones"
             )
         if gist_batch_size is not None and gist_batch_size < 1:
             raise InvalidInputError(f"gist_batch_size must be >= 1 or None, got {gist_batch_size}")
@@ -302,10 +314,8 @@ class MegaContextTree:
         for lo in range(first, stop, batch):
             hi = min(stop, lo + batch)
             children = self.backend.read(level - 1, lo * self.K, hi * self.K)
-            if level == 1:
-                inputs = children.reshape(hi - lo, self.K)
-            else:
-                inputs = children.reshape(hi - lo, self.K, self.dim)
+            shape = (hi - lo, self.K) if level == 1 else (hi - lo, self.K, self.dim)
+            inputs = children.reshape(shape)
             gists = np.asarray(self.gister(level, inputs))
             if gists.shape != (hi - lo, self.dim):
                 raise InvariantError(
@@ -331,7 +341,8 @@ class MegaContextTree:
     def node(self, level: int, index: int) -> npt.NDArray[np.generic]:
         """The record of one node: a 0-d token id at level 0, a ``(dim,)`` gist above."""
         self._check_node(level, index)
-        return self.backend.read(level, index, index + 1)[0]
+        record: npt.NDArray[np.generic] = self.backend.read(level, index, index + 1)[0]
+        return record
 
     def children(self, level: int, index: int) -> tuple[int, range]:
         """``(child_level, child_indices)`` of a gist node."""

@@ -1,0 +1,46 @@
+# MegaContext developer entry points. `make demo` and `make test` create .venv when missing.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTHON ?= python3
+export NO_MKDOCS_2_WARNING := 1
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test lint typecheck docs pytest bench-core clean
+
+# torch is pinned in the same pip command as everything that depends on it: an unpinned torch
+# resolves to a multi-GB CUDA build on our machines (docs/development.md).
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/megacontext demo
+
+lint: install
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+docs: install
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir site
+
+# pytest exits 5 when it collects no test: that is a broken test run, never a pass.
+pytest: install
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test: lint typecheck docs pytest
+
+bench-core: install
+	$(VENV)/bin/megacontext bench core --json results/core.json
+
+clean:
+	rm -rf site .mypy_cache .ruff_cache .pytest_cache .hypothesis

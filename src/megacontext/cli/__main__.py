@@ -1,0 +1,3 @@
+from megacontext.cli import main
+
+main()

@@ -1,0 +1,93 @@
+"""The megacontext command line: commands run, errors are one line with exit 2, docs list them."""
+
+from __future__ import annotations
+
+import argparse as _argparse_module_for_its_source
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from megacontext import __version__
+from megacontext.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["version"])
+    assert result.exit_code == 0
+    assert __version__ in result.stdout
+
+
+def test_help_lists_commands_and_every_command_is_documented() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    names = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
+    names.discard(None)
+    documented = set(
+        re.findall(r"^## `megacontext ([a-z-]+)", (ROOT / "docs/cli.md").read_text(), re.M)
+    )
+    for name in names:
+        assert name in result.stdout
+        assert name in documented, f"docs/cli.md lacks a section for `megacontext {name}`"
+
+
+def test_bench_unknown_suite_is_a_clear_error() -> None:
+    result = runner.invoke(app, ["bench", "nope"])
+    assert result.exit_code != 0
+    assert "unknown suite" in result.output
+
+
+def test_bench_core_quick_writes_the_result_contract(tmp_path: Path) -> None:
+    out = tmp_path / "core.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "megacontext.cli", "bench", "core", "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["suite"] == "core" and doc["machine"] and doc["date"] and doc["command"]
+    names = {r["name"] for r in doc["results"]}
+    for expected in (
+        "allocator_step_s_W512",
+        "allocator_step_s_W8192",
+        "allocator_step_s_W32768",
+        "tree_append_tokens_per_s",
+        "tree_memory_overhead_ratio",
+    ):
+        assert expected in names
+    for row in doc["results"]:
+        assert row["value"] > 0
+        if "baseline" in row:
+            assert row["ratio"] == pytest.approx(row["value"] / row["baseline"]["value"])
+
+
+def test_demo_on_a_text_file_reaches_its_target() -> None:
+    source = Path(_argparse_module_for_its_source.__file__)
+    result = runner.invoke(
+        app,
+        ["demo", "--text", str(source), "--query", "class HelpFormatter", "--w-max", "512"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "class HelpFormatter" in result.output
+    assert re.search(r";\s+reached\s+the\s+target\s+in\s+\d+\s+refocus\s+steps", result.output)
+
+
+def test_demo_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    text = tmp_path / "t.txt"
+    text.write_text("hello world " * 4000)
+    proc = subprocess.run(
+        [sys.executable, "-m", "megacontext.cli", "demo", "--text", str(text), "--query", "zebra"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "error:" in proc.stderr and "does not occur in the text" in proc.stderr
