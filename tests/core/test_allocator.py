@@ -60,15 +60,23 @@ def test_allocator_sequences_keep_every_promise(
         before_wc = (wc.version, wc.levels.tolist(), wc.indices.tolist())
         before_state = state_snapshot(state)
         over = wc.size > wc.W_max - grow
-        plan = allocator.plan(wc, scores, state, reserve=grow)
+        try:
+            plan = allocator.plan(wc, scores, state, reserve=grow)
+        except BudgetError:
+            # Honest only when even the coarsest legal WC cannot leave room for `grow` tokens.
+            raw_from = ((wc.num_tokens - min(recent, wc.num_tokens)) // K) * K
+            smallest = coarsest_size(raw_from, K) + wc.num_tokens - raw_from
+            assert smallest + grow > wc.W_max
+            break
         # Pure: planning changed neither the WC nor the state.
         assert (wc.version, wc.levels.tolist(), wc.indices.tolist()) == before_wc
         assert state_snapshot(state) == before_state
         if not over:
             assert len(plan) <= config.max_edits
-        # Never reverse an edit on the same node inside its cooldown.
+        # Never reverse an edit on the same node inside its cooldown (unless the budget forces a
+        # mandatory collapse, which is documented to win).
         step = state.step + 1
-        for edit in plan.edits:
+        for edit in plan.edits if not over else ():
             for when, kind in history.get((edit.level, edit.index), []):
                 if kind is not edit.kind:
                     assert step - when > config.cooldown_steps
@@ -136,6 +144,17 @@ def test_mandatory_collapse_makes_room_and_fails_clearly_when_impossible() -> No
     )
     with pytest.raises(BudgetError, match="no legal collapse"):
         FocusAllocator().plan(tight, np.zeros(6), reserve=1)
+
+
+def test_mandatory_collapse_overrides_cooldown_only_when_nothing_else_can_pay() -> None:
+    wc = WorkingContext([1] * 4, list(range(4)), num_tokens=16, W_max=7, K=4)
+    allocator = FocusAllocator(AllocatorConfig(cooldown_steps=5, max_edits=1))
+    state = AllocatorState()
+    scores = np.array([1.0, 0.0, 0.0, 0.0])
+    allocator.step(wc, scores, state)  # expand (1, 0): 7 entries, budget full
+    assert wc.size == 7
+    plan = allocator.plan(wc, np.zeros(7), state, reserve=1)
+    assert plan.edits == (Edit.collapse(1, 0),)  # the only legal collapse, despite the cooldown
 
 
 def test_cooldown_blocks_reversal_then_allows_it() -> None:

@@ -142,7 +142,7 @@ def run(quick: bool, progress: Progress) -> list[Result]:
             "tree_memory_overhead_ratio",
             (m["rss_end"] - m["rss_mark"]) / m["payload_added"],
             "x",
-            note=f"peak RSS growth 1M→{m['tokens'] / 1e6:.0f}M tokens over payload added; goal <= 1.5",
+            note=f"RSS growth 1M→{m['tokens'] / 1e6:.0f}M tokens over payload added; goal <= 1.5",
         )
     )
     return results

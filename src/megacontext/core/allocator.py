@@ -4,7 +4,8 @@ Scores come one per WC entry (LensNet's signed output: positive = expand here, n
 collapse here). The greedy policy:
 
 1. If the WC is over its target size (``W_max − reserve``), collapse the lowest-scoring sibling
-   groups until it fits (mandatory; budget wins over the edit limit).
+   groups until it fits (mandatory: the budget wins over the edit limit, and over the cooldown
+   when no other group can pay).
 2. Expand gists in order of score (above ``expand_threshold``). An expansion costs ``K − 1``;
    when the free budget cannot pay, it is paid for by collapsing the lowest-scoring sibling group,
    but only a group scoring at least ``min_gain`` below the gist (no churn for nothing).
@@ -204,7 +205,9 @@ class FocusAllocator:
         edits: list[Edit] = []
         group_cursor = 0
 
-        def take_group(max_score: float, exclude: int = -1) -> int | None:
+        def take_group(
+            max_score: float, exclude: int = -1, honour_cooldown: bool = True
+        ) -> int | None:
             """Lowest-scoring usable group with score < max_score; advances past used groups."""
             nonlocal group_cursor
             g = group_cursor
@@ -214,7 +217,10 @@ class FocusAllocator:
                 if (
                     not used[first : first + K].any()
                     and not first <= exclude < first + K
-                    and not state.blocked(node, EditKind.COLLAPSE, cfg.cooldown_steps)
+                    and not (
+                        honour_cooldown
+                        and state.blocked(node, EditKind.COLLAPSE, cfg.cooldown_steps)
+                    )
                 ):
                     if g == group_cursor:
                         group_cursor += 1
@@ -231,9 +237,12 @@ class FocusAllocator:
             edits.append(Edit.collapse(int(groups.level[g]), int(groups.index[g])))
             free += K - 1
 
-        # 1. Mandatory collapses until the WC fits its target size.
+        # 1. Mandatory collapses until the WC fits its target size. The budget wins over the
+        #    cooldown: a recently expanded group is reversed only when nothing else can pay.
         while free < 0:
             g = take_group(np.inf)
+            if g is None:
+                g = take_group(np.inf, honour_cooldown=False)
             if g is None:
                 raise BudgetError(
                     f"the working context needs {-free} more free entries but no legal collapse "
