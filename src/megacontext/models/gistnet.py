@@ -1,0 +1,165 @@
+"""GistNet: K vectors in, one gist (for the base to read) and one key (for LensNet to match) out.
+
+Reads top to bottom like nanoGPT's ``model.py``: a config dataclass, a bidirectional transformer
+block, the network. Design (DESIGN §6, D4, D5, D7):
+
+* input: K vectors — the base model's token embeddings at level 1, child gists above — plus a
+  learned intra-block position embedding and a level embedding (one network for every level);
+* a few **bidirectional** pre-norm transformer layers at width ``width`` (projections in and out
+  when it differs from the base width ``d_model``);
+* pooling ``mean`` | ``query`` (a learned query attends over the K outputs) | ``cls`` (a learned
+  token prepended to the block);
+* the **gist head**, an MLP into the base's embedding space whose output norm is set to the base's
+  typical embedding norm (``target_norm``), so a gist looks like an input the base knows;
+* the **key head**, a small unit vector matched against queries by LensNet.
+
+GistNet only ever sees complete nodes: there is no padding and so no attention mask.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megacontext.errors import InvalidInputError
+
+Pooling = Literal["mean", "query", "cls"]
+GISTNET_VERSION = "gistnet-1"
+
+
+@dataclass(frozen=True)
+class GistNetConfig:
+    """Shape of a GistNet. ``d_model`` is the base model's embedding width."""
+
+    d_model: int
+    K: int = 32
+    width: int = 256
+    n_layers: int = 2
+    n_heads: int = 4
+    mlp_ratio: int = 4
+    max_level: int = 8
+    pooling: Pooling = "mean"
+    key_dim: int = 64
+    target_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.width % self.n_heads:
+            raise InvalidInputError(
+                f"GistNet width {self.width} must be divisible by n_heads {self.n_heads}"
+            )
+        if self.pooling not in ("mean", "query", "cls"):
+            raise InvalidInputError(f"pooling must be mean, query or cls, got {self.pooling!r}")
+        for name in ("d_model", "K", "width", "n_layers", "n_heads", "max_level", "key_dim"):
+            if getattr(self, name) < 1:
+                raise InvalidInputError(f"GistNet {name} must be >= 1, got {getattr(self, name)}")
+        if self.target_norm <= 0:
+            raise InvalidInputError(f"target_norm must be > 0, got {self.target_norm}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with full (bidirectional) self-attention."""
+
+    def __init__(self, width: int, n_heads: int, mlp_ratio: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.ln1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.ln2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, mlp_ratio * width), nn.GELU(), nn.Linear(mlp_ratio * width, width)
+        )
+
+    def forward(self, x: torch.Tensor, key_padding: torch.Tensor | None = None) -> torch.Tensor:
+        """``key_padding``: ``(n, t)`` True where a position is padding (never attended to)."""
+        n, t, c = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(c, dim=-1)
+        q, k, v = (z.view(n, t, self.n_heads, c // self.n_heads).transpose(1, 2) for z in (q, k, v))
+        mask = None if key_padding is None else ~key_padding[:, None, None, :]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # no causal mask
+        x = x + self.proj(y.transpose(1, 2).reshape(n, t, c))
+        return x + self.mlp(self.ln2(x))
+
+
+class GistNet(nn.Module):
+    """Summarises K vectors into a gist (``d_model``) and a unit key (``key_dim``)."""
+
+    def __init__(self, config: GistNetConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.in_proj: nn.Module = (
+            nn.Identity() if c.width == c.d_model else nn.Linear(c.d_model, c.width)
+        )
+        self.position = nn.Parameter(torch.zeros(c.K, c.width))
+        self.level = nn.Embedding(c.max_level + 1, c.width)
+        self.cls = nn.Parameter(torch.zeros(1, 1, c.width)) if c.pooling == "cls" else None
+        self.query = nn.Parameter(torch.zeros(1, 1, c.width)) if c.pooling == "query" else None
+        self.blocks = nn.ModuleList(
+            Block(c.width, c.n_heads, c.mlp_ratio) for _ in range(c.n_layers)
+        )
+        self.ln_f = nn.LayerNorm(c.width)
+        self.gist_head = nn.Sequential(
+            nn.Linear(c.width, c.width), nn.GELU(), nn.Linear(c.width, c.d_model)
+        )
+        self.key_head = nn.Linear(c.width, c.key_dim)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+        nn.init.normal_(self.position, std=0.02)
+        for extra in (self.cls, self.query):
+            if extra is not None:
+                nn.init.normal_(extra, std=0.02)
+
+    def forward(
+        self, inputs: torch.Tensor, level: int | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``inputs``: ``(n, K, d_model)``; ``level``: int or ``(n,)``. Returns (gists, keys)."""
+        c = self.config
+        if inputs.ndim != 3 or inputs.shape[1:] != (c.K, c.d_model):
+            raise InvalidInputError(
+                f"GistNet expects inputs of shape (n, {c.K}, {c.d_model}), "
+                f"got {tuple(inputs.shape)}"
+            )
+        n = inputs.shape[0]
+        levels = torch.as_tensor(level, device=inputs.device).expand(n)
+        if int(levels.min()) < 1 or int(levels.max()) > c.max_level:
+            raise InvalidInputError(f"GistNet levels must be in [1, {c.max_level}]")
+        h = self.in_proj(inputs) + self.position + self.level(levels)[:, None, :]
+        if self.cls is not None:
+            h = torch.cat([self.cls.expand(n, 1, -1), h], dim=1)
+        for block in self.blocks:
+            h = block(h)
+        h = self.ln_f(h)
+        pooled = self._pool(h)
+        gist = self.gist_head(pooled)
+        gist = c.target_norm * gist / gist.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        key = F.normalize(self.key_head(pooled), dim=-1)
+        return gist, key
+
+    def _pool(self, h: torch.Tensor) -> torch.Tensor:
+        if self.cls is not None:
+            return h[:, 0]
+        if self.query is not None:
+            q = self.query.expand(h.shape[0], 1, -1)
+            weights = torch.softmax(q @ h.transpose(1, 2) / math.sqrt(h.shape[-1]), dim=-1)
+            return (weights @ h)[:, 0]
+        return h.mean(dim=1)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
