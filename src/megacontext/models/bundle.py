@@ -1,0 +1,200 @@
+"""Checkpoint bundles: trained modules in one safetensors file plus a JSON manifest (DESIGN §6).
+
+```
+bundle/
+  manifest.json         format, per module {version, config, parameters}, fingerprints of the
+                        base model and tokenizer the modules were trained for, training config,
+                        metrics, sha256 of the weights file
+  weights.safetensors   every module's tensors, keys prefixed "<module>."
+```
+
+Loading checks the weights' sha256 (:class:`StorageCorruptionError` on mismatch) and refuses a
+bundle trained for another base model or tokenizer (:class:`FingerprintMismatchError`, D13).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from megacontext.errors import (
+    FingerprintMismatchError,
+    InvalidInputError,
+    StorageCorruptionError,
+)
+from megacontext.models.gistnet import GISTNET_VERSION, GistNet, GistNetConfig
+from megacontext.models.lensnet import LENSNET_VERSION, LensNet, LensNetConfig
+
+BUNDLE_FORMAT = "megacontext-bundle"
+BUNDLE_FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+
+# name → (config class, module class, version)
+MODULES: dict[str, tuple[type[Any], type[nn.Module], str]] = {
+    "gistnet": (GistNetConfig, GistNet, GISTNET_VERSION),
+    "lensnet": (LensNetConfig, LensNet, LENSNET_VERSION),
+}
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: modules by name, plus everything the manifest recorded."""
+
+    modules: dict[str, nn.Module]
+    fingerprints: dict[str, str]
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, name: str) -> nn.Module:
+        if name not in self.modules:
+            raise InvalidInputError(
+                f"this bundle has no {name!r} module; it holds {sorted(self.modules)}"
+            )
+        return self.modules[name]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_bundle(
+    path: str | Path,
+    modules: Mapping[str, nn.Module],
+    *,
+    fingerprints: Mapping[str, str],
+    training: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``modules`` (names from :data:`MODULES`) as a bundle directory; returns its path.
+
+    The manifest is written last, through a temporary file and a rename, so a crash never leaves
+    a manifest that describes weights which are not there.
+    """
+    root = Path(path)
+    if root.exists() and not root.is_dir():
+        raise InvalidInputError(f"bundle path {root} exists and is not a directory")
+    root.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    described: dict[str, Any] = {}
+    for name, module in modules.items():
+        if name not in MODULES:
+            raise InvalidInputError(f"unknown bundle module {name!r}; known: {sorted(MODULES)}")
+        config = getattr(module, "config", None)
+        if config is None or not hasattr(config, "to_dict"):
+            raise InvalidInputError(f"module {name!r} has no config to record")
+        for key, tensor in module.state_dict().items():
+            tensors[f"{name}.{key}"] = tensor.detach().cpu().contiguous()
+        described[name] = {
+            "version": MODULES[name][2],
+            "config": config.to_dict(),
+            "parameters": sum(p.numel() for p in module.parameters()),
+        }
+    weights = root / WEIGHTS
+    save_file(tensors, str(weights))
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "modules": described,
+        "fingerprints": dict(fingerprints),
+        "training": dict(training or {}),
+        "metrics": dict(metrics or {}),
+        "weights_sha256": _sha256(weights),
+    }
+    temp = root / (MANIFEST + ".tmp")
+    temp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(temp, root / MANIFEST)
+    return root
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of a bundle directory, validated for format and version."""
+    file = Path(path) / MANIFEST
+    if not file.is_file():
+        raise InvalidInputError(
+            f"{path} is not a MegaContext bundle: {MANIFEST} is missing "
+            "(train one with `megacontext train gist` or point at the right directory)"
+        )
+    try:
+        manifest: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise StorageCorruptionError(f"{file} is not valid JSON ({exc})") from None
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise InvalidInputError(f"{file} is not a MegaContext bundle manifest")
+    if manifest.get("format_version") != BUNDLE_FORMAT_VERSION:
+        raise InvalidInputError(
+            f"{file} has bundle format version {manifest.get('format_version')}; this "
+            f"MegaContext reads version {BUNDLE_FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def check_fingerprints(found: Mapping[str, str], expected: Mapping[str, str], what: str) -> None:
+    """Raise :class:`FingerprintMismatchError` if any expected fingerprint differs or is absent."""
+    for key, value in expected.items():
+        if found.get(key) != value:
+            raise FingerprintMismatchError(
+                f"{what} was made for {key} fingerprint {found.get(key)!r}, but the current "
+                f"{key} has fingerprint {value!r}; use the {key} it was made for, or retrain "
+                "it for this one"
+            )
+
+
+def load_bundle(
+    path: str | Path,
+    *,
+    fingerprints: Mapping[str, str] | None = None,
+    device: str | torch.device = "cpu",
+) -> Bundle:
+    """Load a bundle; with ``fingerprints``, refuse one made for a different base or tokenizer."""
+    root = Path(path)
+    manifest = read_manifest(root)
+    if fingerprints is not None:
+        check_fingerprints(manifest.get("fingerprints", {}), fingerprints, f"bundle {root}")
+    weights = root / WEIGHTS
+    if not weights.is_file():
+        raise StorageCorruptionError(f"bundle {root} lacks {WEIGHTS}; the bundle is incomplete")
+    if _sha256(weights) != manifest.get("weights_sha256"):
+        raise StorageCorruptionError(
+            f"{weights} does not match the sha256 in its manifest: the file is corrupt or was "
+            "replaced; restore it from a good copy or retrain"
+        )
+    tensors = load_file(str(weights), device=str(device))
+    modules: dict[str, nn.Module] = {}
+    for name, described in manifest["modules"].items():
+        if name not in MODULES:
+            raise InvalidInputError(f"bundle {root} holds unknown module {name!r}")
+        config_cls, module_cls, version = MODULES[name]
+        if described.get("version") != version:
+            raise InvalidInputError(
+                f"bundle {root} holds {name} version {described.get('version')!r}; this "
+                f"MegaContext builds {version!r}"
+            )
+        module = module_cls(config_cls(**described["config"]))
+        prefix = f"{name}."
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        module.load_state_dict(state, strict=True)
+        modules[name] = module.to(device).eval()
+    return Bundle(
+        modules=modules,
+        fingerprints=dict(manifest.get("fingerprints", {})),
+        training=dict(manifest.get("training", {})),
+        metrics=dict(manifest.get("metrics", {})),
+        manifest=manifest,
+    )
