@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from megacontext.core import MeanPoolGister, MegaContextTree, MemoryBackend
+from megacontext.core import GistBatch, MeanPoolGister, MegaContextTree, MemoryBackend
 from megacontext.core.tree import as_token_ids
 from megacontext.errors import InvalidInputError, InvariantError
 
@@ -185,3 +185,38 @@ def test_as_token_ids_accepts_numpy_integer_types() -> None:
         out = as_token_ids(np.array([1, 2], dtype=dtype))
         assert out.dtype == np.uint32 and out.tolist() == [1, 2]
     assert as_token_ids([]).size == 0
+
+
+class KeyedGister(RangeGister):
+    """RangeGister that also returns a key: the node's first position, repeated."""
+
+    def __call__(self, level: int, inputs: npt.NDArray[np.generic]) -> GistBatch:  # type: ignore[override]
+        gists = super().__call__(level, inputs)
+        return GistBatch(gists, np.repeat(gists[:, :1], 3, axis=1))
+
+
+def test_keys_are_stored_beside_gists_and_caught_up_on_open() -> None:
+    backend, keys = MemoryBackend(2, np.float64), MemoryBackend(3, np.float64)
+    tree = MegaContextTree(backend, KeyedGister(), K=4, key_backend=keys)
+    tree.append(np.arange(70))
+    assert keys.count(1) == tree.count(1) == 17 and keys.count(2) == tree.count(2) == 4
+    np.testing.assert_array_equal(tree.keys(2, 0, 4)[:, 0], [0, 16, 32, 48])
+    # A writer that stored gists but died before their keys: reopening recomputes only the keys.
+    fresh_keys = MemoryBackend(3, np.float64)
+    gister = KeyedGister()
+    reopened = MegaContextTree(backend, gister, K=4, key_backend=fresh_keys)
+    assert fresh_keys.count(1) == 17 and fresh_keys.count(2) == 4 and backend.count(1) == 17
+    np.testing.assert_array_equal(reopened.keys(1, 0, 17), tree.keys(1, 0, 17))
+
+
+def test_key_store_errors() -> None:
+    tree, _ = make_tree(4)
+    tree.append(np.arange(8))
+    with pytest.raises(InvalidInputError, match="stores no keys"):
+        tree.keys(1, 0, 1)
+    keyless = MegaContextTree(
+        MemoryBackend(2, np.float64), RangeGister(), K=4, key_backend=MemoryBackend(3)
+    )
+    with pytest.raises(InvalidInputError, match="returns no keys"):
+        keyless.append(np.arange(4))
+    assert keyless.backend.count(1) == 0  # nothing half-written

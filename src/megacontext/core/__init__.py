@@ -28,6 +28,7 @@ from megacontext.core.spans import (
 )
 from megacontext.core.tree import (
     AppendResult,
+    GistBatch,
     Gister,
     MegaContextTree,
     MemoryBackend,
@@ -54,6 +55,7 @@ __all__ = [
     "EditPlan",
     "FocusAllocator",
     "FocusStats",
+    "GistBatch",
     "Gister",
     "HashGister",
     "MeanPoolGister",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -24,19 +24,29 @@ TOKEN_DTYPE = np.dtype(np.uint32)
 _MAX_TOKEN_ID = int(np.iinfo(np.uint32).max)
 
 
+class GistBatch(NamedTuple):
+    """What a gister may return instead of a bare array: gists and their retrieval keys (D7)."""
+
+    gists: npt.NDArray[np.generic]
+    keys: npt.NDArray[np.generic]
+
+
 @runtime_checkable
 class Gister(Protocol):
     """Turns K children into one gist vector, for many nodes at once.
 
     ``level == 1``: ``inputs`` are token ids, shape ``(n, K)``, dtype uint32.
     ``level >= 2``: ``inputs`` are child gists, shape ``(n, K, dim)``.
-    Returns an array of shape ``(n, dim)``.
+    Returns an array of shape ``(n, dim)``, or a :class:`GistBatch` that adds ``(n, key_dim)``
+    keys. A gister must be deterministic: re-gisting a node gives the same result.
     """
 
     @property
     def dim(self) -> int: ...
 
-    def __call__(self, level: int, inputs: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]: ...
+    def __call__(
+        self, level: int, inputs: npt.NDArray[np.generic]
+    ) -> npt.NDArray[np.generic] | GistBatch: ...
 
 
 @runtime_checkable
@@ -218,6 +228,9 @@ class MegaContextTree:
 
     Opening a tree over a backend that already holds tokens first gists any complete node the
     backend lacks (a writer may have stopped between storing tokens and storing their gists).
+
+    With a ``key_backend``, the keys a gister returns (:class:`GistBatch`) are stored there, level
+    by level beside the gists (its level 0 is unused); missing keys are recomputed on open.
     """
 
     def __init__(
@@ -227,6 +240,7 @@ class MegaContextTree:
         K: int = 32,
         vocab_size: int | None = None,
         gist_batch_size: int | None = None,
+        key_backend: TreeBackend | None = None,
     ):
         self.K = check_block_size(K)
         if vocab_size is not None and (isinstance(vocab_size, bool) or vocab_size < 1):
@@ -240,6 +254,7 @@ class MegaContextTree:
         if gist_batch_size is not None and gist_batch_size < 1:
             raise InvalidInputError(f"gist_batch_size must be >= 1 or None, got {gist_batch_size}")
         self.backend = backend
+        self.key_backend = key_backend
         self.gister = gister
         self.vocab_size = vocab_size
         self.gist_batch_size = gist_batch_size
@@ -280,9 +295,13 @@ class MegaContextTree:
 
     def flush(self) -> None:
         self.backend.flush()
+        if self.key_backend is not None:
+            self.key_backend.flush()
 
     def close(self) -> None:
         self.backend.close()
+        if self.key_backend is not None:
+            self.key_backend.close()
 
     def _catch_up(self) -> None:
         self._gist_complete_nodes()
@@ -301,6 +320,14 @@ class MegaContextTree:
                 )
             if want == 0:
                 break
+            keys = self.key_backend.count(level) if self.key_backend is not None else have
+            if keys > have:
+                raise InvariantError(
+                    f"level {level} stores {keys} keys but only {have} gists; the key store is "
+                    "inconsistent (run `megacontext store verify`)"
+                )
+            if keys < have:
+                self._gist_range(level, keys, have, store_gists=False)
             if want > have:
                 self._gist_range(level, have, want)
             added.append(want - have)
@@ -309,20 +336,37 @@ class MegaContextTree:
             added.pop()
         return tuple(added)
 
-    def _gist_range(self, level: int, first: int, stop: int) -> None:
+    def _gist_range(self, level: int, first: int, stop: int, store_gists: bool = True) -> None:
         batch = self.gist_batch_size or (stop - first)
         for lo in range(first, stop, batch):
             hi = min(stop, lo + batch)
             children = self.backend.read(level - 1, lo * self.K, hi * self.K)
             shape = (hi - lo, self.K) if level == 1 else (hi - lo, self.K, self.dim)
-            inputs = children.reshape(shape)
-            gists = np.asarray(self.gister(level, inputs))
+            output = self.gister(level, children.reshape(shape))
+            gists = np.asarray(output.gists if isinstance(output, GistBatch) else output)
             if gists.shape != (hi - lo, self.dim):
                 raise InvariantError(
                     f"gister returned shape {gists.shape} for {hi - lo} level-{level} nodes; "
                     f"expected {(hi - lo, self.dim)}"
                 )
-            self.backend.append(level, gists.astype(self.backend.gist_dtype, copy=False))
+            keys = None
+            if self.key_backend is not None:
+                if not isinstance(output, GistBatch):
+                    raise InvalidInputError(
+                        "the tree has a key store but the gister returns no keys; use a gister "
+                        "that returns GistBatch(gists, keys) or open the tree without keys"
+                    )
+                keys = np.asarray(output.keys)
+                if keys.shape != (hi - lo, self.key_backend.dim):
+                    raise InvariantError(
+                        f"gister returned keys of shape {keys.shape}; expected "
+                        f"{(hi - lo, self.key_backend.dim)}"
+                    )
+            # Gists before keys: a crash in between leaves keys missing, which reopening repairs.
+            if store_gists:
+                self.backend.append(level, gists.astype(self.backend.gist_dtype, copy=False))
+            if self.key_backend is not None and keys is not None:
+                self.key_backend.append(level, keys.astype(self.key_backend.gist_dtype, copy=False))
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -337,6 +381,15 @@ class MegaContextTree:
             raise InvalidInputError(f"gists live at levels >= 1, got level {level}; use tokens()")
         self._check_range(level, start, stop)
         return self.backend.read(level, start, stop)
+
+    def keys(self, level: int, start: int, stop: int) -> npt.NDArray[np.generic]:
+        """Retrieval keys ``[start, stop)`` of ``level`` (≥ 1), one ``(key_dim,)`` row each."""
+        if self.key_backend is None:
+            raise InvalidInputError("this tree stores no keys; open it with a key_backend")
+        if level < 1:
+            raise InvalidInputError(f"keys live at levels >= 1, got level {level}")
+        self._check_range(level, start, stop)
+        return self.key_backend.read(level, start, stop)
 
     def node(self, level: int, index: int) -> npt.NDArray[np.generic]:
         """The record of one node: a 0-d token id at level 0, a ``(dim,)`` gist above."""
