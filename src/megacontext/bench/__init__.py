@@ -21,6 +21,7 @@ from megacontext.errors import InvalidInputError
 
 SUITES: dict[str, str] = {
     "core": "megacontext.bench.core",
+    "models": "megacontext.bench.models",
 }
 
 Progress = Callable[[str], None]

@@ -70,8 +70,8 @@ def bench(
     table = Table(title=f"megacontext bench {suite}{' --quick' if quick else ''}")
     table.add_column("result", no_wrap=True)
     table.add_column("value", justify="right", no_wrap=True)
-    table.add_column("unit")
-    table.add_column("baseline")
+    table.add_column("unit", no_wrap=True)
+    table.add_column("baseline", overflow="fold")
     table.add_column("ratio", justify="right", no_wrap=True)
     for row in document["results"]:
         baseline = row.get("baseline")
@@ -82,7 +82,9 @@ def bench(
             f"{baseline['name']} = {baseline['value']:.6g}" if baseline else "",
             f"{row['ratio']:.3f}" if row.get("ratio") is not None else "",
         )
-    console.print(table)
+    # Result names are long and must not wrap: print wider than a narrow (or piped) terminal.
+    longest = max((len(row["name"]) for row in document["results"]), default=0)
+    console.print(table, width=max(console.width, longest + 70))
     console.print(f"[dim]{document['machine']}[/dim]")
     if json_path is not None:
         write_json(document, json_path)
@@ -114,6 +116,12 @@ def demo(
     from megacontext.cli.demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(min_tokens=tokens, w_max=w_max, query=query, text_path=text), console)
+
+
+from megacontext.cli import models as _models_cli  # noqa: E402  (registered below)
+
+app.command("port-model")(_models_cli.port_model)
+app.add_typer(_models_cli.app, name="models")
 
 
 def main() -> None:

@@ -1,0 +1,221 @@
+"""Benchmark suite ``models``: the base-model layer (``megacontext bench models``).
+
+Each measurement is a function ``(quick, progress) -> list[Result]`` listed in
+:data:`MEASUREMENTS`; ``run`` calls them in order. More measurements (training throughput and
+MFU, the default base's validation bpb and passkey accuracy) are added by appending functions
+to that list.
+
+``adapter_forward_overhead_ratio`` compares the adapter's ``forward`` with calling the same
+transformers model directly on the same inputs, interleaving the two in one process so that
+machine noise hits both alike; the ratio is median time (adapter) / median time (direct).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from megacontext.bench import Progress, Result, median
+
+# A random-init model of the default base's architecture and size class (Llama, tied
+# embeddings, vocab 8k), used when the packaged default base is not built.
+BENCH_MODEL_CONFIG: dict[str, Any] = {
+    "model_type": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "vocab_size": 8192,
+    "hidden_size": 256,
+    "intermediate_size": 768,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 4096,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+    "tie_word_embeddings": True,
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+    "pad_token_id": 2,
+}
+
+
+BENCH_THREADS = 1
+
+
+def _bench_base(progress: Progress, workdir: Path) -> tuple[Any, str]:
+    """The packaged default base if built, else a random-init model of its architecture."""
+    from megacontext.models import MissingModelFilesError, load_base
+    from megacontext.models.tiny import make_tiny_model_dir
+
+    try:
+        return load_base("default"), "packaged default base"
+    except MissingModelFilesError:
+        progress("default base not built; using a random-init model of its architecture")
+        path = make_tiny_model_dir(BENCH_MODEL_CONFIG, workdir / "bench-model", seed=0)
+        return load_base(path), "random-init Llama (d=256, 6 layers, vocab 8192)"
+
+
+def _interleaved(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2
+) -> dict[str, float]:
+    """Median CPU seconds per call of each function, run alternately ``repeats`` times.
+
+    Process CPU time (one thread) rather than wall time: on a shared machine it is far less
+    disturbed by other processes. The order alternates (A B, B A, ...) so neither side always
+    runs first.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for repeat in range(repeats):
+        order = list(fns.items())
+        for name, fn in order if repeat % 2 == 0 else reversed(order):
+            start = time.process_time()
+            fn()
+            samples[name].append(time.process_time() - start)
+    return {name: median(values) for name, values in samples.items()}
+
+
+def adapter_forward_overhead(quick: bool, progress: Progress) -> list[Result]:
+    """Adapter forward vs the HF model called directly: prefill and one-token decode steps."""
+    import torch
+
+    torch.manual_seed(0)
+    length, repeats, steps = (128, 10, 16) if quick else (512, 30, 64)
+    # One thread: on a shared machine, multi-threaded BLAS under contention is ~10x noisier
+    # (spin-waiting threads), and the ratio, not the absolute speed, is what is measured.
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(BENCH_THREADS)
+    try:
+        return _measure_overhead(length, repeats, steps, progress)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _measure_overhead(length: int, repeats: int, steps: int, progress: Progress) -> list[Result]:
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="megacontext-bench-") as tmp:
+        base, label = _bench_base(progress, Path(tmp))
+        model = base.model
+        vocab = min(base.vocab_size, len(base.tokenizer))
+        ids = torch.randint(3, vocab, (1, length))
+        pos = torch.arange(length).unsqueeze(0)
+
+        def direct_prefill() -> Any:
+            return model(input_ids=ids, position_ids=pos, use_cache=True).logits
+
+        def adapter_prefill() -> Any:
+            return base.forward(base.embed(ids), pos, None).logits
+
+        def direct_decode() -> None:
+            cache = base.new_cache()
+            model(input_ids=ids[:, :8], position_ids=pos[:, :8], cache=cache, use_cache=True)
+            for i in range(8, 8 + steps):
+                model(input_ids=ids[:, i : i + 1], position_ids=pos[:, i : i + 1], cache=cache)
+
+        def adapter_decode() -> None:
+            cache = base.forward(base.embed(ids[:, :8]), pos[:, :8], None).cache
+            for i in range(8, 8 + steps):
+                base.forward(base.embed(ids[:, i : i + 1]), pos[:, i : i + 1], cache)
+
+        with torch.inference_mode():
+            progress(f"prefill {length} tokens x {repeats} repeats ({label})")
+            prefill = _interleaved({"direct": direct_prefill, "adapter": adapter_prefill}, repeats)
+            progress(f"decode {steps} steps x {repeats} repeats")
+            decode = _interleaved({"direct": direct_decode, "adapter": adapter_decode}, repeats)
+    threads = torch.get_num_threads()
+    note = f"{label}; {threads} thread(s); median CPU time of {repeats} interleaved repeats"
+    return [
+        Result(
+            "adapter_forward_overhead_ratio",
+            prefill["adapter"] / prefill["direct"],
+            "x",
+            note=f"prefill of {length} tokens, time(adapter)/time(direct), goal <= 1.05; {note}",
+        ),
+        Result(
+            "adapter_forward_tokens_per_s",
+            length / prefill["adapter"],
+            "tokens/s",
+            baseline_name="hf_direct_forward_tokens_per_s",
+            baseline_value=length / prefill["direct"],
+            note=note,
+        ),
+        Result(
+            "adapter_decode_overhead_ratio",
+            decode["adapter"] / decode["direct"],
+            "x",
+            note=f"{steps} one-token steps with a KV cache, time(adapter)/time(direct); {note}",
+        ),
+    ]
+
+
+RELATIVITY_OFFSETS = (10**4, 10**6, 10**7, 10**8, 10**9)
+
+
+def rope_relativity_errors(quick: bool, progress: Progress) -> list[Result]:
+    """max |Δ log p| when every position is shifted by a large constant, fp32 and bf16.
+
+    Tiny random-init Llama (rope theta 1e4) and Qwen3 (theta 1e6, QK-norm) models; the same
+    measurement as the portability suite's relativity check, pushed to 1e6 and 1e7.
+    """
+    import torch
+
+    from megacontext.models import load_base
+    from megacontext.models.portability import relativity_error
+    from megacontext.models.tiny import make_tiny_model_dir
+
+    results: list[Result] = []
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(BENCH_THREADS)
+    try:
+        with tempfile.TemporaryDirectory(prefix="megacontext-bench-") as tmp:
+            for family in ("llama", "qwen3"):
+                path = make_tiny_model_dir(family, Path(tmp) / family, seed=0)
+                for dtype in ("float32", "bfloat16"):
+                    base = load_base(path, dtype=dtype)
+                    for offset in RELATIVITY_OFFSETS:
+                        progress(f"relativity {family} {dtype} offset {offset:.0e}")
+                        for exact in (False, True):
+                            phases = "f64phases" if exact else "hfphases"
+                            results.append(
+                                Result(
+                                    f"rope_relativity_dlogp_{family}_{dtype}_{phases}_"
+                                    f"offset_{offset:.0e}",
+                                    relativity_error(base, offset, exact=exact),
+                                    "nats",
+                                    note=(
+                                        "max |Δ log p| vs positions from 0; tiny random-init "
+                                        "model; f64phases = adapter given mu (float64 phases)"
+                                    ),
+                                )
+                            )
+    finally:
+        torch.set_num_threads(threads_before)
+    return results
+
+
+MEASUREMENTS: list[Callable[[bool, Progress], list[Result]]] = [
+    adapter_forward_overhead,
+    rope_relativity_errors,
+]
+
+
+def run(quick: bool, progress: Progress) -> list[Result]:
+    """Run every measurement of the suite in order."""
+    results: list[Result] = []
+    for measure in MEASUREMENTS:
+        results.extend(measure(quick, progress))
+    return results
+
+
+__all__ = [
+    "BENCH_MODEL_CONFIG",
+    "BENCH_THREADS",
+    "MEASUREMENTS",
+    "adapter_forward_overhead",
+    "rope_relativity_errors",
+    "run",
+]

@@ -1,0 +1,243 @@
+"""Loading a base model: local directories, the packaged default, and hub ids.
+
+``load_base`` checks a model directory before handing it to transformers, so that a wrong input
+fails with an error that names what is missing (config, weights, tokenizer), or why the model
+is unsuitable (not a causal LM, a family outside the quirks table).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from megacontext.models.adapter import BaseAdapter
+from megacontext.models.errors import (
+    MissingModelFilesError,
+    ModelLoadError,
+    UnsupportedArchitectureError,
+)
+from megacontext.models.quirks import FamilyQuirks, quirks_for_config
+
+DEFAULT_BASE_DIR = Path(__file__).resolve().parent / "default_base"
+# Points "default" at another directory (tests use a tiny model of the default's architecture).
+DEFAULT_BASE_ENV = "MEGACONTEXT_DEFAULT_BASE"
+DEFAULT_BASE_BUILD_COMMAND = "megacontext train base --config <the default-base config>"
+
+_WEIGHT_PATTERNS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "*.safetensors",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+_TOKENIZER_SETS = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"))
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """Accept ``torch.bfloat16`` or a name such as ``"bf16"`` / ``"float32"``."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[dtype.lower()]
+    except KeyError:
+        raise ModelLoadError(
+            f"unknown dtype {dtype!r}; use one of {', '.join(sorted(_DTYPES))}"
+        ) from None
+
+
+def read_config(path: Path) -> tuple[Any, FamilyQuirks]:
+    """Read and check ``config.json`` of a model directory.
+
+    Returns:
+        The transformers config and the family quirks it selects.
+
+    Raises:
+        MissingModelFilesError: No ``config.json``.
+        UnsupportedArchitectureError: transformers does not know the model type, or the quirks
+            table has no row for it (``NotACausalLMError`` when it is not a causal LM).
+    """
+    from transformers import AutoConfig
+
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise MissingModelFilesError(
+            f"{path} has no config.json; a Hugging Face model directory holds config.json, the "
+            "weights (*.safetensors) and the tokenizer (tokenizer.json)"
+        )
+    try:
+        raw = json.loads(config_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{config_file} is not valid JSON: {exc}") from None
+    if "model_type" not in raw:
+        raise UnsupportedArchitectureError(f"{config_file} has no 'model_type' field")
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+    except (ValueError, KeyError) as exc:
+        raise UnsupportedArchitectureError(
+            f"transformers cannot build a config for model_type {raw['model_type']!r} in "
+            f"{config_file}: {exc}"
+        ) from None
+    return config, quirks_for_config(config)
+
+
+def check_model_dir(path: Path) -> tuple[Any, FamilyQuirks]:
+    """Check that ``path`` is a complete, supported causal-LM directory.
+
+    Raises:
+        MissingModelFilesError: config, weights or tokenizer files are absent (named).
+        UnsupportedArchitectureError: see :func:`read_config`.
+    """
+    if not path.is_dir():
+        raise MissingModelFilesError(f"{path} is not a directory")
+    config, quirks = read_config(path)
+    if not has_weights(path):
+        raise MissingModelFilesError(
+            f"{path} has no weights: expected model.safetensors (or sharded *.safetensors with "
+            "model.safetensors.index.json, or pytorch_model.bin). For a config without weights, "
+            "use `megacontext port-model` which checks a random-init model of that config"
+        )
+    if not any(all((path / name).is_file() for name in names) for names in _TOKENIZER_SETS):
+        raise MissingModelFilesError(
+            f"{path} has no tokenizer: expected tokenizer.json, tokenizer.model, or vocab.json "
+            "with merges.txt"
+        )
+    return config, quirks
+
+
+def has_weights(path: Path) -> bool:
+    """Whether a model directory holds weight files (safetensors or a PyTorch checkpoint)."""
+    return any(any(path.glob(pattern)) for pattern in _WEIGHT_PATTERNS)
+
+
+def stored_dtype_of(path: Path) -> torch.dtype | None:
+    """The dtype the checkpoint stores its weights in (from config.json), if stated."""
+    try:
+        raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    name = raw.get("dtype") or raw.get("torch_dtype")
+    return _DTYPES.get(str(name).lower()) if name else None
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def resolve_model_dir(name_or_path: str | Path) -> Path:
+    """Map ``"default"``, a local directory or a hub id to a local model directory.
+
+    Raises:
+        MissingModelFilesError: The default base is not built, the path does not exist, or a
+            hub id cannot be fetched (offline, or the download failed).
+    """
+    text = str(name_or_path)
+    if text == "default":
+        default_dir = Path(os.environ.get(DEFAULT_BASE_ENV) or DEFAULT_BASE_DIR)
+        if not (default_dir / "config.json").is_file():
+            raise MissingModelFilesError(
+                f"the packaged default base is missing ({default_dir} has no config.json); "
+                f"build it with `{DEFAULT_BASE_BUILD_COMMAND}` (docs/training.md) or pass the "
+                "path of another model directory"
+            )
+        return default_dir
+    path = Path(text).expanduser()
+    if path.exists():
+        return path
+    if not _HUB_ID.match(text) or text.startswith((".", "/", "~")):
+        raise MissingModelFilesError(f"no model directory at {path} (and it is not a hub id)")
+    return _download(text)
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
+        raise MissingModelFilesError(f"{repo_id!r} is not a local directory") from None
+    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
+    if hub_offline():
+        try:
+            return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+        except Exception:
+            raise MissingModelFilesError(
+                f"{repo_id!r} is not a local directory and the Hugging Face hub is offline "
+                "(HF_HUB_OFFLINE is set) with no cached copy; download it where the network "
+                "allows (`hf download REPO --local-dir DIR`) and pass DIR"
+            ) from None
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as exc:
+        raise MissingModelFilesError(
+            f"could not fetch {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: "
+            f"{exc}); check the id and the network, or pass a local model directory"
+        ) from None
+
+
+def load_base(
+    name_or_path: str | Path,
+    dtype: str | torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> BaseAdapter:
+    """Load a frozen base model behind the adapter interface.
+
+    Args:
+        name_or_path: ``"default"`` (the packaged base, or ``$MEGACONTEXT_DEFAULT_BASE``), a
+            local Hugging Face model directory, or a hub id such as ``"Qwen/Qwen2.5-0.5B"``
+            (only where the network allows; ``HF_HUB_OFFLINE=1`` is respected).
+        dtype: Compute dtype (``torch.float32``, ``"bf16"``, ...).
+        device: Where to put the weights.
+
+    Returns:
+        A :class:`BaseAdapter` in eval mode with frozen weights.
+
+    Example:
+        >>> base = load_base("default")                                  # doctest: +SKIP
+        >>> out = base.forward(base.embed(ids), torch.arange(ids.shape[1]))  # doctest: +SKIP
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = resolve_model_dir(name_or_path)
+    check_model_dir(path)
+    torch_dtype = parse_dtype(dtype)
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=torch_dtype, attn_implementation="sdpa"
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"transformers could not load {path}: {exc}") from None
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+    model.to(device)
+    return BaseAdapter(
+        model, tokenizer, source=str(name_or_path), stored_dtype=stored_dtype_of(path)
+    )
+
+
+__all__ = [
+    "DEFAULT_BASE_DIR",
+    "DEFAULT_BASE_ENV",
+    "check_model_dir",
+    "has_weights",
+    "load_base",
+    "parse_dtype",
+    "read_config",
+    "resolve_model_dir",
+]

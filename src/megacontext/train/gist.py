@@ -1,0 +1,461 @@
+"""GistNet training (DESIGN §7, issue 6 §4): gists the frozen base can read in place of tokens.
+
+One training window, K-aligned, read left to right::
+
+    [ prefix: n_blocks · K tokens ][ lead: R raw tokens ][ scored: H tokens ]
+
+* **Teacher**: the frozen base reads the window as tokens.
+* **Student**: the same base reads it with a random subset of the prefix blocks — usually most of
+  them — replaced by GistNet gists. Many stacked gists in one context is what a real working
+  context looks like, and a GistNet trained on one gist per window makes stacked gists *worse than
+  no history* (DESIGN §12).
+* **Loss**: KL(teacher ‖ student) on the predictions of the H scored tokens, plus optional CE on
+  those tokens and a *spread* term that keeps gists of different blocks apart.
+* **Level 2**: the prefix is one K²-token node. By default the teacher reads it as its K LOD1 gists
+  (hierarchical distillation: no teacher context longer than the base's), and the student reads one
+  LOD2 gist made by GistNet from those K gists.
+
+Evaluation (:func:`evaluate_gists`) reports, per level and with *every* prefix block gisted,
+``NLL_full``, ``NLL_drop`` (prefix deleted), ``NLL_gist``, ``ΔNLL = NLL_gist − NLL_full`` and the
+gap closure ``(NLL_drop − NLL_gist) / (NLL_drop − NLL_full)``, with a bootstrap 95% interval.
+
+The base's weights never change (D1): only GistNet has an optimizer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from megacontext.errors import InvalidInputError
+from megacontext.models.adapter import BaseAdapter
+from megacontext.models.bundle import save_bundle
+from megacontext.models.gistnet import GistNet, GistNetConfig
+
+CODE_SOURCES = frozenset({"stdlib"})
+
+
+@dataclass
+class GistTrainConfig:
+    """Everything a GistNet training run needs besides the base model and the data."""
+
+    seed: int = 0
+    prefix_blocks: int = 8
+    lead_tokens: int = 32
+    horizon: int = 64
+    min_gist_fraction: float = 0.5
+    lod2_probability: float = 0.25
+    lod2_teacher: Literal["gists", "tokens"] = "gists"
+    steps: int = 2000
+    batch_size: int = 8
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ce_weight: float = 0.0
+    spread_weight: float = 0.0
+    time_budget_s: float | None = None
+    eval_interval: int = 200
+    eval_windows: int = 64
+    final_eval_windows: int = 256
+    gistnet: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.min_gist_fraction <= 1.0:
+            raise InvalidInputError("min_gist_fraction must be in (0, 1]")
+        if not 0.0 <= self.lod2_probability <= 1.0:
+            raise InvalidInputError("lod2_probability must be in [0, 1]")
+        if self.prefix_blocks < 1 or self.horizon < 1 or self.lead_tokens < 0:
+            raise InvalidInputError("prefix_blocks and horizon must be >= 1, lead_tokens >= 0")
+        if self.lod2_teacher not in ("gists", "tokens"):
+            raise InvalidInputError("lod2_teacher must be 'gists' or 'tokens'")
+
+
+# --------------------------------------------------------------------------- data
+
+
+class WindowSampler:
+    """Seeded windows from per-source token streams, mixed by a curriculum from prose to code.
+
+    At training progress ``p`` (0 → 1) a prose source has weight 1 and a code source weight ``p``:
+    GistNet first learns to summarise prose, then code joins the mixture.
+    """
+
+    def __init__(self, streams: Mapping[str, np.ndarray], seed: int = 0):
+        self.streams = {k: np.asarray(v) for k, v in streams.items() if len(v)}
+        if not self.streams:
+            raise InvalidInputError("no token streams to sample windows from")
+        self.seed = seed
+
+    def weights(self, progress: float) -> dict[str, float]:
+        return {name: (progress if name in CODE_SOURCES else 1.0) for name in self.streams}
+
+    def sample(self, step: int, batch: int, length: int, progress: float) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, step])
+        weights = self.weights(progress)
+        names = [n for n in self.streams if len(self.streams[n]) > length and weights[n] > 0]
+        if not names:
+            names = [n for n in self.streams if len(self.streams[n]) > length]
+        if not names:
+            raise InvalidInputError(f"every token stream is shorter than a window ({length})")
+        p = np.array([weights[n] or 1e-9 for n in names])
+        rows = []
+        for name in rng.choice(names, size=batch, p=p / p.sum()):
+            stream = self.streams[str(name)]
+            start = int(rng.integers(0, len(stream) - length))
+            rows.append(stream[start : start + length])
+        return np.stack(rows).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- contexts
+
+
+def window_length(cfg: GistTrainConfig, K: int, level: int) -> int:
+    prefix = cfg.prefix_blocks * K if level == 1 else K * K
+    return prefix + cfg.lead_tokens + cfg.horizon
+
+
+def _positions(batch: int, length: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(length, device=device).unsqueeze(0).expand(batch, length)
+
+
+def _scored_logits(base: BaseAdapter, seq: torch.Tensor, horizon: int) -> torch.Tensor:
+    """Logits predicting the last ``horizon`` entries of ``seq`` (compact positions)."""
+    out = base.forward(seq, _positions(seq.shape[0], seq.shape[1], seq.device), use_cache=False)
+    return out.logits[:, -horizon - 1 : -1].float()
+
+
+def lod1_student(
+    gistnet: GistNet, embeds: torch.Tensor, prefix_blocks: int, gisted: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student sequence with the ``gisted`` prefix blocks replaced by their gists.
+
+    Returns ``(sequence, gists)``; ``gists`` is ``(B, n_gisted, d)``.
+    """
+    b, _, d = embeds.shape
+    K = gistnet.config.K
+    blocks = embeds[:, : prefix_blocks * K].reshape(b, prefix_blocks, K, d)
+    chosen = torch.as_tensor(np.flatnonzero(gisted), device=embeds.device)
+    gists, _ = gistnet(blocks[:, chosen].reshape(-1, K, d), 1)
+    gists = gists.reshape(b, len(chosen), d).to(embeds.dtype)
+    parts: list[torch.Tensor] = []
+    g = 0
+    for block in range(prefix_blocks):
+        if gisted[block]:
+            parts.append(gists[:, g : g + 1])
+            g += 1
+        else:
+            parts.append(blocks[:, block])
+    parts.append(embeds[:, prefix_blocks * K :])
+    return torch.cat(parts, dim=1), gists
+
+
+def lod2_student(
+    gistnet: GistNet, embeds: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prefix = one K²-token node. Returns (student seq, hierarchical teacher seq, LOD1 gists)."""
+    b, _, d = embeds.shape
+    K = gistnet.config.K
+    blocks = embeds[:, : K * K].reshape(b * K, K, d)
+    lod1, _ = gistnet(blocks, 1)
+    lod1 = lod1.reshape(b, K, d)
+    lod2, _ = gistnet(lod1, 2)
+    rest = embeds[:, K * K :]
+    student = torch.cat([lod2[:, None].to(embeds.dtype), rest], dim=1)
+    teacher = torch.cat([lod1.detach().to(embeds.dtype), rest], dim=1)
+    return student, teacher, lod1
+
+
+def kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over scored positions of KL(teacher ‖ student)."""
+    s = F.log_softmax(student_logits, dim=-1)
+    t = F.log_softmax(teacher_logits, dim=-1)
+    return F.kl_div(s.flatten(0, 1), t.flatten(0, 1), log_target=True, reduction="batchmean")
+
+
+def spread_loss(gists: torch.Tensor) -> torch.Tensor:
+    """Mean squared cosine similarity between distinct gists of a batch (0 = all orthogonal)."""
+    flat = F.normalize(gists.reshape(-1, gists.shape[-1]).float(), dim=-1)
+    if flat.shape[0] < 2:
+        return flat.new_zeros(())
+    sim = flat @ flat.T
+    off = sim - torch.diag(torch.diagonal(sim))
+    return (off**2).sum() / (flat.shape[0] * (flat.shape[0] - 1))
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class LevelReport:
+    """Per-level quality of gists with every prefix block gisted."""
+
+    level: int
+    windows: int
+    nll_full: float
+    nll_drop: float
+    nll_gist: float
+    delta_nll: float
+    gap_closure: float
+    gap_closure_ci: tuple[float, float]
+
+
+def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-window mean NLL of ``targets`` (B, H) under ``logits`` (B, H, V)."""
+    losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+    return losses.view(targets.shape).mean(dim=1)
+
+
+@torch.no_grad()
+def evaluate_gists(
+    base: BaseAdapter,
+    gistnet: GistNet,
+    windows: np.ndarray,
+    cfg: GistTrainConfig,
+    level: int,
+    batch_size: int = 16,
+    seed: int = 0,
+) -> LevelReport:
+    """FULL / DROP / GIST NLL of the scored tokens over held-out ``windows`` at one level."""
+    gistnet.eval()
+    K, H = gistnet.config.K, cfg.horizon
+    prefix = cfg.prefix_blocks * K if level == 1 else K * K
+    full, drop, gist = [], [], []
+    for lo in range(0, len(windows), batch_size):
+        ids = torch.as_tensor(windows[lo : lo + batch_size], device=base.device)
+        targets = ids[:, -H:]
+        embeds = base.embed(ids)
+        full.append(_nll(_scored_logits(base, embeds, H), targets))
+        drop.append(_nll(_scored_logits(base, embeds[:, prefix:], H), targets))
+        if level == 1:
+            seq, _ = lod1_student(
+                gistnet, embeds, cfg.prefix_blocks, np.ones(cfg.prefix_blocks, bool)
+            )
+        else:
+            seq, _, _ = lod2_student(gistnet, embeds)
+        gist.append(_nll(_scored_logits(base, seq, H), targets))
+    f, d, g = (torch.cat(x).cpu().numpy().astype(np.float64) for x in (full, drop, gist))
+    closure = _closure(f, d, g)
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(1000):
+        idx = rng.integers(0, len(f), len(f))
+        boots.append(_closure(f[idx], d[idx], g[idx]))
+    low, high = np.percentile(boots, [2.5, 97.5])
+    return LevelReport(
+        level=level,
+        windows=len(f),
+        nll_full=float(f.mean()),
+        nll_drop=float(d.mean()),
+        nll_gist=float(g.mean()),
+        delta_nll=float(g.mean() - f.mean()),
+        gap_closure=closure,
+        gap_closure_ci=(float(low), float(high)),
+    )
+
+
+def _closure(full: np.ndarray, drop: np.ndarray, gist: np.ndarray) -> float:
+    gap = drop.mean() - full.mean()
+    return float((drop.mean() - gist.mean()) / gap) if abs(gap) > 1e-12 else float("nan")
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class GistTrainResult:
+    gistnet: GistNet
+    history: list[dict[str, float]]
+    evals: list[dict[str, Any]]
+    reports: dict[int, LevelReport]
+    seconds: float
+    tokens: int
+
+
+def lr_at(step: int, cfg: GistTrainConfig, seconds: float) -> float:
+    """Linear warmup, then cosine decay to ``lr · min_lr_ratio`` by the end of steps or time."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    if cfg.time_budget_s:
+        progress = max(progress, seconds / cfg.time_budget_s)
+    progress = min(1.0, progress)
+    return cfg.lr * (
+        cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    )
+
+
+def embedding_norm(base: BaseAdapter) -> float:
+    """Median L2 norm of the base's input-embedding rows: the norm gists are scaled to."""
+    weight = base.embed(torch.arange(base.vocab_size, device=base.device)).float()
+    return float(weight.norm(dim=-1).median())
+
+
+def make_gistnet(base: BaseAdapter, cfg: GistTrainConfig, K: int = 32) -> GistNet:
+    torch.manual_seed(cfg.seed)
+    options = {"K": K, **cfg.gistnet}
+    config = GistNetConfig(d_model=base.d_model, target_norm=embedding_norm(base), **options)
+    return GistNet(config).to(base.device)
+
+
+def train_gistnet(
+    base: BaseAdapter,
+    train: WindowSampler,
+    val_windows: Mapping[int, np.ndarray],
+    cfg: GistTrainConfig,
+    gistnet: GistNet | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> GistTrainResult:
+    """Train GistNet against the frozen ``base``; ``val_windows`` maps level → held-out windows."""
+    gistnet = gistnet or make_gistnet(base, cfg)
+    K = gistnet.config.K
+    decay = [p for p in gistnet.parameters() if p.dim() >= 2]
+    other = [p for p in gistnet.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0}],
+        lr=cfg.lr,
+    )
+    history: list[dict[str, float]] = []
+    evals: list[dict[str, Any]] = []
+    tokens = 0
+    started = time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc="gistnet", disable=not progress, dynamic_ncols=True)
+    for step in bar:
+        seconds = time.perf_counter() - started
+        if cfg.time_budget_s and seconds >= cfg.time_budget_s:
+            log(f"time budget of {cfg.time_budget_s:.0f} s used at step {step}")
+            break
+        rng = np.random.default_rng([cfg.seed, step, 1])
+        level = 2 if rng.random() < cfg.lod2_probability else 1
+        length = window_length(cfg, K, level)
+        ids = torch.as_tensor(
+            train.sample(step, cfg.batch_size, length, step / max(1, cfg.steps)), device=base.device
+        )
+        lr = lr_at(step, cfg, seconds)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        gistnet.train()
+        embeds = base.embed(ids)
+        if level == 1:
+            n_gisted = int(
+                rng.integers(
+                    math.ceil(cfg.min_gist_fraction * cfg.prefix_blocks), cfg.prefix_blocks + 1
+                )
+            )
+            gisted = np.zeros(cfg.prefix_blocks, dtype=bool)
+            gisted[rng.choice(cfg.prefix_blocks, size=max(1, n_gisted), replace=False)] = True
+            student, gists = lod1_student(gistnet, embeds, cfg.prefix_blocks, gisted)
+            with torch.no_grad():
+                teacher_logits = _scored_logits(base, embeds, cfg.horizon)
+        else:
+            student, teacher_seq, gists = lod2_student(gistnet, embeds)
+            with torch.no_grad():
+                teacher_in = embeds if cfg.lod2_teacher == "tokens" else teacher_seq
+                teacher_logits = _scored_logits(base, teacher_in, cfg.horizon)
+        student_logits = _scored_logits(base, student, cfg.horizon)
+        loss = kl_loss(student_logits, teacher_logits)
+        parts = {"kl": float(loss.detach())}
+        if cfg.ce_weight:
+            ce = F.cross_entropy(student_logits.flatten(0, 1), ids[:, -cfg.horizon :].flatten())
+            loss = loss + cfg.ce_weight * ce
+            parts["ce"] = float(ce.detach())
+        if cfg.spread_weight:
+            spread = spread_loss(gists)
+            loss = loss + cfg.spread_weight * spread
+            parts["spread"] = float(spread.detach())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(gistnet.parameters(), cfg.grad_clip)
+        opt.step()
+        tokens += int(ids.numel())
+        history.append(
+            {"step": step, "level": level, "loss": float(loss.detach()), "lr": lr, **parts}
+        )
+        bar.set_postfix(
+            loss=f"{float(loss.detach()):.4f}",
+            lvl=level,
+            tok_s=f"{tokens / max(1e-9, time.perf_counter() - started):,.0f}",
+        )
+        if cfg.eval_interval and (step + 1) % cfg.eval_interval == 0:
+            row: dict[str, Any] = {"step": step + 1}
+            for lvl, windows in val_windows.items():
+                report = evaluate_gists(base, gistnet, windows[: cfg.eval_windows], cfg, lvl)
+                row[f"lod{lvl}_gap_closure"] = report.gap_closure
+                row[f"lod{lvl}_delta_nll"] = report.delta_nll
+            evals.append(row)
+            log(json.dumps(row))
+    seconds = time.perf_counter() - started
+    reports = {
+        lvl: evaluate_gists(base, gistnet, windows[: cfg.final_eval_windows], cfg, lvl)
+        for lvl, windows in val_windows.items()
+    }
+    gistnet.eval()
+    return GistTrainResult(gistnet, history, evals, reports, seconds, tokens)
+
+
+def save_gist_run(
+    result: GistTrainResult, base: BaseAdapter, cfg: GistTrainConfig, out_dir: str | Path
+) -> Path:
+    """Bundle the trained GistNet with its metrics, and plot the loss and gap-closure curves."""
+    out = Path(out_dir)
+    metrics: dict[str, Any] = {"train_seconds": result.seconds, "train_tokens": result.tokens}
+    for lvl, report in result.reports.items():
+        metrics[f"lod{lvl}"] = asdict(report)
+    save_bundle(
+        out / "bundle",
+        {"gistnet": result.gistnet},
+        fingerprints=base.fingerprints,
+        training=asdict(cfg),
+        metrics=metrics,
+    )
+    (out / "history.json").write_text(
+        json.dumps({"history": result.history, "evals": result.evals})
+    )
+    plot_gist_training(result, out / "gistnet_training.png")
+    return out
+
+
+def plot_gist_training(result: GistTrainResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for level in (1, 2):
+        rows = [h for h in result.history if h["level"] == level]
+        if rows:
+            steps = np.array([r["step"] for r in rows])
+            loss = np.array([r["kl"] for r in rows])
+            window = max(1, len(loss) // 50)
+            smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+            ax1.plot(steps[window - 1 :], smooth, label=f"LOD{level} KL")
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("KL(teacher ‖ student)")
+    ax1.set_yscale("log")
+    ax1.legend()
+    for level in (1, 2):
+        key = f"lod{level}_gap_closure"
+        points = [(e["step"], e[key]) for e in result.evals if key in e]
+        if points:
+            ax2.plot(*zip(*points, strict=True), marker="o", label=f"LOD{level}")
+    ax2.axhline(0.8, color="grey", linestyle="--", linewidth=0.8, label="goal LOD1")
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("gap closure (held out)")
+    ax2.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,136 @@
+"""GistNet training on a tiny random-init Llama: KL falls, the base stays frozen, bundles load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from megacontext.errors import FingerprintMismatchError, InvalidInputError
+from megacontext.models import load_base
+from megacontext.models.bundle import load_bundle
+from megacontext.models.tiny import make_tiny_model_dir
+from megacontext.train.gist import (
+    GistTrainConfig,
+    WindowSampler,
+    evaluate_gists,
+    make_gistnet,
+    save_gist_run,
+    spread_loss,
+    train_gistnet,
+    window_length,
+)
+
+K = 8
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    path = make_tiny_model_dir("default", tmp_path_factory.mktemp("tiny") / "llama", seed=0)
+    return load_base(path)
+
+
+def stream(seed: int, n: int = 20_000) -> np.ndarray:
+    """Text-like tokens: phrases of 8 ids drawn from a small set, so context is predictive."""
+    rng = np.random.default_rng(seed)
+    phrases = rng.integers(5, 300, size=(40, 8))
+    return phrases[rng.integers(0, 40, size=n // 8)].reshape(-1)
+
+
+def config(**kw: object) -> GistTrainConfig:
+    options: dict[str, object] = {
+        "prefix_blocks": 6,
+        "lead_tokens": 8,
+        "horizon": 16,
+        "steps": 60,
+        "batch_size": 4,
+        "lr": 3e-3,
+        "warmup_steps": 5,
+        "eval_interval": 0,
+        "final_eval_windows": 16,
+        "lod2_probability": 0.3,
+        "spread_weight": 0.1,
+        "gistnet": {"width": 32, "n_layers": 1, "n_heads": 2, "key_dim": 8},
+    }
+    options.update(kw)
+    return GistTrainConfig(**options)  # type: ignore[arg-type]
+
+
+def val(cfg: GistTrainConfig) -> dict[int, np.ndarray]:
+    sampler = WindowSampler({"text": stream(99)}, seed=5)
+    return {lvl: sampler.sample(0, 16, window_length(cfg, K, lvl), 1.0) for lvl in (1, 2)}
+
+
+def test_training_lowers_kl_and_keeps_the_base_frozen(base, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg = config()
+    before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    torch.manual_seed(0)
+    gistnet = make_gistnet(base, cfg, K=K)
+    result = train_gistnet(
+        base,
+        WindowSampler({"text": stream(1), "stdlib": stream(2)}),
+        val(cfg),
+        cfg,
+        gistnet=gistnet,
+        progress=False,
+        log=lambda _m: None,
+    )
+    kl = [h["kl"] for h in result.history if h["level"] == 1]
+    assert np.mean(kl[-8:]) < 0.7 * np.mean(kl[:8])
+    for key, value in base.model.state_dict().items():
+        assert torch.equal(value, before[key]), f"base weight {key} changed (D1)"
+    for report in result.reports.values():
+        assert np.isfinite([report.nll_full, report.nll_drop, report.nll_gist]).all()
+        low, high = report.gap_closure_ci
+        assert low <= report.gap_closure <= high
+        assert report.delta_nll == pytest.approx(report.nll_gist - report.nll_full)
+    out = save_gist_run(result, base, cfg, tmp_path / "run")
+    assert (out / "gistnet_training.png").stat().st_size > 0
+    bundle = load_bundle(out / "bundle", fingerprints=base.fingerprints)
+    x = torch.randn(2, K, base.d_model)
+    torch.testing.assert_close(bundle.get("gistnet")(x, 1)[0], result.gistnet(x, 1)[0])
+    with pytest.raises(FingerprintMismatchError):
+        load_bundle(out / "bundle", fingerprints={**base.fingerprints, "base": "another"})
+
+
+def test_evaluation_with_untrained_gists_is_honest(base) -> None:  # type: ignore[no-untyped-def]
+    cfg = config()
+    gistnet = make_gistnet(base, cfg, K=K)
+    windows = val(cfg)[1]
+    report = evaluate_gists(base, gistnet, windows, cfg, level=1)
+    assert report.windows == 16
+    # NLL_full is the plain language-model loss of the scored tokens, computed independently here.
+    ids = torch.as_tensor(windows)
+    with torch.no_grad():
+        logits = base.model(input_ids=ids).logits[:, -cfg.horizon - 1 : -1]
+    direct = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), ids[:, -cfg.horizon :].flatten()
+    )
+    assert report.nll_full == pytest.approx(float(direct), rel=1e-4)
+    assert report.nll_drop != pytest.approx(report.nll_full)
+
+
+def test_gist_norm_matches_base_embeddings(base) -> None:  # type: ignore[no-untyped-def]
+    gistnet = make_gistnet(base, config(), K=K)
+    gist, _ = gistnet(torch.randn(3, K, base.d_model), 1)
+    rows = base.embed(torch.arange(base.vocab_size)).norm(dim=-1)
+    assert float(gist.norm(dim=-1).mean()) == pytest.approx(float(rows.median()), rel=1e-4)
+
+
+def test_spread_loss() -> None:
+    same = torch.ones(1, 4, 6)
+    assert float(spread_loss(same)) == pytest.approx(1.0)
+    assert float(spread_loss(torch.eye(4)[None])) == pytest.approx(0.0)
+
+
+def test_bad_configs_and_data() -> None:
+    with pytest.raises(InvalidInputError, match="min_gist_fraction"):
+        GistTrainConfig(min_gist_fraction=0)
+    with pytest.raises(InvalidInputError, match="lod2_teacher"):
+        GistTrainConfig(lod2_teacher="nope")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="no token streams"):
+        WindowSampler({"text": np.zeros(0)})
+    with pytest.raises(InvalidInputError, match="shorter than a window"):
+        WindowSampler({"text": np.arange(10)}).sample(0, 2, 50, 0.5)
