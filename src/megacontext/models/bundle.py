@@ -34,6 +34,7 @@ from megacontext.errors import (
 )
 from megacontext.models.gistnet import GISTNET_VERSION, GistNet, GistNetConfig
 from megacontext.models.lensnet import LENSNET_VERSION, LensNet, LensNetConfig
+from megacontext.models.lora import LORA_VERSION
 
 BUNDLE_FORMAT = "megacontext-bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -45,6 +46,9 @@ MODULES: dict[str, tuple[type[Any], type[nn.Module], str]] = {
     "gistnet": (GistNetConfig, GistNet, GISTNET_VERSION),
     "lensnet": (LensNetConfig, LensNet, LENSNET_VERSION),
 }
+# Optional LoRA weights for the base: stored like a module, attached on request (not built here,
+# since attaching needs the base model).
+LORA = "lora"
 
 
 @dataclass
@@ -53,9 +57,21 @@ class Bundle:
 
     modules: dict[str, nn.Module]
     fingerprints: dict[str, str]
+    lora: tuple[dict[str, Any], dict[str, torch.Tensor]] | None = None
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
+
+    def attach_lora(self, base: Any) -> Any:
+        """Attach the bundle's LoRA weights to ``base``; returns the adapter (or None)."""
+        if self.lora is None:
+            return None
+        from megacontext.models.lora import LoraAdapter, LoraSettings
+
+        config, state = self.lora
+        adapter = LoraAdapter(base, LoraSettings(**{**config, "targets": tuple(config["targets"])}))
+        adapter.load_state_dict(state)
+        return adapter
 
     def get(self, name: str) -> nn.Module:
         if name not in self.modules:
@@ -93,15 +109,17 @@ def save_bundle(
     tensors: dict[str, torch.Tensor] = {}
     described: dict[str, Any] = {}
     for name, module in modules.items():
-        if name not in MODULES:
-            raise InvalidInputError(f"unknown bundle module {name!r}; known: {sorted(MODULES)}")
+        if name not in MODULES and name != LORA:
+            raise InvalidInputError(
+                f"unknown bundle module {name!r}; known: {sorted([*MODULES, LORA])}"
+            )
         config = getattr(module, "config", None)
         if config is None or not hasattr(config, "to_dict"):
             raise InvalidInputError(f"module {name!r} has no config to record")
         for key, tensor in module.state_dict().items():
             tensors[f"{name}.{key}"] = tensor.detach().cpu().contiguous()
         described[name] = {
-            "version": MODULES[name][2],
+            "version": MODULES[name][2] if name in MODULES else LORA_VERSION,
             "config": config.to_dict(),
             "parameters": sum(p.numel() for p in module.parameters()),
         }
@@ -177,7 +195,13 @@ def load_bundle(
         )
     tensors = load_file(str(weights), device=str(device))
     modules: dict[str, nn.Module] = {}
+    lora: tuple[dict[str, Any], dict[str, torch.Tensor]] | None = None
     for name, described in manifest["modules"].items():
+        if name == LORA:
+            prefix = f"{LORA}."
+            state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            lora = (dict(described["config"]), state)
+            continue
         if name not in MODULES:
             raise InvalidInputError(f"bundle {root} holds unknown module {name!r}")
         config_cls, module_cls, version = MODULES[name]
@@ -193,6 +217,7 @@ def load_bundle(
         modules[name] = module.to(device).eval()
     return Bundle(
         modules=modules,
+        lora=lora,
         fingerprints=dict(manifest.get("fingerprints", {})),
         training=dict(manifest.get("training", {})),
         metrics=dict(manifest.get("metrics", {})),

@@ -130,6 +130,14 @@ class GistNet(nn.Module):
         self, inputs: torch.Tensor, level: int | torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``inputs``: ``(n, K, d_model)``; ``level``: int or ``(n,)``. Returns (gists, keys)."""
+        pooled = self.pooled(inputs, level)
+        gist = self.gist_head(pooled)
+        gist = self.config.target_norm * gist / gist.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        key = F.normalize(self.key_head(pooled), dim=-1)
+        return gist, key
+
+    def pooled(self, inputs: torch.Tensor, level: int | torch.Tensor) -> torch.Tensor:
+        """The trunk: ``(n, K, d_model)`` inputs to ``(n, width)`` pooled features."""
         c = self.config
         if inputs.ndim != 3 or inputs.shape[1:] != (c.K, c.d_model):
             raise InvalidInputError(
@@ -145,12 +153,7 @@ class GistNet(nn.Module):
             h = torch.cat([self.cls.expand(n, 1, -1), h], dim=1)
         for block in self.blocks:
             h = block(h)
-        h = self.ln_f(h)
-        pooled = self._pool(h)
-        gist = self.gist_head(pooled)
-        gist = c.target_norm * gist / gist.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        key = F.normalize(self.key_head(pooled), dim=-1)
-        return gist, key
+        return self._pool(self.ln_f(h))
 
     def _pool(self, h: torch.Tensor) -> torch.Tensor:
         if self.cls is not None:

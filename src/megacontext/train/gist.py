@@ -459,3 +459,78 @@ def plot_gist_training(result: GistTrainResult, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------- a whole run
+
+
+@dataclass
+class GistRunConfig:
+    """A ``megacontext train gist`` run: which base and corpus, where to write, how to train."""
+
+    base: str = "default"
+    dtype: str = "float32"
+    corpus_dir: str = "runs/corpus"
+    out_dir: str = "runs/gistnet"
+    val_windows: int = 256
+    threads: int | None = None
+    gist: GistTrainConfig = field(default_factory=GistTrainConfig)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GistRunConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise InvalidInputError(f"unknown keys in gist run config: {sorted(unknown)}")
+        values = dict(data)
+        gist = values.pop("gist", {}) or {}
+        gist_known = set(GistTrainConfig.__dataclass_fields__)
+        if set(gist) - gist_known:
+            raise InvalidInputError(f"unknown keys under gist: {sorted(set(gist) - gist_known)}")
+        return cls(**values, gist=GistTrainConfig(**gist))
+
+
+def run_gist(run: GistRunConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Load the base, tokenize the corpus, train GistNet, evaluate, and write the run directory."""
+    from megacontext.models.loading import load_base
+    from megacontext.train.streams import corpus_streams
+
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    base = load_base(run.base, dtype=run.dtype)
+    log(
+        f"base {run.base}: d_model={base.d_model}, vocab={base.vocab_size}, "
+        f"fingerprint {base.fingerprint[:12]}"
+    )
+    train_streams = corpus_streams(run.corpus_dir, base, "train")
+    val_streams = corpus_streams(run.corpus_dir, base, "val")
+    cfg = run.gist
+    K = int(cfg.gistnet.get("K", 32))
+    val_sampler = WindowSampler(val_streams, seed=cfg.seed + 1)
+    val = {
+        level: val_sampler.sample(0, run.val_windows, window_length(cfg, K, level), 1.0)
+        for level in (1, 2)
+    }
+    gistnet = make_gistnet(base, cfg, K=K)
+    log(f"GistNet: {gistnet.num_parameters():,} parameters, pooling={gistnet.config.pooling}")
+    result = train_gistnet(
+        base, WindowSampler(train_streams, seed=cfg.seed), val, cfg, gistnet, log
+    )
+    out = save_gist_run(result, base, cfg, run.out_dir)
+    summary: dict[str, Any] = {
+        "out_dir": str(out),
+        "seconds": result.seconds,
+        "tokens": result.tokens,
+        "tokens_per_s": result.tokens / max(result.seconds, 1e-9),
+    }
+    for level, report in result.reports.items():
+        summary[f"lod{level}_gap_closure"] = report.gap_closure
+        summary[f"lod{level}_gap_closure_ci"] = report.gap_closure_ci
+        summary[f"lod{level}_delta_nll"] = report.delta_nll
+        summary[f"lod{level}_nll"] = {
+            "full": report.nll_full,
+            "drop": report.nll_drop,
+            "gist": report.nll_gist,
+        }
+    (Path(run.out_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
