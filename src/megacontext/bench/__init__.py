@@ -22,6 +22,7 @@ from megacontext.errors import InvalidInputError
 SUITES: dict[str, str] = {
     "core": "megacontext.bench.core",
     "models": "megacontext.bench.models",
+    "storage": "megacontext.bench.storage",
 }
 
 Progress = Callable[[str], None]

@@ -119,9 +119,11 @@ def demo(
 
 
 from megacontext.cli import models as _models_cli  # noqa: E402  (registered below)
+from megacontext.cli import store as _store_cli  # noqa: E402
 
 app.command("port-model")(_models_cli.port_model)
 app.add_typer(_models_cli.app, name="models")
+app.add_typer(_store_cli.app, name="store")
 
 
 def main() -> None:
