@@ -27,7 +27,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -69,6 +70,8 @@ class GistTrainConfig:
     eval_interval: int = 200
     eval_windows: int = 64
     final_eval_windows: int = 256
+    plateau_patience: int = 0
+    plateau_tol: float = 1e-3
     gistnet: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -226,8 +229,13 @@ def evaluate_gists(
     level: int,
     batch_size: int = 16,
     seed: int = 0,
+    teacher: Callable[[], AbstractContextManager[Any]] = nullcontext,
 ) -> LevelReport:
-    """FULL / DROP / GIST NLL of the scored tokens over held-out ``windows`` at one level."""
+    """FULL / DROP / GIST NLL of the scored tokens over held-out ``windows`` at one level.
+
+    FULL and DROP are read by the plain base (``teacher``: e.g. with LoRA disabled); GIST by the
+    base as it is (the student).
+    """
     gistnet.eval()
     K, H = gistnet.config.K, cfg.horizon
     prefix = cfg.prefix_blocks * K if level == 1 else K * K
@@ -236,8 +244,9 @@ def evaluate_gists(
         ids = torch.as_tensor(windows[lo : lo + batch_size], device=base.device)
         targets = ids[:, -H:]
         embeds = base.embed(ids)
-        full.append(_nll(_scored_logits(base, embeds, H), targets))
-        drop.append(_nll(_scored_logits(base, embeds[:, prefix:], H), targets))
+        with teacher():
+            full.append(_nll(_scored_logits(base, embeds, H), targets))
+            drop.append(_nll(_scored_logits(base, embeds[:, prefix:], H), targets))
         if level == 1:
             seq, _ = lod1_student(
                 gistnet, embeds, cfg.prefix_blocks, np.ones(cfg.prefix_blocks, bool)
@@ -317,12 +326,23 @@ def train_gistnet(
     gistnet: GistNet | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
+    params: Sequence[torch.nn.Parameter] | None = None,
+    teacher: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    desc: str = "gistnet",
 ) -> GistTrainResult:
-    """Train GistNet against the frozen ``base``; ``val_windows`` maps level → held-out windows."""
+    """Train GistNet against the frozen ``base``; ``val_windows`` maps level → held-out windows.
+
+    ``params`` (default: GistNet's) are what the distillation loss updates — co-learning passes
+    LoRA parameters, or both. ``teacher`` is entered around the teacher's forwards (co-learning
+    disables LoRA there, so the teacher is always the plain base). With ``plateau_patience``,
+    training stops once the held-out LOD1 NLL_gist has not improved by ``plateau_tol`` for that
+    many evaluations.
+    """
     gistnet = gistnet or make_gistnet(base, cfg)
     K = gistnet.config.K
-    decay = [p for p in gistnet.parameters() if p.dim() >= 2]
-    other = [p for p in gistnet.parameters() if p.dim() < 2]
+    trainable = list(params) if params is not None else list(gistnet.parameters())
+    decay = [p for p in trainable if p.dim() >= 2]
+    other = [p for p in trainable if p.dim() < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0}],
         lr=cfg.lr,
@@ -331,7 +351,8 @@ def train_gistnet(
     evals: list[dict[str, Any]] = []
     tokens = 0
     started = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc="gistnet", disable=not progress, dynamic_ncols=True)
+    best, stale = float("inf"), 0
+    bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, dynamic_ncols=True)
     for step in bar:
         seconds = time.perf_counter() - started
         if cfg.time_budget_s and seconds >= cfg.time_budget_s:
@@ -357,11 +378,11 @@ def train_gistnet(
             gisted = np.zeros(cfg.prefix_blocks, dtype=bool)
             gisted[rng.choice(cfg.prefix_blocks, size=max(1, n_gisted), replace=False)] = True
             student, gists = lod1_student(gistnet, embeds, cfg.prefix_blocks, gisted)
-            with torch.no_grad():
+            with torch.no_grad(), teacher():
                 teacher_logits = _scored_logits(base, embeds, cfg.horizon)
         else:
             student, teacher_seq, gists = lod2_student(gistnet, embeds)
-            with torch.no_grad():
+            with torch.no_grad(), teacher():
                 teacher_in = embeds if cfg.lod2_teacher == "tokens" else teacher_seq
                 teacher_logits = _scored_logits(base, teacher_in, cfg.horizon)
         student_logits = _scored_logits(base, student, cfg.horizon)
@@ -377,7 +398,7 @@ def train_gistnet(
             parts["spread"] = float(spread.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(gistnet.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
         opt.step()
         tokens += int(ids.numel())
         history.append(
@@ -391,14 +412,27 @@ def train_gistnet(
         if cfg.eval_interval and (step + 1) % cfg.eval_interval == 0:
             row: dict[str, Any] = {"step": step + 1}
             for lvl, windows in val_windows.items():
-                report = evaluate_gists(base, gistnet, windows[: cfg.eval_windows], cfg, lvl)
+                report = evaluate_gists(
+                    base, gistnet, windows[: cfg.eval_windows], cfg, lvl, teacher=teacher
+                )
                 row[f"lod{lvl}_gap_closure"] = report.gap_closure
                 row[f"lod{lvl}_delta_nll"] = report.delta_nll
+                row[f"lod{lvl}_nll_gist"] = report.nll_gist
             evals.append(row)
             log(json.dumps(row))
+            if cfg.plateau_patience and 1 in val_windows:
+                if row["lod1_nll_gist"] < best - cfg.plateau_tol:
+                    best, stale = row["lod1_nll_gist"], 0
+                else:
+                    stale += 1
+                if stale >= cfg.plateau_patience:
+                    log(f"{desc}: held-out NLL plateaued at step {step + 1}; stopping the phase")
+                    break
     seconds = time.perf_counter() - started
     reports = {
-        lvl: evaluate_gists(base, gistnet, windows[: cfg.final_eval_windows], cfg, lvl)
+        lvl: evaluate_gists(
+            base, gistnet, windows[: cfg.final_eval_windows], cfg, lvl, teacher=teacher
+        )
         for lvl, windows in val_windows.items()
     }
     gistnet.eval()
