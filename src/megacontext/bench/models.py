@@ -197,9 +197,52 @@ def rope_relativity_errors(quick: bool, progress: Progress) -> list[Result]:
     return results
 
 
+def train_throughput(quick: bool, progress: Progress) -> list[Result]:
+    """From-scratch training speed of the default recipe's model, and its MFU."""
+    from megacontext.train.metrics import measure_train_throughput
+
+    progress("training throughput of the default recipe")
+    m = measure_train_throughput(steps=2 if quick else 6)
+    return [
+        Result("train_tokens_per_s", m["tokens_per_s"], "tokens/s"),
+        Result(
+            "train_mfu",
+            m["mfu"],
+            "fraction",
+            note=f"model FLOP/s over a measured matmul peak of {m['matmul_peak_flops']:.3g} FLOP/s",
+        ),
+    ]
+
+
+def default_base_quality(quick: bool, progress: Progress) -> list[Result]:
+    """Validation bits per byte (vs a unigram model) and passkey accuracy of the default base."""
+    from megacontext.models.loading import DEFAULT_BASE_DIR
+    from megacontext.train.metrics import evaluate_base_dir
+
+    if not (Path(DEFAULT_BASE_DIR) / "config.json").is_file():
+        progress("default base not built: skipping its quality")
+        return []
+    progress("default base: validation bpb and passkey")
+    m = evaluate_base_dir(
+        DEFAULT_BASE_DIR, n_windows=16 if quick else 64, n_passkey=20 if quick else 100
+    )
+    return [
+        Result(
+            "default_val_bpb",
+            m["val_bpb"],
+            "bits/byte",
+            baseline_name="unigram_bpb",
+            baseline_value=m["unigram_bpb"],
+        ),
+        Result("default_passkey_acc", m["passkey_acc"], "fraction", note="goal >= 0.9"),
+    ]
+
+
 MEASUREMENTS: list[Callable[[bool, Progress], list[Result]]] = [
     adapter_forward_overhead,
     rope_relativity_errors,
+    train_throughput,
+    default_base_quality,
 ]
 
 

@@ -1,0 +1,184 @@
+"""Typed configuration of a from-scratch base-model run, loadable from YAML.
+
+One place defines each default. A YAML file has three optional sections, ``model``, ``data`` and
+``train``, whose keys are the fields below; unknown keys are an error (typos must not pass
+silently). See ``src/megacontext/train/configs/default.yaml`` for the default base recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from megacontext.errors import InvalidInputError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class ModelConfig:
+    """Llama-architecture shape. ``vocab_size`` comes from the tokenizer."""
+
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 4
+    ffn_dim: int = 704
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 8192
+    tie_embeddings: bool = True
+
+
+@dataclass
+class DataConfig:
+    """Corpus, tokenizer and training mixture.
+
+    ``mixture`` weights the row kinds (``text`` and the task kinds of
+    :mod:`megacontext.train.tasks`). ``mixture_phases`` is an optional curriculum: a list of
+    ``{from_step: N, mixture: {...}}`` entries, each replacing the mixture from step N on.
+    """
+
+    corpus_dir: str = "runs/corpus"
+    sources: list[str] = field(default_factory=lambda: ["stdlib", "pydoc", "kjv", "gutenberg"])
+    corpus_seed: int = 0
+    val_fraction: float = 0.05
+    tokenizer_dir: str | None = None
+    vocab_size: int = 8192
+    seq_len: int = 512
+    mixture: dict[str, float] = field(
+        default_factory=lambda: {
+            "text": 0.5,
+            "passkey": 0.25,
+            "kv": 0.1,
+            "copy": 0.075,
+            "vartrack": 0.075,
+        }
+    )
+    min_task_len: int = 64
+    mixture_phases: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, evaluation and bookkeeping."""
+
+    out_dir: str = "runs/base"
+    seed: int = 0
+    batch_size: int = 4
+    max_steps: int = 1000
+    time_budget_s: float | None = None
+    lr: float = 1.5e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    max_position_offset: int = 0
+    eval_interval: int = 200
+    eval_windows: int = 32
+    eval_passkey_prompts: int = 20
+    final_eval_windows: int = 256
+    ckpt_interval: int = 200
+    log_interval: int = 10
+    passkey_prompts: int = 100
+    precision: str = "auto"
+    device: str = "auto"
+    threads: int | None = None
+
+
+@dataclass
+class BaseRunConfig:
+    """A whole run: model shape, data and training."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        """Raise :class:`InvalidInputError` on inconsistent values."""
+        m, d, t = self.model, self.data, self.train
+        if m.d_model % m.n_heads or m.n_heads % m.n_kv_heads:
+            raise InvalidInputError(
+                f"d_model ({m.d_model}) must be divisible by n_heads ({m.n_heads}), and n_heads by "
+                f"n_kv_heads ({m.n_kv_heads})"
+            )
+        if d.seq_len < 16 or d.seq_len + t.max_position_offset > m.max_position_embeddings:
+            raise InvalidInputError(
+                f"seq_len ({d.seq_len}) + max_position_offset ({t.max_position_offset}) must be "
+                f"≥ 16 and ≤ max_position_embeddings ({m.max_position_embeddings})"
+            )
+        if t.max_steps < 1 or t.batch_size < 1 or t.warmup_steps < 0:
+            raise InvalidInputError("max_steps and batch_size must be ≥ 1, warmup_steps ≥ 0")
+        last = 0
+        for phase in d.mixture_phases:
+            if set(phase) != {"from_step", "mixture"} or not isinstance(phase["mixture"], dict):
+                raise InvalidInputError(
+                    f"each data.mixture_phases entry needs from_step and mixture, got {phase}"
+                )
+            if int(phase["from_step"]) <= last:
+                raise InvalidInputError(
+                    "data.mixture_phases must have increasing from_step values, all > 0"
+                )
+            last = int(phase["from_step"])
+        if t.precision not in ("auto", "fp32", "bf16"):
+            raise InvalidInputError(f"precision must be auto, fp32 or bf16, got {t.precision!r}")
+        if t.device not in ("auto", "cpu", "cuda"):
+            raise InvalidInputError(f"device must be auto, cpu or cuda, got {t.device!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (YAML/JSON serialisable)."""
+        return asdict(self)
+
+
+def _section(cls: type[Any], data: Any, name: str) -> Any:
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"config section {name!r} must be a mapping, got {type(data)}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise InvalidInputError(
+            f"unknown key(s) {unknown} in config section {name!r}; valid keys: {sorted(names)}"
+        )
+    return cls(**data)
+
+
+def config_from_dict(data: dict[str, Any]) -> BaseRunConfig:
+    """Build a validated :class:`BaseRunConfig` from a nested dict."""
+    unknown = sorted(set(data) - {"model", "data", "train"})
+    if unknown:
+        raise InvalidInputError(f"unknown config section(s) {unknown}; use model, data and train")
+    cfg = BaseRunConfig(
+        model=_section(ModelConfig, data.get("model"), "model"),
+        data=_section(DataConfig, data.get("data"), "data"),
+        train=_section(TrainConfig, data.get("train"), "train"),
+    )
+    cfg.validate()
+    return cfg
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> BaseRunConfig:
+    """Load a YAML config; ``overrides`` maps ``"section.key"`` to a value (CLI ``--set``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(
+            f"config file {path} not found; start from {CONFIG_DIR / 'default.yaml'}"
+        )
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InvalidInputError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"config file {path} must hold a mapping at the top level")
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if not key:
+            raise InvalidInputError(f"override {dotted!r} must look like section.key=value")
+        data.setdefault(section, {})[key] = value
+    return config_from_dict(data)

@@ -1,0 +1,55 @@
+"""Run configuration: the shipped recipe validates; typos and inconsistencies are typed errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from megacontext.errors import InvalidInputError
+from megacontext.train.config import CONFIG_DIR, config_from_dict, load_config
+
+
+def test_default_recipe_loads_and_matches_the_issue_targets() -> None:
+    cfg = load_config(CONFIG_DIR / "default.yaml")
+    assert cfg.data.vocab_size == 8192 and cfg.data.seq_len >= 512
+    assert cfg.data.mixture["passkey"] > 0, "a base that never saw pass keys scores 0"
+    assert cfg.train.max_position_offset > 0
+
+
+def test_overrides_apply_with_dotted_keys() -> None:
+    cfg = load_config(CONFIG_DIR / "default.yaml", {"train.max_steps": 7, "model.n_layers": 2})
+    assert cfg.train.max_steps == 7 and cfg.model.n_layers == 2
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ({"train": {"max_stepz": 3}}, "unknown key"),
+        ({"optim": {}}, "unknown config section"),
+        ({"model": {"d_model": 100, "n_heads": 3}}, "divisible"),
+        ({"data": {"seq_len": 8192}, "train": {"max_position_offset": 10}}, "max_position"),
+        ({"train": {"precision": "fp8"}}, "precision"),
+        ({"train": {"device": "tpu"}}, "device"),
+        ({"model": []}, "must be a mapping"),
+        ({"data": {"mixture_phases": [{"from_step": 5}]}}, "needs from_step and mixture"),
+        (
+            {"data": {"mixture_phases": [{"from_step": 0, "mixture": {"text": 1}}]}},
+            "increasing from_step",
+        ),
+    ],
+)
+def test_bad_configs_are_rejected(data: dict[str, object], match: str) -> None:
+    with pytest.raises(InvalidInputError, match=match):
+        config_from_dict(data)
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(InvalidInputError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(InvalidInputError, match=r"section\.key=value"):
+        load_config(CONFIG_DIR / "default.yaml", {"max_steps": 3})

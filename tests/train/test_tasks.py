@@ -1,0 +1,98 @@
+"""Synthetic long-context tasks: seeded, exact lengths, answers present where they must be."""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from megacontext.errors import InvalidInputError
+from megacontext.train.tasks import (
+    GENERATORS,
+    TASK_KINDS,
+    FillerSource,
+    MixtureSampler,
+    passkey_sample,
+)
+from megacontext.train.tokenizer import BOS, EOS, encode_documents, load_tokenizer
+
+from .conftest import synthetic_documents
+
+
+@pytest.fixture(scope="module")
+def setup(tok_dir: Path):  # type: ignore[no-untyped-def]
+    tok = load_tokenizer(tok_dir)
+    stream = encode_documents(tok, [d.text for d in synthetic_documents()])
+    return tok, stream, FillerSource(stream, (tok.token_to_id(BOS), tok.token_to_id(EOS)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    kind=st.sampled_from(TASK_KINDS),
+    seed=st.integers(0, 10_000),
+    length=st.integers(200, 600),
+)
+def test_samples_are_seeded_and_answer_follows_prompt(setup, kind, seed, length) -> None:  # type: ignore[no-untyped-def]
+    tok, _, filler = setup
+    a = GENERATORS[kind](random.Random(seed), tok, filler, length)
+    b = GENERATORS[kind](random.Random(seed), tok, filler, length)
+    assert a == b, "same seed must give the same sample"
+    assert 0 < a.prompt_len < len(a.ids)
+    assert tok.decode(a.ids[a.prompt_len :]).startswith(a.answer)
+    if kind in ("passkey", "kv", "vartrack"):  # these pad filler up to the target length
+        assert len(a.ids) >= length
+    if kind == "passkey":  # its template is far below 200 tokens: filler fills the rest exactly
+        assert len(a.ids) == length
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), depth=st.floats(0.0, 1.0))
+def test_passkey_needle_is_in_the_prompt_and_answer_is_the_key(setup, seed, depth) -> None:  # type: ignore[no-untyped-def]
+    tok, _, filler = setup
+    sample = passkey_sample(random.Random(seed), tok, filler, 300, key_digits=5, depth=depth)
+    key = re.sub(r"\D", "", sample.answer)
+    prompt = tok.decode(sample.ids[: sample.prompt_len])
+    assert len(key) == 5
+    assert f"The pass key is {key}. Remember it." in prompt
+    assert prompt.endswith("What is the pass key? The pass key is")
+
+
+def test_mixture_rows_have_fixed_length_and_follow_weights(setup) -> None:  # type: ignore[no-untyped-def]
+    tok, stream, _ = setup
+    sampler = MixtureSampler(tok, stream, 128, {"text": 1.0, "passkey": 1.0}, min_task_len=48)
+    rng = random.Random(0)
+    kinds, batch = sampler.batch(rng, 64)
+    assert batch.shape == (64, 129) and batch.dtype == np.int64
+    assert set(kinds) == {"text", "passkey"}
+    again = sampler.batch(random.Random(0), 64)[1]
+    assert np.array_equal(batch, again)
+    bos = tok.token_to_id(BOS)
+    for kind, row in zip(kinds, batch, strict=True):
+        if kind == "passkey":
+            assert row[0] == bos, "task rows start with a whole sample"
+
+
+def test_repeat_sample_repeats_random_tokens(setup) -> None:  # type: ignore[no-untyped-def]
+    tok, _, filler = setup
+    sample = GENERATORS["repeat"](random.Random(1), tok, filler, 200)
+    answer = sample.ids[sample.prompt_len :]
+    n = len(answer)
+    prompt = sample.ids[: sample.prompt_len]
+    assert n >= 60
+    assert any(prompt[i : i + n] == answer for i in range(len(prompt) - n + 1))
+    assert min(answer) >= 3, "special tokens never appear in random sequences"
+
+
+def test_mixture_rejects_bad_weights(setup) -> None:  # type: ignore[no-untyped-def]
+    tok, stream, _ = setup
+    with pytest.raises(InvalidInputError, match="unknown mixture kinds"):
+        MixtureSampler(tok, stream, 64, {"text": 1.0, "needle": 1.0})
+    with pytest.raises(InvalidInputError, match="sum > 0"):
+        MixtureSampler(tok, stream, 64, {"text": 0.0})
+    with pytest.raises(InvalidInputError, match="fewer than one row"):
+        MixtureSampler(tok, stream[:50], 64, {"text": 1.0})
