@@ -8,7 +8,7 @@ export NO_MKDOCS_2_WARNING := 1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint typecheck docs pytest bench-core clean
+.PHONY: install demo test lint typecheck docs pytest bench-core default-base focus-models clean
 
 # torch is pinned in the same pip command as everything that depends on it: an unpinned torch
 # resolves to a multi-GB CUDA build on our machines (docs/development.md).
@@ -41,6 +41,19 @@ test: lint typecheck docs pytest
 
 bench-core: install
 	$(VENV)/bin/megacontext bench core --json results/core.json
+
+# The embedded default base, reproduced from its recipe (about 90 minutes on 2 CPU cores).
+default-base: install
+	scripts/corpus-deps.sh runs/corpus/cache
+	$(VENV)/bin/megacontext train base --config src/megacontext/train/configs/default.yaml
+	$(VENV)/bin/megacontext train export runs/default-base --to src/megacontext/models/default_base
+
+# GistNet and LensNet for the default base, shipped as src/megacontext/models/default_focus.
+focus-models: install
+	$(VENV)/bin/megacontext train gist --config src/megacontext/train/configs/gist-default.yaml
+	$(VENV)/bin/megacontext train lens --config src/megacontext/train/configs/lens-default.yaml
+	rm -rf src/megacontext/models/default_focus
+	cp -r runs/lensnet-default/bundle src/megacontext/models/default_focus
 
 clean:
 	rm -rf site .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -14,9 +14,28 @@ from megacontext.errors import (
     InvalidInputError,
     InvariantError,
     MegaContextError,
+    StaleLabelError,
     StalePlanError,
     StorageCorruptionError,
 )
+
+_LAZY = {
+    "open": ("megacontext.runtime.session", "open_session"),
+    "Session": ("megacontext.runtime.session", "Session"),
+    "SessionConfig": ("megacontext.runtime.session", "SessionConfig"),
+    "load_base": ("megacontext.models.loading", "load_base"),
+}
+
+
+def __getattr__(name: str) -> object:
+    """Import the torch-backed parts of the public API only when they are used."""
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'megacontext' has no attribute {name!r}")
+
 
 __all__ = [
     "BudgetError",
@@ -25,7 +44,12 @@ __all__ = [
     "InvalidInputError",
     "InvariantError",
     "MegaContextError",
+    "Session",
+    "SessionConfig",
+    "StaleLabelError",
     "StalePlanError",
     "StorageCorruptionError",
     "__version__",
+    "load_base",
+    "open",
 ]

@@ -25,6 +25,10 @@ class StalePlanError(InvalidInputError):
     """An edit plan was computed for a different version of the working context."""
 
 
+class StaleLabelError(InvalidInputError):
+    """Training labels were computed with a different GistNet than the one in use."""
+
+
 class BudgetError(MegaContextError):
     """An operation would exceed the working-context budget ``W_max``, or cannot fit at all."""
 
@@ -48,6 +52,7 @@ __all__ = [
     "InvalidInputError",
     "InvariantError",
     "MegaContextError",
+    "StaleLabelError",
     "StalePlanError",
     "StorageCorruptionError",
 ]

@@ -23,6 +23,8 @@ SUITES: dict[str, str] = {
     "core": "megacontext.bench.core",
     "models": "megacontext.bench.models",
     "storage": "megacontext.bench.storage",
+    "gist": "megacontext.bench.gist",
+    "longctx": "megacontext.bench.longctx",
 }
 
 Progress = Callable[[str], None]
@@ -38,6 +40,7 @@ class Result:
     baseline_name: str | None = None
     baseline_value: float | None = None
     note: str = ""
+    extra: dict[str, Any] | None = None
 
     @property
     def ratio(self) -> float | None:
@@ -52,6 +55,8 @@ class Result:
             out["ratio"] = self.ratio
         if self.note:
             out["note"] = self.note
+        if self.extra:
+            out["extra"] = self.extra
         return out
 
 

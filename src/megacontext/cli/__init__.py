@@ -119,11 +119,22 @@ def demo(
 
 
 from megacontext.cli import models as _models_cli  # noqa: E402  (registered below)
+from megacontext.cli import session as _session_cli  # noqa: E402
 from megacontext.cli import store as _store_cli  # noqa: E402
+from megacontext.cli import train as _train_cli  # noqa: E402
+from megacontext.cli import train_nets as _train_nets_cli  # noqa: E402
 
 app.command("port-model")(_models_cli.port_model)
 app.add_typer(_models_cli.app, name="models")
 app.add_typer(_store_cli.app, name="store")
+_train_cli.app.command("gist")(_train_nets_cli.gist)
+_train_cli.app.command("lens")(_train_nets_cli.lens)
+_train_cli.app.command("cotrain")(_train_nets_cli.cotrain)
+app.add_typer(_train_cli.app, name="train")
+app.command()(_session_cli.ingest)
+app.command()(_session_cli.ask)
+app.command()(_session_cli.generate)
+app.add_typer(_session_cli.trace_app, name="trace")
 
 
 def main() -> None:

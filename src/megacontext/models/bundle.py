@@ -36,6 +36,9 @@ from megacontext.models.gistnet import GISTNET_VERSION, GistNet, GistNetConfig
 from megacontext.models.lensnet import LENSNET_VERSION, LensNet, LensNetConfig
 from megacontext.models.lora import LORA_VERSION
 
+FOCUS_BUNDLE_ENV = "MEGACONTEXT_FOCUS_BUNDLE"
+DEFAULT_FOCUS_DIR = Path(__file__).resolve().parent / "default_focus"
+
 BUNDLE_FORMAT = "megacontext-bundle"
 BUNDLE_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -45,6 +48,10 @@ WEIGHTS = "weights.safetensors"
 MODULES: dict[str, tuple[type[Any], type[nn.Module], str]] = {
     "gistnet": (GistNetConfig, GistNet, GISTNET_VERSION),
     "lensnet": (LensNetConfig, LensNet, LENSNET_VERSION),
+    # LensNets trained with inputs switched off, shipped for the ablation benchmark.
+    "lensnet_gists_only": (LensNetConfig, LensNet, LENSNET_VERSION),
+    "lensnet_lexical_only": (LensNetConfig, LensNet, LENSNET_VERSION),
+    "lensnet_keys_only": (LensNetConfig, LensNet, LENSNET_VERSION),
 }
 # Optional LoRA weights for the base: stored like a module, attached on request (not built here,
 # since attaching needs the base model).
@@ -79,6 +86,11 @@ class Bundle:
                 f"this bundle has no {name!r} module; it holds {sorted(self.modules)}"
             )
         return self.modules[name]
+
+
+def default_focus_dir() -> Path:
+    """Where the focus bundle of the default base lives (``$MEGACONTEXT_FOCUS_BUNDLE`` wins)."""
+    return Path(os.environ.get(FOCUS_BUNDLE_ENV, DEFAULT_FOCUS_DIR))
 
 
 def _sha256(path: Path) -> str:

@@ -18,6 +18,7 @@ GistNet only ever sees complete nodes: there is no padding and so no attention m
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -163,6 +164,25 @@ class GistNet(nn.Module):
             weights = torch.softmax(q @ h.transpose(1, 2) / math.sqrt(h.shape[-1]), dim=-1)
             return (weights @ h)[:, 0]
         return h.mean(dim=1)
+
+    def weights_version(self) -> str:
+        """A short hash of the weights that shape the gists (not the key head, which gists do
+        not depend on): focus labels made with these gists carry it."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.state_dict().items()):
+            if name.startswith("key_head."):
+                continue
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def key_version(self) -> str:
+        """A short hash of everything that shapes the keys (trunk and key head)."""
+        digest = hashlib.sha256(self.weights_version().encode())
+        for name, tensor in sorted(self.key_head.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,191 @@
+"""``megacontext bench gist``: the shipped GistNet and LensNet on held-out data (issue 6 §9).
+
+Results (goals in parentheses):
+
+* ``lod1_gap_closure`` (≥ 0.8), ``lod2_gap_closure`` (≥ 0.5), ``lod1_delta_nll``,
+  ``lod2_delta_nll`` — every prefix block gisted (many gists in context);
+* retrieval tasks: ``lens_spearman_retrieval`` (≥ 0.5), ``lens_top1_retrieval`` (≥ 0.9),
+  ``focus_gain_retrieval`` (≥ 0.8); natural text: ``lens_spearman_text`` (≥ 0.3),
+  ``focus_gain_text`` (≥ 0.3);
+* ablations: ``focus_gain_retrieval_gists_only``, ``…_lexical_only``, ``…_keys_only``;
+* ``gist_tokens_per_s``: tokens gisted per second at ingest (a tree append with GistNet), with
+  the base's prefill tokens/s in the same run as its baseline.
+
+The weights come from the packaged focus bundle (``megacontext/models/default_focus``, or
+``$MEGACONTEXT_FOCUS_BUNDLE``); the held-out data from the corpus validation split
+(``$MEGACONTEXT_CORPUS``, default ``runs/corpus``, built when missing).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from megacontext.bench import Progress, Result, median
+from megacontext.errors import InvalidInputError
+from megacontext.models.bundle import FOCUS_BUNDLE_ENV, default_focus_dir
+
+GOALS = {
+    "lod1_gap_closure": 0.8,
+    "lod2_gap_closure": 0.5,
+    "lens_spearman_retrieval": 0.5,
+    "lens_top1_retrieval": 0.9,
+    "focus_gain_retrieval": 0.8,
+    "lens_spearman_text": 0.3,
+    "focus_gain_text": 0.3,
+}
+
+
+def focus_bundle_dir() -> Path:
+    path = default_focus_dir()
+    if not (path / "manifest.json").is_file():
+        raise InvalidInputError(
+            f"no focus bundle at {path}; train one (make focus-models) or set {FOCUS_BUNDLE_ENV}"
+        )
+    return path
+
+
+def _goal_note(name: str) -> str:
+    return f"goal >= {GOALS[name]}" if name in GOALS else ""
+
+
+def run(quick: bool, progress: Progress) -> list[Result]:
+    from megacontext.models.bundle import load_bundle
+    from megacontext.models.context import GistNetGister
+    from megacontext.models.loading import load_base
+    from megacontext.train.gist import GistTrainConfig, WindowSampler, evaluate_gists, window_length
+    from megacontext.train.lens import (
+        ABLATIONS,
+        LensRunConfig,
+        evaluate_lensnet,
+        make_samples,
+        refresh_keys,
+    )
+    from megacontext.train.streams import corpus_streams
+
+    torch.manual_seed(0)
+    bundle_dir = focus_bundle_dir()
+    base = load_base(os.environ.get("MEGACONTEXT_BENCH_BASE", "default"))
+    bundle = load_bundle(bundle_dir, fingerprints=base.fingerprints)
+    gistnet = bundle.get("gistnet")
+    corpus = Path(os.environ.get("MEGACONTEXT_CORPUS", "runs/corpus"))
+    if not (corpus / "manifest.json").is_file():
+        from megacontext.train.corpus import build_corpus
+
+        progress(f"building the corpus in {corpus}")
+        build_corpus(corpus, ["stdlib", "pydoc", "kjv", "gutenberg"], seed=0, val_fraction=0.05)
+    val = corpus_streams(corpus, base, "val", progress=False)
+    gist_cfg = (
+        GistTrainConfig(**bundle.training.get("gist", {}))
+        if "gist" in bundle.training
+        else GistTrainConfig()
+    )
+    K = gistnet.config.K
+    results: list[Result] = []
+    windows = 32 if quick else 256
+    sampler = WindowSampler(val, seed=12345)
+    for level in (1, 2):
+        progress(f"gap closure at LOD{level}")
+        report = evaluate_gists(
+            base,
+            gistnet,
+            sampler.sample(level, windows, window_length(gist_cfg, K, level), 1.0),
+            gist_cfg,
+            level,
+        )
+        results.append(
+            Result(
+                f"lod{level}_gap_closure",
+                report.gap_closure,
+                "fraction",
+                note=(
+                    f"95% CI {report.gap_closure_ci[0]:.3f}–{report.gap_closure_ci[1]:.3f}; "
+                    + _goal_note(f"lod{level}_gap_closure")
+                ),
+            )
+        )
+        results.append(Result(f"lod{level}_delta_nll", report.delta_nll, "nats"))
+
+    lens_training = bundle.training.get("lens")
+    run_cfg = LensRunConfig.from_dict({"lens": lens_training or {}})
+    lens_cfg = run_cfg.lens
+    text = np.concatenate([s for name, s in sorted(val.items()) if name != "stdlib"])
+    progress("labelling held-out focus samples")
+    samples = make_samples(base, gistnet, text, lens_cfg, 16 if quick else 100, 999, progress=False)
+    for sample in samples:
+        refresh_keys(sample, base, gistnet)
+    scale = float(bundle.metrics.get("label_scale_all", 1.0))
+    slices = {
+        "retrieval": [s for s in samples if s.retrieval],
+        "text": [s for s in samples if not s.retrieval],
+    }
+    for name in ABLATIONS:
+        module = "lensnet" if name == "all" else f"lensnet_{name}"
+        if module not in bundle.modules:
+            continue
+        lens = bundle.get(module)
+        for slice_name, part in slices.items():
+            if name != "all" and slice_name != "retrieval":
+                continue
+            progress(f"LensNet ({name}) on {slice_name}")
+            report = evaluate_lensnet(base, lens, part, lens_cfg, scale)
+            suffix = "" if name == "all" else f"_{name}"
+            results.append(
+                Result(
+                    f"focus_gain_{slice_name}{suffix}",
+                    report.focus_gain,
+                    "fraction",
+                    note=_goal_note(f"focus_gain_{slice_name}"),
+                )
+            )
+            if name == "all":
+                results.append(
+                    Result(
+                        f"lens_spearman_{slice_name}",
+                        report.spearman,
+                        "rho",
+                        note=_goal_note(f"lens_spearman_{slice_name}"),
+                    )
+                )
+                if slice_name == "retrieval":
+                    results.append(
+                        Result(
+                            "lens_top1_retrieval",
+                            report.top1,
+                            "fraction",
+                            note=_goal_note("lens_top1_retrieval"),
+                        )
+                    )
+
+    progress("ingest gisting throughput vs base prefill")
+    from megacontext.core import MegaContextTree, MemoryBackend
+
+    stream = next(iter(val.values()))[: (8192 if quick else 65536)].astype(np.int64)
+    gister = GistNetGister(gistnet, base)
+    gist_times, prefill_times = [], []
+    for _ in range(3):
+        tree = MegaContextTree(MemoryBackend(base.d_model, np.float16), gister, K=K)
+        start = time.perf_counter()
+        tree.append(stream)
+        gist_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        with torch.no_grad():
+            for lo in range(0, len(stream) - 511, 512):
+                ids = torch.as_tensor(stream[lo : lo + 512])[None]
+                base.forward(base.embed(ids), torch.arange(512)[None], use_cache=False)
+        prefill_times.append(time.perf_counter() - start)
+    prefill_tokens = (len(stream) // 512) * 512
+    results.append(
+        Result(
+            "gist_tokens_per_s",
+            len(stream) / median(gist_times),
+            "tokens/s",
+            baseline_name="base_prefill_tokens_per_s",
+            baseline_value=prefill_tokens / median(prefill_times),
+        )
+    )
+    return results

@@ -1,0 +1,127 @@
+"""``megacontext bench longctx``: long-context tasks against real baselines (issue 7 §3).
+
+Every system feeds the same frozen base (the default one) at the same budget with the same seeded
+samples (D14). Result names are ``TASK@LENGTH/W_MAX/SYSTEM``; QA tasks report accuracy (exact
+greedy match), ``longdoc`` reports NLL (nats per token); each result's ``extra`` holds the 95%
+interval, samples, tokens processed and wall seconds.
+
+Systems: full context (where it fits), recency, StreamingLLM, RAG-BM25, Compressive-lite, and
+MegaContext with recency-only focus, LensNet on gists only, and LensNet with retrieval evidence
+(the last two need the packaged focus bundle).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from megacontext.bench import Progress, Result
+
+
+@dataclass(frozen=True)
+class Grid:
+    tasks: tuple[str, ...]
+    lengths: tuple[int, ...]
+    budgets: tuple[int, ...]
+    samples: int
+
+
+QUICK = Grid(("passkey", "needle", "longdoc"), (4096,), (512,), 5)
+FULL = Grid(
+    ("passkey", "needle", "vartrack", "lines", "facts", "longdoc"),
+    (4096, 16384, 65536, 100_000),
+    (256, 512, 1024),
+    20,
+)
+
+
+def systems(base: Any, bundle: Any | None) -> dict[str, Callable[[], Any]]:
+    from megacontext.eval.memory import (
+        CompressiveLite,
+        FullContext,
+        MegaContextMemory,
+        RagBM25,
+        Recency,
+        StreamingLLM,
+    )
+
+    out: dict[str, Callable[[], Any]] = {
+        "full": lambda: FullContext(base),
+        "recency": lambda: Recency(base),
+        "streamingllm": lambda: StreamingLLM(base),
+        "rag-bm25": lambda: RagBM25(base),
+        "compressive": lambda: CompressiveLite(base),
+    }
+    if bundle is not None:
+        gist = bundle.get("gistnet")
+        out["megacontext-recency"] = lambda: MegaContextMemory(
+            base, gist, None, name="megacontext-recency"
+        )
+        if "lensnet_gists_only" in bundle.modules:
+            gists_only = bundle.get("lensnet_gists_only")
+            out["megacontext-gists-only"] = lambda: MegaContextMemory(
+                base, gist, gists_only, name="megacontext-gists-only"
+            )
+        if "lensnet" in bundle.modules:
+            lens = bundle.get("lensnet")
+            out["megacontext"] = lambda: MegaContextMemory(base, gist, lens, name="megacontext")
+    return out
+
+
+def run(quick: bool, progress: Progress) -> list[Result]:
+    from megacontext.eval.harness import run_grid
+    from megacontext.eval.tasks import Filler
+    from megacontext.models.bundle import default_focus_dir, load_bundle
+    from megacontext.models.loading import load_base
+    from megacontext.train.streams import corpus_streams
+
+    torch.manual_seed(0)
+    grid = QUICK if quick else FULL
+    base = load_base(os.environ.get("MEGACONTEXT_BENCH_BASE", "default"))
+    focus = default_focus_dir()
+    bundle = (
+        load_bundle(focus, fingerprints=base.fingerprints)
+        if (focus / "manifest.json").is_file()
+        else None
+    )
+    if bundle is None:
+        progress(f"no focus bundle at {focus}: MegaContext variants with LensNet are skipped")
+    corpus = Path(os.environ.get("MEGACONTEXT_CORPUS", "runs/corpus"))
+    val = corpus_streams(corpus, base, "val", progress=False)
+    text = np.concatenate([s for name, s in sorted(val.items()) if name != "stdlib"])
+    special = tuple(t for t in (base.bos_token_id, base.eos_token_id) if t is not None)
+    filler = Filler(text, special)
+    results = run_grid(
+        base,
+        systems(base, bundle),
+        grid.tasks,
+        grid.lengths,
+        grid.budgets,
+        grid.samples,
+        filler,
+        progress,
+    )
+    out = []
+    for r in results:
+        unit = "nats" if r.task == "longdoc" else "accuracy"
+        out.append(
+            Result(
+                r.name,
+                r.score,
+                unit,
+                extra={
+                    "ci95": list(r.ci),
+                    "samples": r.samples,
+                    "skipped": r.skipped,
+                    "tokens_processed": r.tokens_processed,
+                    "seconds": r.seconds,
+                },
+            )
+        )
+    return out

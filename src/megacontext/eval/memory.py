@@ -1,0 +1,274 @@
+"""Memory systems behind one interface (DESIGN §8, D14): what a user would pick instead.
+
+Every system sees the same token stream through :meth:`MemorySystem.observe`, and for a query
+returns at most ``budget`` input vectors for the **same frozen base** through
+:meth:`MemorySystem.build_context`, with provenance (which token ranges each piece came from).
+The harness appends the query and scores the answer, so systems differ only in what they keep.
+
+Implemented here: full context (where it fits), recency (truncation), StreamingLLM (attention
+sinks + recent window), RAG-BM25 (32-token chunks ranked by BM25 against the query, kept in time
+order, plus the recent window), Compressive-lite (mean-pooled chunk embeddings, no focus), and
+MegaContext with recency-only focus, with LensNet, or with oracle-free LensNet on gists only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from megacontext.core import (
+    AllocatorConfig,
+    AllocatorState,
+    FocusAllocator,
+    MegaContextTree,
+    MemoryBackend,
+    WorkingContext,
+)
+from megacontext.errors import BudgetError, InvalidInputError
+from megacontext.models.adapter import BaseAdapter
+from megacontext.models.context import GistNetGister, entry_vectors
+from megacontext.models.gistnet import GistNet
+from megacontext.models.lensnet import LensNet
+from megacontext.store.lexical import LexicalIndex
+
+
+@dataclass
+class BuiltContext:
+    """What a system hands the base: ``(W, d)`` vectors and where each came from."""
+
+    vectors: torch.Tensor
+    provenance: list[tuple[int, int]]  # token range [start, end) of each vector
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class MemorySystem(Protocol):
+    name: str
+
+    def observe(self, tokens: np.ndarray, meta: dict[str, Any] | None = None) -> None: ...
+
+    def build_context(self, query: np.ndarray, budget: int) -> BuiltContext: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+class _TokenMemory:
+    """Shared by systems that keep raw tokens: the full history as one array."""
+
+    name = "tokens"
+
+    def __init__(self, base: BaseAdapter):
+        self.base = base
+        self.tokens = np.zeros(0, dtype=np.int64)
+
+    def observe(self, tokens: np.ndarray, meta: dict[str, Any] | None = None) -> None:
+        self.tokens = np.concatenate([self.tokens, np.asarray(tokens, dtype=np.int64)])
+
+    def _context(self, positions: np.ndarray) -> BuiltContext:
+        ids = torch.as_tensor(self.tokens[positions], device=self.base.device)
+        vectors = self.base.embed(ids) if len(positions) else torch.zeros(0, self.base.d_model)
+        return BuiltContext(vectors, [(int(p), int(p) + 1) for p in positions])
+
+    def stats(self) -> dict[str, Any]:
+        return {"tokens": int(self.tokens.size)}
+
+
+class FullContext(_TokenMemory):
+    """Everything, when it fits in the budget; refuses otherwise (it is the ceiling, not a peer)."""
+
+    name = "full"
+
+    def build_context(self, query: np.ndarray, budget: int) -> BuiltContext:
+        if self.tokens.size > budget:
+            raise BudgetError(f"full context needs {self.tokens.size} entries, budget is {budget}")
+        return self._context(np.arange(self.tokens.size))
+
+
+class Recency(_TokenMemory):
+    """The most recent ``budget`` tokens (plain truncation)."""
+
+    name = "recency"
+
+    def build_context(self, query: np.ndarray, budget: int) -> BuiltContext:
+        n = self.tokens.size
+        return self._context(np.arange(max(0, n - budget), n))
+
+
+class StreamingLLM(_TokenMemory):
+    """Attention sinks (the first ``sinks`` tokens) plus the most recent tokens."""
+
+    name = "streamingllm"
+
+    def __init__(self, base: BaseAdapter, sinks: int = 4):
+        super().__init__(base)
+        self.sinks = sinks
+
+    def build_context(self, query: np.ndarray, budget: int) -> BuiltContext:
+        n = self.tokens.size
+        if n <= budget:
+            return self._context(np.arange(n))
+        sinks = min(self.sinks, budget)
+        return self._context(np.concatenate([np.arange(sinks), np.arange(n - (budget - sinks), n)]))
+
+
+class RagBM25(_TokenMemory):
+    """BM25 over 32-token chunks (the lexical index): best chunks in time order + recent tokens."""
+
+    name = "rag-bm25"
+
+    def __init__(self, base: BaseAdapter, chunk: int = 32, recent: int = 64):
+        super().__init__(base)
+        self.chunk = chunk
+        self.recent = recent
+        self.index = LexicalIndex(K=chunk)
+
+    def observe(self, tokens: np.ndarray, meta: dict[str, Any] | None = None) -> None:
+        done = self.tokens.size // self.chunk
+        super().observe(tokens)
+        complete = self.tokens.size // self.chunk
+        if complete > done:
+            rows = self.tokens[done * self.chunk : complete * self.chunk].reshape(-1, self.chunk)
+            self.index.add_blocks(done, [self.base.decode(r.tolist()) for r in rows])
+
+    def build_context(self, query: np.ndarray, budget: int) -> BuiltContext:
+        n = self.tokens.size
+        recent = min(self.recent, budget, n)
+        recent_from = n - recent
+        slots = (budget - recent) // self.chunk
+        chosen: list[int] = []
+        for block in self.index.block_scores(self.base.decode(query.tolist())):
+            if len(chosen) >= slots:
+                break
+            if (block + 1) * self.chunk <= recent_from:
+                chosen.append(block)
+        positions = [np.arange(b * self.chunk, (b + 1) * self.chunk) for b in sorted(chosen)]
+        positions.append(np.arange(recent_from, n))
+        return self._context(np.concatenate(positions))
+
+
+class CompressiveLite(_TokenMemory):
+    """Mean-pooled embeddings of 32-token chunks for the past, raw recent tokens; no focus."""
+
+    name = "compressive"
+
+    def __init__(self, base: BaseAdapter, chunk: int = 32):
+        super().__init__(base)
+        self.chunk = chunk
+
+    def build_context(self, query: np.ndarray, budget: int) -> BuiltContext:
+        n, c = self.tokens.size, self.chunk
+        if n <= budget:
+            return self._context(np.arange(n))
+        # r recent raw tokens + ceil((n - r) / c) pooled chunks <= budget.
+        recent = max(0, min(n, budget - (n + c - 1) // c))
+        while recent and recent + (n - recent + c - 1) // c > budget:
+            recent -= 1
+        past = n - recent
+        chunks = (past + c - 1) // c
+        if chunks + recent > budget:
+            raise BudgetError(f"compressive memory needs {chunks + recent} entries for {n} tokens")
+        ids = torch.as_tensor(self.tokens[:past], device=self.base.device)
+        emb = self.base.embed(ids)
+        pooled = [emb[i * c : min(past, (i + 1) * c)].mean(dim=0) for i in range(chunks)]
+        raw = self.base.embed(torch.as_tensor(self.tokens[past:], device=self.base.device))
+        vectors = torch.cat([torch.stack(pooled) if pooled else emb[:0], raw])
+        provenance = [(i * c, min(past, (i + 1) * c)) for i in range(chunks)]
+        provenance += [(p, p + 1) for p in range(past, n)]
+        return BuiltContext(vectors, provenance)
+
+
+class MegaContextMemory:
+    """The MegaContext tree + working context; focus by recency only, or by LensNet."""
+
+    def __init__(
+        self,
+        base: BaseAdapter,
+        gistnet: GistNet,
+        lensnet: LensNet | None = None,
+        name: str = "megacontext",
+        focus_steps: int = 4,
+        protected_recent: int = 64,
+        max_edits: int = 4,
+    ):
+        self.name = name
+        self.base = base
+        self.gistnet = gistnet
+        self.lensnet = lensnet
+        self.focus_steps = focus_steps
+        self.protected_recent = protected_recent
+        self.allocator = FocusAllocator(
+            AllocatorConfig(
+                max_edits=max_edits, expand_threshold=0.0, min_gain=0.0, collapse_threshold=1.0
+            )
+        )
+        K = gistnet.config.K
+        self.tree = MegaContextTree(
+            MemoryBackend(base.d_model, np.float32),
+            GistNetGister(gistnet, base),
+            K=K,
+            key_backend=MemoryBackend(gistnet.config.key_dim, np.float32),
+        )
+        self.lexical = LexicalIndex(K=K)
+        self.edits = 0
+
+    def observe(self, tokens: np.ndarray, meta: dict[str, Any] | None = None) -> None:
+        K = self.tree.K
+        before = self.tree.count(1) if self.tree.num_levels else 0
+        self.tree.append(np.asarray(tokens, dtype=np.int64))
+        after = self.tree.count(1) if self.tree.num_levels else 0
+        if after > before:
+            rows = self.tree.tokens(before * K, after * K).reshape(-1, K)
+            self.lexical.add_blocks(before, [self.base.decode(r.tolist()) for r in rows])
+
+    def build_context(self, query: np.ndarray, budget: int) -> BuiltContext:
+        from megacontext.train.lens import LensSample, lens_scores
+
+        n = self.tree.num_tokens
+        protected = min(self.protected_recent, budget // 2)
+        wc = WorkingContext.assemble(n, budget, K=self.tree.K, protected_recent=protected)
+        if self.lensnet is not None:
+            with torch.no_grad():
+                block = self.base.embed(
+                    torch.as_tensor(query[-self.tree.K :], device=self.base.device)
+                )
+                key = (
+                    self.gistnet(block[None].float(), 1)[1][0].cpu().numpy()
+                    if len(query) >= self.tree.K
+                    else np.zeros(self.gistnet.config.key_dim, dtype=np.float32)
+                )
+            sample = LensSample(
+                kind="eval",
+                tree=self.tree,
+                lexical=self.lexical,
+                wc=wc,
+                recency=wc,
+                query_ids=np.asarray(query, dtype=np.int64),
+                query_text=self.base.decode(np.asarray(query).tolist()),
+                query_key=key,
+                scored=np.zeros(0, dtype=np.int64),
+            )
+            state = AllocatorState()
+            for _ in range(self.focus_steps):
+                plan = self.allocator.plan(
+                    wc, lens_scores(self.base, self.lensnet, sample, wc), state
+                )
+                if not plan.edits:
+                    break
+                wc.apply(plan)
+                state.record(plan, wc, self.allocator.config.cooldown_steps)
+                self.edits += len(plan)
+        starts, ends = wc.spans()
+        with torch.no_grad():
+            vectors = entry_vectors(wc, self.tree, self.base)
+        return BuiltContext(vectors, list(zip(starts.tolist(), ends.tolist(), strict=True)))
+
+    def stats(self) -> dict[str, Any]:
+        return {"tokens": self.tree.num_tokens, "levels": self.tree.num_levels, "edits": self.edits}
+
+
+def check_budget(budget: int) -> int:
+    if budget < 1:
+        raise InvalidInputError(f"budget must be >= 1, got {budget}")
+    return budget

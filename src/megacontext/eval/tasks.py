@@ -1,0 +1,173 @@
+"""Seeded long-context tasks (DESIGN §8): nothing downloaded, filler from real held-out text.
+
+Each generator returns an :class:`EvalSample`: the ``history`` every memory system observes, the
+``query`` appended after the system's context, and the ``answer`` tokens the base must produce
+(scored by exact greedy match), or — for ``longdoc`` — the continuation whose NLL is measured.
+
+========== ==========================================================================
+task       what is hidden, what is asked
+========== ==========================================================================
+passkey    one "pass key is N" line at a random depth; asked for at the end
+needle     RULER-style multi-key: several "magic number for WORD is N" lines; one asked
+vartrack   chains VAR A = N, VAR B = VAR A, …; asked for the value at the end of a chain
+lines      LongEval-style numbered lines "line 17: REGISTER_CONTENT is <N>"; one asked
+facts      bAbI-style movements of people spread through filler; asked where one is
+longdoc    a long real document; NLL of its next tokens (no question)
+========== ==========================================================================
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from megacontext.errors import InvalidInputError
+
+TASKS = ("passkey", "needle", "vartrack", "lines", "facts", "longdoc")
+PEOPLE = ("Mary", "John", "Sandra", "Daniel", "Fred", "Bill", "Julie", "Emma")
+PLACES = ("kitchen", "garden", "hallway", "bathroom", "office", "bedroom", "cellar", "library")
+
+
+@dataclass(frozen=True)
+class EvalSample:
+    task: str
+    history: np.ndarray
+    query: np.ndarray
+    answer: np.ndarray
+    answer_text: str
+
+
+Encode = Callable[[str], list[int]]
+
+
+class Filler:
+    """Random windows of a real held-out token stream."""
+
+    def __init__(self, stream: np.ndarray, special_ids: tuple[int, ...] = ()):
+        if len(stream) < 1024:
+            raise InvalidInputError("filler needs at least 1024 tokens of text")
+        self.stream = np.asarray(stream, dtype=np.int64)
+        self.special = np.asarray(special_ids, dtype=np.int64)
+
+    def take(self, rng: random.Random, n: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < n:
+            width = min(n - len(out) + 16, len(self.stream))
+            start = rng.randrange(0, len(self.stream) - width + 1)
+            window = self.stream[start : start + width]
+            if self.special.size:
+                window = window[~np.isin(window, self.special)]
+            out.extend(int(t) for t in window[: n - len(out)])
+        return out
+
+
+def _digits(rng: random.Random, n: int) -> str:
+    return str(rng.randint(1, 9)) + "".join(str(rng.randint(0, 9)) for _ in range(n - 1))
+
+
+def _scatter(rng: random.Random, filler: Filler, pieces: list[list[int]], length: int) -> list[int]:
+    """``pieces`` in order, with filler between them, ``length`` tokens in all."""
+    fixed = sum(map(len, pieces))
+    total = max(0, length - fixed)
+    cuts = sorted(rng.randint(0, total) for _ in range(len(pieces)))
+    sizes = [b - a for a, b in zip([0, *cuts], [*cuts, total], strict=True)]
+    out: list[int] = []
+    for piece, size in zip(pieces, sizes[:-1], strict=True):
+        out += filler.take(rng, size) + piece
+    return out + filler.take(rng, sizes[-1])
+
+
+def make_sample(
+    task: str, rng: random.Random, encode: Encode, filler: Filler, length: int
+) -> EvalSample:
+    """One sample of ``task`` with a history of about ``length`` tokens."""
+    if task == "passkey":
+        key = _digits(rng, 5)
+        history = _scatter(
+            rng,
+            filler,
+            [encode(f"\nThe pass key is {key}. Remember it. {key} is the pass key.\n")],
+            length,
+        )
+        return _qa(
+            task, history, encode("\nWhat is the pass key? The pass key is"), encode(f" {key}"), key
+        )
+    if task == "needle":
+        words = rng.sample(
+            ["apple", "river", "stone", "cloud", "maple", "tiger", "lemon", "piano"], 4
+        )
+        values = {w: _digits(rng, 6) for w in words}
+        lines = [
+            encode(f"\nOne of the special magic numbers for {w} is: {values[w]}.\n") for w in words
+        ]
+        asked = rng.choice(words)
+        history = _scatter(rng, filler, lines, length)
+        query = encode(
+            f"\nWhat is the special magic number for {asked}? "
+            f"The special magic number for {asked} is:"
+        )
+        return _qa(task, history, query, encode(f" {values[asked]}"), values[asked])
+    if task == "vartrack":
+        names = ["".join(rng.choice(string.ascii_uppercase) for _ in range(3)) for _ in range(4)]
+        value = _digits(rng, 5)
+        lines = [encode(f"\nVAR {names[0]} = {value}.\n")]
+        lines += [encode(f"\nVAR {b} = VAR {a}.\n") for a, b in itertools.pairwise(names)]
+        history = _scatter(rng, filler, lines, length)
+        query = encode(f"\nWhat is the value of VAR {names[-1]}? The value is")
+        return _qa(task, history, query, encode(f" {value}"), value)
+    if task == "lines":
+        count = max(8, length // 24)
+        registers = [_digits(rng, 5) for _ in range(count)]
+        numbered: list[int] = []
+        for i, v in enumerate(registers):
+            numbered += encode(f"line {i}: REGISTER_CONTENT is <{v}>\n")
+        line = rng.randrange(count // 2)  # far from the end
+        query = encode(
+            f"\nWhat is the REGISTER_CONTENT in line {line}? "
+            f"The REGISTER_CONTENT in line {line} is <"
+        )
+        return _qa(task, numbered, query, encode(registers[line]), registers[line])
+    if task == "facts":
+        people = rng.sample(PEOPLE, 4)
+        moves = []
+        where: dict[str, str] = {}
+        for _ in range(8):
+            who, place = rng.choice(people), rng.choice(PLACES)
+            where[who] = place
+            moves.append(encode(f"\n{who} moved to the {place}.\n"))
+        asked = rng.choice(sorted(where))
+        history = _scatter(rng, filler, moves, length)
+        return _qa(
+            task,
+            history,
+            encode(f"\nWhere is {asked}? {asked} is in the"),
+            encode(f" {where[asked]}"),
+            where[asked],
+        )
+    if task == "longdoc":
+        ids = filler.take(rng, length + 64)
+        return EvalSample(
+            task,
+            np.asarray(ids[:length]),
+            np.zeros(0, dtype=np.int64),
+            np.asarray(ids[length:]),
+            "",
+        )
+    raise InvalidInputError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+
+
+def _qa(
+    task: str, history: list[int] | np.ndarray, query: list[int], answer: list[int], text: str
+) -> EvalSample:
+    return EvalSample(
+        task,
+        np.asarray(history, dtype=np.int64),
+        np.asarray(query, dtype=np.int64),
+        np.asarray(answer, dtype=np.int64),
+        text,
+    )

@@ -1,0 +1,636 @@
+"""The MegaContext session: ingest → refocus → decode over an unbounded history (DESIGN §1).
+
+A session directory holds everything a history needs::
+
+    session/
+      session.json      base model, focus bundle, working-context settings
+      tree/             the durable tree store (tokens, gists) + meta.sqlite (provenance)
+      keys/             retrieval keys, one per gist, beside the tree (D7)
+      lexical.sqlite    BM25 index of LOD1 blocks (D7)
+      traces/           per-step focus telemetry (JSONL)
+
+The loop: new tokens are appended to the tree (gisted as blocks complete) and to the working
+context; every ``refocus_every`` tokens LensNet scores the entries, the allocator plans and the plan
+is applied; the base runs with its KV cache reused up to the first edited entry (D10).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from megacontext.core import (
+    AllocatorConfig,
+    AllocatorState,
+    Edit,
+    EditKind,
+    EditPlan,
+    FocusAllocator,
+    MegaContextTree,
+    WorkingContext,
+    wc_positions,
+)
+from megacontext.core.positions import PositionPolicy
+from megacontext.errors import BudgetError, InvalidInputError
+from megacontext.models.adapter import BaseAdapter
+from megacontext.models.bundle import Bundle, default_focus_dir
+from megacontext.models.context import GistNetGister, entry_vectors
+from megacontext.models.lensnet import LensNet
+from megacontext.store.lexical import LexicalIndex
+from megacontext.store.local import LocalStore
+from megacontext.store.manifest import Fingerprints
+
+
+@dataclass
+class SessionConfig:
+    """Working-context and decoding settings of a session."""
+
+    W_max: int = 512
+    protected_recent: int | None = None  # default: a quarter of W_max, at most 128
+    policy: PositionPolicy = "compact"
+    refocus_every: int = 32
+    use_lens: bool = True
+    max_edits: int = 4
+    temperature: float = 0.0
+    top_k: int = 0
+    seed: int = 0
+    query_tokens: int = 32
+    trace: bool = True
+
+    def __post_init__(self) -> None:
+        if self.protected_recent is None:
+            self.protected_recent = min(128, self.W_max // 4)
+        if self.protected_recent > self.W_max:
+            raise BudgetError(
+                f"W_max={self.W_max} is smaller than the protected recent window "
+                f"({self.protected_recent}); raise W_max or lower protected_recent"
+            )
+        if self.refocus_every < 1:
+            raise InvalidInputError("refocus_every must be >= 1")
+
+
+@dataclass(frozen=True)
+class EntryView:
+    """One working-context entry, for people."""
+
+    level: int
+    index: int
+    start: int
+    end: int
+    preview: str = ""
+
+
+@dataclass
+class StepTelemetry:
+    """What one refocus step did and where its time went."""
+
+    step: int
+    tokens: int
+    entries: int
+    utilization: float
+    expands: int
+    collapses: int
+    swap_rate: float
+    mean_residency: float
+    first_changed: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Focus:
+    """Manual focus control, still subject to legality and the budget."""
+
+    def __init__(self, session: Session):
+        self._s = session
+        self.pinned: list[tuple[int, int]] = []
+
+    def expand(self, level: int, index: int) -> None:
+        """Open gist ``(level, index)``, paying with the least useful collapse if needed."""
+        s = self._s
+        pos = s.wc.entry_of(level, index)
+        if pos is None or level < 1:
+            s._apply(EditPlan(s.wc.version, (Edit.expand(level, index),)))  # raises, names why
+            return
+        if s.wc.size + s.wc.K - 1 <= s.wc.W_max:
+            s._apply(EditPlan(s.wc.version, (Edit.expand(level, index),)))
+            return
+        # One plan: this expansion, paid by the lowest-scoring group that does not contain it.
+        scores = s._with_pins(np.zeros(s.wc.size))
+        scores[pos] = 1.0
+        plan = s.allocator.plan(s.wc, scores, s.state)
+        wanted = Edit.expand(level, index)
+        if wanted not in plan.edits:
+            raise BudgetError(
+                f"no legal collapse can pay for expanding (level {level}, index {index}) within "
+                f"W_max={s.wc.W_max}; unpin something or raise W_max"
+            )
+        s._apply(
+            EditPlan(
+                plan.wc_version,
+                tuple(e for e in plan.edits if e == wanted or e.kind is EditKind.COLLAPSE),
+            )
+        )
+
+    def collapse(self, level: int, index: int) -> None:
+        """Replace the K children of node ``(level, index)`` by the node."""
+        s = self._s
+        s._apply(EditPlan(s.wc.version, (Edit.collapse(level, index),)))
+
+    def pin(self, start: int, end: int) -> None:
+        """Bring tokens ``[start, end)`` back to raw detail and keep them there.
+
+        Gists covering the range are expanded (paid for by collapses elsewhere); pinned entries
+        score as high as possible afterwards, so the allocator gives them up last.
+        """
+        s = self._s
+        if not 0 <= start < end <= s.tree.num_tokens:
+            raise InvalidInputError(
+                f"pin range [{start}, {end}) is outside the history [0, {s.tree.num_tokens})"
+            )
+        self.pinned.append((start, end))
+        self.bring_back(start, end)
+
+    def bring_back(self, start: int, end: int) -> None:
+        """Expand every gist that covers tokens ``[start, end)``, coarsest first."""
+        s = self._s
+        while True:
+            starts, ends = s.wc.spans()
+            covering = np.flatnonzero((ends > start) & (starts < end) & (s.wc.levels > 0))
+            if not covering.size:
+                return
+            pos = int(covering[np.argmax(s.wc.levels[covering])])
+            self.expand(int(s.wc.levels[pos]), int(s.wc.indices[pos]))
+
+    def pinned_mask(self, wc: WorkingContext) -> np.ndarray:
+        starts, ends = wc.spans()
+        mask = np.zeros(wc.size, dtype=bool)
+        for lo, hi in self.pinned:
+            mask |= (ends > lo) & (starts < hi)
+        return mask
+
+
+class Session:
+    """An open history: the tree on disk, its working context, and the models that read it."""
+
+    def __init__(
+        self,
+        path: Path,
+        base: BaseAdapter,
+        bundle: Bundle,
+        tree: MegaContextTree,
+        stores: Sequence[LocalStore],
+        lexical: LexicalIndex,
+        config: SessionConfig,
+    ):
+        self.path = path
+        self.base = base
+        self.bundle = bundle
+        self.gistnet = bundle.get("gistnet")
+        self.lensnet: LensNet | None = bundle.modules.get("lensnet")  # type: ignore[assignment]
+        self.tree = tree
+        self._stores = list(stores)
+        self.lexical = lexical
+        self.config = config
+        self.allocator = FocusAllocator(
+            AllocatorConfig(max_edits=config.max_edits, expand_threshold=0.1, min_gain=0.05)
+        )
+        self.state = AllocatorState()
+        self.focus = Focus(self)
+        self.wc = self._assemble()
+        self._kv: Any = None
+        self._kv_entries = 0
+        self._since_refocus = 0
+        self._rng = torch.Generator().manual_seed(config.seed)
+        self._trace_file = None
+        if config.trace:
+            traces = path / "traces"
+            traces.mkdir(exist_ok=True)
+            self.trace_path: Path | None = (
+                traces / f"session-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+            )
+            self._trace_file = self.trace_path.open("a", encoding="utf-8")
+        else:
+            self.trace_path = None
+        self.closed = False
+
+    # ----------------------------------------------------------------------------- history
+
+    def ingest(
+        self,
+        content: str | Sequence[int] | np.ndarray,
+        source: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> int:
+        """Append text (tokenized with the base's tokenizer) or token ids to the history.
+
+        Records provenance when ``source`` is given. Returns the number of tokens appended.
+        """
+        self._check_open()
+        ids = self._tokens(content)
+        first = self.tree.num_tokens
+        blocks_before = self.tree.count(1) if self.tree.num_levels else 0
+        self.tree.append(ids)
+        self._index_new_blocks(blocks_before)
+        self.tree.flush()
+        self._reassemble()
+        if source is not None:
+            raw = content.encode("utf-8") if isinstance(content, str) else np.asarray(ids).tobytes()
+            db = self._stores[0].metadata()
+            try:
+                source_id = db.add_source(
+                    source, "text" if isinstance(content, str) else "tokens", raw, metadata
+                )
+                db.add_span(
+                    self._stores[0].manifest.tree_id,
+                    0,
+                    first,
+                    first + len(ids),
+                    source_id,
+                    gist_version=self.gistnet.weights_version(),
+                )
+            finally:
+                db.close()
+        return len(ids)
+
+    def _tokens(self, content: str | Sequence[int] | np.ndarray) -> np.ndarray:
+        if isinstance(content, bytes | bytearray):
+            raise InvalidInputError("ingest takes text (str) or token ids; decode bytes first")
+        if isinstance(content, str):
+            if not content:
+                raise InvalidInputError("cannot ingest empty text")
+            if "\x00" in content:
+                raise InvalidInputError("text contains NUL characters: is this a binary file?")
+            ids = self.base.encode(content, add_bos=False)
+        else:
+            ids = list(np.asarray(content).tolist())
+        if not ids:
+            raise InvalidInputError("nothing to ingest: the content has no tokens")
+        from megacontext.core import as_token_ids
+
+        return as_token_ids(np.asarray(ids), self.base.vocab_size).astype(np.int64)
+
+    def _index_new_blocks(self, blocks_before: int) -> None:
+        blocks = self.tree.count(1) if self.tree.num_levels else 0
+        if blocks <= blocks_before:
+            return
+        K = self.tree.K
+        ids = self.tree.tokens(blocks_before * K, blocks * K).reshape(-1, K)
+        self.lexical.add_blocks(blocks_before, [self.base.decode(row.tolist()) for row in ids])
+
+    def _assemble(self) -> WorkingContext:
+        return WorkingContext.assemble(
+            self.tree.num_tokens,
+            self.config.W_max,
+            K=self.tree.K,
+            protected_recent=int(self.config.protected_recent or 0),
+        )
+
+    # ----------------------------------------------------------------------------- decoding
+
+    def generate(
+        self,
+        prompt: str | Sequence[int] | None = None,
+        max_new_tokens: int = 64,
+        stop: Sequence[str] = (),
+    ) -> Iterator[str]:
+        """Stream the continuation of the history (after appending ``prompt`` to it).
+
+        The prompt goes into the tree like everything else, however long it is. Each generated
+        token is appended too, and the working context is refocused every ``refocus_every``
+        tokens.
+        """
+        self._check_open()
+        if max_new_tokens < 0:
+            raise InvalidInputError("max_new_tokens must be >= 0")
+        if prompt:
+            self._append(self._tokens(prompt), refocus=False)
+        if self.tree.num_tokens == 0:
+            raise InvalidInputError("the history is empty: ingest something or give a prompt")
+        self.refocus()
+        generated: list[int] = []
+        shown = ""
+        for _ in range(max_new_tokens):
+            token = self._next_token()
+            generated.append(token)
+            self._append(np.asarray([token], dtype=np.int64), refocus=True)
+            text = self.base.decode(generated)
+            if text.startswith(shown) and len(text) > len(shown):
+                piece, shown = text[len(shown) :], text
+                yield piece
+            if self.base.eos_token_id is not None and token == self.base.eos_token_id:
+                break
+            if any(s and s in shown for s in stop):
+                break
+        self.tree.flush()
+
+    def _append(self, ids: np.ndarray, refocus: bool) -> None:
+        """Append tokens to the tree and the working context (collapsing to make room)."""
+        blocks_before = self.tree.count(1) if self.tree.num_levels else 0
+        self.tree.append(ids)
+        self._index_new_blocks(blocks_before)
+        if len(ids) > self.wc.W_max - self.wc.protected_recent:
+            # More new tokens than the WC can take raw: re-assemble it over the whole history.
+            self._reassemble()
+            return
+        remaining = len(ids)
+        while remaining:
+            step = min(remaining, self.wc.K - 1)
+            self._make_room(step)
+            self._crop(self.wc.extend(step).first_changed)
+            remaining -= step
+            self._since_refocus += step
+            if refocus and self._since_refocus >= self.config.refocus_every:
+                self.refocus()
+
+    def _make_room(self, entries: int) -> None:
+        """Collapse the least useful groups until ``entries`` more fit (oldest first on ties)."""
+        if self.wc.size + entries <= self.wc.W_max:
+            return
+        scores = self._with_pins(np.zeros(self.wc.size))
+        self._apply(self.allocator.plan(self.wc, scores, self.state, reserve=entries))
+
+    def _reassemble(self) -> None:
+        self.wc = self._assemble()
+        self._drop_cache()
+        for start, end in self.focus.pinned:
+            self.focus.bring_back(start, end)
+
+    def _apply(self, plan: EditPlan) -> None:
+        if not plan.edits:
+            return
+        result = self.wc.apply(plan)
+        self.state.record(plan, self.wc, self.allocator.config.cooldown_steps)
+        self._crop(result.first_changed)
+
+    def _crop(self, first_changed: int) -> None:
+        if self._kv is not None and first_changed < self._kv_entries:
+            self.base.crop_cache(self._kv, first_changed)
+            self._kv_entries = first_changed
+
+    def _drop_cache(self) -> None:
+        self._kv, self._kv_entries = None, 0
+
+    @torch.no_grad()
+    def _next_token(self) -> int:
+        wc = self.wc
+        if self._kv is None:
+            self._kv, self._kv_entries = self.base.new_cache(), 0
+        start = self._kv_entries
+        vectors = entry_vectors(wc, self.tree, self.base)[start:][None]
+        positions = wc_positions(wc, self.config.policy)
+        ids = torch.as_tensor(positions.position_ids[start:], device=self.base.device)[None]
+        extra: dict[str, torch.Tensor] = {}
+        if self.config.policy != "compact" and self.base.quirks.position_kind == "rope":
+            extra["mu"] = torch.as_tensor(positions.mu[start:], device=self.base.device)[None]
+            if self.config.policy == "gaussian":
+                extra["sigma"] = torch.as_tensor(positions.sigma[start:], device=self.base.device)[
+                    None
+                ]
+        out = self.base.forward(vectors, ids, self._kv, **extra)
+        self._kv, self._kv_entries = out.cache, wc.size
+        logits = out.logits[0, -1].float()
+        if self.config.temperature <= 0:
+            return int(torch.argmax(logits))
+        logits = logits / self.config.temperature
+        if self.config.top_k:
+            kth = torch.topk(logits, self.config.top_k).values[-1]
+            logits = torch.where(logits < kth, torch.full_like(logits, -torch.inf), logits)
+        return int(torch.multinomial(torch.softmax(logits, -1), 1, generator=self._rng))
+
+    # ----------------------------------------------------------------------------- focus
+
+    def refocus(self) -> StepTelemetry:
+        """One refocus step: score (LensNet), plan (allocator), apply; telemetry to the trace."""
+        self._check_open()
+        times: dict[str, float] = {}
+        start = time.perf_counter()
+        if self.lensnet is not None and self.config.use_lens and self.wc.size:
+            scores = self._scores()
+        else:
+            scores = np.zeros(self.wc.size)
+        times["lensnet"] = time.perf_counter() - start
+        start = time.perf_counter()
+        plan = self.allocator.plan(self.wc, self._with_pins(scores), self.state)
+        times["allocator"] = time.perf_counter() - start
+        start = time.perf_counter()
+        first = self.wc.size
+        if plan.edits:
+            result = self.wc.apply(plan)
+            first = result.first_changed
+            self._crop(first)
+        self.state.record(plan, self.wc, self.allocator.config.cooldown_steps)
+        times["apply"] = time.perf_counter() - start
+        self._since_refocus = 0
+        stats = self.state.stats
+        step = StepTelemetry(
+            step=stats.steps,
+            tokens=self.tree.num_tokens,
+            entries=self.wc.size,
+            utilization=self.wc.utilization,
+            expands=plan.expands,
+            collapses=plan.collapses,
+            swap_rate=stats.swap_rate,
+            mean_residency=stats.mean_residency,
+            first_changed=first,
+            seconds=times,
+        )
+        if self._trace_file is not None:
+            self._trace_file.write(
+                json.dumps(
+                    {
+                        **asdict(step),
+                        "edits": [[e.kind.value, e.level, e.index] for e in plan.edits],
+                    }
+                )
+                + "\n"
+            )
+            self._trace_file.flush()
+        return step
+
+    def _with_pins(self, scores: np.ndarray) -> np.ndarray:
+        if not self.focus.pinned:
+            return scores
+        scores = scores.copy()
+        scores[self.focus.pinned_mask(self.wc)] = 1.0
+        return scores
+
+    @torch.no_grad()
+    def _scores(self) -> np.ndarray:
+        if self.lensnet is None:
+            return np.zeros(self.wc.size)
+        wc = self.wc
+        entries = entry_vectors(wc, self.tree, self.base).float()[None]
+        n = self.tree.num_tokens
+        query_ids = self.tree.tokens(max(0, n - self.config.query_tokens), n).astype(np.int64)
+        query = self.base.embed(torch.as_tensor(query_ids, device=self.base.device)).float()[None]
+        feats = self._features(wc, query_ids)
+        levels = torch.tensor(wc.levels, device=self.base.device)[None]
+        return (
+            self.lensnet(
+                entries, levels, torch.as_tensor(feats, device=self.base.device)[None], query
+            )[0]
+            .cpu()
+            .numpy()
+        )
+
+    def _features(self, wc: WorkingContext, query_ids: np.ndarray) -> np.ndarray:
+        from megacontext.train.lens import LensSample, entry_features
+
+        K = wc.K
+        key = np.zeros(self.gistnet.config.key_dim, dtype=np.float32)
+        if len(query_ids) >= K:
+            with torch.no_grad():
+                block = self.base.embed(torch.as_tensor(query_ids[-K:], device=self.base.device))[
+                    None
+                ]
+                key = self.gistnet(block.float(), 1)[1][0].cpu().numpy()
+        view = LensSample(
+            kind="live",
+            tree=self.tree,
+            lexical=self.lexical,
+            wc=wc,
+            recency=wc,
+            query_ids=query_ids,
+            query_text=self.base.decode(query_ids.tolist()),
+            query_key=key,
+            scored=np.zeros(0, dtype=np.int64),
+        )
+        return entry_features(view, wc)
+
+    # ----------------------------------------------------------------------------- views
+
+    def working_context(self) -> list[EntryView]:
+        """The entries of the working context, oldest first, with text previews of raw tokens."""
+        starts, ends = self.wc.spans()
+        out = []
+        for pos in range(self.wc.size):
+            level, index = int(self.wc.levels[pos]), int(self.wc.indices[pos])
+            preview = ""
+            if level == 0:
+                preview = self.base.decode([int(self.tree.tokens(index, index + 1)[0])])
+            out.append(EntryView(level, index, int(starts[pos]), int(ends[pos]), preview))
+        return out
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise InvalidInputError("this session is closed; open it again with megacontext.open")
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.tree.flush()
+        for store in self._stores:
+            store.close()
+        self.lexical.close()
+        if self._trace_file is not None:
+            self._trace_file.close()
+        self.closed = True
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+SESSION_FILE = "session.json"
+
+
+def open_session(
+    path: str | Path,
+    base: str | BaseAdapter = "default",
+    focus: str | Path | Bundle = "default",
+    config: SessionConfig | None = None,
+    regist: bool = False,
+) -> Session:
+    """Create or reopen the session directory ``path`` (see the module docstring).
+
+    ``base``: a model name/path or a loaded adapter. ``focus``: the GistNet/LensNet bundle —
+    ``"default"`` (the packaged one for the default base), a bundle directory, or a loaded bundle.
+    Reopening with another base, tokenizer or GistNet raises ``FingerprintMismatchError`` unless
+    ``regist=True`` (D13).
+    """
+    from megacontext.models.bundle import load_bundle
+    from megacontext.models.loading import load_base
+
+    root = Path(path)
+    if root.exists() and not root.is_dir():
+        raise InvalidInputError(f"{root} exists and is not a directory; choose another --tree path")
+    adapter = load_base(base) if isinstance(base, str) else base
+    if isinstance(focus, Bundle):
+        bundle = focus
+    else:
+        bundle_dir = _default_focus_dir() if str(focus) == "default" else Path(focus)
+        bundle = load_bundle(bundle_dir, fingerprints=adapter.fingerprints)
+    gistnet = bundle.get("gistnet")
+    cfg = config or SessionConfig()
+    fingerprints = Fingerprints(
+        base=adapter.fingerprint,
+        tokenizer=adapter.tokenizer_fingerprint,
+        gistnet=gistnet.weights_version(),
+    )
+    # Keys also depend on the key head: a retrained head re-keys the tree (keys are derived).
+    key_fingerprints = Fingerprints(
+        base=adapter.fingerprint,
+        tokenizer=adapter.tokenizer_fingerprint,
+        gistnet=gistnet.key_version(),
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    tree_dir, keys_dir = root / "tree", root / "keys"
+    if (tree_dir / "manifest.json").is_file():
+        store = LocalStore.open(tree_dir, fingerprints=fingerprints, regist=regist)
+        keys = LocalStore.open(keys_dir, fingerprints=key_fingerprints, regist=True)
+    else:
+        store = LocalStore.create(
+            tree_dir, dim=adapter.d_model, K=gistnet.config.K, fingerprints=fingerprints
+        )
+        keys = LocalStore.create(
+            keys_dir,
+            dim=gistnet.config.key_dim,
+            K=gistnet.config.K,
+            gist_dtype="float32",
+            fingerprints=key_fingerprints,
+            role="keys",
+        )
+    tree = MegaContextTree(
+        store,
+        GistNetGister(gistnet, adapter),
+        K=gistnet.config.K,
+        vocab_size=adapter.vocab_size,
+        key_backend=keys,
+    )
+    lexical = LexicalIndex(root / "lexical.sqlite", K=gistnet.config.K)
+    (root / SESSION_FILE).write_text(
+        json.dumps(
+            {"base": str(base) if isinstance(base, str) else adapter.source, "config": asdict(cfg)},
+            indent=2,
+        )
+        + "\n"
+    )
+    session = Session(root, adapter, bundle, tree, [store, keys], lexical, cfg)
+    # The lexical index is derived data: rebuild what it lacks (a crash, or a fresh session).
+    if lexical.num_blocks > (tree.count(1) if tree.num_levels else 0):
+        raise InvalidInputError(
+            f"{root / 'lexical.sqlite'} indexes more blocks than the tree holds; delete it "
+            "and reopen to rebuild it"
+        )
+    session._index_new_blocks(lexical.num_blocks)
+    return session
+
+
+def _default_focus_dir() -> Path:
+    path = default_focus_dir()
+    if not (path / "manifest.json").is_file():
+        raise InvalidInputError(
+            f"no focus bundle at {path}: the default GistNet/LensNet are not built; run "
+            "`make focus-models` or pass focus=PATH to a bundle trained for this base"
+        )
+    return path

@@ -1,0 +1,144 @@
+"""Tasks, memory systems and the harness on a tiny random-init base."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from megacontext.errors import BudgetError, InvalidInputError
+from megacontext.eval.harness import answer_once, run_task
+from megacontext.eval.memory import (
+    CompressiveLite,
+    FullContext,
+    MegaContextMemory,
+    RagBM25,
+    Recency,
+    StreamingLLM,
+)
+from megacontext.eval.tasks import TASKS, Filler, make_sample
+from megacontext.models import load_base
+from megacontext.models.gistnet import GistNet, GistNetConfig
+from megacontext.models.lensnet import LensNet, LensNetConfig
+from megacontext.models.tiny import make_tiny_model_dir
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    base = load_base(make_tiny_model_dir("default", tmp_path_factory.mktemp("m") / "b"))
+    torch.manual_seed(0)
+    gist = GistNet(GistNetConfig(d_model=base.d_model, K=4, width=32, n_heads=2, key_dim=8))
+    lens = LensNet(LensNetConfig(d_model=base.d_model, width=32, n_heads=2, n_layers=1))
+    filler = Filler(np.random.default_rng(0).integers(3, base.vocab_size, 5000), (0, 1, 2))
+    return base, gist, lens, filler
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_tasks_hide_the_answer_in_the_history(world, task: str) -> None:  # type: ignore[no-untyped-def]
+    base, _, _, filler = world
+    encode = lambda t: base.encode(t, add_bos=False)  # noqa: E731
+    sample = make_sample(task, random.Random(1), encode, filler, 300)
+    assert abs(len(sample.history) - 300) < 120
+    if task == "longdoc":
+        assert len(sample.query) == 0 and len(sample.answer) == 64
+        return
+    assert len(sample.answer) > 0
+    history_text = base.decode(sample.history.tolist())
+    assert sample.answer_text in history_text  # the answer is somewhere in the history
+    again = make_sample(task, random.Random(1), encode, filler, 300)
+    assert np.array_equal(again.history, sample.history)  # seeded
+
+
+def test_token_systems_respect_the_budget_and_keep_what_they_promise(world) -> None:  # type: ignore[no-untyped-def]
+    base, _, _, _ = world
+    history = np.arange(3, 303)
+    systems = [
+        Recency(base),
+        StreamingLLM(base, sinks=4),
+        RagBM25(base, chunk=8, recent=16),
+        CompressiveLite(base, chunk=8),
+    ]
+    for system in systems:
+        system.observe(history[:150])
+        system.observe(history[150:])
+        built = system.build_context(np.arange(3, 10), budget=40)
+        assert built.vectors.shape[0] == len(built.provenance) <= 40
+        assert built.provenance[-1][1] == 300  # the newest token is always in view
+    recency = Recency(base)
+    recency.observe(history)
+    assert recency.build_context(np.arange(3), 40).provenance[0] == (260, 261)
+    sinks = StreamingLLM(base, sinks=4)
+    sinks.observe(history)
+    assert [p[0] for p in sinks.build_context(np.arange(3), 40).provenance[:5]] == [0, 1, 2, 3, 264]
+    full = FullContext(base)
+    full.observe(history)
+    with pytest.raises(BudgetError):
+        full.build_context(np.arange(3), 40)
+
+
+def test_rag_bm25_retrieves_the_planted_chunk(world) -> None:  # type: ignore[no-untyped-def]
+    base, _, _, filler = world
+    encode = lambda t: base.encode(t, add_bos=False)  # noqa: E731
+    sample = make_sample("passkey", random.Random(3), encode, filler, 400)
+    rag = RagBM25(base, chunk=32, recent=16)
+    rag.observe(sample.history)
+    built = rag.build_context(sample.query, budget=16 + 3 * 32)
+    kept = np.concatenate([sample.history[a:b] for a, b in built.provenance])
+    assert sample.answer_text in base.decode(kept.tolist())
+
+
+def test_megacontext_memory_covers_everything(world) -> None:  # type: ignore[no-untyped-def]
+    base, gist, lens, _ = world
+    for lensnet in (None, lens):
+        system = MegaContextMemory(base, gist, lensnet, protected_recent=8)
+        system.observe(np.arange(900) % 300 + 3)
+        built = system.build_context(np.arange(3, 15), budget=40)
+        assert built.provenance[0][0] == 0 and built.provenance[-1][1] == 900
+        assert len(built.provenance) <= 40
+
+
+def test_harness_scores_and_times(world) -> None:  # type: ignore[no-untyped-def]
+    base, gist, _, filler = world
+    result = run_task(base, lambda: Recency(base), "passkey", 200, 64, 3, filler)
+    assert result.samples == 3 and 0 <= result.score <= 1 and result.tokens_processed > 0
+    assert result.name == "passkey@200/64/recency"
+    lm = run_task(
+        base,
+        lambda: MegaContextMemory(base, gist, None, protected_recent=8),
+        "longdoc",
+        300,
+        48,
+        2,
+        filler,
+    )
+    assert lm.score > 0
+    skipped = run_task(base, lambda: FullContext(base), "passkey", 400, 64, 2, filler)
+    assert skipped.samples == 0 and skipped.skipped == 2
+
+
+def test_answer_once_matches_greedy_decoding(world) -> None:  # type: ignore[no-untyped-def]
+    base, _, _, filler = world
+    sample = make_sample(
+        "facts", random.Random(2), lambda t: base.encode(t, add_bos=False), filler, 100
+    )
+    context = base.embed(torch.as_tensor(sample.history))
+    correct, nll = answer_once(base, context, sample)
+    # Greedy decoding by hand, token by token.
+    seq = torch.cat([context, base.embed(torch.as_tensor(sample.query))])
+    out = []
+    for _ in range(len(sample.answer)):
+        logits = base.forward(seq[None], torch.arange(seq.shape[0])[None], use_cache=False).logits[
+            0, -1
+        ]
+        token = int(logits.argmax())
+        out.append(token)
+        seq = torch.cat([seq, base.embed(torch.tensor([token]))])
+    assert correct == (out == sample.answer.tolist())
+    assert nll > 0
+
+
+def test_unknown_task() -> None:
+    with pytest.raises(InvalidInputError, match="unknown task"):
+        make_sample("telepathy", random.Random(0), lambda t: [1], Filler(np.arange(2000)), 10)

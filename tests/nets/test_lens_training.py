@@ -1,0 +1,150 @@
+"""LensNet training: counterfactual labels are what they claim, training fits them, evaluation
+and key training run end to end on a tiny random-init base."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from megacontext.core import Edit, EditPlan, WorkingContext
+from megacontext.errors import InvalidInputError
+from megacontext.models import load_base
+from megacontext.models.gistnet import GistNet, GistNetConfig
+from megacontext.models.lensnet import FEATURES
+from megacontext.models.tiny import make_tiny_model_dir
+from megacontext.train.lens import (
+    LensTrainConfig,
+    counterfactual_labels,
+    entry_features,
+    evaluate_lensnet,
+    make_samples,
+    ranking_loss,
+    refresh_keys,
+    train_key_head,
+    train_lensnet,
+    wc_nll,
+)
+
+K = 4
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    base = load_base(make_tiny_model_dir("default", tmp_path_factory.mktemp("m") / "b"))
+    torch.manual_seed(0)
+    gistnet = GistNet(GistNetConfig(d_model=base.d_model, K=K, width=32, n_heads=2, key_dim=8))
+    cfg = LensTrainConfig(
+        W_max=40,
+        protected_recent=12,
+        query_tokens=8,
+        history_tokens=(150, 260),
+        horizon=8,
+        max_answer_tokens=6,
+        perturb_edits=2,
+        epochs=6,
+        key_epochs=5,
+        focus_steps=2,
+        lensnet={"width": 32, "n_heads": 2, "n_layers": 1},
+    )
+    rng = np.random.default_rng(0)
+    stream = rng.integers(3, base.vocab_size, size=20_000)
+    samples = make_samples(
+        base, gistnet, stream, cfg, count=6, seed=1, special_ids=(0, 1, 2), progress=False
+    )
+    return base, gistnet, cfg, samples
+
+
+def test_samples_mix_retrieval_and_text_with_legal_labels(world) -> None:  # type: ignore[no-untyped-def]
+    _, _, cfg, samples = world
+    kinds = [s.kind for s in samples]
+    assert kinds.count("text") == 3 and all(k in cfg.task_kinds for k in kinds if k != "text")
+    for s in samples:
+        s.wc.check_invariants()
+        assert s.labels.shape == (s.wc.size,)
+        gists = s.wc.levels > 0
+        assert np.isfinite(s.expand_gain[gists]).all()
+        assert np.isnan(s.expand_gain[~gists]).all()
+        assert not np.isfinite(
+            s.labels[s.wc.protected_mask()]
+        ).any()  # the protected window is never a candidate
+        feats = entry_features(s, s.wc)
+        assert feats.shape == (s.wc.size, len(FEATURES)) and np.isfinite(feats).all()
+
+
+def test_expand_label_is_the_nll_change_of_that_edit(world) -> None:  # type: ignore[no-untyped-def]
+    base, _, _, samples = world
+    s = samples[0]
+    labels, gain, nll0 = counterfactual_labels(base, s)
+    assert nll0 == pytest.approx(wc_nll(base, s.tree, s.wc, s.scored), rel=1e-6)
+    pos = int(np.flatnonzero(s.wc.levels > 0)[0])
+    # The label ignores the budget, so check it on a copy with room for one expansion.
+    room = WorkingContext(
+        s.wc.levels,
+        s.wc.indices,
+        num_tokens=s.wc.num_tokens,
+        W_max=s.wc.W_max + K,
+        K=K,
+        protected_recent=s.wc.protected_recent,
+    )
+    room.apply(
+        EditPlan(room.version, (Edit.expand(int(s.wc.levels[pos]), int(s.wc.indices[pos])),))
+    )
+    direct = wc_nll(base, s.tree, room, s.scored)
+    assert gain[pos] == pytest.approx(-(direct - nll0) / (K - 1), rel=1e-4, abs=1e-6)
+    assert labels[pos] == gain[pos]
+
+
+def test_lensnet_fits_its_labels_and_evaluates(world) -> None:  # type: ignore[no-untyped-def]
+    base, _, cfg, samples = world
+    lens, scale, losses = train_lensnet(base, samples, cfg, progress=False, log=lambda _m: None)
+    assert scale > 0
+    assert losses[-1] < losses[0]
+    report = evaluate_lensnet(base, lens, samples[:2], cfg, scale)
+    assert report.samples == 2
+    assert np.isfinite([report.nll_recency, report.nll_lens, report.nll_oracle]).all()
+
+
+def test_key_head_training_lowers_its_loss_and_refresh_updates_keys(world) -> None:  # type: ignore[no-untyped-def]
+    base, gistnet, cfg, samples = world
+    x = torch.randn(2, K, base.d_model)
+    gist_before = gistnet(x, 1)[0].detach()
+    losses = train_key_head(base, gistnet, samples, cfg, progress=False)
+    if losses:
+        assert losses[-1] <= losses[0]
+    torch.testing.assert_close(gistnet(x, 1)[0].detach(), gist_before)  # gists untouched
+    s = samples[0]
+    refresh_keys(s, base, gistnet)
+    assert s.tree.keys(1, 0, 1).shape == (1, gistnet.config.key_dim)
+
+
+def test_ranking_loss_prefers_correct_order() -> None:
+    labels = torch.tensor([0.3, 0.1, -0.2])
+    good = ranking_loss(torch.tensor([0.9, 0.0, -0.9]), labels)
+    bad = ranking_loss(torch.tensor([-0.9, 0.0, 0.9]), labels)
+    assert good < bad
+
+
+def test_bad_config() -> None:
+    with pytest.raises(InvalidInputError, match="query must stay raw"):
+        LensTrainConfig(protected_recent=4, query_tokens=8)
+    with pytest.raises(InvalidInputError, match="unknown task kinds"):
+        LensTrainConfig(task_kinds=("telepathy",))
+
+
+def test_stale_labels_are_refused(world) -> None:  # type: ignore[no-untyped-def]
+    base, gistnet, cfg, samples = world
+    from megacontext.errors import StaleLabelError
+
+    current = gistnet.weights_version()
+    assert all(s.gist_version == current for s in samples)
+    with torch.no_grad():
+        gistnet.gist_head[0].weight.add_(0.01)  # the gists change: the labels are now stale
+    try:
+        with pytest.raises(StaleLabelError, match="relabel"):
+            train_lensnet(
+                base, samples, cfg, progress=False, gist_version=gistnet.weights_version()
+            )
+    finally:
+        with torch.no_grad():
+            gistnet.gist_head[0].weight.sub_(0.01)

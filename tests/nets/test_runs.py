@@ -1,0 +1,104 @@
+"""Whole runs: `train gist` then `train lens` from a corpus directory, on tiny models."""
+
+from __future__ import annotations
+
+import json
+import sysconfig
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from megacontext.cli import app
+from megacontext.models import load_base
+from megacontext.models.bundle import load_bundle
+from megacontext.models.tiny import make_tiny_model_dir
+from megacontext.train.gist import GistRunConfig
+from megacontext.train.lens import LensRunConfig
+
+runner = CliRunner()
+
+
+def write_corpus(root: Path) -> Path:
+    """A small corpus of real text in the `train corpus` layout (stdlib modules, prose-like)."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    docs = [p for p in sorted(stdlib.glob("*.py")) if p.stat().st_size > 20_000][:6]
+    root.mkdir(parents=True, exist_ok=True)
+    for split, chosen in (("train", docs[:4]), ("val", docs[4:])):
+        with (root / f"{split}.jsonl").open("w") as fh:
+            for i, path in enumerate(chosen):
+                source = "stdlib" if i % 2 else "pydoc"
+                fh.write(
+                    json.dumps({"source": source, "name": path.name, "text": path.read_text()})
+                    + "\n"
+                )
+    return root
+
+
+@pytest.mark.slow
+def test_gist_then_lens_runs_write_bundles_and_plots(tmp_path: Path) -> None:
+    base_dir = make_tiny_model_dir("default", tmp_path / "base")
+    corpus = write_corpus(tmp_path / "corpus")
+    gist_config = {
+        "base": str(base_dir),
+        "corpus_dir": str(corpus),
+        "out_dir": str(tmp_path / "gist"),
+        "val_windows": 8,
+        "gist": {
+            "prefix_blocks": 4,
+            "lead_tokens": 4,
+            "horizon": 8,
+            "steps": 6,
+            "batch_size": 2,
+            "eval_interval": 3,
+            "eval_windows": 4,
+            "final_eval_windows": 8,
+            "gistnet": {"K": 4, "width": 16, "n_layers": 1, "n_heads": 2, "key_dim": 4},
+        },
+    }
+    path = tmp_path / "gist.yaml"
+    path.write_text(yaml.safe_dump(gist_config))
+    result = runner.invoke(app, ["train", "gist", "--config", str(path), "--set", "gist.seed=1"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "gist" / "summary.json").read_text())
+    assert {"lod1_gap_closure", "lod2_gap_closure", "tokens_per_s"} <= set(summary)
+    assert (tmp_path / "gist" / "gistnet_training.png").stat().st_size > 0
+    lens_config = {
+        "base": str(base_dir),
+        "corpus_dir": str(corpus),
+        "out_dir": str(tmp_path / "lens"),
+        "gist_bundle": str(tmp_path / "gist" / "bundle"),
+        "train_samples": 4,
+        "val_samples": 4,
+        "lens": {
+            "W_max": 40,
+            "protected_recent": 12,
+            "query_tokens": 8,
+            "history_tokens": [150, 250],
+            "horizon": 6,
+            "max_answer_tokens": 4,
+            "epochs": 2,
+            "key_epochs": 2,
+            "focus_steps": 1,
+            "lensnet": {"width": 16, "n_heads": 2, "n_layers": 1},
+        },
+    }
+    path = tmp_path / "lens.yaml"
+    path.write_text(yaml.safe_dump(lens_config))
+    result = runner.invoke(app, ["train", "lens", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    base = load_base(base_dir)
+    bundle = load_bundle(tmp_path / "lens" / "bundle", fingerprints=base.fingerprints)
+    assert {"gistnet", "lensnet", "lensnet_gists_only", "lensnet_keys_only"} <= set(bundle.modules)
+    assert "lod1" in bundle.metrics and "focus_gain_text" in bundle.metrics
+    assert (tmp_path / "lens" / "lensnet_training.png").stat().st_size > 0
+
+
+def test_run_configs_reject_unknown_keys() -> None:
+    from megacontext.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="unknown keys"):
+        GistRunConfig.from_dict({"gist": {"stepz": 3}})
+    with pytest.raises(InvalidInputError, match="unknown keys"):
+        LensRunConfig.from_dict({"lenz": {}})

@@ -1,0 +1,171 @@
+"""The runtime session over a tiny random-init base and tiny focus models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from megacontext.errors import (
+    BudgetError,
+    FingerprintMismatchError,
+    IllegalEditError,
+    InvalidInputError,
+)
+from megacontext.models import load_base
+from megacontext.models.bundle import save_bundle
+from megacontext.models.gistnet import GistNet, GistNetConfig
+from megacontext.models.lensnet import LensNet, LensNetConfig
+from megacontext.models.tiny import make_tiny_model_dir
+from megacontext.runtime import SessionConfig, open_session
+
+K = 4
+TEXT = (
+    "The quick brown fox jumps over the lazy dog. def add(a, b): return a + b. "
+    "To be, or not to be, that is the question. import os; print(key, value). "
+) * 12
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("models")
+    base = load_base(make_tiny_model_dir("default", root / "base"))
+    torch.manual_seed(0)
+    gist = GistNet(GistNetConfig(d_model=base.d_model, K=K, width=32, n_heads=2, key_dim=8))
+    lens = LensNet(LensNetConfig(d_model=base.d_model, width=32, n_heads=2, n_layers=1))
+    bundle = save_bundle(
+        root / "focus", {"gistnet": gist, "lensnet": lens}, fingerprints=base.fingerprints
+    )
+    return base, bundle
+
+
+def config(**kw: object) -> SessionConfig:
+    options: dict[str, object] = {
+        "W_max": 48,
+        "protected_recent": 12,
+        "refocus_every": 4,
+        "query_tokens": 8,
+    }
+    options.update(kw)
+    return SessionConfig(**options)  # type: ignore[arg-type]
+
+
+def test_ingest_covers_the_history_and_records_provenance(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base, bundle = models
+    with open_session(tmp_path / "s", base, bundle, config()) as mc:
+        n = mc.ingest(TEXT, source="file://notes.txt", metadata={"author": "me"})
+        assert n == mc.tree.num_tokens > mc.config.W_max
+        mc.wc.check_invariants()
+        entries = mc.working_context()
+        assert entries[0].start == 0 and entries[-1].end == n
+        assert sum(e.end - e.start for e in entries) == n
+        assert all(e.preview for e in entries if e.level == 0)
+        db = mc._stores[0].metadata()
+        sources = db.list_sources()
+        assert [s.uri for s in sources] == ["file://notes.txt"]
+        db.close()
+
+
+def test_generate_streams_appends_and_refocuses(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base, bundle = models
+    with open_session(tmp_path / "s", base, bundle, config()) as mc:
+        mc.ingest(TEXT)
+        before = mc.tree.num_tokens
+        pieces = list(mc.generate("Question: what did the fox do?", max_new_tokens=12))
+        assert pieces and all(isinstance(p, str) for p in pieces)
+        assert mc.tree.num_tokens > before + 12 - 1
+        mc.wc.check_invariants()
+        trace = [json.loads(line) for line in mc.trace_path.read_text().splitlines()]
+        assert len(trace) >= 3
+        assert {"utilization", "swap_rate", "seconds", "edits"} <= set(trace[-1])
+
+
+def test_kv_reuse_equals_full_recompute(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base, bundle = models
+    runs = []
+    for reuse in (True, False):
+        with open_session(tmp_path / f"s{reuse}", base, bundle, config()) as mc:
+            mc.ingest(TEXT)
+            stream = mc.generate("And then", max_new_tokens=10)
+            for _ in stream:
+                if not reuse:
+                    mc._drop_cache()  # force a full recompute before the next token
+            runs.append(mc.tree.tokens(0, mc.tree.num_tokens).tolist())
+    assert runs[0] == runs[1]
+
+
+def test_reopen_restores_history_and_refuses_another_base(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base, bundle = models
+    with open_session(tmp_path / "s", base, bundle, config()) as mc:
+        mc.ingest(TEXT)
+        tokens = mc.tree.tokens(0, mc.tree.num_tokens).tolist()
+        blocks = mc.lexical.num_blocks
+    with open_session(tmp_path / "s", base, bundle, config()) as again:
+        assert again.tree.tokens(0, again.tree.num_tokens).tolist() == tokens
+        assert again.lexical.num_blocks == blocks
+    other = load_base(make_tiny_model_dir("llama", tmp_path / "other", seed=3))
+    gist = GistNet(GistNetConfig(d_model=other.d_model, K=K, width=32, n_heads=2, key_dim=8))
+    other_bundle = save_bundle(tmp_path / "ob", {"gistnet": gist}, fingerprints=other.fingerprints)
+    with pytest.raises(FingerprintMismatchError):
+        open_session(tmp_path / "s", other, other_bundle, config())
+
+
+def test_manual_focus_pin_expand_collapse(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base, bundle = models
+    with open_session(tmp_path / "s", base, bundle, config()) as mc:
+        mc.ingest(TEXT)
+        assert mc.wc.levels[0] > 0  # the far past starts as a gist
+        mc.focus.pin(0, 4)
+        assert all(mc.wc.levels[mc.wc.entry_at(p)] == 0 for p in range(4))
+        mc.wc.check_invariants()
+        list(mc.generate(max_new_tokens=8))
+        assert all(mc.wc.levels[mc.wc.entry_at(p)] == 0 for p in range(4))  # pinned stays raw
+        with pytest.raises(IllegalEditError):
+            mc.focus.expand(0, 5)
+        with pytest.raises(IllegalEditError):
+            mc.focus.collapse(1, 10**6)
+
+
+def test_bad_input(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base, bundle = models
+    with pytest.raises(BudgetError, match="protected recent window"):
+        config(W_max=8, protected_recent=12)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InvalidInputError, match="not a directory"):
+        open_session(tmp_path / "file", base, bundle, config())
+    with open_session(tmp_path / "s", base, bundle, config()) as mc:
+        with pytest.raises(InvalidInputError, match="empty"):
+            mc.ingest("")
+        with pytest.raises(InvalidInputError, match="bytes"):
+            mc.ingest(b"abc")  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError, match="binary"):
+            mc.ingest("a\x00b")
+        with pytest.raises(InvalidInputError, match="history is empty"):
+            list(mc.generate(max_new_tokens=2))
+        # A prompt longer than W_max goes into the tree like everything else.
+        list(mc.generate(TEXT, max_new_tokens=2))
+        assert mc.tree.num_tokens > mc.config.W_max
+        mc.wc.check_invariants()
+    with pytest.raises(InvalidInputError, match="closed"):
+        mc.ingest("more")
+
+
+def test_a_retrained_key_head_rekeys_the_tree_on_open(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from megacontext.models.bundle import load_bundle
+
+    base, bundle_dir = models
+    bundle = load_bundle(bundle_dir)
+    with open_session(tmp_path / "s", base, bundle, config()) as mc:
+        mc.ingest(TEXT)
+        old_keys = mc.tree.keys(1, 0, mc.tree.count(1)).copy()
+        gists = mc.tree.gists(1, 0, mc.tree.count(1)).copy()
+    with torch.no_grad():
+        bundle.get("gistnet").key_head.weight.add_(0.5)
+    with open_session(tmp_path / "s", base, bundle, config()) as mc:
+        new_keys = mc.tree.keys(1, 0, mc.tree.count(1))
+        assert new_keys.shape == old_keys.shape
+        assert not np.allclose(new_keys, old_keys)  # recomputed with the new head
+        np.testing.assert_array_equal(mc.tree.gists(1, 0, mc.tree.count(1)), gists)  # gists kept
