@@ -182,3 +182,36 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ba
             raise InvalidInputError(f"override {dotted!r} must look like section.key=value")
         data.setdefault(section, {})[key] = value
     return config_from_dict(data)
+
+
+def dataclass_from_dict(cls: type[Any], data: Any, name: str) -> Any:
+    """Build the dataclass ``cls`` from a (YAML) mapping, recursing into nested config sections.
+
+    Unknown keys are refused with the valid ones named; lists become tuples where the field's
+    default is a tuple; a field whose default is itself a config dataclass is built the same way.
+    """
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"config section {name!r} must be a mapping, got {type(data)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise InvalidInputError(
+            f"unknown keys {unknown} in config section {name!r}; valid keys: {sorted(fields)}"
+        )
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        f = fields[key]
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        if dataclasses.is_dataclass(default) and not isinstance(default, type):
+            value = dataclass_from_dict(type(default), value, f"{name}.{key}")
+        elif isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        values[key] = value
+    return cls(**values)

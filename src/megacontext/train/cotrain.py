@@ -283,23 +283,10 @@ class CotrainRunConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CotrainRunConfig:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise InvalidInputError(f"unknown keys in cotrain run config: {sorted(unknown)}")
-        values = dict(data)
-        inner = dict(values.pop("cotrain", {}) or {})
-        gist = GistTrainConfig(**(inner.pop("gist", {}) or {}))
-        lens_values = dict(inner.pop("lens", {}) or {})
-        for key in ("history_tokens", "task_kinds"):
-            if key in lens_values:
-                lens_values[key] = tuple(lens_values[key])
-        if "freeze" in inner:
-            inner["freeze"] = tuple(inner["freeze"])
-        if "ablation_seeds" in values:
-            values["ablation_seeds"] = tuple(values["ablation_seeds"])
-        return cls(
-            **values, cotrain=CotrainConfig(**inner, gist=gist, lens=LensTrainConfig(**lens_values))
-        )
+        from megacontext.train.config import dataclass_from_dict
+
+        run: CotrainRunConfig = dataclass_from_dict(cls, dict(data), "cotrain run")
+        return run
 
 
 def run_cotrain(run: CotrainRunConfig, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -512,16 +512,10 @@ class GistRunConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GistRunConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(data) - known
-        if unknown:
-            raise InvalidInputError(f"unknown keys in gist run config: {sorted(unknown)}")
-        values = dict(data)
-        gist = values.pop("gist", {}) or {}
-        gist_known = set(GistTrainConfig.__dataclass_fields__)
-        if set(gist) - gist_known:
-            raise InvalidInputError(f"unknown keys under gist: {sorted(set(gist) - gist_known)}")
-        return cls(**values, gist=GistTrainConfig(**gist))
+        from megacontext.train.config import dataclass_from_dict
+
+        run: GistRunConfig = dataclass_from_dict(cls, dict(data), "gist run")
+        return run
 
 
 def run_gist(run: GistRunConfig, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -650,18 +650,10 @@ class LensRunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LensRunConfig:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise InvalidInputError(f"unknown keys in lens run config: {sorted(unknown)}")
-        values = dict(data)
-        lens = dict(values.pop("lens", {}) or {})
-        if set(lens) - set(LensTrainConfig.__dataclass_fields__):
-            bad = sorted(set(lens) - set(LensTrainConfig.__dataclass_fields__))
-            raise InvalidInputError(f"unknown keys under lens: {bad}")
-        for key in ("history_tokens", "task_kinds"):
-            if key in lens:
-                lens[key] = tuple(lens[key])
-        return cls(**values, lens=LensTrainConfig(**lens))
+        from megacontext.train.config import dataclass_from_dict
+
+        run: LensRunConfig = dataclass_from_dict(cls, dict(data), "lens run")
+        return run
 
 
 def _prose_stream(streams: dict[str, np.ndarray]) -> np.ndarray:
