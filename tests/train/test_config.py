@@ -34,6 +34,11 @@ def test_overrides_apply_with_dotted_keys() -> None:
         ({"model": []}, "must be a mapping"),
         ({"data": {"mixture_phases": [{"from_step": 5}]}}, "needs from_step and mixture"),
         (
+            {"data": {"mixture_phases": [{"from_step": 5, "mixture": {}, "seq_len": 9}]}},
+            "needs from_step and mixture",
+        ),
+        ({"data": {"answer_weight": 0.5}}, "answer_weight"),
+        (
             {"data": {"mixture_phases": [{"from_step": 0, "mixture": {"text": 1}}]}},
             "increasing from_step",
         ),

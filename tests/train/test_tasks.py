@@ -66,8 +66,9 @@ def test_mixture_rows_have_fixed_length_and_follow_weights(setup) -> None:  # ty
     tok, stream, _ = setup
     sampler = MixtureSampler(tok, stream, 128, {"text": 1.0, "passkey": 1.0}, min_task_len=48)
     rng = random.Random(0)
-    kinds, batch = sampler.batch(rng, 64)
+    kinds, batch, weights = sampler.batch(rng, 64)
     assert batch.shape == (64, 129) and batch.dtype == np.int64
+    assert np.all(weights == 1.0), "answer_weight defaults to the plain LM loss"
     assert set(kinds) == {"text", "passkey"}
     again = sampler.batch(random.Random(0), 64)[1]
     assert np.array_equal(batch, again)
@@ -96,3 +97,33 @@ def test_mixture_rejects_bad_weights(setup) -> None:  # type: ignore[no-untyped-
         MixtureSampler(tok, stream, 64, {"text": 0.0})
     with pytest.raises(InvalidInputError, match="fewer than one row"):
         MixtureSampler(tok, stream[:50], 64, {"text": 1.0})
+    with pytest.raises(InvalidInputError, match="below min_task_len"):
+        MixtureSampler(tok, stream, 128, {"passkey": 1.0}, min_task_len=64, max_task_len=32)
+    with pytest.raises(InvalidInputError, match="answer_weight"):
+        MixtureSampler(tok, stream, 128, {"passkey": 1.0}, answer_weight=0.5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), weight=st.floats(1.5, 50.0))
+def test_answer_tokens_and_only_they_carry_the_answer_weight(setup, seed, weight) -> None:  # type: ignore[no-untyped-def]
+    tok, stream, _ = setup
+    sampler = MixtureSampler(
+        tok, stream, 256, {"passkey": 1.0}, min_task_len=80, max_task_len=120, answer_weight=weight
+    )
+    _, ids, weights = sampler.row(random.Random(seed))
+    assert ids.shape == weights.shape == (257,)
+    bos, eos = tok.token_to_id(BOS), tok.token_to_id(EOS)
+    starts = [i for i, t in enumerate(ids) if t == bos]
+    assert len(starts) >= 2, "short samples pack several answers into one row"
+    for start, nxt in zip(starts, [*starts[1:], None], strict=True):
+        end = nxt - 1 if nxt is not None else None  # the EOS before the next sample
+        if end is None or ids[end] != eos:
+            continue  # the last sample may be cut short
+        heavy = np.flatnonzero(weights[start:end] == weight)
+        assert heavy.size, "every whole sample has weighted answer tokens"
+        text = tok.decode(ids[start + heavy[0] : end].tolist())
+        question = tok.decode(ids[start : start + heavy[0]].tolist())
+        assert question.endswith("The pass key is"), "weights start right after the question"
+        assert re.fullmatch(r" \d{4,7}\.", text), f"weighted tokens are the answer, got {text!r}"
+        assert np.all(weights[start : start + heavy[0]] == 1.0)
+        assert np.all(np.diff(heavy) == 1), "the answer is one contiguous run"

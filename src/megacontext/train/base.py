@@ -193,12 +193,41 @@ def pick_device(cfg: BaseRunConfig) -> torch.device:
     return torch.device(want)
 
 
-def _loss(model: Any, batch: torch.Tensor, offset: int, use_bf16: bool) -> torch.Tensor:
+def make_sampler(
+    cfg: BaseRunConfig, tok: Any, stream: np.ndarray, phase: dict[str, Any]
+) -> MixtureSampler:
+    """The row sampler of one curriculum phase (``{}``: the base ``data`` settings)."""
+    d = cfg.data
+    return MixtureSampler(
+        tok,
+        stream,
+        d.seq_len,
+        phase.get("mixture", d.mixture),
+        d.min_task_len,
+        max_task_len=phase.get("max_task_len", d.max_task_len),
+        answer_weight=float(phase.get("answer_weight", d.answer_weight)),
+    )
+
+
+def _loss(
+    model: Any,
+    batch: torch.Tensor,
+    offset: int,
+    use_bf16: bool,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Next-token cross-entropy of ``batch`` rows, weighted per target token when given."""
     x, y = batch[:, :-1], batch[:, 1:]
     pos = (torch.arange(x.shape[1], device=x.device) + offset).unsqueeze(0).expand_as(x)
     with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=use_bf16):
         logits = model(input_ids=x, position_ids=pos).logits
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+    ce = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none"
+    )
+    if weights is None:
+        return ce.mean()
+    w = weights[:, 1:].reshape(-1)
+    return (ce * w).sum() / w.sum()
 
 
 def choose_precision(
@@ -305,12 +334,9 @@ def train_base(
     device = pick_device(cfg)
     tok, train_stream, val_stream, tok_dir = prepare_data(cfg, log)
     ids = {name: special_id(tok, name) for name in (BOS, EOS, PAD)}
-    phases = [(0, cfg.data.mixture)] + [
-        (int(p["from_step"]), p["mixture"]) for p in cfg.data.mixture_phases
-    ]
-    samplers = [
-        (start, MixtureSampler(tok, train_stream, cfg.data.seq_len, mix, cfg.data.min_task_len))
-        for start, mix in phases
+    samplers = [(0, make_sampler(cfg, tok, train_stream, {}))] + [
+        (int(p["from_step"]), make_sampler(cfg, tok, train_stream, p))
+        for p in cfg.data.mixture_phases
     ]
 
     def sampler_at(step: int) -> MixtureSampler:
@@ -364,12 +390,18 @@ def train_base(
             break
         step_start = time.perf_counter()
         rng = random.Random(f"{t.seed}:{state.step}")
-        _, rows = sampler_at(state.step).batch(rng, t.batch_size)
+        _, rows, weights = sampler_at(state.step).batch(rng, t.batch_size)
         offset = rng.randint(0, t.max_position_offset) if t.max_position_offset else 0
         lr = lr_at(state.step, cfg, state.train_seconds)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss = _loss(model, torch.as_tensor(rows, device=device), offset, use_bf16)
+        loss = _loss(
+            model,
+            torch.as_tensor(rows, device=device),
+            offset,
+            use_bf16,
+            torch.as_tensor(weights, device=device),
+        )
         loss.backward()
         loss_value = float(loss.detach())
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)

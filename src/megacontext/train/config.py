@@ -38,8 +38,11 @@ class DataConfig:
     """Corpus, tokenizer and training mixture.
 
     ``mixture`` weights the row kinds (``text`` and the task kinds of
-    :mod:`megacontext.train.tasks`). ``mixture_phases`` is an optional curriculum: a list of
-    ``{from_step: N, mixture: {...}}`` entries, each replacing the mixture from step N on.
+    :mod:`megacontext.train.tasks`). Task samples are ``min_task_len`` to ``max_task_len`` tokens
+    long (default: a whole row), and their answer tokens weigh ``answer_weight`` in the loss (see
+    :class:`~megacontext.train.tasks.MixtureSampler`). ``mixture_phases`` is an optional
+    curriculum: a list of ``{from_step: N, mixture: {...}}`` entries, each replacing the mixture
+    from step N on; an entry may also set ``max_task_len`` and ``answer_weight`` for its phase.
     """
 
     corpus_dir: str = "runs/corpus"
@@ -59,7 +62,12 @@ class DataConfig:
         }
     )
     min_task_len: int = 64
+    max_task_len: int | None = None
+    answer_weight: float = 1.0
     mixture_phases: list[dict[str, Any]] = field(default_factory=list)
+
+
+PHASE_KEYS = frozenset({"from_step", "mixture", "max_task_len", "answer_weight"})
 
 
 @dataclass
@@ -115,10 +123,15 @@ class BaseRunConfig:
         if t.max_steps < 1 or t.batch_size < 1 or t.warmup_steps < 0:
             raise InvalidInputError("max_steps and batch_size must be ≥ 1, warmup_steps ≥ 0")
         last = 0
+        if d.answer_weight < 1.0:
+            raise InvalidInputError(f"data.answer_weight must be ≥ 1, got {d.answer_weight}")
         for phase in d.mixture_phases:
-            if set(phase) != {"from_step", "mixture"} or not isinstance(phase["mixture"], dict):
+            if not {"from_step", "mixture"} <= set(phase) <= PHASE_KEYS or not isinstance(
+                phase["mixture"], dict
+            ):
                 raise InvalidInputError(
-                    f"each data.mixture_phases entry needs from_step and mixture, got {phase}"
+                    f"each data.mixture_phases entry needs from_step and mixture (and may set "
+                    f"max_task_len, answer_weight), got {phase}"
                 )
             if int(phase["from_step"]) <= last:
                 raise InvalidInputError(

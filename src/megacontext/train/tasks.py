@@ -280,8 +280,14 @@ class MixtureSampler:
     """Builds training rows of ``seq_len + 1`` tokens from natural text and synthetic tasks.
 
     A row is either a random window of the natural-text stream (kind ``text``), or whole task
-    samples of one kind (each ``BOS sample EOS``, random lengths from ``min_task_len`` up to the row
-    length) packed until the row is full; only the last one may be cut short.
+    samples of one kind (each ``BOS sample EOS``, random lengths from ``min_task_len`` up to
+    ``max_task_len``) packed until the row is full; only the last one may be cut short.
+
+    Every row comes with per-token loss weights: 1 everywhere except the answer tokens of task
+    samples, which weigh ``answer_weight``. An answer is a handful of tokens in hundreds of filler
+    tokens, so without the weight the gradient that teaches retrieval is a rounding error next to
+    the language-modelling one; short task samples (a small ``max_task_len``) pack more answers
+    into a row for the same reason.
 
     Args:
         tok: Tokenizer (must know BOS/EOS/PAD).
@@ -289,6 +295,8 @@ class MixtureSampler:
         seq_len: Model context length of a row (the row has one more token for the shifted target).
         weights: Row-kind weights, keys from ``("text", *TASK_KINDS)``.
         min_task_len: Shortest task sample in tokens.
+        max_task_len: Longest task sample in tokens (default: the whole row).
+        answer_weight: Loss weight of task answer tokens (≥ 1; 1 is the plain LM loss).
     """
 
     def __init__(
@@ -298,6 +306,8 @@ class MixtureSampler:
         seq_len: int,
         weights: Mapping[str, float],
         min_task_len: int = 64,
+        max_task_len: int | None = None,
+        answer_weight: float = 1.0,
     ) -> None:
         unknown = set(weights) - {"text", *TASK_KINDS}
         if unknown:
@@ -316,25 +326,42 @@ class MixtureSampler:
         self.kinds = [k for k, w in weights.items() if w > 0]
         self.weights = [weights[k] for k in self.kinds]
         self.min_task_len = min(min_task_len, seq_len + 1)
+        self.max_task_len = seq_len + 1 if max_task_len is None else min(max_task_len, seq_len + 1)
+        if self.max_task_len < self.min_task_len:
+            raise InvalidInputError(
+                f"max_task_len ({max_task_len}) is below min_task_len ({min_task_len}); raise it"
+            )
+        if answer_weight < 1.0:
+            raise InvalidInputError(f"answer_weight must be ≥ 1, got {answer_weight}")
+        self.answer_weight = float(answer_weight)
         self.bos = special_id(tok, BOS)
         self.eos = special_id(tok, EOS)
         self.filler = FillerSource(stream, (self.bos, self.eos, special_id(tok, PAD)))
 
-    def row(self, rng: random.Random) -> tuple[str, np.ndarray]:
-        """Return ``(kind, ids)`` with ``len(ids) == seq_len + 1``."""
+    def row(self, rng: random.Random) -> tuple[str, np.ndarray, np.ndarray]:
+        """Return ``(kind, ids, weights)``, each of length ``seq_len + 1``.
+
+        ``weights[i]`` is the loss weight of predicting ``ids[i]`` (``weights[0]`` is unused).
+        """
         kind = rng.choices(self.kinds, weights=self.weights)[0]
         n = self.seq_len + 1
         if kind == "text":
             start = rng.randrange(0, len(self.stream) - n + 1)
-            return kind, self.stream[start : start + n].astype(np.int64)
+            return kind, self.stream[start : start + n].astype(np.int64), np.ones(n, np.float32)
         ids: list[int] = []
+        weights: list[float] = []
         while len(ids) < n:
-            length = rng.randint(self.min_task_len, n) - 2
+            length = rng.randint(self.min_task_len, self.max_task_len) - 2
             sample = GENERATORS[kind](rng, self.tok, self.filler, length)
+            answer = len(sample.ids) - sample.prompt_len
             ids += [self.bos, *sample.ids, self.eos]
-        return kind, np.asarray(ids[:n], dtype=np.int64)
+            weights += [1.0] * (1 + sample.prompt_len) + [self.answer_weight] * answer + [1.0]
+        return kind, np.asarray(ids[:n], dtype=np.int64), np.asarray(weights[:n], np.float32)
 
-    def batch(self, rng: random.Random, batch_size: int) -> tuple[list[str], np.ndarray]:
-        """``batch_size`` rows stacked into an int64 array of shape ``(B, seq_len + 1)``."""
+    def batch(
+        self, rng: random.Random, batch_size: int
+    ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """``batch_size`` rows: kinds, int64 ids ``(B, seq_len + 1)`` and float32 loss weights."""
         rows = [self.row(rng) for _ in range(batch_size)]
-        return [k for k, _ in rows], np.stack([r for _, r in rows])
+        kinds = [k for k, _, _ in rows]
+        return kinds, np.stack([r for _, r, _ in rows]), np.stack([w for _, _, w in rows])
