@@ -25,6 +25,7 @@ SUITES: dict[str, str] = {
     "storage": "megacontext.bench.storage",
     "gist": "megacontext.bench.gist",
     "longctx": "megacontext.bench.longctx",
+    "runtime": "megacontext.bench.runtime",
 }
 
 Progress = Callable[[str], None]

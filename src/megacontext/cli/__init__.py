@@ -118,13 +118,15 @@ def demo(
     run_demo(DemoConfig(min_tokens=tokens, w_max=w_max, query=query, text_path=text), console)
 
 
-from megacontext.cli import models as _models_cli  # noqa: E402  (registered below)
+from megacontext.cli import leaderboard as _leaderboard_cli  # noqa: E402  (registered below)
+from megacontext.cli import models as _models_cli  # noqa: E402
 from megacontext.cli import session as _session_cli  # noqa: E402
 from megacontext.cli import store as _store_cli  # noqa: E402
 from megacontext.cli import train as _train_cli  # noqa: E402
 from megacontext.cli import train_nets as _train_nets_cli  # noqa: E402
 
 app.command("port-model")(_models_cli.port_model)
+app.command("leaderboard")(_leaderboard_cli.leaderboard)
 app.add_typer(_models_cli.app, name="models")
 app.add_typer(_store_cli.app, name="store")
 _train_cli.app.command("gist")(_train_nets_cli.gist)

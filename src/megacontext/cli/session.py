@@ -207,7 +207,7 @@ def trace_show(
         "edits",
         "swap rate",
         "residency",
-        "ms (lens/alloc/apply)",
+        "ms (fetch/lens/alloc/apply)",
     ):
         table.add_column(column, justify="right" if column != "edits" else "left")
     for row in rows:
@@ -215,7 +215,9 @@ def trace_show(
             f"{'+' if k == 'expand' else '-'}L{lv}#{ix}" for k, lv, ix in row.get("edits", [])
         )
         sec = row.get("seconds", {})
-        ms = "/".join(f"{1000 * sec.get(k, 0):.1f}" for k in ("lensnet", "allocator", "apply"))
+        ms = "/".join(
+            f"{1000 * sec.get(k, 0):.1f}" for k in ("fetch", "lensnet", "allocator", "apply")
+        )
         table.add_row(
             str(row["step"]),
             f"{row['tokens']:,}",

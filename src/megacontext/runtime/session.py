@@ -100,7 +100,22 @@ class StepTelemetry:
     swap_rate: float
     mean_residency: float
     first_changed: int
+    # "fetch" (LensNet's input vectors), "lensnet" (features + forward), "allocator", "apply".
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ForwardTiming:
+    """One base forward while decoding: what it computed and where its time went.
+
+    ``entries`` is 1 for a plain decode step; after an edit cropped the KV cache it is the whole
+    recomputed suffix (D10) plus the new entry.
+    """
+
+    entries: int
+    cached: int
+    fetch_s: float
+    forward_s: float
 
 
 class Focus:
@@ -218,6 +233,8 @@ class Session:
         else:
             self.trace_path = None
         self.closed = False
+        # Set to a list to record every refocus step and decoding forward, in order (benchmarks).
+        self.timing_log: list[StepTelemetry | ForwardTiming] | None = None
 
     # ----------------------------------------------------------------------------- history
 
@@ -382,7 +399,9 @@ class Session:
         if self._kv is None:
             self._kv, self._kv_entries = self.base.new_cache(), 0
         start = self._kv_entries
+        clock = time.perf_counter()
         vectors = entry_vectors(wc, self.tree, self.base)[start:][None]
+        fetched = time.perf_counter()
         positions = wc_positions(wc, self.config.policy)
         ids = torch.as_tensor(positions.position_ids[start:], device=self.base.device)[None]
         extra: dict[str, torch.Tensor] = {}
@@ -393,6 +412,12 @@ class Session:
                     None
                 ]
         out = self.base.forward(vectors, ids, self._kv, **extra)
+        if self.timing_log is not None:
+            self.timing_log.append(
+                ForwardTiming(
+                    wc.size - start, start, fetched - clock, time.perf_counter() - fetched
+                )
+            )
         self._kv, self._kv_entries = out.cache, wc.size
         logits = out.logits[0, -1].float()
         if self.config.temperature <= 0:
@@ -411,10 +436,10 @@ class Session:
         times: dict[str, float] = {}
         start = time.perf_counter()
         if self.lensnet is not None and self.config.use_lens and self.wc.size:
-            scores = self._scores()
+            scores = self._scores(times)
         else:
             scores = np.zeros(self.wc.size)
-        times["lensnet"] = time.perf_counter() - start
+        times["lensnet"] = time.perf_counter() - start - times.setdefault("fetch", 0.0)
         start = time.perf_counter()
         plan = self.allocator.plan(self.wc, self._with_pins(scores), self.state)
         times["allocator"] = time.perf_counter() - start
@@ -451,6 +476,8 @@ class Session:
                 + "\n"
             )
             self._trace_file.flush()
+        if self.timing_log is not None:
+            self.timing_log.append(step)
         return step
 
     def _with_pins(self, scores: np.ndarray) -> np.ndarray:
@@ -461,11 +488,14 @@ class Session:
         return scores
 
     @torch.no_grad()
-    def _scores(self) -> np.ndarray:
+    def _scores(self, times: dict[str, float] | None = None) -> np.ndarray:
         if self.lensnet is None:
             return np.zeros(self.wc.size)
         wc = self.wc
+        start = time.perf_counter()
         entries = entry_vectors(wc, self.tree, self.base).float()[None]
+        if times is not None:
+            times["fetch"] = time.perf_counter() - start
         n = self.tree.num_tokens
         query_ids = self.tree.tokens(max(0, n - self.config.query_tokens), n).astype(np.int64)
         query = self.base.embed(torch.as_tensor(query_ids, device=self.base.device)).float()[None]
