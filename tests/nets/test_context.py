@@ -62,6 +62,10 @@ def test_materialize_puts_each_entry_in_place(setup) -> None:  # type: ignore[no
     compact = materialize(wc, tree, base)
     assert compact.mu is None and compact.position_ids[0].tolist() == list(range(wc.size))
     torch.testing.assert_close(entry_vectors(wc, tree, base), m.embeds[0])
+    for start in (1, wc.size // 2, wc.size - 1, wc.size):  # the uncached suffix only
+        torch.testing.assert_close(entry_vectors(wc, tree, base, start), m.embeds[0, start:])
+    with pytest.raises(InvalidInputError, match="start"):
+        entry_vectors(wc, tree, base, wc.size + 1)
 
 
 def test_mismatches_are_refused(setup) -> None:  # type: ignore[no-untyped-def]

@@ -83,6 +83,23 @@ def test_generate_streams_appends_and_refocuses(models, tmp_path: Path) -> None:
         assert {"utilization", "swap_rate", "seconds", "edits"} <= set(trace[-1])
 
 
+def test_refocus_frees_room_for_the_tokens_until_the_next_refocus(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base, bundle = models
+    with open_session(tmp_path / "s", base, bundle, config(refocus_every=6)) as mc:
+        mc.ingest(TEXT)
+        mc.refocus()
+        mc.wc.check_invariants()
+        assert mc.wc.size <= mc.config.W_max - 6
+        crops = []
+        mc._crop = lambda first, crop=mc._crop: (crops.append(first), crop(first))[1]  # type: ignore[method-assign]
+        list(mc.generate("And then", max_new_tokens=5))
+        # Five new tokens fit in the room the refocus after the prompt left, so that refocus is
+        # the only edit that rewrites the cache deep inside the context (without the reserve,
+        # collapses to make room rewrite it again for each token).
+        assert mc.wc.size <= mc.config.W_max
+        assert sum(1 for first in crops if first < mc.wc.size - 8) <= 1
+
+
 def test_kv_reuse_equals_full_recompute(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     base, bundle = models
     runs = []

@@ -70,10 +70,15 @@ class Materialized:
     sigma: torch.Tensor | None  # (1, W) widths for the gaussian policy
 
 
-def entry_vectors(wc: WorkingContext, tree: MegaContextTree, base: BaseAdapter) -> torch.Tensor:
-    """``(W, d)`` vectors of the entries: token embeddings and stored gists, in WC order."""
-    levels, indices = wc.levels, wc.indices
-    out = torch.empty(wc.size, base.d_model, dtype=base.dtype, device=base.device)
+def entry_vectors(
+    wc: WorkingContext, tree: MegaContextTree, base: BaseAdapter, start: int = 0
+) -> torch.Tensor:
+    """``(W − start, d)`` vectors of the entries from ``start`` on: token embeddings and stored
+    gists, in WC order (decoding with a KV cache needs only the uncached suffix)."""
+    if not 0 <= start <= wc.size:
+        raise InvalidInputError(f"start must be in [0, {wc.size}], got {start}")
+    levels, indices = wc.levels[start:], wc.indices[start:]
+    out = torch.empty(len(levels), base.d_model, dtype=base.dtype, device=base.device)
     raw = np.flatnonzero(levels == 0)
     if raw.size:
         ids = torch.as_tensor(tree_tokens_at(tree, indices[raw]), device=base.device)

@@ -365,6 +365,21 @@ class Session:
             if refocus and self._since_refocus >= self.config.refocus_every:
                 self.refocus()
 
+    def _plan_with_room(self, scores: np.ndarray) -> EditPlan:
+        """The refocus plan, also freeing room for the tokens until the next refocus.
+
+        Collapses that make room rewrite the KV cache from the collapsed entry on, just as the
+        refocus edits do; taking them in the same plan costs one suffix recompute per refocus
+        instead of two (decode would otherwise collapse again a few tokens later).
+        """
+        reserve = min(self.config.refocus_every, self.wc.W_max - self.wc.protected_recent - 1)
+        if reserve > 0:
+            try:
+                return self.allocator.plan(self.wc, scores, self.state, reserve=reserve)
+            except BudgetError:
+                pass  # not enough collapsible history yet: plan without the reserve
+        return self.allocator.plan(self.wc, scores, self.state)
+
     def _make_room(self, entries: int) -> None:
         """Collapse the least useful groups until ``entries`` more fit (oldest first on ties)."""
         if self.wc.size + entries <= self.wc.W_max:
@@ -400,7 +415,7 @@ class Session:
             self._kv, self._kv_entries = self.base.new_cache(), 0
         start = self._kv_entries
         clock = time.perf_counter()
-        vectors = entry_vectors(wc, self.tree, self.base)[start:][None]
+        vectors = entry_vectors(wc, self.tree, self.base, start)[None]
         fetched = time.perf_counter()
         positions = wc_positions(wc, self.config.policy)
         ids = torch.as_tensor(positions.position_ids[start:], device=self.base.device)[None]
@@ -441,7 +456,7 @@ class Session:
             scores = np.zeros(self.wc.size)
         times["lensnet"] = time.perf_counter() - start - times.setdefault("fetch", 0.0)
         start = time.perf_counter()
-        plan = self.allocator.plan(self.wc, self._with_pins(scores), self.state)
+        plan = self._plan_with_room(self._with_pins(scores))
         times["allocator"] = time.perf_counter() - start
         start = time.perf_counter()
         first = self.wc.size
