@@ -19,8 +19,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The main demo (planted facts, MegaContext vs recency and RAG) needs the packaged focus bundle;
+# the tree demo needs nothing trained.
 demo: install
-	$(VENV)/bin/megacontext demo
+	$(VENV)/bin/megacontext demo-tree
+	@if [ -f src/megacontext/models/default_focus/manifest.json ]; then \
+		$(VENV)/bin/megacontext demo; \
+	else \
+		echo "main demo skipped: no focus bundle in src/megacontext/models/default_focus (make focus-models)"; \
+	fi
 
 lint: install
 	$(VENV)/bin/ruff check src tests

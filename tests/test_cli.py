@@ -70,22 +70,31 @@ def test_bench_core_quick_writes_the_result_contract(tmp_path: Path) -> None:
             assert row["ratio"] == pytest.approx(row["value"] / row["baseline"]["value"])
 
 
-def test_demo_on_a_text_file_reaches_its_target() -> None:
+def test_demo_tree_on_a_text_file_reaches_its_target() -> None:
     source = Path(_argparse_module_for_its_source.__file__)
     result = runner.invoke(
         app,
-        ["demo", "--text", str(source), "--query", "class HelpFormatter", "--w-max", "512"],
+        ["demo-tree", "--text", str(source), "--query", "class HelpFormatter", "--w-max", "512"],
     )
     assert result.exit_code == 0, result.output
     assert "class HelpFormatter" in result.output
     assert re.search(r";\s+reached\s+the\s+target\s+in\s+\d+\s+refocus\s+steps", result.output)
 
 
-def test_demo_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
+def test_demo_tree_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     text = tmp_path / "t.txt"
     text.write_text("hello world " * 4000)
     proc = subprocess.run(
-        [sys.executable, "-m", "megacontext.cli", "demo", "--text", str(text), "--query", "zebra"],
+        [
+            sys.executable,
+            "-m",
+            "megacontext.cli",
+            "demo-tree",
+            "--text",
+            str(text),
+            "--query",
+            "zebra",
+        ],
         capture_output=True,
         text=True,
     )

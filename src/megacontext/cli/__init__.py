@@ -91,8 +91,8 @@ def bench(
         console.print(f"wrote {json_path}")
 
 
-@app.command()
-def demo(
+@app.command("demo-tree")
+def demo_tree(
     tokens: Annotated[
         int, typer.Option(help="Minimum history length to build, in tokens.")
     ] = 120_000,
@@ -111,7 +111,7 @@ def demo(
     context that covers all of it (coarse far past, raw recent tokens), and steers the focus
     allocator until the chosen phrase is raw tokens again.
 
-    Example: megacontext demo --query "class HTTPConnection" --w-max 1024
+    Example: megacontext demo-tree --query "class HTTPConnection" --w-max 1024
     """
     from megacontext.cli.demo import DemoConfig, run_demo
 
@@ -119,12 +119,14 @@ def demo(
 
 
 from megacontext.cli import leaderboard as _leaderboard_cli  # noqa: E402  (registered below)
+from megacontext.cli import longdemo as _longdemo_cli  # noqa: E402
 from megacontext.cli import models as _models_cli  # noqa: E402
 from megacontext.cli import session as _session_cli  # noqa: E402
 from megacontext.cli import store as _store_cli  # noqa: E402
 from megacontext.cli import train as _train_cli  # noqa: E402
 from megacontext.cli import train_nets as _train_nets_cli  # noqa: E402
 
+app.command("demo")(_longdemo_cli.demo)
 app.command("port-model")(_models_cli.port_model)
 app.command("leaderboard")(_leaderboard_cli.leaderboard)
 app.add_typer(_models_cli.app, name="models")

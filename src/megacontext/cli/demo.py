@@ -1,9 +1,13 @@
-"""``megacontext demo``: the working context over a long real text, then refocused on a detail.
+"""``megacontext demo-tree``: the working context over a long real text, refocused on a detail.
 
 Tokenizes a long real text (the Python standard library's own source, always on disk), builds a
 MegaContext tree with a simple mean-pool gister, assembles a working context that covers the whole
 history within a small budget, and steers the focus allocator toward a chosen phrase until that
 span is raw tokens again. Everything is printed readably; nothing is downloaded.
+
+This is the foundation demo (the tree, the working context and the allocator, no trained model);
+the main demo, ``megacontext demo``, answers questions with the default models
+(:mod:`megacontext.cli.longdemo`).
 """
 
 from __future__ import annotations
@@ -96,7 +100,7 @@ def run_demo(config: DemoConfig, console: Console) -> None:
     from tokenizers import ByteLevelBPETokenizer
 
     started = time.perf_counter()
-    console.rule("[bold]MegaContext demo[/bold]")
+    console.rule("[bold]MegaContext tree demo[/bold]")
     if config.text_path is not None:
         if not config.text_path.is_file():
             raise InvalidInputError(f"--text {config.text_path} is not a readable file")
