@@ -10,6 +10,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 from collections.abc import Callable, Iterable
@@ -59,6 +60,23 @@ class Result:
         if self.extra:
             out["extra"] = self.extra
         return out
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process's memory since exec (or the last reset).
+
+    Reads ``VmHWM`` from ``/proc/self/status``. ``ru_maxrss`` is not used where that exists: a
+    child inherits the RSS its parent had at fork time into ``ru_maxrss``, so a probe started by
+    a big process would report its parent's size.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def median(samples: Iterable[float]) -> float:

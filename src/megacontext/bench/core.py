@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import subprocess
 import sys
 import time
 
 import numpy as np
 
-from megacontext.bench import Progress, Result, median
+from megacontext.bench import Progress, Result, median, peak_rss_bytes
 from megacontext.core import (
     AllocatorState,
     FocusAllocator,
@@ -63,11 +62,6 @@ def _allocator_times(w_max: int, repeats: int) -> tuple[float, float]:
     return median(plan_times), median(apply_times)
 
 
-def _peak_rss_bytes() -> int:
-    # ru_maxrss is in KiB on Linux.
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
 def _current_rss_bytes() -> int:
     import psutil
 
@@ -93,7 +87,7 @@ def memory_probe(total_tokens: int, mark_tokens: int) -> dict[str, float]:
         "tokens": tree.num_tokens,
         "seconds": elapsed,
         "rss_mark": rss_mark,
-        "rss_end": _peak_rss_bytes(),
+        "rss_end": peak_rss_bytes(),
         "payload_added": _payload_bytes(tree) - payload_mark,
     }
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -49,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from megacontext.bench import Progress, Result, median
+from megacontext.bench import Progress, Result, median, peak_rss_bytes
 from megacontext.errors import InvalidInputError
 
 W_MAX = 512
@@ -299,23 +298,6 @@ def prefill_tokens_per_s(base: Any, ids: np.ndarray, window: int = PREFILL_WINDO
 
 
 # ----------------------------------------------------------------------------- memory
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process's memory since exec (or the last reset).
-
-    Reads ``VmHWM`` from ``/proc/self/status``. ``ru_maxrss`` is not used where that exists: a
-    child inherits the RSS its parent had at fork time into ``ru_maxrss``, so a probe started by
-    a big process would report its parent's size.
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def reset_peak_rss() -> bool:

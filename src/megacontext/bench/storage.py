@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from megacontext.bench import Progress, Result, median
+from megacontext.bench import Progress, Result, median, peak_rss_bytes
 from megacontext.core import (
     AllocatorConfig,
     AllocatorState,
@@ -312,19 +312,7 @@ def ingest_probe(tokens: int) -> dict[str, float]:
             tree.append(_tokens(min(BATCH, tokens - lo), lo))
         tree.close()
         seconds = time.perf_counter() - start
-    return {"tokens": tokens, "peak_rss": float(_peak_rss_bytes()), "seconds": seconds}
-
-
-def _peak_rss_bytes() -> int:
-    """Peak RSS of this process image. ``VmHWM`` (unlike ``ru_maxrss``, which Linux carries over
-    ``exec`` from the parent) starts afresh in a new process."""
-    with open("/proc/self/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"tokens": tokens, "peak_rss": float(peak_rss_bytes()), "seconds": seconds}
 
 
 def _probe_subprocess(tokens: int) -> dict[str, float]:
