@@ -678,9 +678,19 @@ def export_run(run_dir: str | Path, to: str | Path, max_bytes: int = MAX_EXPORT_
 def model_card(cfg: BaseRunConfig, m: dict[str, Any], loss_curve: bool = False) -> str:
     """The model card (Markdown) of a trained base; ``loss_curve`` links ``loss_curve.png``."""
     d, mc, t = cfg.data, cfg.model, cfg.train
-    mixture = ", ".join(f"{k} {v:g}" for k, v in d.mixture.items())
+
+    def describe(mixture: dict[str, float], max_len: int | None, weight: float) -> str:
+        mix = ", ".join(f"{k} {v:g}" for k, v in mixture.items())
+        longest = d.seq_len + 1 if max_len is None else max_len
+        return f"{mix} (task samples {d.min_task_len}–{longest} tokens, answer weight {weight:g})"
+
+    mixture = describe(d.mixture, d.max_task_len, d.answer_weight)
     for phase in d.mixture_phases:
-        mix = ", ".join(f"{k} {v:g}" for k, v in phase["mixture"].items())
+        mix = describe(
+            phase["mixture"],
+            phase.get("max_task_len", d.max_task_len),
+            float(phase.get("answer_weight", d.answer_weight)),
+        )
         mixture += f"; from step {phase['from_step']}: {mix}"
     budget_note = (
         f" The run stopped on its time budget ({t.time_budget_s:.0f} s) at step {m['steps']} of "
@@ -724,7 +734,8 @@ James Bible (public domain), Gutenberg Shakespeare and Milton (public domain). D
 hash, {d.val_fraction:g} of each source's documents held out (seed {d.corpus_seed}).
 Row mixture: {mixture}. The synthetic long-context tasks (pass key, key/value lookup, copy,
 variable tracking) use corpus text as filler, so a memory system can be judged on them (a base
-that never saw pass keys scores 0).
+that never saw pass keys scores 0). The answer tokens of task samples weigh more in the loss
+than other tokens (the answer weight); the reported training loss is that weighted mean.
 
 ## Training
 
