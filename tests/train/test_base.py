@@ -146,6 +146,11 @@ def test_train_throughput_and_mfu_are_measured() -> None:
     )  # fmt: skip
     assert out["tokens_per_s"] > 0 and out["matmul_peak_flops"] > 0
     assert 0 < out["mfu"] < 1
+    auto = measure_train_throughput(  # the bench's default device: CUDA if present, else CPU
+        d_model=32, n_layers=1, n_heads=2, ffn_dim=64, vocab_size=300, seq_len=32, batch_size=2,
+        steps=1,
+    )  # fmt: skip
+    assert auto["tokens_per_s"] > 0
 
 
 def test_export_of_an_unfinished_run_is_an_error(tmp_path: Path) -> None:

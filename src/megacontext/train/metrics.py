@@ -289,9 +289,9 @@ def measure_train_throughput(
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else device)
-    if dev.type == "auto":
-        dev = torch.device("cpu")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab_size,
