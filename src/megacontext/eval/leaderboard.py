@@ -25,7 +25,7 @@ import html
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -385,15 +385,14 @@ def _color(cells: Sequence[Cell], system: str) -> str:
     return f"C{_systems(cells).index(system) % 10}"
 
 
-def plot_vs_length(cells: Sequence[Cell], task: str, budget: int, path: Path) -> Path:
-    """Score vs history length, one line per system, 95% intervals as error bars."""
-    figure = _figure()
-    axes = figure.add_subplot()
-    own = [c for c in cells if c.task == task and c.budget == budget and c.measured]
+def _draw_systems(
+    axes: Any, cells: Sequence[Cell], own: Sequence[Cell], x: Callable[[Cell], int]
+) -> None:
+    """One line per system over ``x`` (length or budget), 95% intervals as error bars."""
     for system in _systems(own):
-        points = sorted((c for c in own if c.system == system), key=lambda c: c.length)
+        points = sorted((c for c in own if c.system == system), key=x)
         axes.errorbar(
-            [c.length for c in points],
+            [x(c) for c in points],
             [c.value for c in points],
             yerr=_error_bars(points),
             marker="o",
@@ -401,6 +400,14 @@ def plot_vs_length(cells: Sequence[Cell], task: str, budget: int, path: Path) ->
             label=system,
             color=_color(cells, system),
         )
+
+
+def plot_vs_length(cells: Sequence[Cell], task: str, budget: int, path: Path) -> Path:
+    """Score vs history length, one line per system, 95% intervals as error bars."""
+    figure = _figure()
+    axes = figure.add_subplot()
+    own = [c for c in cells if c.task == task and c.budget == budget and c.measured]
+    _draw_systems(axes, cells, own, lambda c: c.length)
     lengths = sorted({c.length for c in own})
     if lengths:
         axes.set_xscale("log")
@@ -424,17 +431,7 @@ def plot_nll_vs_budget(cells: Sequence[Cell], length: int, path: Path) -> Path:
     figure = _figure()
     axes = figure.add_subplot()
     own = [c for c in cells if c.task == "longdoc" and c.length == length and c.measured]
-    for system in _systems(own):
-        points = sorted((c for c in own if c.system == system), key=lambda c: c.budget)
-        axes.errorbar(
-            [c.budget for c in points],
-            [c.value for c in points],
-            yerr=_error_bars(points),
-            marker="o",
-            capsize=3,
-            label=system,
-            color=_color(cells, system),
-        )
+    _draw_systems(axes, cells, own, lambda c: c.budget)
     budgets = sorted({c.budget for c in own})
     if budgets:
         axes.set_xscale("log", base=2)
