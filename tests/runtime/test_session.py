@@ -100,6 +100,26 @@ def test_refocus_frees_room_for_the_tokens_until_the_next_refocus(models, tmp_pa
         assert sum(1 for first in crops if first < mc.wc.size - 8) <= 1
 
 
+def test_ingest_in_bounded_gist_batches_writes_the_same_tree(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base, bundle = models
+    trees = []
+    for batch in (1, 256):
+        with open_session(tmp_path / f"s{batch}", base, bundle, config(gist_batch=batch)) as mc:
+            assert mc.tree.gist_batch_size == batch
+            mc.ingest(TEXT)
+            levels = range(1, mc.tree.num_levels + 1)
+            trees.append(
+                [(mc.tree.gists(lv, 0, mc.tree.count(lv)), mc.tree.keys(lv, 0, mc.tree.count(lv)))
+                 for lv in levels]
+            )  # fmt: skip
+    assert len(trees[0]) == len(trees[1]) >= 2
+    for (gists_a, keys_a), (gists_b, keys_b) in zip(*trees, strict=True):
+        np.testing.assert_allclose(np.asarray(gists_a, np.float32), gists_b, rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(np.asarray(keys_a, np.float32), keys_b, rtol=1e-3, atol=1e-3)
+    with pytest.raises(InvalidInputError, match="gist_batch"):
+        config(gist_batch=0)
+
+
 def test_kv_reuse_equals_full_recompute(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     base, bundle = models
     runs = []

@@ -63,6 +63,9 @@ class SessionConfig:
     seed: int = 0
     query_tokens: int = 32
     trace: bool = True
+    # Nodes gisted per GistNet forward. Bounds ingest memory: a 64k-token ingest gisted in one
+    # batch held about 1 GB of activations; 256 LOD1 nodes are 8k tokens per forward.
+    gist_batch: int = 256
 
     def __post_init__(self) -> None:
         if self.protected_recent is None:
@@ -74,6 +77,8 @@ class SessionConfig:
             )
         if self.refocus_every < 1:
             raise InvalidInputError("refocus_every must be >= 1")
+        if self.gist_batch < 1:
+            raise InvalidInputError(f"gist_batch must be >= 1, got {self.gist_batch}")
 
 
 @dataclass(frozen=True)
@@ -650,6 +655,7 @@ def open_session(
         GistNetGister(gistnet, adapter),
         K=gistnet.config.K,
         vocab_size=adapter.vocab_size,
+        gist_batch_size=cfg.gist_batch,
         key_backend=keys,
     )
     lexical = LexicalIndex(root / "lexical.sqlite", K=gistnet.config.K)
