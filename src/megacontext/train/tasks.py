@@ -11,7 +11,7 @@ passkey    find "The pass key is 71432" hidden in filler and repeat it at the en
 kv         look up the value of one key among many key/value lines spread through filler
 copy       repeat a span of text verbatim after a marker (teaches induction/copying)
 copy_long  the same with a span of a quarter to a half of the sample
-repeat     uniformly random tokens, then the same tokens again (grows induction heads fast)
+repeat     uniformly random tokens, then the same tokens again (pure induction)
 vartrack   follow chains of variable assignments (``VAR QXT = VAR ABC``) through filler
 ========== =================================================================================
 
@@ -211,9 +211,10 @@ def repeat_sample(
 ) -> TaskSample:
     """A sequence of uniformly random tokens, then the same sequence again.
 
-    Nothing but copying predicts the second half, so this is the fastest way to grow induction
-    heads (a 2-layer model learns it in under 100 steps); natural-text copies and pass keys then
-    build on them. ``filler`` is unused (kept for the common signature).
+    Nothing but copying predicts the second half: a pure test of induction (find-and-copy). It
+    is not an easy teacher at our scale: with the plain LM loss, small models here stayed at
+    chance on it for 1,500 steps (docs/training.md). ``filler`` is unused (kept for the common
+    signature).
     """
     header = _enc(tok, "Random tokens:\n")
     marker = _enc(tok, "\nAgain:\n")
