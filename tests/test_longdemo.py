@@ -31,6 +31,7 @@ from megacontext.models.adapter import BaseAdapter
 from megacontext.models.bundle import load_bundle
 from megacontext.models.tiny import make_tiny_model_dir
 from megacontext.runtime.session import SessionConfig, open_session
+from megacontext.train.tasks import KV_QUESTION, PASSKEY_QUESTION
 
 TOKENS = 5000
 
@@ -64,8 +65,8 @@ def test_document_is_seeded_long_enough_and_its_facts_decode(
         assert fact.end < len(doc.ids) - 512
         previous_end = fact.end
     # Questions are in the trained formats.
-    assert doc.facts[-1].question == ld.PASSKEY_QUESTION
-    assert doc.facts[0].question == ld.KV_QUESTION.format(key=doc.facts[0].key)
+    assert doc.facts[-1].question == PASSKEY_QUESTION
+    assert doc.facts[0].question == KV_QUESTION.format(key=doc.facts[0].key)
     # Held-out prose comes first.
     assert doc.sources[0].startswith("kjv/")
 

@@ -61,10 +61,6 @@ if TYPE_CHECKING:
     from megacontext.models.bundle import Bundle
 
 # The trained formats (megacontext.train.tasks): the small default base learned to answer these.
-KV_LINE = "\nkey {key} has value {value}.\n"
-KV_QUESTION = "\nWhat is the value of key {key}? The value is"
-PASSKEY_LINE = "\nThe pass key is {value}. Remember it. {value} is the pass key.\n"
-PASSKEY_QUESTION = "\nWhat is the pass key? The pass key is"
 
 # Held-out sources in the order they fill the document: prose first, then source code.
 SOURCE_ORDER = ("kjv", "gutenberg", "pydoc", "stdlib")
@@ -169,12 +165,19 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _digits(rng: random.Random, n: int) -> str:
-    return str(rng.randint(1, 9)) + "".join(str(rng.randint(0, 9)) for _ in range(n - 1))
-
-
 def _fact_lines(rng: random.Random, facts: int) -> list[tuple[str, str, str, str, str]]:
-    """``(kind, key, value, line, question)`` for ``facts`` facts: kv lines, then one pass key."""
+    """``(kind, key, value, line, question)`` for ``facts`` facts: kv lines, then one pass key.
+
+    The lines and questions are the templates the default base was trained on.
+    """
+    from megacontext.train.tasks import (
+        KV_LINE,
+        KV_QUESTION,
+        PASSKEY_NEEDLE,
+        PASSKEY_QUESTION,
+        random_digits,
+    )
+
     out = []
     keys: list[str] = []  # a list, not a set: set order changes with the process's hash seed
     while len(keys) < facts - 1:
@@ -182,12 +185,12 @@ def _fact_lines(rng: random.Random, facts: int) -> list[tuple[str, str, str, str
         if key not in keys:
             keys.append(key)
     for key in keys:
-        value = _digits(rng, 4)
+        value = random_digits(rng, 4)
         out.append(
             ("kv", key, value, KV_LINE.format(key=key, value=value), KV_QUESTION.format(key=key))
         )
-    value = _digits(rng, 5)
-    out.append(("passkey", "", value, PASSKEY_LINE.format(value=value), PASSKEY_QUESTION))
+    value = random_digits(rng, 5)
+    out.append(("passkey", "", value, PASSKEY_NEEDLE.format(key=value), PASSKEY_QUESTION))
     return out
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from megacontext.errors import InvalidInputError
+from megacontext.train.tasks import random_digits
 
 TASKS = ("passkey", "needle", "vartrack", "lines", "facts", "longdoc")
 PEOPLE = ("Mary", "John", "Sandra", "Daniel", "Fred", "Bill", "Julie", "Emma")
@@ -85,10 +86,6 @@ class Filler:
         return out
 
 
-def _digits(rng: random.Random, n: int) -> str:
-    return str(rng.randint(1, 9)) + "".join(str(rng.randint(0, 9)) for _ in range(n - 1))
-
-
 def _scatter(
     rng: random.Random, filler: Filler, pieces: list[list[int]], length: int
 ) -> tuple[list[int], list[Span]]:
@@ -115,7 +112,7 @@ def make_sample(
 ) -> EvalSample:
     """One sample of ``task`` with a history of about ``length`` tokens."""
     if task == "passkey":
-        key = _digits(rng, 5)
+        key = random_digits(rng, 5)
         history, spans = _scatter(
             rng,
             filler,
@@ -128,7 +125,7 @@ def make_sample(
         words = rng.sample(
             ["apple", "river", "stone", "cloud", "maple", "tiger", "lemon", "piano"], 4
         )
-        values = {w: _digits(rng, 6) for w in words}
+        values = {w: random_digits(rng, 6) for w in words}
         lines = [
             encode(f"\nOne of the special magic numbers for {w} is: {values[w]}.\n") for w in words
         ]
@@ -142,7 +139,7 @@ def make_sample(
         return _qa(task, history, query, encode(f" {values[asked]}"), values[asked], evidence)
     if task == "vartrack":
         names = ["".join(rng.choice(string.ascii_uppercase) for _ in range(3)) for _ in range(4)]
-        value = _digits(rng, 5)
+        value = random_digits(rng, 5)
         lines = [encode(f"\nVAR {names[0]} = {value}.\n")]
         lines += [encode(f"\nVAR {b} = VAR {a}.\n") for a, b in itertools.pairwise(names)]
         history, spans = _scatter(rng, filler, lines, length)
@@ -150,7 +147,7 @@ def make_sample(
         return _qa(task, history, query, encode(f" {value}"), value, spans)  # every link
     if task == "lines":
         count = max(8, length // 24)
-        registers = [_digits(rng, 5) for _ in range(count)]
+        registers = [random_digits(rng, 5) for _ in range(count)]
         numbered: list[int] = []
         starts: list[int] = []
         for i, v in enumerate(registers):

@@ -47,6 +47,8 @@ PASSKEY_INTRO = (
 )
 PASSKEY_NEEDLE = "\nThe pass key is {key}. Remember it. {key} is the pass key.\n"
 PASSKEY_QUESTION = "\nWhat is the pass key? The pass key is"
+KV_LINE = "\nkey {key} has value {value}.\n"
+KV_QUESTION = "\nWhat is the value of key {key}? The value is"
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,8 @@ def _enc(tok: Tokenizer, text: str) -> list[int]:
     return list(tok.encode(text, add_special_tokens=False).ids)
 
 
-def _digits(rng: random.Random, n: int) -> str:
+def random_digits(rng: random.Random, n: int) -> str:
+    """``n`` random decimal digits without a leading zero."""
     return str(rng.randint(1, 9)) + "".join(str(rng.randint(0, 9)) for _ in range(n - 1))
 
 
@@ -135,7 +138,7 @@ def passkey_sample(
         depth: Where the needle sits in the filler, 0 (start) to 1 (end); default random.
     """
     n_digits = key_digits if key_digits is not None else rng.randint(4, 7)
-    key = _digits(rng, n_digits)
+    key = random_digits(rng, n_digits)
     intro = _enc(tok, PASSKEY_INTRO)
     needle = _enc(tok, PASSKEY_NEEDLE.format(key=key))
     question = _enc(tok, PASSKEY_QUESTION)
@@ -156,11 +159,11 @@ def kv_sample(rng: random.Random, tok: Tokenizer, filler: FillerSource, length: 
     """Key/value lines spread through filler; the end asks for the values of some keys."""
     n_pairs = rng.randint(2, 8)
     keys = list(dict.fromkeys(_word(rng, rng.randint(4, 7)) for _ in range(n_pairs)))
-    values = {k: _digits(rng, rng.randint(3, 6)) for k in keys}
+    values = {k: random_digits(rng, rng.randint(3, 6)) for k in keys}
     header = _enc(tok, "Remember these keys and their values.\n")
-    lines = [_enc(tok, f"\nkey {k} has value {values[k]}.\n") for k in keys]
+    lines = [_enc(tok, KV_LINE.format(key=k, value=values[k])) for k in keys]
     asked = rng.sample(keys, k=min(len(keys), rng.randint(1, 3)))
-    questions = [_enc(tok, f"\nWhat is the value of key {k}? The value is") for k in asked]
+    questions = [_enc(tok, KV_QUESTION.format(key=k)) for k in asked]
     answers = [_enc(tok, f" {values[k]}.") for k in asked]
     fixed = len(header) + sum(map(len, lines)) + sum(map(len, questions)) + sum(map(len, answers))
     sizes = _split_filler(rng, length - fixed, len(lines) + 1)
@@ -240,7 +243,7 @@ def vartrack_sample(
     for _ in range(n_chains):
         hops = rng.randint(1, 4)
         chain = [names.pop() for _ in range(hops + 1)]
-        value = _digits(rng, 5)
+        value = random_digits(rng, 5)
         chains.append((value, chain))
         statements.append(f"\nVAR {chain[0]} = {value}.\n")
         statements.extend(f"\nVAR {b} = VAR {a}.\n" for a, b in itertools.pairwise(chain))
