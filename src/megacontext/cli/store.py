@@ -21,7 +21,7 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
 )
-console = Console()
+console = Console(soft_wrap=True)  # never break the paths and commands it prints
 
 PathArg = Annotated[Path, typer.Argument(help="Store directory.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of tables.")]
