@@ -5,6 +5,11 @@ samples (D14). Result names are ``TASK@LENGTH/W_MAX/SYSTEM``; QA tasks report ac
 greedy match), ``longdoc`` reports NLL (nats per token); each result's ``extra`` holds the 95%
 interval, samples, tokens processed and wall seconds.
 
+Slices of the grid run with environment variables (comma-separated; each defaults to the grid's
+own): ``MEGACONTEXT_LONGCTX_TASKS``, ``…_LENGTHS``, ``…_BUDGETS``, ``…_SYSTEMS`` and ``…_SAMPLES``.
+A slice's JSON merges with others in the leaderboard (the later file wins a cell), so the full
+grid can be run in parts.
+
 Systems: full context (where it fits), recency, StreamingLLM, RAG-BM25, Compressive-lite, the
 published peers of :mod:`megacontext.eval.peers` (RAG with all-MiniLM-L6-v2, RETRO-lite,
 MemGPT-lite, LLMLingua-style pruning), and MegaContext with recency-only focus, LensNet on gists
@@ -27,6 +32,7 @@ import numpy as np
 import torch
 
 from megacontext.bench import Progress, Result
+from megacontext.errors import InvalidInputError
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,69 @@ FULL = Grid(
     (256, 512, 1024),
     20,
 )
+
+
+GRID_ENV = "MEGACONTEXT_LONGCTX_"
+
+
+def _env_list(field: str) -> list[str] | None:
+    raw = os.environ.get(GRID_ENV + field, "").strip()
+    return [part.strip() for part in raw.split(",") if part.strip()] if raw else None
+
+
+def _env_ints(field: str) -> tuple[int, ...] | None:
+    values = _env_list(field)
+    if values is None:
+        return None
+    try:
+        parsed = tuple(int(v.replace("_", "")) for v in values)
+    except ValueError:
+        raise InvalidInputError(
+            f"{GRID_ENV}{field}={os.environ[GRID_ENV + field]!r} is not a comma-separated list "
+            "of integers, e.g. 4096,100000"
+        ) from None
+    if any(v < 1 for v in parsed):
+        raise InvalidInputError(f"{GRID_ENV}{field} values must be >= 1")
+    return parsed
+
+
+def select_grid(grid: Grid) -> tuple[Grid, list[str] | None]:
+    """``grid`` narrowed by the ``MEGACONTEXT_LONGCTX_*`` variables, and the systems to run
+    (``None``: all). Unknown task names are refused here; unknown systems once they are known."""
+    from megacontext.eval.tasks import TASKS
+
+    tasks = _env_list("TASKS")
+    if tasks is not None:
+        unknown = sorted(set(tasks) - set(TASKS))
+        if unknown:
+            raise InvalidInputError(
+                f"{GRID_ENV}TASKS names unknown tasks {unknown}; tasks: {', '.join(TASKS)}"
+            )
+    samples = _env_ints("SAMPLES")
+    if samples is not None and len(samples) != 1:
+        raise InvalidInputError(f"{GRID_ENV}SAMPLES takes one number")
+    narrowed = Grid(
+        tuple(tasks) if tasks is not None else grid.tasks,
+        _env_ints("LENGTHS") or grid.lengths,
+        _env_ints("BUDGETS") or grid.budgets,
+        samples[0] if samples else grid.samples,
+    )
+    return narrowed, _env_list("SYSTEMS")
+
+
+def pick_systems(
+    available: dict[str, Callable[[], Any]], wanted: list[str] | None
+) -> dict[str, Callable[[], Any]]:
+    """The ``wanted`` systems of ``available`` in the order given (all when ``None``)."""
+    if wanted is None:
+        return available
+    unknown = [name for name in wanted if name not in available]
+    if unknown:
+        raise InvalidInputError(
+            f"{GRID_ENV}SYSTEMS names systems that are not available here: {unknown}; "
+            f"available: {', '.join(available)} (the MegaContext variants need the focus bundle)"
+        )
+    return {name: available[name] for name in wanted}
 
 
 def systems(base: Any, bundle: Any | None) -> dict[str, Callable[[], Any]]:
@@ -95,7 +164,7 @@ def run(quick: bool, progress: Progress) -> list[Result]:
     from megacontext.train.streams import corpus_streams
 
     torch.manual_seed(0)
-    grid = QUICK if quick else FULL
+    grid, wanted = select_grid(QUICK if quick else FULL)
     base = load_base(os.environ.get("MEGACONTEXT_BENCH_BASE", "default"))
     focus = default_focus_dir()
     bundle = (
@@ -112,7 +181,7 @@ def run(quick: bool, progress: Progress) -> list[Result]:
     filler = Filler(text, special)
     results = run_grid(
         base,
-        systems(base, bundle),
+        pick_systems(systems(base, bundle), wanted),
         grid.tasks,
         grid.lengths,
         grid.budgets,
