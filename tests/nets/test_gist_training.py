@@ -112,6 +112,38 @@ def test_evaluation_with_untrained_gists_is_honest(base) -> None:  # type: ignor
     assert report.nll_drop != pytest.approx(report.nll_full)
 
 
+@pytest.mark.parametrize("teacher", ["gists", "tokens"])
+def test_level2_reference_is_what_the_teacher_read(base, teacher: str) -> None:  # type: ignore[no-untyped-def]
+    cfg = config(lod2_teacher=teacher)
+    gistnet = make_gistnet(base, cfg, K=K)
+    windows = val(cfg)[2][:8]
+    report = evaluate_gists(base, gistnet, windows, cfg, level=2)
+    ids = torch.as_tensor(windows)
+    with torch.no_grad():
+        logits = base.model(input_ids=ids).logits[:, -cfg.horizon - 1 : -1]
+        tokens_nll = float(
+            torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1), ids[:, -cfg.horizon :].flatten()
+            )
+        )
+        # The hierarchical reference: the K² prefix tokens read as their K LOD1 gists.
+        embeds = base.embed(ids)
+        lod1, _ = gistnet(embeds[:, : K * K].reshape(-1, K, base.d_model), 1)
+        seq = torch.cat([lod1.reshape(len(ids), K, -1), embeds[:, K * K :]], dim=1)
+        positions = torch.arange(seq.shape[1])[None].expand(len(ids), -1)
+        hier_logits = base.forward(seq, positions, use_cache=False).logits[:, -cfg.horizon - 1 : -1]
+        hier_nll = float(
+            torch.nn.functional.cross_entropy(
+                hier_logits.flatten(0, 1).float(), ids[:, -cfg.horizon :].flatten()
+            )
+        )
+    assert report.nll_full_tokens == pytest.approx(tokens_nll, rel=1e-4)
+    assert report.reference == teacher
+    expected = hier_nll if teacher == "gists" else tokens_nll
+    assert report.nll_full == pytest.approx(expected, rel=1e-4)
+    assert report.delta_nll == pytest.approx(report.nll_gist - report.nll_full)
+
+
 def test_gist_norm_matches_base_embeddings(base) -> None:  # type: ignore[no-untyped-def]
     gistnet = make_gistnet(base, config(), K=K)
     gist, _ = gistnet(torch.randn(3, K, base.d_model), 1)

@@ -17,7 +17,11 @@ One training window, K-aligned, read left to right::
 
 Evaluation (:func:`evaluate_gists`) reports, per level and with *every* prefix block gisted,
 ``NLL_full``, ``NLL_drop`` (prefix deleted), ``NLL_gist``, ``ΔNLL = NLL_gist − NLL_full`` and the
-gap closure ``(NLL_drop − NLL_gist) / (NLL_drop − NLL_full)``, with a bootstrap 95% interval.
+gap closure ``(NLL_drop − NLL_gist) / (NLL_drop − NLL_full)``, with a bootstrap 95% interval. At
+level 2 the full reference is, by default, the one the teacher used (``lod2_teacher``): with
+``gists`` the prefix read as its K LOD1 gists, since a level-2 window (K² + lead + H tokens) is
+longer than a small base's context and its token-level "full" NLL is then *worse* than deleting
+the prefix; the token-level NLL is reported beside it (``nll_full_tokens``).
 
 The base's weights never change (D1): only GistNet has an optimizer.
 """
@@ -212,6 +216,8 @@ class LevelReport:
     delta_nll: float
     gap_closure: float
     gap_closure_ci: tuple[float, float]
+    reference: str = "tokens"  # what NLL_full read: the prefix as "tokens" or as LOD1 "gists"
+    nll_full_tokens: float = float("nan")  # the prefix as tokens (equals nll_full at level 1)
 
 
 def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -234,27 +240,33 @@ def evaluate_gists(
     """FULL / DROP / GIST NLL of the scored tokens over held-out ``windows`` at one level.
 
     FULL and DROP are read by the plain base (``teacher``: e.g. with LoRA disabled); GIST by the
-    base as it is (the student).
+    base as it is (the student). At level 2, FULL reads what the training teacher read
+    (``cfg.lod2_teacher``); the token-level FULL is kept in ``nll_full_tokens``.
     """
     gistnet.eval()
     K, H = gistnet.config.K, cfg.horizon
     prefix = cfg.prefix_blocks * K if level == 1 else K * K
-    full, drop, gist = [], [], []
+    hierarchical = level == 2 and cfg.lod2_teacher == "gists"
+    tokens, drop, gist, hier = [], [], [], []
     for lo in range(0, len(windows), batch_size):
         ids = torch.as_tensor(windows[lo : lo + batch_size], device=base.device)
         targets = ids[:, -H:]
         embeds = base.embed(ids)
         with teacher():
-            full.append(_nll(_scored_logits(base, embeds, H), targets))
+            tokens.append(_nll(_scored_logits(base, embeds, H), targets))
             drop.append(_nll(_scored_logits(base, embeds[:, prefix:], H), targets))
         if level == 1:
             seq, _ = lod1_student(
                 gistnet, embeds, cfg.prefix_blocks, np.ones(cfg.prefix_blocks, bool)
             )
         else:
-            seq, _, _ = lod2_student(gistnet, embeds)
+            seq, lod1_seq, _ = lod2_student(gistnet, embeds)
+            if hierarchical:
+                with teacher():
+                    hier.append(_nll(_scored_logits(base, lod1_seq, H), targets))
         gist.append(_nll(_scored_logits(base, seq, H), targets))
-    f, d, g = (torch.cat(x).cpu().numpy().astype(np.float64) for x in (full, drop, gist))
+    t, d, g = (torch.cat(x).cpu().numpy().astype(np.float64) for x in (tokens, drop, gist))
+    f = torch.cat(hier).cpu().numpy().astype(np.float64) if hierarchical else t
     closure = _closure(f, d, g)
     rng = np.random.default_rng(seed)
     boots = []
@@ -271,6 +283,8 @@ def evaluate_gists(
         delta_nll=float(g.mean() - f.mean()),
         gap_closure=closure,
         gap_closure_ci=(float(low), float(high)),
+        reference="gists" if hierarchical else "tokens",
+        nll_full_tokens=float(t.mean()),
     )
 
 
