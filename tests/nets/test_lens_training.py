@@ -95,6 +95,54 @@ def test_expand_label_is_the_nll_change_of_that_edit(world) -> None:  # type: ig
     assert labels[pos] == gain[pos]
 
 
+def test_evidence_path_label_values_opening_a_needle_ancestor_to_tokens(world) -> None:  # type: ignore[no-untyped-def]
+    base, _, _, samples = world
+    s = next(x for x in samples if x.retrieval)
+    assert s.evidence and all(b <= s.wc.num_tokens for _, b in s.evidence)
+    single, _, nll0 = counterfactual_labels(base, s)
+    labels, gain, _ = counterfactual_labels(base, s, descent=True)
+    evidence_blocks = {b for a, e in s.evidence for b in range(a // K, (e - 1) // K + 1)}
+    starts, ends = s.wc.spans()
+    changed = 0
+    for pos in np.flatnonzero(s.wc.levels > 0):
+        level = int(s.wc.levels[pos])
+        covered = sorted(b for b in evidence_blocks if starts[pos] <= b * K < ends[pos])
+        if level < 2 or not covered:
+            # LOD1 gists and gists without evidence keep their single-edit labels.
+            assert labels[pos] == single[pos]
+            continue
+        # Independently: open every covered evidence block down to tokens, one level at a time.
+        wc = WorkingContext(
+            s.wc.levels,
+            s.wc.indices,
+            num_tokens=s.wc.num_tokens,
+            W_max=10_000,
+            K=K,
+            protected_recent=s.wc.protected_recent,
+        )
+        expansions = 0
+        for block in covered:
+            for lv in range(level, 0, -1):
+                node = block // K ** (lv - 1)
+                if ((wc.levels == lv) & (wc.indices == node)).any():
+                    wc.expand(lv, node)
+                    expansions += 1
+        assert all(((wc.levels == 0) & (wc.indices // K == b)).sum() == K for b in covered), (
+            "every covered evidence block is raw tokens"
+        )
+        opened = (nll0 - wc_nll(base, s.tree, wc, s.scored)) / (expansions * (K - 1))
+        assert labels[pos] == pytest.approx(max(single[pos], opened), rel=1e-4, abs=1e-6)
+        assert gain[pos] == labels[pos] >= single[pos]
+        changed += 1
+    assert changed, "the sample should have a level-2+ gist over its evidence"
+    # Text samples carry no evidence: labels are the single-edit ones.
+    t = next(x for x in samples if not x.retrieval)
+    assert not t.evidence
+    np.testing.assert_array_equal(
+        counterfactual_labels(base, t, descent=True)[0], counterfactual_labels(base, t)[0]
+    )
+
+
 def test_lensnet_fits_its_labels_and_evaluates(world) -> None:  # type: ignore[no-untyped-def]
     base, _, cfg, samples = world
     lens, scale, losses = train_lensnet(base, samples, cfg, progress=False, log=lambda _m: None)
@@ -123,6 +171,18 @@ def test_ranking_loss_prefers_correct_order() -> None:
     good = ranking_loss(torch.tensor([0.9, 0.0, -0.9]), labels)
     bad = ranking_loss(torch.tensor([-0.9, 0.0, 0.9]), labels)
     assert good < bad
+
+
+def test_ranking_loss_weighs_pairs_by_their_label_gap() -> None:
+    # One needle far above many near-equal noise labels: misranking the needle must cost more
+    # than misranking every noise pair.
+    labels = torch.tensor([1.0, *[0.001 * i for i in range(20)]])
+    noise_order = torch.linspace(0.5, -0.5, 20)
+    needle_last = ranking_loss(torch.cat([torch.tensor([-1.0]), noise_order.flip(0)]), labels)
+    noise_wrong = ranking_loss(torch.cat([torch.tensor([1.0]), noise_order]), labels)
+    assert noise_wrong < needle_last
+    uniform_flat = ranking_loss(torch.zeros(3), torch.tensor([0.2, 0.1, 0.0]))
+    assert uniform_flat == pytest.approx(float(torch.nn.functional.softplus(torch.tensor(0.0))))
 
 
 def test_bad_config() -> None:

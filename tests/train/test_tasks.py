@@ -62,6 +62,30 @@ def test_passkey_needle_is_in_the_prompt_and_answer_is_the_key(setup, seed, dept
     assert prompt.endswith("What is the pass key? The pass key is")
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    kind=st.sampled_from(("passkey", "kv", "vartrack")),
+    seed=st.integers(0, 10_000),
+    length=st.integers(200, 600),
+)
+def test_evidence_ranges_hold_what_the_answer_needs(setup, kind, seed, length) -> None:  # type: ignore[no-untyped-def]
+    tok, _, filler = setup
+    sample = GENERATORS[kind](random.Random(seed), tok, filler, length)
+    assert sample.evidence
+    assert all(0 <= a < b <= sample.prompt_len for a, b in sample.evidence)
+    texts = [tok.decode(sample.ids[a:b]) for a, b in sample.evidence]
+    if kind in ("passkey", "kv"):
+        digits = re.sub(r"\D", "", sample.answer)
+        (text,) = texts
+        assert digits in text
+        assert ("pass key" if kind == "passkey" else "has value") in text
+    else:
+        # Every variable of the answer is defined by one evidence statement, and nothing else is.
+        names = sample.answer.strip(" .").split()
+        defined = sorted(re.search(r"VAR (\w+) =", t).group(1) for t in texts)  # type: ignore[union-attr]
+        assert defined == sorted(names)
+
+
 def test_mixture_rows_have_fixed_length_and_follow_weights(setup) -> None:  # type: ignore[no-untyped-def]
     tok, stream, _ = setup
     sampler = MixtureSampler(tok, stream, 128, {"text": 1.0, "passkey": 1.0}, min_task_len=48)

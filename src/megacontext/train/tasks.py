@@ -60,12 +60,16 @@ class TaskSample:
         ids: Token ids of the whole sample (prompt then answer), no BOS/EOS.
         prompt_len: ``ids[:prompt_len]`` is the prompt an evaluator feeds the model.
         answer: The expected continuation of the prompt (text, leading space included).
+        evidence: Token ranges ``[start, end)`` of ``ids`` that hold what the answer needs (the
+            needle, the asked key/value line, the asked chain's statements); empty for kinds
+            whose answer is not in one place. Training data never reads it; focus labels do.
     """
 
     kind: str
     ids: list[int]
     prompt_len: int
     answer: str
+    evidence: tuple[tuple[int, int], ...] = ()
 
 
 class FillerSource:
@@ -148,7 +152,10 @@ def passkey_sample(
     d = rng.random() if depth is None else depth
     before = round(n_fill * d)
     ids = intro + filler.take(rng, before) + needle + filler.take(rng, n_fill - before) + question
-    return TaskSample("passkey", ids + answer, len(ids), answer_text)
+    start = len(intro) + before
+    return TaskSample(
+        "passkey", ids + answer, len(ids), answer_text, ((start, start + len(needle)),)
+    )
 
 
 def _word(rng: random.Random, n: int) -> str:
@@ -168,13 +175,16 @@ def kv_sample(rng: random.Random, tok: Tokenizer, filler: FillerSource, length: 
     fixed = len(header) + sum(map(len, lines)) + sum(map(len, questions)) + sum(map(len, answers))
     sizes = _split_filler(rng, length - fixed, len(lines) + 1)
     ids = list(header)
-    for line, size in zip(lines, sizes[:-1], strict=True):
-        ids += filler.take(rng, size) + line
+    where: dict[str, tuple[int, int]] = {}
+    for key, line, size in zip(keys, lines, sizes[:-1], strict=True):
+        ids += filler.take(rng, size)
+        where[key] = (len(ids), len(ids) + len(line))
+        ids += line
     ids += filler.take(rng, sizes[-1])
     prompt_len = len(ids) + len(questions[0])
     for q, a in zip(questions, answers, strict=True):
         ids += q + a
-    return TaskSample("kv", ids, prompt_len, f" {values[asked[0]]}.")
+    return TaskSample("kv", ids, prompt_len, f" {values[asked[0]]}.", (where[asked[0]],))
 
 
 def copy_sample(
@@ -264,10 +274,14 @@ def vartrack_sample(
     fixed = len(header) + sum(map(len, stmt_ids)) + len(question) + len(answer)
     sizes = _split_filler(rng, length - fixed, len(stmt_ids) + 1)
     ids = list(header)
-    for stmt, size in zip(stmt_ids, sizes[:-1], strict=True):
-        ids += filler.take(rng, size) + stmt
+    evidence = []
+    for text, stmt, size in zip(order, stmt_ids, sizes[:-1], strict=True):
+        ids += filler.take(rng, size)
+        if text.split()[1] in chain:
+            evidence.append((len(ids), len(ids) + len(stmt)))
+        ids += stmt
     ids += filler.take(rng, sizes[-1]) + question
-    return TaskSample("vartrack", ids + answer, len(ids), answer_text)
+    return TaskSample("vartrack", ids + answer, len(ids), answer_text, tuple(evidence))
 
 
 GENERATORS: dict[str, Callable[[random.Random, Tokenizer, FillerSource, int], TaskSample]] = {
