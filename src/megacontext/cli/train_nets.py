@@ -128,3 +128,33 @@ def cotrain(
     run = CotrainRunConfig.from_dict(_apply_overrides(_load_yaml(config), overrides or []))
     summary = run_cotrain(run, log=console.print)
     console.print(_summary_table(f"co-learning run → {run.out_dir}", summary))
+
+
+def card(
+    bundle: Annotated[
+        Path, typer.Argument(help="The focus bundle directory to write README.md in.")
+    ],
+    bench: Annotated[
+        Path | None,
+        typer.Option(
+            "--bench", help="JSON of `megacontext bench gist --json PATH` on this bundle."
+        ),
+    ] = None,
+    plots: Annotated[
+        list[Path] | None,
+        typer.Option("--plots", help="A training run directory to copy the PNG plots from."),
+    ] = None,
+) -> None:
+    """Write the card (README.md) of a focus bundle: modules, training, every metric and goal.
+
+    The card is built from the bundle's manifest (training configs, held-out metrics of the
+    training runs) and, with --bench, the benchmark results of record; each goal of the bundle's
+    metrics is printed beside its measurement, met or missed.
+
+    Example: megacontext train card src/megacontext/models/default_focus --bench results/gist.json
+    --plots runs/gistnet-default --plots runs/lensnet-default
+    """
+    from megacontext.train.focus_card import write_focus_card
+
+    path = write_focus_card(bundle, bench, plots or [])
+    console.print(f"wrote {path}")
