@@ -83,6 +83,27 @@ def test_generate_streams_appends_and_refocuses(models, tmp_path: Path) -> None:
         assert {"utilization", "swap_rate", "seconds", "edits"} <= set(trace[-1])
 
 
+def test_focus_query_is_the_latest_input_not_the_text_before_it(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base, bundle = models
+    with open_session(tmp_path / "s", base, bundle, config(query_tokens=8)) as mc:
+        mc.ingest(TEXT)
+        n = mc.tree.num_tokens
+        np.testing.assert_array_equal(mc.query_ids(), mc.tree.tokens(n - 8, n))
+        question = base.encode(" key?", add_bos=False)
+        assert 0 < len(question) < 8
+        mc.ingest(question)
+        np.testing.assert_array_equal(mc.query_ids(), question)
+        # A prompt starts a new query; generated tokens then extend it up to query_tokens.
+        prompt = base.encode(" fox", add_bos=False)
+        before = mc.tree.num_tokens
+        for _ in mc.generate(prompt, max_new_tokens=3):
+            pass
+        n = mc.tree.num_tokens
+        assert before + len(prompt) < n <= before + len(prompt) + 3
+        expected = mc.tree.tokens(max(n - 8, before), n)
+        np.testing.assert_array_equal(mc.query_ids(), expected)
+
+
 def test_refocus_frees_room_for_the_tokens_until_the_next_refocus(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     base, bundle = models
     with open_session(tmp_path / "s", base, bundle, config(refocus_every=6)) as mc:

@@ -38,6 +38,7 @@ from megacontext.models.adapter import BaseAdapter
 from megacontext.models.context import GistNetGister, entry_vectors
 from megacontext.models.gistnet import GistNet
 from megacontext.models.lensnet import LensNet
+from megacontext.runtime.session import SessionConfig
 from megacontext.store.lexical import LexicalIndex
 
 
@@ -196,6 +197,10 @@ class CompressiveLite(_TokenMemory):
         return BuiltContext(vectors, provenance)
 
 
+# The eval harness focuses with the session's default thresholds: what is measured is what runs.
+FOCUS_DEFAULTS = SessionConfig(trace=False)
+
+
 class MegaContextMemory:
     """The MegaContext tree + working context; focus by recency only, or by LensNet."""
 
@@ -217,7 +222,10 @@ class MegaContextMemory:
         self.protected_recent = protected_recent
         self.allocator = FocusAllocator(
             AllocatorConfig(
-                max_edits=max_edits, expand_threshold=0.0, min_gain=0.0, collapse_threshold=1.0
+                max_edits=max_edits,
+                expand_threshold=FOCUS_DEFAULTS.expand_threshold,
+                min_gain=FOCUS_DEFAULTS.min_gain,
+                collapse_threshold=FOCUS_DEFAULTS.collapse_threshold,
             )
         )
         K = gistnet.config.K

@@ -58,6 +58,13 @@ class SessionConfig:
     refocus_every: int = 32
     use_lens: bool = True
     max_edits: int = 4
+    # Focus thresholds on LensNet's scores (see AllocatorConfig); the eval harness uses these
+    # defaults too. The shipped LensNet asks for detail with small positive scores: with the
+    # earlier thresholds (expand 0.1, min gain 0.05) the demo's session made no expansion at all.
+    # Voluntary collapses are off: only room for new tokens collapses.
+    expand_threshold: float = 0.0
+    min_gain: float = 0.0
+    collapse_threshold: float = 1.0
     temperature: float = 0.0
     top_k: int = 0
     seed: int = 0
@@ -218,7 +225,12 @@ class Session:
         self.lexical = lexical
         self.config = config
         self.allocator = FocusAllocator(
-            AllocatorConfig(max_edits=config.max_edits, expand_threshold=0.1, min_gain=0.05)
+            AllocatorConfig(
+                max_edits=config.max_edits,
+                expand_threshold=config.expand_threshold,
+                min_gain=config.min_gain,
+                collapse_threshold=config.collapse_threshold,
+            )
         )
         self.state = AllocatorState()
         self.focus = Focus(self)
@@ -226,6 +238,9 @@ class Session:
         self._kv: Any = None
         self._kv_entries = 0
         self._since_refocus = 0
+        # Where the latest input (an ingest call or a prompt) starts: LensNet's query is read
+        # from there on, so a question is not diluted by the document text before it.
+        self._query_start = 0
         self._rng = torch.Generator().manual_seed(config.seed)
         self._trace_file = None
         if config.trace:
@@ -261,6 +276,7 @@ class Session:
         self._index_new_blocks(blocks_before)
         self.tree.flush()
         self._reassemble()
+        self._query_start = first
         if source is not None:
             raw = content.encode("utf-8") if isinstance(content, str) else np.asarray(ids).tobytes()
             db = self._stores[0].metadata()
@@ -331,6 +347,7 @@ class Session:
         if max_new_tokens < 0:
             raise InvalidInputError("max_new_tokens must be >= 0")
         if prompt:
+            self._query_start = self.tree.num_tokens
             self._append(self._tokens(prompt), refocus=False)
         if self.tree.num_tokens == 0:
             raise InvalidInputError("the history is empty: ingest something or give a prompt")
@@ -516,8 +533,7 @@ class Session:
         entries = entry_vectors(wc, self.tree, self.base).float()[None]
         if times is not None:
             times["fetch"] = time.perf_counter() - start
-        n = self.tree.num_tokens
-        query_ids = self.tree.tokens(max(0, n - self.config.query_tokens), n).astype(np.int64)
+        query_ids = self.query_ids()
         query = self.base.embed(torch.as_tensor(query_ids, device=self.base.device)).float()[None]
         feats = self._features(wc, query_ids)
         levels = torch.tensor(wc.levels, device=self.base.device)[None]
@@ -528,6 +544,15 @@ class Session:
             .cpu()
             .numpy()
         )
+
+    def query_ids(self) -> np.ndarray:
+        """The tokens LensNet focuses for: the last ``query_tokens`` tokens, but none from before
+        the latest input (the last ``ingest`` call or ``generate`` prompt) while it is shorter."""
+        n = self.tree.num_tokens
+        start = max(n - self.config.query_tokens, 0)
+        if self._query_start < n:
+            start = max(start, self._query_start)
+        return self.tree.tokens(start, n).astype(np.int64)
 
     def _features(self, wc: WorkingContext, query_ids: np.ndarray) -> np.ndarray:
         from megacontext.train.lens import LensSample, entry_features
