@@ -150,7 +150,7 @@ def run(quick: bool, progress: Progress) -> list[Result]:
                     f"focus_gain_{slice_name}{suffix}",
                     report.focus_gain,
                     "fraction",
-                    note=_goal_note(f"focus_gain_{slice_name}"),
+                    note=_goal_note(f"focus_gain_{slice_name}{suffix}"),
                 )
             )
             if name == "all":

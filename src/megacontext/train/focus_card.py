@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -130,7 +131,7 @@ def focus_card(
             f"prefix blocks with at least {gist_cfg.get('min_gist_fraction')} of them gisted, "
             f"LOD2 in {gist_cfg.get('lod2_probability')} of steps (teacher: "
             f"{gist_cfg.get('lod2_teacher')}); batch {gist_cfg.get('batch_size')}, lr "
-            f"{gist_cfg.get('lr')}; {_fmt(float(metrics.get('train_seconds', math.nan)) / 60)} "
+            f"{gist_cfg.get('lr')}; {float(metrics.get('train_seconds', math.nan)) / 60:.1f} "
             f"min, {int(metrics.get('train_tokens', 0)):,} tokens."
         )
     if lens_cfg:
@@ -155,7 +156,8 @@ def focus_card(
         ]
         for row in bench.get("results", []):
             value = row.get("value")
-            note = row.get("note", "")
+            # The goal column is the card's own (GOALS); goal text in a benchmark note is dropped.
+            note = re.sub(r";?\s*goal >= [0-9.]+", "", row.get("note", "")).strip("; ")
             if "baseline" in row:
                 note = (
                     f"{row['baseline']['name']} = {_fmt(row['baseline']['value'])}, ratio "
