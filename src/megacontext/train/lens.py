@@ -255,14 +255,7 @@ def evidence_path(
     )
     if not blocks:
         return None
-    opened = WorkingContext(
-        wc.levels,
-        wc.indices,
-        num_tokens=wc.num_tokens,
-        W_max=wc.size + len(blocks) * level * (K - 1),
-        K=K,
-        protected_recent=wc.protected_recent,
-    )
+    opened = _with_budget_room(wc, K, len(blocks) * level)
     expansions = 0
     for block in blocks:
         for lv in range(level, 0, -1):
@@ -274,13 +267,14 @@ def evidence_path(
     return opened, expansions
 
 
-def _with_budget_room(wc: WorkingContext, K: int) -> WorkingContext:
-    """A copy of ``wc`` whose budget admits one more expansion (labels ignore the budget)."""
+def _with_budget_room(wc: WorkingContext, K: int, expansions: int = 1) -> WorkingContext:
+    """A copy of ``wc`` whose budget admits ``expansions`` more expansions (labels ignore the
+    budget)."""
     room = WorkingContext(
         wc.levels,
         wc.indices,
         num_tokens=wc.num_tokens,
-        W_max=max(wc.W_max, wc.size + K - 1),
+        W_max=max(wc.W_max, wc.size + expansions * (K - 1)),
         K=K,
         protected_recent=wc.protected_recent,
     )
