@@ -19,11 +19,11 @@ BASELINES="recency,streamingllm,rag-bm25,rag-minilm,megacontext-recency,megacont
 LM_BASELINES="recency,streamingllm,rag-bm25,compressive,megacontext-recency,megacontext-oracle"
 LENS="megacontext,megacontext-gists-only"
 
-slice() {  # name tasks lengths budgets systems
+slice() {  # name tasks lengths budgets systems [samples]
     echo "== longctx slice $1: $2 @ $3 / $4: $5"
     MEGACONTEXT_LONGCTX_TASKS="$2" MEGACONTEXT_LONGCTX_LENGTHS="$3" \
     MEGACONTEXT_LONGCTX_BUDGETS="$4" MEGACONTEXT_LONGCTX_SYSTEMS="$5" \
-    MEGACONTEXT_LONGCTX_SAMPLES="$SAMPLES" \
+    MEGACONTEXT_LONGCTX_SAMPLES="${6:-$SAMPLES}" \
         "$MC" bench longctx --json "$OUT/longctx-$1.json"
 }
 
@@ -37,8 +37,15 @@ if [ "$PART" != baselines ]; then
     slice needle-lens needle 4096,16384 512 "$LENS"
     slice longdoc-lens longdoc 16384 256,512,1024 "$LENS"
 fi
+if [ "$PART" = all ]; then
+    # Target 1 again with twice the samples (the first SAMPLES are the slices' own samples);
+    # the leaderboard takes these cells from this later file.
+    slice passkey100k-more passkey 100000 512 "megacontext,megacontext-oracle,recency" \
+        "$((2 * SAMPLES))"
+fi
 files=()
-for f in "$OUT"/longctx-{passkey,needle,longdoc}-{baselines,lens}.json; do
+for f in "$OUT"/longctx-{passkey,needle,longdoc}-{baselines,lens}.json \
+    "$OUT"/longctx-passkey100k-more.json; do
     [ -f "$f" ] && files+=("$f")
 done
 "$MC" leaderboard "${files[@]}" --out "$OUT/leaderboard"
