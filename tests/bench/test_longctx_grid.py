@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 
 from megacontext.bench.longctx import FULL, QUICK, pick_systems, select_grid
@@ -50,3 +53,21 @@ def test_pick_systems_keeps_the_order_asked_and_refuses_unknown_names() -> None:
     assert list(pick_systems(available, ["full", "recency"])) == ["full", "recency"]
     with pytest.raises(InvalidInputError, match=r"\['megacontext'\].*focus bundle"):
         pick_systems(available, ["recency", "megacontext"])
+
+
+def test_reproduce_command_names_the_slice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from megacontext.bench import reproduce_command
+
+    for key in [k for k in os.environ if k.startswith("MEGACONTEXT_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setattr(sys, "argv", ["megacontext", "bench", "longctx", "--json", "a b.json"])
+    assert reproduce_command("longctx") == "megacontext bench longctx --json 'a b.json'"
+    monkeypatch.setenv("MEGACONTEXT_LONGCTX_TASKS", "passkey,needle")
+    monkeypatch.setenv("MEGACONTEXT_LONGCTX_LENGTHS", "100000")
+    monkeypatch.setenv("UNRELATED", "x")
+    assert reproduce_command("longctx") == (
+        "MEGACONTEXT_LONGCTX_LENGTHS=100000 MEGACONTEXT_LONGCTX_TASKS=passkey,needle "
+        "megacontext bench longctx --json 'a b.json'"
+    )
+    monkeypatch.setattr(sys, "argv", ["python"])
+    assert reproduce_command("gist").endswith("megacontext bench gist")

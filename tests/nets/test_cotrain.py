@@ -111,8 +111,24 @@ def test_ablation_reports_deltas_per_module(base) -> None:  # type: ignore[no-un
         log=lambda _m: None,
     )
     assert set(report) >= {"full", "freeze_gistnet", "freeze_lensnet"}
+    assert "no_lora" not in report and "freeze_lora" not in report
     # With one cycle, "frozen at cycle-0 weights" changes nothing: the deltas must be exactly 0.
     assert report["freeze_gistnet"]["delta_nll_gist_mean"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_ablation_with_lora_measures_lora_itself(base) -> None:  # type: ignore[no-untyped-def]
+    report = cotrain_ablation(
+        base,
+        streams(1),
+        streams(2),
+        dataclasses.replace(tiny(), cycles=1),
+        seeds=(0,),
+        log=lambda _m: None,
+    )
+    assert {"freeze_lora", "no_lora"} <= set(report)
+    # One cycle: freezing LoRA after cycle 0 is the full run, but dropping it is not.
+    assert report["freeze_lora"]["delta_nll_gist_mean"] == pytest.approx(0.0, abs=1e-9)
+    assert report["no_lora"]["delta_nll_gist_mean"] != pytest.approx(0.0, abs=1e-6)
 
 
 def test_bad_configs() -> None:

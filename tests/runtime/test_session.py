@@ -121,6 +121,43 @@ def test_refocus_frees_room_for_the_tokens_until_the_next_refocus(models, tmp_pa
         assert sum(1 for first in crops if first < mc.wc.size - 8) <= 1
 
 
+def test_collapse_ahead_frees_room_for_many_tokens_at_once(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base, bundle = models
+    deep_crops = {}
+    for ahead in (4, 16):
+        cfg = config(refocus_every=4, collapse_ahead=ahead, use_lens=False, trace=False)
+        with open_session(tmp_path / f"s{ahead}", base, bundle, cfg) as mc:
+            mc.ingest(TEXT)
+            crops: list[int] = []
+            crop = mc._crop
+            mc._crop = lambda first, crop=crop, crops=crops: (crops.append(first), crop(first))[1]  # type: ignore[method-assign]
+            sizes = []
+            for _ in mc.generate(max_new_tokens=32):
+                sizes.append(mc.wc.size)
+                mc.wc.check_invariants()
+            assert max(sizes) <= mc.config.W_max
+            # Room for 16 tokens at a time leaves the context that much emptier, no more.
+            assert min(sizes) >= mc.config.W_max - ahead - K
+            deep_crops[ahead] = sum(1 for first in crops if first < mc.wc.size - 8)
+    # Without LensNet only room-making collapses rewrite the cache deep inside the context.
+    assert deep_crops[16] <= 32 // 16 + 1 < deep_crops[4]
+
+
+def test_generate_does_not_refocus_an_unchanged_context(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base, bundle = models
+    with open_session(tmp_path / "s", base, bundle, config()) as mc:
+        mc.ingest(TEXT)
+        mc.refocus()
+        steps = mc.state.stats.steps
+        list(mc.generate(max_new_tokens=1))  # fewer tokens than refocus_every
+        assert mc.state.stats.steps == steps
+        list(mc.generate(max_new_tokens=1))  # a token was appended since: refocus first
+        assert mc.state.stats.steps == steps + 1
+        mc.ingest(" more text")
+        list(mc.generate(max_new_tokens=1))
+        assert mc.state.stats.steps == steps + 2
+
+
 def test_ingest_in_bounded_gist_batches_writes_the_same_tree(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     base, bundle = models
     trees = []
@@ -191,6 +228,8 @@ def test_bad_input(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-d
     base, bundle = models
     with pytest.raises(BudgetError, match="protected recent window"):
         config(W_max=8, protected_recent=12)
+    with pytest.raises(InvalidInputError, match="collapse_ahead"):
+        config(collapse_ahead=40)  # more than W_max - protected_recent = 36
     (tmp_path / "file").write_text("x")
     with pytest.raises(InvalidInputError, match="not a directory"):
         open_session(tmp_path / "file", base, bundle, config())

@@ -97,6 +97,20 @@ def machine_description() -> str:
     return f"{system}, {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
+def reproduce_command(suite: str) -> str:
+    """The command line that reproduces this run, with the ``MEGACONTEXT_*`` environment
+    variables that shape it (grid slices, the base, time budgets) in front."""
+    import shlex
+
+    settings = [
+        f"{key}={shlex.quote(value)}"
+        for key, value in sorted(os.environ.items())
+        if key.startswith("MEGACONTEXT_")
+    ]
+    argv = ["megacontext", *sys.argv[1:]] if sys.argv[1:] else ["megacontext", "bench", suite]
+    return " ".join([*settings, *(shlex.quote(a) for a in argv)])
+
+
 def run_suite(name: str, quick: bool, progress: Progress | None = None) -> dict[str, Any]:
     """Run one registered suite and return the JSON document of DESIGN §9."""
     import importlib
@@ -110,9 +124,7 @@ def run_suite(name: str, quick: bool, progress: Progress | None = None) -> dict[
         "suite": name,
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "machine": machine_description(),
-        "command": " ".join(["megacontext", *sys.argv[1:]])
-        if sys.argv
-        else f"megacontext bench {name}",
+        "command": reproduce_command(name),
         "quick": quick,
         "results": [r.to_json() for r in results],
     }

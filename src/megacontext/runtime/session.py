@@ -56,6 +56,11 @@ class SessionConfig:
     protected_recent: int | None = None  # default: a quarter of W_max, at most 128
     policy: PositionPolicy = "compact"
     refocus_every: int = 32
+    # Entries freed at once when the working context runs out of room (default W_max // 8, at
+    # least refocus_every). A collapse rewrites the KV cache from the collapsed entry on, usually
+    # most of the context; freeing room for many tokens at once pays that recompute once per
+    # that many tokens instead of once per refocus, at the cost of a slightly emptier context.
+    collapse_ahead: int | None = None
     use_lens: bool = True
     max_edits: int = 4
     # Focus thresholds on LensNet's scores (see AllocatorConfig); the eval harness uses these
@@ -84,6 +89,13 @@ class SessionConfig:
             )
         if self.refocus_every < 1:
             raise InvalidInputError("refocus_every must be >= 1")
+        if self.collapse_ahead is None:
+            self.collapse_ahead = max(self.refocus_every, self.W_max // 8)
+        if not 0 <= self.collapse_ahead <= self.W_max - self.protected_recent:
+            raise InvalidInputError(
+                f"collapse_ahead must be in [0, W_max - protected_recent = "
+                f"{self.W_max - self.protected_recent}], got {self.collapse_ahead}"
+            )
         if self.gist_batch < 1:
             raise InvalidInputError(f"gist_batch must be >= 1, got {self.gist_batch}")
 
@@ -238,6 +250,7 @@ class Session:
         self._kv: Any = None
         self._kv_entries = 0
         self._since_refocus = 0
+        self._focused: tuple[WorkingContext, int] | None = None  # the WC version last refocused
         # Where the latest input (an ingest call or a prompt) starts: LensNet's query is read
         # from there on, so a question is not diluted by the document text before it.
         self._query_start = 0
@@ -351,7 +364,9 @@ class Session:
             self._append(self._tokens(prompt), refocus=False)
         if self.tree.num_tokens == 0:
             raise InvalidInputError("the history is empty: ingest something or give a prompt")
-        self.refocus()
+        focused = self._focused
+        if focused is None or focused[0] is not self.wc or focused[1] != self.wc.version:
+            self.refocus()  # (an unchanged context was focused already: nothing new to plan)
         generated: list[int] = []
         shown = ""
         for _ in range(max_new_tokens):
@@ -387,14 +402,23 @@ class Session:
             if refocus and self._since_refocus >= self.config.refocus_every:
                 self.refocus()
 
+    def _room_to_free(self, needed: int) -> int:
+        """Entries to keep free after a plan that must make room for ``needed`` more."""
+        most = self.wc.W_max - self.wc.protected_recent - 1
+        if self.wc.size + needed > self.wc.W_max:
+            needed = max(needed, int(self.config.collapse_ahead or 0))
+        return min(needed, most)
+
     def _plan_with_room(self, scores: np.ndarray) -> EditPlan:
         """The refocus plan, also freeing room for the tokens until the next refocus.
 
         Collapses that make room rewrite the KV cache from the collapsed entry on, just as the
         refocus edits do; taking them in the same plan costs one suffix recompute per refocus
-        instead of two (decode would otherwise collapse again a few tokens later).
+        instead of two (decode would otherwise collapse again a few tokens later). When room
+        runs out, ``collapse_ahead`` entries are freed at once, so the following refocus steps
+        need no collapse.
         """
-        reserve = min(self.config.refocus_every, self.wc.W_max - self.wc.protected_recent - 1)
+        reserve = self._room_to_free(self.config.refocus_every)
         if reserve > 0:
             try:
                 return self.allocator.plan(self.wc, scores, self.state, reserve=reserve)
@@ -407,7 +431,14 @@ class Session:
         if self.wc.size + entries <= self.wc.W_max:
             return
         scores = self._with_pins(np.zeros(self.wc.size))
-        self._apply(self.allocator.plan(self.wc, scores, self.state, reserve=entries))
+        reserve = max(self._room_to_free(entries), entries)
+        try:
+            plan = self.allocator.plan(self.wc, scores, self.state, reserve=reserve)
+        except BudgetError:
+            if reserve == entries:
+                raise
+            plan = self.allocator.plan(self.wc, scores, self.state, reserve=entries)
+        self._apply(plan)
 
     def _reassemble(self) -> None:
         self.wc = self._assemble()
@@ -489,6 +520,7 @@ class Session:
         self.state.record(plan, self.wc, self.allocator.config.cooldown_steps)
         times["apply"] = time.perf_counter() - start
         self._since_refocus = 0
+        self._focused = (self.wc, self.wc.version)
         stats = self.state.stats
         step = StepTelemetry(
             step=stats.steps,

@@ -233,17 +233,34 @@ def cotrain_ablation(
     seeds: Sequence[int] = (0, 1, 2),
     log: Callable[[str], None] = print,
     progress: bool = False,
+    done: Mapping[int, CotrainResult] | None = None,
 ) -> dict[str, Any]:
-    """Loss change from freezing each module at its cycle-0 weights, mean and std over seeds."""
+    """Loss change from freezing each module at its cycle-0 weights, mean and std over seeds.
+
+    ``done`` maps a seed to a full run of ``cfg`` already made with it (not repeated).
+
+    With LoRA in the run, a ``no_lora`` variant (the same run without adapters) also measures
+    whether LoRA helps at all, not only whether training it past cycle 0 does.
+    """
     rows: dict[str, list[tuple[float, float]]] = {"full": []}
     modules = [m for m in MODULE_NAMES if m != "lora" or cfg.use_lora]
     for name in modules:
         rows[f"freeze_{name}"] = []
+    if cfg.use_lora:
+        rows["no_lora"] = []
     for seed in seeds:
         for variant in rows:
-            freeze = () if variant == "full" else (variant.removeprefix("freeze_"),)
-            run_cfg = dataclasses.replace(cfg, seed=seed, freeze=freeze)
-            result = cotrain(base, train_streams, val_streams, run_cfg, log=log, progress=progress)
+            if variant == "no_lora":
+                run_cfg = dataclasses.replace(cfg, seed=seed, use_lora=False)
+            else:
+                freeze = () if variant == "full" else (variant.removeprefix("freeze_"),)
+                run_cfg = dataclasses.replace(cfg, seed=seed, freeze=freeze)
+            if variant == "full" and done is not None and seed in done:
+                result = done[seed]
+            else:
+                result = cotrain(
+                    base, train_streams, val_streams, run_cfg, log=log, progress=progress
+                )
             if result.lora is not None:
                 result.lora.detach()
             rows[variant].append((result.val_nll_gist, result.val_nll_focus))
@@ -323,7 +340,13 @@ def run_cotrain(run: CotrainRunConfig, log: Callable[[str], None] = print) -> di
         result.lora.detach()
     if run.ablation_seeds:
         summary["ablation"] = cotrain_ablation(
-            base, train_streams, val_streams, run.cotrain, run.ablation_seeds, log=log
+            base,
+            train_streams,
+            val_streams,
+            run.cotrain,
+            run.ablation_seeds,
+            log=log,
+            done={run.cotrain.seed: result},
         )
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return summary
