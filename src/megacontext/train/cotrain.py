@@ -144,7 +144,14 @@ def cotrain(
                     desc=f"joint c{cycle}",
                     **kwargs,
                 )
-                phases.append({"cycle": cycle, "phase": "joint", "steps": len(result.history)})
+                phases.append(
+                    {
+                        "cycle": cycle,
+                        "phase": "joint",
+                        "steps": len(result.history),
+                        **_phase_metric(result),
+                    }
+                )
         else:
             if gist_params:
                 result = train_gistnet(
@@ -157,7 +164,14 @@ def cotrain(
                     desc=f"gistnet c{cycle}",
                     **kwargs,
                 )
-                phases.append({"cycle": cycle, "phase": "gistnet", "steps": len(result.history)})
+                phases.append(
+                    {
+                        "cycle": cycle,
+                        "phase": "gistnet",
+                        "steps": len(result.history),
+                        **_phase_metric(result),
+                    }
+                )
         if _trains(cfg, "lensnet", cycle):
             # Relabel with the gists as they are now; the LensNet phase refuses anything else.
             samples = make_samples(
@@ -194,7 +208,14 @@ def cotrain(
                 desc=f"lora c{cycle}",
                 **kwargs,
             )
-            phases.append({"cycle": cycle, "phase": "lora", "steps": len(result.history)})
+            phases.append(
+                {
+                    "cycle": cycle,
+                    "phase": "lora",
+                    "steps": len(result.history),
+                    **_phase_metric(result),
+                }
+            )
         log(json.dumps(phases[-1]) if phases else f"cycle {cycle}: nothing trained")
     report = evaluate_gists(
         base, gistnet, val_windows, gist_cfg, 1, **({"teacher": teacher} if teacher else {})
@@ -349,4 +370,52 @@ def run_cotrain(run: CotrainRunConfig, log: Callable[[str], None] = print) -> di
             done={run.cotrain.seed: result},
         )
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    plot_cotrain(summary, out / "cotrain.png")
     return summary
+
+
+def _phase_metric(result: Any) -> dict[str, float]:
+    """The held-out NLL a distillation phase ended on (when it evaluated), for the log."""
+    if result.evals and "lod1_nll_gist" in result.evals[-1]:
+        return {"val_nll_gist": float(result.evals[-1]["lod1_nll_gist"])}
+    return {}
+
+
+def plot_cotrain(summary: Mapping[str, Any], path: Path) -> None:
+    """Left: held-out NLL after each phase of the run. Right: the ablation's loss changes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ablation = summary.get("ablation") or {}
+    variants = [v for v in ablation if v not in ("seeds", "full")]
+    fig, axes = plt.subplots(1, 2 if variants else 1, figsize=(11 if variants else 6, 4))
+    left = axes[0] if variants else axes
+    phases = [p for p in summary.get("phases", []) if "val_nll_gist" in p or "loss" in p]
+    labels = [f"c{p['cycle']} {p['phase']}" for p in phases]
+    nll = [p.get("val_nll_gist", np.nan) for p in phases]
+    lens = [p.get("loss", np.nan) for p in phases]
+    left.plot(range(len(phases)), nll, marker="o", label="held-out NLL, gists (nats)")
+    left.set_xticks(range(len(phases)), labels, rotation=45, ha="right", fontsize=8)
+    twin = left.twinx()
+    twin.plot(range(len(phases)), lens, marker="s", color="tab:orange", label="LensNet loss")
+    left.set_ylabel("NLL with gists")
+    twin.set_ylabel("LensNet training loss")
+    left.set_title("co-learning phases (seed 0)")
+    if variants:
+        ax = axes[1]
+        x = np.arange(len(variants))
+        for offset, key, name in ((-0.2, "gist", "NLL with gists"), (0.2, "focus", "focus NLL")):
+            mean = [ablation[v][f"delta_nll_{key}_mean"] for v in variants]
+            std = [ablation[v][f"delta_nll_{key}_std"] for v in variants]
+            ax.bar(x + offset, mean, 0.4, yerr=std, capsize=3, label=name)
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_xticks(x, variants, fontsize=8)
+        ax.set_ylabel("change vs full run (nats; + = worse)")
+        ax.set_title(f"ablation over seeds {ablation.get('seeds')}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
