@@ -104,6 +104,10 @@ def test_harness_scores_and_times(world) -> None:  # type: ignore[no-untyped-def
     result = run_task(base, lambda: Recency(base), "passkey", 200, 64, 3, filler)
     assert result.samples == 3 and 0 <= result.score <= 1 and result.tokens_processed > 0
     assert result.name == "passkey@200/64/recency"
+    # The answer NLL of a QA task is the mean of answer_once's NLL over the samples.
+    assert result.answer_nll is not None and result.answer_nll > 0
+    assert result.answer_nll_ci is not None
+    assert result.answer_nll_ci[0] <= result.answer_nll <= result.answer_nll_ci[1]
     lm = run_task(
         base,
         lambda: MegaContextMemory(base, gist, None, protected_recent=8),
@@ -113,7 +117,7 @@ def test_harness_scores_and_times(world) -> None:  # type: ignore[no-untyped-def
         2,
         filler,
     )
-    assert lm.score > 0
+    assert lm.score > 0 and lm.answer_nll is None  # longdoc's score is its NLL already
     skipped = run_task(base, lambda: FullContext(base), "passkey", 400, 64, 2, filler)
     assert skipped.samples == 0 and skipped.skipped == 2
 

@@ -274,3 +274,31 @@ def test_cli_writes_the_leaderboard_and_teaches(results: Path, tmp_path: Path) -
     bad = write(tmp_path / "core.json", {"suite": "core", "results": [{"name": "a", "value": 1}]})
     failed = runner.invoke(app, [str(bad), "--out", str(out)])
     assert failed.exit_code != 0 and isinstance(failed.exception, InvalidInputError)
+
+
+def test_answer_nll_gets_its_own_table_and_is_not_ranked(tmp_path: Path) -> None:
+    rows = []
+    # Accuracy ties at 0 for both systems; the answer NLL tells them apart.
+    for system, answer_nll in (("recency", 5.0), ("megacontext", 2.5)):
+        r = row("vartrack", 4096, 512, system, 0.0)
+        r["extra"].update(
+            answer_nll=answer_nll, answer_nll_ci95=[answer_nll - 0.5, answer_nll + 0.5]
+        )
+        rows.append(r)
+    rows += [row("longdoc", 4096, 512, system, 4.0) for system in ("recency", "megacontext")]
+    cells = read_document(write(tmp_path / "a.json", document(rows)))
+    derived = {c.system: c for c in cells if c.task == "vartrack.nll"}
+    assert derived["megacontext"].value == 2.5 and derived["megacontext"].ci == (2.0, 3.0)
+    assert derived["recency"].lower_is_better and derived["recency"].derived
+    assert not any(c.task == "longdoc.nll" for c in cells)
+    # Ranked by accuracy only: the tie stays a tie.
+    ranks = {r.system: r.mean_rank for r in rank_systems(cells)}
+    assert ranks["megacontext"] == ranks["recency"]
+    out = build_leaderboard([tmp_path / "a.json"], tmp_path / "out")
+    text = out.read_text()
+    assert text.index("vartrack.nll") > text.index("vartrack")
+    assert "**2.500 [2.000, 3.000]**" in text
+    bad = row("vartrack", 4096, 512, "recency", 0.0)
+    bad["extra"]["answer_nll"] = "low"
+    with pytest.raises(InvalidInputError, match="answer_nll"):
+        read_document(write(tmp_path / "b.json", document([bad])))

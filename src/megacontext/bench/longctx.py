@@ -3,7 +3,9 @@
 Every system feeds the same frozen base (the default one) at the same budget with the same seeded
 samples (D14). Result names are ``TASK@LENGTH/W_MAX/SYSTEM``; QA tasks report accuracy (exact
 greedy match), ``longdoc`` reports NLL (nats per token); each result's ``extra`` holds the 95%
-interval, samples, tokens processed and wall seconds.
+interval, samples, tokens processed and wall seconds, and for QA tasks ``answer_nll`` (the mean
+NLL of the answer's tokens after the built context) with ``answer_nll_ci95``: it separates
+systems where every one scores 0 (or 1).
 
 Slices of the grid run with environment variables (comma-separated; each defaults to the grid's
 own): ``MEGACONTEXT_LONGCTX_TASKS``, ``…_LENGTHS``, ``…_BUDGETS``, ``…_SYSTEMS`` and ``…_SAMPLES``.
@@ -204,6 +206,11 @@ def run(quick: bool, progress: Progress) -> list[Result]:
                     "tokens_processed": r.tokens_processed,
                     "seconds": r.seconds,
                     "system_stats": r.system_stats,
+                    **(
+                        {"answer_nll": r.answer_nll, "answer_nll_ci95": list(r.answer_nll_ci or ())}
+                        if r.answer_nll is not None
+                        else {}
+                    ),
                 },
             )
         )

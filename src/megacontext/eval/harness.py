@@ -40,6 +40,10 @@ class TaskResult:
     seconds: float
     skipped: int = 0
     system_stats: dict[str, float] = field(default_factory=dict)  # numeric stats(), summed
+    # QA tasks: mean NLL (nats/token) of the answer's tokens read after the built context, and
+    # its 95% interval. It separates systems where accuracy cannot (all 0 or all 1).
+    answer_nll: float | None = None
+    answer_nll_ci: tuple[float, float] | None = None
 
     @property
     def name(self) -> str:
@@ -95,6 +99,7 @@ def run_task(
     rng = random.Random(f"{task}/{length}/{seed}")
     encode = lambda text: base.encode(text, add_bos=False)  # noqa: E731
     scores: list[float] = []
+    answer_nlls: list[float] = []
     tokens = 0
     skipped = 0
     name = ""
@@ -119,7 +124,9 @@ def run_task(
                 totals[key] = totals.get(key, 0) + value
         correct, nll = answer_once(base, built.vectors, sample)
         scores.append(nll if task == "longdoc" else float(correct))
+        answer_nlls.append(nll)
     values = np.asarray(scores, dtype=np.float64)
+    qa_nll = np.asarray(answer_nlls, dtype=np.float64) if task != "longdoc" else None
     return TaskResult(
         task=task,
         length=length,
@@ -132,6 +139,8 @@ def run_task(
         seconds=time.perf_counter() - started,
         skipped=skipped,
         system_stats=totals,
+        answer_nll=float(qa_nll.mean()) if qa_nll is not None and len(qa_nll) else None,
+        answer_nll_ci=_bootstrap(qa_nll) if qa_nll is not None and len(qa_nll) else None,
     )
 
 

@@ -11,7 +11,8 @@ Output, in one directory:
 * ``leaderboard.md``: per task a table of systems × (length, W_max) with the value and its 95%
   interval, the best value of each column in bold, then a summary ranking (mean rank over every
   cell a system was measured in; QA tasks rank by accuracy, higher is better; ``longdoc`` by NLL,
-  lower is better);
+  lower is better). A QA result that carries ``extra.answer_nll`` also gets a ``TASK.nll`` table
+  (the answer's NLL after each system's context, lower is better), not ranked;
 * ``leaderboard.html``: the same tables and every plot embedded (base64 PNG), self-contained;
 * PNG plots: ``TASK_W<W_MAX>.png`` (score vs history length per system, with the 95% intervals
   as error bars) for every task and budget, and ``longdoc_nll_vs_budget_<LENGTH>.png`` (NLL vs
@@ -21,6 +22,7 @@ Output, in one directory:
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 import math
@@ -39,6 +41,7 @@ NAME_PATTERN = re.compile(
 )
 LOWER_IS_BETTER_UNITS = {"nats", "nll", "bits", "bpb", "perplexity"}
 MARKDOWN = "leaderboard.md"
+ANSWER_NLL_SUFFIX = ".nll"
 HTML = "leaderboard.html"
 
 
@@ -58,6 +61,11 @@ class Cell:
     tokens_processed: int
     seconds: float
     source: str
+
+    @property
+    def derived(self) -> bool:
+        """An answer-NLL cell of a QA task (task ``TASK.nll``), shown beside its accuracy."""
+        return self.task.endswith(ANSWER_NLL_SUFFIX)
 
     @property
     def lower_is_better(self) -> bool:
@@ -134,7 +142,29 @@ def read_document(path: str | Path) -> list[Cell]:
     results = document["results"]
     if not isinstance(results, list) or not results:
         raise InvalidInputError(f"{where}: the document has no results; rerun the benchmark")
-    return [_cell(row, f"{where}: result {i}", where) for i, row in enumerate(results)]
+    cells = []
+    for i, row in enumerate(results):
+        cell = _cell(row, f"{where}: result {i}", where)
+        cells.append(cell)
+        nll = _answer_nll_cell(cell, row, f"{where}: result {i}")
+        if nll is not None:
+            cells.append(nll)
+    return cells
+
+
+def _answer_nll_cell(cell: Cell, row: dict[str, Any], where: str) -> Cell | None:
+    """The ``TASK.nll`` cell of a QA result that carries ``extra.answer_nll``."""
+    extra = row.get("extra") or {}
+    if "answer_nll" not in extra:
+        return None
+    value = _number(extra["answer_nll"], "extra.answer_nll", where)
+    ci_raw = extra.get("answer_nll_ci95", [value, value])
+    if not isinstance(ci_raw, list | tuple) or len(ci_raw) != 2:
+        raise InvalidInputError(f"{where}: extra.answer_nll_ci95 must be [low, high]")
+    low, high = (_number(v, "extra.answer_nll_ci95", where) for v in ci_raw)
+    return dataclasses.replace(
+        cell, task=cell.task + ANSWER_NLL_SUFFIX, value=value, unit="nats", ci=(low, high)
+    )
 
 
 def _cell(row: Any, where: str, source: str) -> Cell:
@@ -206,7 +236,12 @@ class Ranking:
 def _tasks(cells: Iterable[Cell]) -> list[str]:
     order = ["passkey", "needle", "vartrack", "lines", "facts", "longdoc"]
     names = {c.task for c in cells}
-    return sorted(names, key=lambda t: (order.index(t) if t in order else len(order), t))
+
+    def key(task: str) -> tuple[int, str, bool]:
+        own = task.removesuffix(ANSWER_NLL_SUFFIX)
+        return (order.index(own) if own in order else len(order), own, own != task)
+
+    return sorted(names, key=key)
 
 
 def _systems(cells: Iterable[Cell]) -> list[str]:
@@ -249,7 +284,11 @@ def _ranks(column: Sequence[Cell]) -> dict[str, float]:
 
 
 def rank_systems(cells: Sequence[Cell]) -> list[Ranking]:
-    """Mean rank of each system over every (task, length, budget) cell it was measured in."""
+    """Mean rank of each system over every (task, length, budget) cell it was measured in.
+
+    Answer-NLL cells are not ranked: their task is ranked by its accuracy already.
+    """
+    cells = [c for c in cells if not c.derived]
     groups: dict[tuple[str, int, int], list[Cell]] = {}
     for cell in cells:
         groups.setdefault((cell.task, cell.length, cell.budget), []).append(cell)
@@ -312,7 +351,9 @@ def task_tables(cells: Sequence[Cell]) -> list[Table]:
         best = {col: _best([c for c in own if (c.length, c.budget) == col]) for col in columns}
         lower = own[0].lower_is_better
         metric = (
-            f"NLL ({own[0].unit or 'nats'}/token), lower is better"
+            "answer NLL (nats/token of the answer after each system's context), lower is better"
+            if own[0].derived
+            else f"NLL ({own[0].unit or 'nats'}/token), lower is better"
             if lower
             else (f"{own[0].unit or 'accuracy'}, higher is better")
         )
