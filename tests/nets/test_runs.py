@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sysconfig
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -36,6 +37,26 @@ def write_corpus(root: Path) -> Path:
     return root
 
 
+TINY_GIST: dict[str, Any] = {
+    "prefix_blocks": 4,
+    "lead_tokens": 4,
+    "horizon": 8,
+    "batch_size": 2,
+    "gistnet": {"K": 4, "width": 16, "n_layers": 1, "n_heads": 2, "key_dim": 4},
+}
+TINY_LENS: dict[str, Any] = {
+    "W_max": 40,
+    "protected_recent": 12,
+    "query_tokens": 8,
+    "history_tokens": [150, 250],
+    "horizon": 6,
+    "max_answer_tokens": 4,
+    "epochs": 2,
+    "focus_steps": 1,
+    "lensnet": {"width": 16, "n_heads": 2, "n_layers": 1},
+}
+
+
 @pytest.mark.slow
 def test_gist_then_lens_runs_write_bundles_and_plots(tmp_path: Path) -> None:
     base_dir = make_tiny_model_dir("default", tmp_path / "base")
@@ -46,15 +67,11 @@ def test_gist_then_lens_runs_write_bundles_and_plots(tmp_path: Path) -> None:
         "out_dir": str(tmp_path / "gist"),
         "val_windows": 8,
         "gist": {
-            "prefix_blocks": 4,
-            "lead_tokens": 4,
-            "horizon": 8,
+            **TINY_GIST,
             "steps": 6,
-            "batch_size": 2,
             "eval_interval": 3,
             "eval_windows": 4,
             "final_eval_windows": 8,
-            "gistnet": {"K": 4, "width": 16, "n_layers": 1, "n_heads": 2, "key_dim": 4},
         },
     }
     path = tmp_path / "gist.yaml"
@@ -71,18 +88,7 @@ def test_gist_then_lens_runs_write_bundles_and_plots(tmp_path: Path) -> None:
         "gist_bundle": str(tmp_path / "gist" / "bundle"),
         "train_samples": 4,
         "val_samples": 4,
-        "lens": {
-            "W_max": 40,
-            "protected_recent": 12,
-            "query_tokens": 8,
-            "history_tokens": [150, 250],
-            "horizon": 6,
-            "max_answer_tokens": 4,
-            "epochs": 2,
-            "key_epochs": 2,
-            "focus_steps": 1,
-            "lensnet": {"width": 16, "n_heads": 2, "n_layers": 1},
-        },
+        "lens": {**TINY_LENS, "key_epochs": 2},
     }
     path = tmp_path / "lens.yaml"
     path.write_text(yaml.safe_dump(lens_config))
@@ -111,28 +117,14 @@ def test_cotrain_run_saves_lora_ablation_and_plot(tmp_path: Path) -> None:
             "lora_steps": 3,
             "lora": {"r": 2, "alpha": 4},
             "gist": {
-                "prefix_blocks": 4,
-                "lead_tokens": 4,
-                "horizon": 8,
+                **TINY_GIST,
                 "steps": 4,
-                "batch_size": 2,
                 "eval_interval": 2,
                 "eval_windows": 2,
                 "final_eval_windows": 4,
                 "lod2_probability": 0.0,
-                "gistnet": {"K": 4, "width": 16, "n_layers": 1, "n_heads": 2, "key_dim": 4},
             },
-            "lens": {
-                "W_max": 40,
-                "protected_recent": 12,
-                "query_tokens": 8,
-                "history_tokens": [150, 250],
-                "horizon": 6,
-                "max_answer_tokens": 4,
-                "epochs": 2,
-                "focus_steps": 1,
-                "lensnet": {"width": 16, "n_heads": 2, "n_layers": 1},
-            },
+            "lens": TINY_LENS,
         },
     }
     path = tmp_path / "co.yaml"
