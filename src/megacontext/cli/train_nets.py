@@ -119,9 +119,13 @@ def cotrain(
     Schedules: `alternating` (GistNet phase → relabel → LensNet phase → LoRA phase, per cycle) or
     `joint` (GistNet and LoRA together, then relabel and LensNet). Phases stop early on held-out
     plateaus; stale labels are refused. With `ablation_seeds`, every module is also frozen at its
-    cycle-0 weights in turn and the loss change is reported per seed.
+    cycle-0 weights in turn, and the run is repeated without LoRA; the loss changes (mean and
+    spread over the seeds) go to summary.json and cotrain.png in out_dir.
 
     Example: megacontext train cotrain --set cotrain.schedule=joint --set ablation_seeds=[0,1,2]
+
+    The measured ablation (about 80 minutes on 2 cores):
+    megacontext train cotrain --config src/megacontext/train/configs/cotrain-ablation.yaml
     """
     from megacontext.train.cotrain import CotrainRunConfig, run_cotrain
 
