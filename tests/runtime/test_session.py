@@ -16,7 +16,7 @@ from megacontext.errors import (
     InvalidInputError,
 )
 from megacontext.models import load_base
-from megacontext.models.bundle import save_bundle
+from megacontext.models.bundle import load_bundle, save_bundle
 from megacontext.models.gistnet import GistNet, GistNetConfig
 from megacontext.models.lensnet import LensNet, LensNetConfig
 from megacontext.models.tiny import make_tiny_model_dir
@@ -266,3 +266,51 @@ def test_a_retrained_key_head_rekeys_the_tree_on_open(models, tmp_path: Path) ->
         assert new_keys.shape == old_keys.shape
         assert not np.allclose(new_keys, old_keys)  # recomputed with the new head
         np.testing.assert_array_equal(mc.tree.gists(1, 0, mc.tree.count(1)), gists)  # gists kept
+
+
+def test_a_lora_bundle_is_read_through_its_adapters(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from megacontext.models.lora import LoraAdapter, LoraSettings
+
+    base, bundle = models
+    before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    lora = LoraAdapter(base, LoraSettings(r=2, alpha=4))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in lora.lora_parameters():
+            param.normal_(0.0, 0.5)  # B starts at zero: move it so the adapters change outputs
+    plain = load_bundle(bundle, fingerprints=base.fingerprints)
+    save_bundle(
+        tmp_path / "lora-bundle", {**plain.modules, "lora": lora}, fingerprints=base.fingerprints
+    )
+    lora.detach()
+    with_lora = load_bundle(tmp_path / "lora-bundle", fingerprints=base.fingerprints)
+    assert with_lora.lora is not None
+
+    def logits(name, **kw):  # type: ignore[no-untyped-def]
+        with open_session(tmp_path / name, base, with_lora, config(**kw)) as mc:
+            mc.ingest(TEXT)
+            attached = hasattr(base.model, "peft_config")
+            out = base.forward(
+                mc.base.embed(torch.tensor(mc.tree.tokens(0, 8).astype(np.int64))[None]),
+                torch.arange(8)[None],
+                use_cache=False,
+            ).logits
+        return attached, out
+
+    attached, lora_out = logits("with")
+    assert attached
+    # Closed: the adapters are gone and the base is bit-identical.
+    assert not hasattr(base.model, "peft_config")
+    after = base.model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(after[k], v) for k, v in before.items())
+    attached, plain_out = logits("without", use_lora=False)
+    assert not attached
+    assert not torch.allclose(lora_out, plain_out)
+    # Two sessions cannot stack adapters on one base.
+    with (
+        open_session(tmp_path / "a", base, with_lora, config()),
+        pytest.raises(InvalidInputError, match="already carries LoRA"),
+    ):
+        open_session(tmp_path / "b", base, with_lora, config())
+    assert not (tmp_path / "b").exists()  # refused before anything was created
+    assert not hasattr(base.model, "peft_config")

@@ -75,6 +75,9 @@ class SessionConfig:
     seed: int = 0
     query_tokens: int = 32
     trace: bool = True
+    # Read gists through the bundle's LoRA adapters when it has them (co-learning, issue 6 §6);
+    # they are attached to the base while the session is open and detached on close.
+    use_lora: bool = True
     # Nodes gisted per GistNet forward. Bounds ingest memory: a 64k-token ingest gisted in one
     # batch held about 1 GB of activations; 256 LOD1 nodes are 8k tokens per forward.
     gist_batch: int = 256
@@ -265,6 +268,10 @@ class Session:
             self._trace_file = self.trace_path.open("a", encoding="utf-8")
         else:
             self.trace_path = None
+        self.lora: Any = None
+        if config.use_lora and bundle.lora is not None:
+            _check_lora_free(base)
+            self.lora = bundle.attach_lora(base)
         self.closed = False
         # Set to a list to record every refocus step and decoding forward, in order (benchmarks).
         self.timing_log: list[StepTelemetry | ForwardTiming] | None = None
@@ -639,6 +646,8 @@ class Session:
         self.lexical.close()
         if self._trace_file is not None:
             self._trace_file.close()
+        if self.lora is not None:
+            self.lora.detach()  # the base is bit-identical again
         self.closed = True
 
     def __enter__(self) -> Session:
@@ -679,6 +688,8 @@ def open_session(
         bundle = load_bundle(bundle_dir, fingerprints=adapter.fingerprints)
     gistnet = bundle.get("gistnet")
     cfg = config or SessionConfig()
+    if cfg.use_lora and bundle.lora is not None:
+        _check_lora_free(adapter)  # before anything is created or locked
     fingerprints = Fingerprints(
         base=adapter.fingerprint,
         tokenizer=adapter.tokenizer_fingerprint,
@@ -732,6 +743,14 @@ def open_session(
         )
     session._index_new_blocks(lexical.num_blocks)
     return session
+
+
+def _check_lora_free(base: BaseAdapter) -> None:
+    if hasattr(base.model, "peft_config"):
+        raise InvalidInputError(
+            "the base already carries LoRA adapters (another open session with a LoRA bundle?); "
+            "close that session, or open this one with SessionConfig(use_lora=False)"
+        )
 
 
 def _default_focus_dir() -> Path:

@@ -382,7 +382,7 @@ def _phase_metric(result: Any) -> dict[str, float]:
 
 
 def plot_cotrain(summary: Mapping[str, Any], path: Path) -> None:
-    """Left: held-out NLL after each phase of the run. Right: the ablation's loss changes."""
+    """Held-out NLL after each phase of the run, and the ablation's loss changes (when run)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -390,21 +390,23 @@ def plot_cotrain(summary: Mapping[str, Any], path: Path) -> None:
 
     ablation = summary.get("ablation") or {}
     variants = [v for v in ablation if v not in ("seeds", "full")]
-    fig, axes = plt.subplots(1, 2 if variants else 1, figsize=(11 if variants else 6, 4))
-    left = axes[0] if variants else axes
     phases = [p for p in summary.get("phases", []) if "val_nll_gist" in p or "loss" in p]
-    labels = [f"c{p['cycle']} {p['phase']}" for p in phases]
-    nll = [p.get("val_nll_gist", np.nan) for p in phases]
-    lens = [p.get("loss", np.nan) for p in phases]
-    left.plot(range(len(phases)), nll, marker="o", label="held-out NLL, gists (nats)")
-    left.set_xticks(range(len(phases)), labels, rotation=45, ha="right", fontsize=8)
-    twin = left.twinx()
-    twin.plot(range(len(phases)), lens, marker="s", color="tab:orange", label="LensNet loss")
-    left.set_ylabel("NLL with gists")
-    twin.set_ylabel("LensNet training loss")
-    left.set_title("co-learning phases (seed 0)")
+    show_phases = any("val_nll_gist" in p for p in phases) or not variants
+    panels = int(show_phases) + int(bool(variants))
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels + 0.5, 4), squeeze=False)
+    ax_iter = iter(axes[0])
+    if show_phases:
+        left = next(ax_iter)
+        steps = np.arange(len(phases))
+        left.plot(steps, [p.get("val_nll_gist", np.nan) for p in phases], marker="o")
+        left.set_xticks(steps, [f"c{p['cycle']} {p['phase']}" for p in phases], rotation=45)
+        left.set_ylabel("held-out NLL with gists (nats)")
+        twin = left.twinx()
+        twin.plot(steps, [p.get("loss", np.nan) for p in phases], marker="s", color="tab:orange")
+        twin.set_ylabel("LensNet training loss (squares)")
+        left.set_title("co-learning phases")
     if variants:
-        ax = axes[1]
+        ax = next(ax_iter)
         x = np.arange(len(variants))
         for offset, key, name in ((-0.2, "gist", "NLL with gists"), (0.2, "focus", "focus NLL")):
             mean = [ablation[v][f"delta_nll_{key}_mean"] for v in variants]
@@ -413,7 +415,7 @@ def plot_cotrain(summary: Mapping[str, Any], path: Path) -> None:
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.set_xticks(x, variants, fontsize=8)
         ax.set_ylabel("change vs full run (nats; + = worse)")
-        ax.set_title(f"ablation over seeds {ablation.get('seeds')}")
+        ax.set_title(f"ablation: mean ± std over seeds {ablation.get('seeds')}")
         ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
