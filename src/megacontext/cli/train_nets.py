@@ -124,7 +124,7 @@ def cotrain(
 
     Example: megacontext train cotrain --set cotrain.schedule=joint --set ablation_seeds=[0,1,2]
 
-    The measured ablation (about 80 minutes on 2 cores):
+    The measured ablation (about an hour on 2 cores):
     megacontext train cotrain --config src/megacontext/train/configs/cotrain-ablation.yaml
     """
     from megacontext.train.cotrain import CotrainRunConfig, run_cotrain
