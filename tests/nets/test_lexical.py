@@ -72,3 +72,59 @@ def test_persists_on_disk(tmp_path: Path) -> None:
     again = LexicalIndex(path, K=4)
     assert again.num_blocks == 2
     assert list(again.block_scores("delta")) == [1]
+
+
+# ----------------------------------------------------------------------------- PostgreSQL
+
+
+def build_postgres(url: str, n_blocks: int = 200, plant_at: int = 137, K: int = 4):  # type: ignore[no-untyped-def]
+    import uuid
+
+    from megacontext.store.lexical import PostgresLexicalIndex
+
+    index = PostgresLexicalIndex(url, tree_id=uuid.uuid4().hex, K=K)
+    texts = [FILLER[i % len(FILLER)] for i in range(n_blocks)]
+    texts[plant_at] = "the passkey is zanzibar and nobody else knows it"
+    index.add_blocks(0, texts[:100])
+    index.add_blocks(100, texts[100:])
+    return index
+
+
+@pytest.mark.parametrize(
+    "query", ["What is the passkey? zanzibar", "the city gates at night", "river fields PARSER"]
+)
+def test_postgres_bm25_equals_sqlite_fts5(postgres_url: str, query: str) -> None:
+    sqlite, postgres = build(), build_postgres(postgres_url)
+    expected, got = sqlite.block_scores(query), postgres.block_scores(query)
+    assert got and set(got) == set(expected)
+    for block, score in expected.items():
+        assert got[block] == pytest.approx(score, rel=1e-9)
+    levels = np.array([3, 2, 2, 1, 0, 0])
+    indices = np.array([0, 8, 9, 34, 137 * 4 + 2, 5])
+    np.testing.assert_allclose(
+        postgres.lexical_scores(query, levels, indices),
+        sqlite.lexical_scores(query, levels, indices),
+        rtol=1e-9,
+    )
+    assert list(postgres.block_scores(query, limit=3)) == list(expected)[:3]
+    postgres.close()
+
+
+def test_postgres_index_keeps_trees_apart_and_refuses_bad_input(postgres_url: str) -> None:
+    from megacontext.store.lexical import PostgresLexicalIndex, open_lexical_index
+
+    one, two = build_postgres(postgres_url, plant_at=3), build_postgres(postgres_url, plant_at=9)
+    assert next(iter(one.block_scores("zanzibar"))) == 3
+    assert next(iter(two.block_scores("zanzibar"))) == 9
+    assert one.num_blocks == 200
+    with pytest.raises(InvalidInputError, match="next block to add is 200"):
+        one.add_blocks(150, ["late"])
+    assert one.num_blocks == 200  # nothing stored by the refused call
+    assert one.block_scores("?!") == {}
+    with pytest.raises(InvalidInputError, match="PostgreSQL URL"):
+        PostgresLexicalIndex("sqlite:///x.sqlite", tree_id="t")
+    reopened = open_lexical_index("unused", K=4, metadata_url=postgres_url, tree_id=one.tree_id)
+    assert isinstance(reopened, PostgresLexicalIndex) and reopened.num_blocks == 200
+    assert isinstance(open_lexical_index(":memory:", K=4), LexicalIndex)
+    for index in (one, two, reopened):
+        index.close()

@@ -314,3 +314,28 @@ def test_a_lora_bundle_is_read_through_its_adapters(models, tmp_path: Path) -> N
         open_session(tmp_path / "b", base, with_lora, config())
     assert not (tmp_path / "b").exists()  # refused before anything was created
     assert not hasattr(base.model, "peft_config")
+
+
+def test_a_postgres_tree_keeps_metadata_and_lexical_index_there(
+    models, tmp_path: Path, postgres_url: str
+) -> None:  # type: ignore[no-untyped-def]
+    from megacontext.store.lexical import PostgresLexicalIndex
+
+    base, bundle = models
+    path = tmp_path / "s"
+    with open_session(path, base, bundle, config(), metadata_url=postgres_url) as mc:
+        mc.ingest(TEXT, source="file://notes.txt")
+        assert isinstance(mc.lexical, PostgresLexicalIndex)
+        blocks = mc.tree.count(1)
+        assert mc.lexical.num_blocks == blocks > 0
+        scores = mc.lexical.block_scores("quick brown fox")
+        assert scores and max(scores) < blocks
+        db = mc._stores[0].metadata()
+        assert db.dialect == "postgresql"
+        assert [s.uri for s in db.list_sources() if s.uri == "file://notes.txt"]
+        db.close()
+        list(mc.generate("The fox", max_new_tokens=2))
+    assert not (path / "lexical.sqlite").exists()
+    with open_session(path, base, bundle, config()) as again:  # the tree remembers its database
+        assert isinstance(again.lexical, PostgresLexicalIndex)
+        assert again.lexical.num_blocks == again.tree.count(1) >= blocks

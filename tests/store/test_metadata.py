@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,39 +11,6 @@ import sqlalchemy as sa
 
 from megacontext.errors import InvalidInputError
 from megacontext.store.metadata import MetadataDB, schema
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "postgres.sh"
-ENV_URL = "MEGACONTEXT_TEST_POSTGRES_URL"
-
-
-def _server_binaries() -> bool:
-    return bool(
-        shutil.which("initdb")
-        or shutil.which("pg_config")
-        or list(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    )
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """$MEGACONTEXT_TEST_POSTGRES_URL, else a cluster started by scripts/postgres.sh."""
-    if os.environ.get(ENV_URL):
-        yield os.environ[ENV_URL]
-        return
-    in_ci = os.environ.get("CI", "").lower() == "true"
-    if not _server_binaries():
-        message = "no PostgreSQL server binaries (install the Debian package postgresql)"
-        if in_ci:
-            pytest.fail(f"{message}; CI must run the PostgreSQL tests")
-        pytest.skip(message)
-    done = subprocess.run([str(SCRIPT), "start"], capture_output=True, text=True, timeout=120)
-    if done.returncode != 0:
-        pytest.fail(f"scripts/postgres.sh start failed:\n{done.stderr}")
-    values = dict(line.split("=", 1) for line in done.stdout.split())
-    try:
-        yield values[ENV_URL]
-    finally:
-        subprocess.run([str(SCRIPT), "stop", values["MEGACONTEXT_PG_DIR"]], timeout=60, check=False)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

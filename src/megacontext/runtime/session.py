@@ -6,7 +6,7 @@ A session directory holds everything a history needs::
       session.json      base model, focus bundle, working-context settings
       tree/             the durable tree store (tokens, gists) + meta.sqlite (provenance)
       keys/             retrieval keys, one per gist, beside the tree (D7)
-      lexical.sqlite    BM25 index of LOD1 blocks (D7)
+      lexical.sqlite    BM25 index of LOD1 blocks (D7; in PostgreSQL with a metadata_url there)
       traces/           per-step focus telemetry (JSONL)
 
 The loop: new tokens are appended to the tree (gisted as blocks complete) and to the working
@@ -43,7 +43,7 @@ from megacontext.models.adapter import BaseAdapter
 from megacontext.models.bundle import Bundle, default_focus_dir
 from megacontext.models.context import GistNetGister, entry_vectors
 from megacontext.models.lensnet import LensNet
-from megacontext.store.lexical import LexicalIndex
+from megacontext.store.lexical import AnyLexicalIndex, open_lexical_index
 from megacontext.store.local import LocalStore
 from megacontext.store.manifest import Fingerprints
 
@@ -227,7 +227,7 @@ class Session:
         bundle: Bundle,
         tree: MegaContextTree,
         stores: Sequence[LocalStore],
-        lexical: LexicalIndex,
+        lexical: AnyLexicalIndex,
         config: SessionConfig,
     ):
         self.path = path
@@ -666,13 +666,16 @@ def open_session(
     focus: str | Path | Bundle = "default",
     config: SessionConfig | None = None,
     regist: bool = False,
+    metadata_url: str | None = None,
 ) -> Session:
     """Create or reopen the session directory ``path`` (see the module docstring).
 
     ``base``: a model name/path or a loaded adapter. ``focus``: the GistNet/LensNet bundle —
     ``"default"`` (the packaged one for the default base), a bundle directory, or a loaded bundle.
     Reopening with another base, tokenizer or GistNet raises ``FingerprintMismatchError`` unless
-    ``regist=True`` (D13).
+    ``regist=True`` (D13). ``metadata_url``: where a new tree keeps its metadata, provenance
+    and lexical index (a PostgreSQL URL for shared deployments; default: SQLite files in
+    ``path``); a reopened tree keeps the one it was created with.
     """
     from megacontext.models.bundle import load_bundle
     from megacontext.models.loading import load_base
@@ -708,7 +711,11 @@ def open_session(
         keys = LocalStore.open(keys_dir, fingerprints=key_fingerprints, regist=True)
     else:
         store = LocalStore.create(
-            tree_dir, dim=adapter.d_model, K=gistnet.config.K, fingerprints=fingerprints
+            tree_dir,
+            dim=adapter.d_model,
+            K=gistnet.config.K,
+            fingerprints=fingerprints,
+            metadata_url=metadata_url,
         )
         keys = LocalStore.create(
             keys_dir,
@@ -726,7 +733,12 @@ def open_session(
         gist_batch_size=cfg.gist_batch,
         key_backend=keys,
     )
-    lexical = LexicalIndex(root / "lexical.sqlite", K=gistnet.config.K)
+    lexical = open_lexical_index(
+        root / "lexical.sqlite",
+        K=gistnet.config.K,
+        metadata_url=store.manifest.metadata_url,
+        tree_id=store.manifest.tree_id,
+    )
     (root / SESSION_FILE).write_text(
         json.dumps(
             {"base": str(base) if isinstance(base, str) else adapter.source, "config": asdict(cfg)},

@@ -63,7 +63,7 @@ from megacontext.models.adapter import BaseAdapter
 from megacontext.models.context import GistNetGister, entry_vectors
 from megacontext.models.gistnet import GistNet
 from megacontext.models.lensnet import FEATURES, LensNet, LensNetConfig
-from megacontext.store.lexical import LexicalIndex
+from megacontext.store.lexical import AnyLexicalIndex, LexicalIndex
 from megacontext.train.tasks import GENERATORS, FillerSource
 
 RETRIEVAL_KINDS = ("passkey", "kv", "vartrack")
@@ -118,7 +118,7 @@ class LensSample:
 
     kind: str  # "text" or a task kind
     tree: MegaContextTree
-    lexical: LexicalIndex
+    lexical: AnyLexicalIndex
     wc: WorkingContext
     recency: WorkingContext  # the unperturbed assembly, for focus-gain evaluation
     query_ids: np.ndarray
