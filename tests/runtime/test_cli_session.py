@@ -61,6 +61,7 @@ def test_ingest_ask_generate_trace(setup, tmp_path: Path) -> None:  # type: igno
     shown = runner.invoke(app, ["trace", "show", str(traces[-1])])
     assert shown.exit_code == 0, shown.output
     assert "focus timeline" in shown.output and "steps" in shown.output
+    assert "cache" in shown.output and "%" in shown.output  # the cache hit column
 
 
 def test_bad_paths(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

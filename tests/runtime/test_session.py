@@ -80,7 +80,11 @@ def test_generate_streams_appends_and_refocuses(models, tmp_path: Path) -> None:
         mc.wc.check_invariants()
         trace = [json.loads(line) for line in mc.trace_path.read_text().splitlines()]
         assert len(trace) >= 3
-        assert {"utilization", "swap_rate", "seconds", "edits"} <= set(trace[-1])
+        assert {"utilization", "swap_rate", "seconds", "edits", "cache_hit_ratio"} <= set(trace[-1])
+        # The working context is read through the page cache (reads of the growing tail page,
+        # never cached, are misses: in this short history that is most of them).
+        assert mc.cache_stats.hits > 0 and mc.cache_stats.misses > 0
+        assert 0.0 < trace[-1]["cache_hit_ratio"] < 1.0
 
 
 def test_focus_query_is_the_latest_input_not_the_text_before_it(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

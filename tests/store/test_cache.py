@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from megacontext.core.tree import MegaContextTree, MemoryBackend
 from megacontext.errors import InvalidInputError
@@ -120,3 +122,32 @@ def test_readers_concurrent_with_an_appender_never_see_an_incomplete_record(tmp_
     assert not failures, failures[:5]
     assert checks[0] >= 50
     tree.close()
+
+
+@given(chunks=st.lists(st.integers(1, 90), min_size=1, max_size=12), seed=st.integers(0, 10**6))
+def test_a_tree_over_a_cached_backend_equals_one_over_the_plain_backend(
+    chunks: list[int], seed: int
+) -> None:
+    from megacontext.store.cache import CachedBackend
+
+    plain = MegaContextTree(MemoryBackend(dim=DIM), MeanGister(), K=K)
+    inner = MemoryBackend(dim=DIM)
+    cached_backend = CachedBackend(inner, PageCache(inner, page_records=8, capacity_pages=3))
+    cached = MegaContextTree(cached_backend, MeanGister(), K=K)
+    rng = np.random.default_rng(seed)
+    position = 0
+    for n in chunks:  # grow both trees, reading through the cache between appends
+        for tree in (plain, cached):
+            tree.append(stream(position, position + n))
+        position += n
+        for level in range(plain.num_levels + 1):
+            count = plain.backend.count(level)
+            assert cached.backend.count(level) == count
+            lo = int(rng.integers(0, count + 1))
+            hi = int(rng.integers(lo, count + 1))
+            assert np.array_equal(
+                cached.backend.read(level, lo, hi), plain.backend.read(level, lo, hi)
+            )
+    assert len(cached_backend.cache) <= 3
+    with pytest.raises(InvalidInputError, match="same backend"):
+        CachedBackend(MemoryBackend(dim=DIM), PageCache(MemoryBackend(dim=DIM)))

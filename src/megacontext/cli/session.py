@@ -207,6 +207,7 @@ def trace_show(
         "edits",
         "swap rate",
         "residency",
+        "cache hits",
         "ms (fetch/lens/alloc/apply)",
     ):
         table.add_column(column, justify="right" if column != "edits" else "left")
@@ -226,6 +227,7 @@ def trace_show(
             edits or "·",
             f"{row['swap_rate']:.2f}",
             f"{row['mean_residency']:.1f}",
+            f"{row['cache_hit_ratio']:.0%}" if "cache_hit_ratio" in row else "—",
             ms,
         )
     console.print(table)

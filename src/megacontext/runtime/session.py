@@ -43,6 +43,7 @@ from megacontext.models.adapter import BaseAdapter
 from megacontext.models.bundle import Bundle, default_focus_dir
 from megacontext.models.context import GistNetGister, entry_vectors
 from megacontext.models.lensnet import LensNet
+from megacontext.store.cache import CachedBackend, CacheStats, PageCache
 from megacontext.store.lexical import AnyLexicalIndex, open_lexical_index
 from megacontext.store.local import LocalStore
 from megacontext.store.manifest import Fingerprints
@@ -81,6 +82,9 @@ class SessionConfig:
     # Nodes gisted per GistNet forward. Bounds ingest memory: a 64k-token ingest gisted in one
     # batch held about 1 GB of activations; 256 LOD1 nodes are 8k tokens per forward.
     gist_batch: int = 256
+    # Pages (256 records each) kept per store in the read cache; bounds its memory (at d_model
+    # 256 in float16, 64 gist pages are 8 MiB).
+    cache_pages: int = 64
 
     def __post_init__(self) -> None:
         if self.protected_recent is None:
@@ -101,6 +105,8 @@ class SessionConfig:
             )
         if self.gist_batch < 1:
             raise InvalidInputError(f"gist_batch must be >= 1, got {self.gist_batch}")
+        if self.cache_pages < 1:
+            raise InvalidInputError(f"cache_pages must be >= 1, got {self.cache_pages}")
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,7 @@ class StepTelemetry:
     first_changed: int
     # "fetch" (LensNet's input vectors), "lensnet" (features + forward), "allocator", "apply".
     seconds: dict[str, float] = field(default_factory=dict)
+    cache_hit_ratio: float = 0.0  # of the tree's page cache since the session opened
 
 
 @dataclass(frozen=True)
@@ -539,6 +546,7 @@ class Session:
             swap_rate=stats.swap_rate,
             mean_residency=stats.mean_residency,
             first_changed=first,
+            cache_hit_ratio=self.cache_stats.hit_ratio,
             seconds=times,
         )
         if self._trace_file is not None:
@@ -583,6 +591,12 @@ class Session:
             .cpu()
             .numpy()
         )
+
+    @property
+    def cache_stats(self) -> CacheStats:
+        """Hits and misses of the tree's page cache (tokens and gists) since the session opened."""
+        backend = self.tree.backend
+        return backend.cache.stats if isinstance(backend, CachedBackend) else CacheStats()
 
     def query_ids(self) -> np.ndarray:
         """The tokens LensNet focuses for: the last ``query_tokens`` tokens, but none from before
@@ -725,13 +739,15 @@ def open_session(
             fingerprints=key_fingerprints,
             role="keys",
         )
+    # Reads (the working context's tokens and gists, expanded children, keys) go through a
+    # bounded page cache; appends go straight to the stores.
     tree = MegaContextTree(
-        store,
+        CachedBackend(store, PageCache(store, capacity_pages=cfg.cache_pages)),
         GistNetGister(gistnet, adapter),
         K=gistnet.config.K,
         vocab_size=adapter.vocab_size,
         gist_batch_size=cfg.gist_batch,
-        key_backend=keys,
+        key_backend=CachedBackend(keys, PageCache(keys, capacity_pages=cfg.cache_pages)),
     )
     lexical = open_lexical_index(
         root / "lexical.sqlite",

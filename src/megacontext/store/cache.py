@@ -121,6 +121,43 @@ class PageCache:
             self._page(level, page, prefetch=True)
 
 
+class CachedBackend:
+    """A :class:`~megacontext.core.tree.TreeBackend` whose reads go through a :class:`PageCache`.
+
+    Appends, counts, flushes and closes go to ``backend``; only complete pages are cached, so
+    reads stay correct while the tree grows. A session reads its tree through one of these.
+    """
+
+    def __init__(self, backend: TreeBackend, cache: PageCache | None = None):
+        self.backend = backend
+        self.cache = cache if cache is not None else PageCache(backend)
+        if self.cache.backend is not backend:
+            raise InvalidInputError("the page cache must wrap the same backend")
+
+    @property
+    def dim(self) -> int:
+        return self.backend.dim
+
+    @property
+    def gist_dtype(self) -> np.dtype[np.generic]:
+        return self.backend.gist_dtype
+
+    def count(self, level: int) -> int:
+        return self.backend.count(level)
+
+    def append(self, level: int, records: npt.NDArray[np.generic]) -> None:
+        self.backend.append(level, records)
+
+    def read(self, level: int, start: int, stop: int) -> npt.NDArray[np.generic]:
+        return self.cache.read(level, start, stop)
+
+    def flush(self) -> None:
+        self.backend.flush()
+
+    def close(self) -> None:
+        self.backend.close()
+
+
 class AsyncTreeReader:
     """Batched asyncio reads of nodes and children, with prefetch hints.
 
