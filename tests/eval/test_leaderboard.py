@@ -286,14 +286,18 @@ def test_answer_nll_gets_its_own_table_and_is_not_ranked(tmp_path: Path) -> None
         )
         rows.append(r)
     rows += [row("longdoc", 4096, 512, system, 4.0) for system in ("recency", "megacontext")]
+    rows.append(row("longdoc", 4096, 512, "full", 5.0))
     cells = read_document(write(tmp_path / "a.json", document(rows)))
     derived = {c.system: c for c in cells if c.task == "vartrack.nll"}
     assert derived["megacontext"].value == 2.5 and derived["megacontext"].ci == (2.0, 3.0)
     assert derived["recency"].lower_is_better and derived["recency"].derived
     assert not any(c.task == "longdoc.nll" for c in cells)
-    # Ranked by accuracy only: the tie stays a tie.
-    ranks = {r.system: r.mean_rank for r in rank_systems(cells)}
-    assert ranks["megacontext"] == ranks["recency"]
+    # Ranked by accuracy only: the tie stays a tie. Both tied systems win longdoc (full is
+    # worse there); nobody wins vartrack, where every system scores 0.
+    ranking = {r.system: r for r in rank_systems(cells)}
+    assert ranking["megacontext"].mean_rank == ranking["recency"].mean_rank
+    assert ranking["megacontext"].wins == ranking["recency"].wins == 1
+    assert ranking["full"].wins == 0
     out = build_leaderboard([tmp_path / "a.json"], tmp_path / "out")
     text = out.read_text()
     assert text.index("vartrack.nll") > text.index("vartrack")

@@ -297,7 +297,11 @@ def rank_systems(cells: Sequence[Cell]) -> list[Ranking]:
     for column in groups.values():
         for system, rank in _ranks(column).items():
             ranks[system].append(rank)
-            wins[system] += rank == 1.0
+        best = _best(column)
+        values = {c.value for c in column if c.measured}
+        if len(values) > 1:  # a column where every system scores the same has no winner
+            for cell in column:  # every system that ties for the best value wins the cell
+                wins[cell.system] += cell.measured and cell.value == best
     out = []
     for system, values in ranks.items():
         own = [c for c in cells if c.system == system and c.measured]
@@ -534,7 +538,8 @@ def render_markdown(
         "",
         "Mean rank over every (task, length, W_max) cell a system ran in (1 = best; a system "
         "whose context did not fit the budget, every sample skipped, ranks last in that cell); "
-        "wins = cells where it is best (ties count for each); mean accuracy over QA cells and "
+        "wins = cells where it is best (ties count for each; a cell where every system scores "
+        "the same has no winner); mean accuracy over QA cells and "
         "mean NLL over `longdoc` cells, measured cells only.",
         "",
         _markdown_table(SUMMARY_HEADER, summary, [[False] * len(SUMMARY_HEADER) for _ in summary]),
@@ -608,7 +613,8 @@ def render_html(
             rows,
             [[False] * len(SUMMARY_HEADER) for _ in rows],
             "mean rank over every (task, length, W_max) cell a system ran in (1 = best; "
-            "skipped = last); wins = cells where it is best",
+            "skipped = last); wins = cells where it is best (ties count for each; a cell "
+            "where every system scores the same has no winner)",
         ),
     ]
     for table in task_tables(cells):
