@@ -81,6 +81,8 @@ def test_generate_streams_appends_and_refocuses(models, tmp_path: Path) -> None:
         trace = [json.loads(line) for line in mc.trace_path.read_text().splitlines()]
         assert len(trace) >= 3
         assert {"utilization", "swap_rate", "seconds", "edits", "cache_hit_ratio"} <= set(trace[-1])
+        # Steps after decoding account for the base's forwards since the step before.
+        assert any(row["base_seconds"] > 0 for row in trace[1:])
         # The working context is read through the page cache (reads of the growing tail page,
         # never cached, are misses: in this short history that is most of them).
         assert mc.cache_stats.hits > 0 and mc.cache_stats.misses > 0

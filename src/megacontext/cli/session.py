@@ -209,6 +209,7 @@ def trace_show(
         "residency",
         "cache hits",
         "ms (fetch/lens/alloc/apply)",
+        "base ms",
     ):
         table.add_column(column, justify="right" if column != "edits" else "left")
     for row in rows:
@@ -229,6 +230,7 @@ def trace_show(
             f"{row['mean_residency']:.1f}",
             f"{row['cache_hit_ratio']:.0%}" if "cache_hit_ratio" in row else "—",
             ms,
+            f"{1000 * row.get('base_seconds', 0.0):.1f}",
         )
     console.print(table)
     expands = sum(r["expands"] for r in rows)

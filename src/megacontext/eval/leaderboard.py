@@ -298,8 +298,8 @@ def rank_systems(cells: Sequence[Cell]) -> list[Ranking]:
         for system, rank in _ranks(column).items():
             ranks[system].append(rank)
         best = _best(column)
-        values = {c.value for c in column if c.measured}
-        if len(values) > 1:  # a column where every system scores the same has no winner
+        distinct = {c.value for c in column if c.measured}
+        if len(distinct) > 1:  # a column where every system scores the same has no winner
             for cell in column:  # every system that ties for the best value wins the cell
                 wins[cell.system] += cell.measured and cell.value == best
     out = []

@@ -136,6 +136,8 @@ class StepTelemetry:
     # "fetch" (LensNet's input vectors), "lensnet" (features + forward), "allocator", "apply".
     seconds: dict[str, float] = field(default_factory=dict)
     cache_hit_ratio: float = 0.0  # of the tree's page cache since the session opened
+    # The base's forwards (decoding, and the KV recomputes after edits) since the previous step.
+    base_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -260,6 +262,7 @@ class Session:
         self._kv: Any = None
         self._kv_entries = 0
         self._since_refocus = 0
+        self._base_seconds = 0.0  # base forwards since the last refocus step (telemetry)
         self._focused: tuple[WorkingContext, int] | None = None  # the WC version last refocused
         # Where the latest input (an ingest call or a prompt) starts: LensNet's query is read
         # from there on, so a question is not diluted by the document text before it.
@@ -494,6 +497,7 @@ class Session:
                     None
                 ]
         out = self.base.forward(vectors, ids, self._kv, **extra)
+        self._base_seconds += time.perf_counter() - fetched
         if self.timing_log is not None:
             self.timing_log.append(
                 ForwardTiming(
@@ -548,7 +552,9 @@ class Session:
             first_changed=first,
             cache_hit_ratio=self.cache_stats.hit_ratio,
             seconds=times,
+            base_seconds=self._base_seconds,
         )
+        self._base_seconds = 0.0
         if self._trace_file is not None:
             self._trace_file.write(
                 json.dumps(
