@@ -8,7 +8,8 @@
 # cell is seeded by task, length and sample index), so either half can be rerun alone.
 # PART rest measures the rest of the task list at 4k and 16k (vartrack, lines, facts), the needle
 # task at 100k, passkey at 1M tokens (half the samples; RAG-MiniLM would embed 1M tokens per
-# sample, hours here, so it is left out there), and passkey at W_max 256 and 1024.
+# sample, hours here, so it is left out there), passkey at W_max 256 and 1024, and the other
+# peers (full context, RETRO-lite, MemGPT-lite, LLMLingua-style pruning).
 # Usage: scripts/longctx-targets.sh [RESULTS_DIR] [SAMPLES] [PART]
 #   (defaults: results, 10, all; PART is baselines, lens, all or rest)
 # Needs the packaged focus bundle (make focus-models) for the MegaContext variants.
@@ -39,6 +40,8 @@ if [ "$PART" = rest ]; then
     slice passkey-budgets passkey 4096,16384,100000 256,1024 \
         "megacontext,megacontext-oracle,megacontext-recency,recency,rag-bm25"
     slice passkey-budgets-minilm passkey 4096,16384 256,1024 rag-minilm
+    slice peers passkey,vartrack 4096,16384 512 "full,retro-lite,memgpt-lite,llmlingua"
+    slice longdoc-peers longdoc 16384 256,512,1024 "full,retro-lite,memgpt-lite,llmlingua"
 elif [ "$PART" != lens ]; then
     slice passkey-baselines passkey 4096,16384,100000 512 "$BASELINES"
     slice needle-baselines needle 4096,16384 512 "$BASELINES"
@@ -58,7 +61,7 @@ fi
 files=()
 for f in "$OUT"/longctx-{passkey,needle,longdoc,tasks,needle100k}-{baselines,lens}.json \
     "$OUT"/longctx-passkey100k-more.json "$OUT"/longctx-passkey1m.json \
-    "$OUT"/longctx-passkey-budgets{,-minilm}.json; do
+    "$OUT"/longctx-passkey-budgets{,-minilm}.json "$OUT"/longctx-{,longdoc-}peers.json; do
     [ -f "$f" ] && files+=("$f")
 done
 "$MC" leaderboard "${files[@]}" --out "$OUT/leaderboard"
