@@ -345,3 +345,7 @@ def test_a_postgres_tree_keeps_metadata_and_lexical_index_there(
     with open_session(path, base, bundle, config()) as again:  # the tree remembers its database
         assert isinstance(again.lexical, PostgresLexicalIndex)
         assert again.lexical.num_blocks == again.tree.count(1) >= blocks
+    with pytest.raises(InvalidInputError, match="keeps its metadata in postgresql"):
+        open_session(path, base, bundle, config(), metadata_url="sqlite:///elsewhere.sqlite")
+    with open_session(path, base, bundle, config(), metadata_url=postgres_url):
+        pass  # the same URL again is fine, and the refused open left no lock behind

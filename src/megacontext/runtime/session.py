@@ -728,6 +728,13 @@ def open_session(
     tree_dir, keys_dir = root / "tree", root / "keys"
     if (tree_dir / "manifest.json").is_file():
         store = LocalStore.open(tree_dir, fingerprints=fingerprints, regist=regist)
+        recorded = store.manifest.metadata_url
+        if metadata_url is not None and metadata_url != recorded:
+            store.close()
+            raise InvalidInputError(
+                f"{root} keeps its metadata in {recorded or 'its own SQLite files'}, not "
+                f"{metadata_url}; reopen it without metadata_url (a tree stays where it was made)"
+            )
         keys = LocalStore.open(keys_dir, fingerprints=key_fingerprints, regist=True)
     else:
         store = LocalStore.create(
