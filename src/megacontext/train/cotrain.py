@@ -144,14 +144,7 @@ def cotrain(
                     desc=f"joint c{cycle}",
                     **kwargs,
                 )
-                phases.append(
-                    {
-                        "cycle": cycle,
-                        "phase": "joint",
-                        "steps": len(result.history),
-                        **_phase_metric(result),
-                    }
-                )
+                phases.append(_distillation_phase(cycle, "joint", result))
         else:
             if gist_params:
                 result = train_gistnet(
@@ -164,14 +157,7 @@ def cotrain(
                     desc=f"gistnet c{cycle}",
                     **kwargs,
                 )
-                phases.append(
-                    {
-                        "cycle": cycle,
-                        "phase": "gistnet",
-                        "steps": len(result.history),
-                        **_phase_metric(result),
-                    }
-                )
+                phases.append(_distillation_phase(cycle, "gistnet", result))
         if _trains(cfg, "lensnet", cycle):
             # Relabel with the gists as they are now; the LensNet phase refuses anything else.
             samples = make_samples(
@@ -208,14 +194,7 @@ def cotrain(
                 desc=f"lora c{cycle}",
                 **kwargs,
             )
-            phases.append(
-                {
-                    "cycle": cycle,
-                    "phase": "lora",
-                    "steps": len(result.history),
-                    **_phase_metric(result),
-                }
-            )
+            phases.append(_distillation_phase(cycle, "lora", result))
         log(json.dumps(phases[-1]) if phases else f"cycle {cycle}: nothing trained")
     report = evaluate_gists(
         base, gistnet, val_windows, gist_cfg, 1, **({"teacher": teacher} if teacher else {})
@@ -374,11 +353,12 @@ def run_cotrain(run: CotrainRunConfig, log: Callable[[str], None] = print) -> di
     return summary
 
 
-def _phase_metric(result: Any) -> dict[str, float]:
-    """The held-out NLL a distillation phase ended on (when it evaluated), for the log."""
+def _distillation_phase(cycle: int, phase: str, result: Any) -> dict[str, Any]:
+    """The log row of a distillation phase, with the held-out NLL it ended on (if it evaluated)."""
+    row: dict[str, Any] = {"cycle": cycle, "phase": phase, "steps": len(result.history)}
     if result.evals and "lod1_nll_gist" in result.evals[-1]:
-        return {"val_nll_gist": float(result.evals[-1]["lod1_nll_gist"])}
-    return {}
+        row["val_nll_gist"] = float(result.evals[-1]["lod1_nll_gist"])
+    return row
 
 
 def plot_cotrain(summary: Mapping[str, Any], path: Path) -> None:
