@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import unicodedata
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,13 +37,14 @@ def query_terms(query: str, max_terms: int = 64) -> list[str]:
     return list(seen)[:max_terms]
 
 
-class _NodeScores:
+class _NodeScores(ABC):
     """Node scores from block scores; subclasses rank blocks."""
 
     K: int
 
+    @abstractmethod
     def block_scores(self, query: str, limit: int | None = None) -> dict[int, float]:
-        raise NotImplementedError
+        """``{block index: score}`` of blocks containing any query term, best first."""
 
     def lexical_scores(
         self,
