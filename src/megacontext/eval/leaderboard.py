@@ -42,6 +42,10 @@ NAME_PATTERN = re.compile(
 LOWER_IS_BETTER_UNITS = {"nats", "nll", "bits", "bpb", "perplexity"}
 MARKDOWN = "leaderboard.md"
 ANSWER_NLL_SUFFIX = ".nll"
+WINS_RULE = (
+    "wins = cells where it is best (ties count for each; a cell where every system scores the "
+    "same has no winner)"
+)
 HTML = "leaderboard.html"
 
 
@@ -158,13 +162,21 @@ def _answer_nll_cell(cell: Cell, row: dict[str, Any], where: str) -> Cell | None
     if "answer_nll" not in extra:
         return None
     value = _number(extra["answer_nll"], "extra.answer_nll", where)
-    ci_raw = extra.get("answer_nll_ci95", [value, value])
-    if not isinstance(ci_raw, list | tuple) or len(ci_raw) != 2:
-        raise InvalidInputError(f"{where}: extra.answer_nll_ci95 must be [low, high]")
-    low, high = (_number(v, "extra.answer_nll_ci95", where) for v in ci_raw)
+    low, high = _interval(extra, "answer_nll_ci95", value, where)
     return dataclasses.replace(
         cell, task=cell.task + ANSWER_NLL_SUFFIX, value=value, unit="nats", ci=(low, high)
     )
+
+
+def _interval(extra: dict[str, Any], key: str, value: float, where: str) -> tuple[float, float]:
+    """``extra[key]`` as a checked ``(low, high)`` interval (``(value, value)`` when absent)."""
+    raw = extra.get(key, [value, value])
+    if not isinstance(raw, list | tuple) or len(raw) != 2:
+        raise InvalidInputError(f"{where}: extra.{key} must be [low, high], got {raw!r}")
+    low, high = (_number(v, f"extra.{key}", where) for v in raw)
+    if math.isfinite(low) and math.isfinite(high) and low > high:
+        raise InvalidInputError(f"{where}: extra.{key} low {low} exceeds high {high}")
+    return low, high
 
 
 def _cell(row: Any, where: str, source: str) -> Cell:
@@ -181,12 +193,7 @@ def _cell(row: Any, where: str, source: str) -> Cell:
     if not isinstance(extra, dict):
         raise InvalidInputError(f"{where} ({name}): 'extra' must be an object")
     value = _number(row.get("value"), "'value'", f"{where} ({name})")
-    ci_raw = extra.get("ci95", [value, value])
-    if not isinstance(ci_raw, list | tuple) or len(ci_raw) != 2:
-        raise InvalidInputError(f"{where} ({name}): extra.ci95 must be [low, high], got {ci_raw!r}")
-    low, high = (_number(v, "extra.ci95", f"{where} ({name})") for v in ci_raw)
-    if math.isfinite(low) and math.isfinite(high) and low > high:
-        raise InvalidInputError(f"{where} ({name}): extra.ci95 low {low} exceeds high {high}")
+    low, high = _interval(extra, "ci95", value, f"{where} ({name})")
     unit = row.get("unit", "")
     return Cell(
         task=match["task"],
@@ -538,9 +545,8 @@ def render_markdown(
         "",
         "Mean rank over every (task, length, W_max) cell a system ran in (1 = best; a system "
         "whose context did not fit the budget, every sample skipped, ranks last in that cell); "
-        "wins = cells where it is best (ties count for each; a cell where every system scores "
-        "the same has no winner); mean accuracy over QA cells and "
-        "mean NLL over `longdoc` cells, measured cells only.",
+        f"{WINS_RULE}; mean accuracy over QA cells and mean NLL over `longdoc` cells, measured "
+        "cells only.",
         "",
         _markdown_table(SUMMARY_HEADER, summary, [[False] * len(SUMMARY_HEADER) for _ in summary]),
     ]
@@ -613,8 +619,7 @@ def render_html(
             rows,
             [[False] * len(SUMMARY_HEADER) for _ in rows],
             "mean rank over every (task, length, W_max) cell a system ran in (1 = best; "
-            "skipped = last); wins = cells where it is best (ties count for each; a cell "
-            "where every system scores the same has no winner)",
+            f"skipped = last); {WINS_RULE}",
         ),
     ]
     for table in task_tables(cells):
