@@ -18,21 +18,23 @@ replica and counted).
 
 :class:`LocalStore` implements :class:`megacontext.core.tree.TreeBackend`, so
 ``MegaContextTree(LocalStore.create(path, dim=d), gister)`` works unchanged.
+
+This module holds the store's lifecycle — create, open (writer lock, binding check, recovery),
+close — and its public API. The work is split the LevelDB way, one concept per module, around
+one shared :class:`~megacontext.store.state.StoreState` that the ``LocalStore`` owns:
+
+- :mod:`megacontext.store.writer` — the append path: open segments, sealing, flush;
+- :mod:`megacontext.store.reader` — the read path: segment maps, replica reads, read-repair;
+- :mod:`megacontext.store.admin` — info, verify, repair, compact, rebalance (uses both).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import mmap
 import os
 import shutil
-import threading
 import uuid
-from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,110 +42,40 @@ import numpy as np
 import numpy.typing as npt
 
 from megacontext.core.spans import check_block_size
-from megacontext.core.tree import GistBatch
+from megacontext.store import admin
+from megacontext.store.admin import Problem, RepairReport
 from megacontext.store.errors import (
     DiskFullError,
     FingerprintMismatchError,
     InvalidInputError,
     NotAStoreError,
-    StorageCorruptionError,
-    StoreError,
     StoreLockedError,
-    StorePermissionError,
 )
 from megacontext.store.manifest import (
     BACKUP,
     MANIFEST,
     Fingerprints,
-    LevelEntry,
     Manifest,
     Replication,
-    SegmentEntry,
     read_manifest,
+    recover_manifest,
     sync_backup,
     write_manifest,
 )
+from megacontext.store.reader import Reader, StoreStats
 from megacontext.store.replicas import ReplicaSet
-from megacontext.store.segment import (
-    HEADER_BYTES,
-    SegmentHeader,
-    dtype_name,
-    file_sha256,
-    fsync_dir,
-    numpy_dtype,
-    os_error,
-    segment_name,
-    write_all,
-)
+from megacontext.store.segment import HEADER_BYTES, dtype_name, numpy_dtype, os_error
+from megacontext.store.state import LevelState, StoreState
+from megacontext.store.writer import Writer
 
 if TYPE_CHECKING:
     from megacontext.core.tree import Gister
     from megacontext.store.metadata import MetadataDB
 
+__all__ = ["LocalStore", "Problem", "RepairReport", "StoreStats", "recover_manifest"]
+
 DEFAULT_SEGMENT_BYTES = 16 << 20
-HASH_STEP = 2 << 20  # background sha256 work is handed over in steps of this many bytes
 LOCK = "LOCK"
-
-
-@dataclass
-class StoreStats:
-    """Counters of one open store (since it was opened)."""
-
-    segments_verified: int = 0
-    corrupt_copies_found: int = 0
-    read_repairs: int = 0
-    replica_reads: int = 0
-
-
-@dataclass
-class _Level:
-    """In-memory state of one level: its manifest entry plus the open segment."""
-
-    entry: LevelEntry
-    dtype: np.dtype[np.generic]
-    record_bytes: int
-    fd: int | None = None  # open segment, when it exists
-    open_count: int = 0
-    dirty: bool = False
-    # A read-only map of the open segment's first records: (map, records). Replaced (never
-    # closed) when reads need more, so arrays that view an older map stay valid.
-    open_view: tuple[mmap.mmap, int] | None = None
-    # Running sha256 of the open segment file's first ``hashed`` bytes, fed by a background
-    # thread as records are written, so sealing does not re-read the segment.
-    hasher: Any = field(default_factory=hashlib.sha256)
-    hashed: int = 0
-    hash_job: Future[None] | None = None
-    hash_submitted: int = 0  # bytes handed to the background hasher so far
-    open_path: Path = Path()
-
-    @property
-    def sealed(self) -> list[SegmentEntry]:
-        return self.entry.segments
-
-    @property
-    def capacity(self) -> int:
-        return self.entry.capacity
-
-    @property
-    def count(self) -> int:
-        return len(self.entry.segments) * self.entry.capacity + self.open_count
-
-
-@dataclass
-class Problem:
-    """One finding of :meth:`LocalStore.verify`: ``severity`` is ``error`` or ``warning``."""
-
-    severity: str
-    path: str
-    message: str
-
-
-@dataclass
-class RepairReport:
-    """What :meth:`LocalStore.repair` fixed and what it could not."""
-
-    repaired: list[str] = field(default_factory=list)
-    unrecoverable: list[str] = field(default_factory=list)
 
 
 class LocalStore:
@@ -164,27 +96,10 @@ class LocalStore:
         max_remote_segments: int = 8,
         max_mapped_segments: int = 16,
     ):
-        self.root = root
-        self.readonly = readonly
-        self.verify_reads = verify_reads
-        self.stats = StoreStats()
-        self._lock = threading.RLock()
+        self._state = StoreState(root, readonly)
+        self._writer = Writer(self._state)
+        self._reader = Reader(self._state, verify_reads, max_remote_segments, max_mapped_segments)
         self._lock_fd: int | None = None
-        self._levels: list[_Level] = []
-        self._buffers: OrderedDict[tuple[int, int], Any] = OrderedDict()  # open maps, LRU
-        self._verified: set[tuple[int, int]] = set()  # sealed segments whose sha256 was checked
-        self._max_mapped = max_mapped_segments
-        self._remote: OrderedDict[tuple[int, int], bytes] = OrderedDict()
-        self._max_remote = max_remote_segments
-        self._dirty_dirs: set[Path] = set()
-        # Sealed since the last flush, each with its background fsync: waited for before commit.
-        self._unsynced: list[tuple[Path, Future[None]]] = []
-        self._sync_pool: ThreadPoolExecutor | None = None
-        self._manifest_dirty = False
-        self._hash_pool: ThreadPoolExecutor | None = None
-        self._closed = False
-        self.manifest: Manifest
-        self.replicas: ReplicaSet | None = None
 
     # -- opening ---------------------------------------------------------------------------------
 
@@ -251,7 +166,7 @@ class LocalStore:
         store = cls(root, readonly=False, verify_reads=verify_reads)
         store._acquire_lock()
         try:
-            store.manifest = Manifest(
+            store._state.manifest = Manifest(
                 tree_id=uuid.uuid4().hex,
                 K=int(K),
                 dim=dim,
@@ -264,7 +179,7 @@ class LocalStore:
                 role=role,
             )
             store._setup_replicas()
-            store._add_level(0)
+            store._writer.add_level(0)
             store.flush()
             sync_backup(root)
         except BaseException:
@@ -304,7 +219,7 @@ class LocalStore:
         if not readonly:
             store._acquire_lock()
         try:
-            store.manifest = read_manifest(root)
+            store._state.manifest = read_manifest(root)
             store._setup_replicas()
             store._check_binding(fingerprints, regist)
             store._recover()
@@ -338,7 +253,7 @@ class LocalStore:
 
     def _setup_replicas(self) -> None:
         rep = self.manifest.replication
-        self.replicas = ReplicaSet(rep, self.manifest.tree_id) if rep else None
+        self._state.replicas = ReplicaSet(rep, self.manifest.tree_id) if rep else None
 
     def _check_binding(self, given: Fingerprints | None, regist: bool) -> None:
         if given is None:
@@ -375,7 +290,7 @@ class LocalStore:
                     shutil.rmtree(stale, ignore_errors=True)
 
     def _recover(self) -> None:
-        """Load every level, truncating torn tails and sealing full open segments.
+        """Load every level; the writer truncates torn tails and seals full open segments.
 
         Levels are processed bottom-up so that a gist whose children were lost (possible only
         after a power loss before ``flush()``) is cut off before its segment could be sealed.
@@ -385,108 +300,54 @@ class LocalStore:
                 sync_backup(self.root)
         allowed: int | None = None
         for entry in self.manifest.levels:
-            level = self._make_level(entry)
-            self._levels.append(level)
-            self._open_tail(level, allowed)
+            level = LevelState.of(entry)
+            self._state.levels.append(level)
+            self._writer.open_tail(level, allowed)
             if self.manifest.role == "tree":
                 allowed = level.count // self.manifest.K
 
-    def _make_level(self, entry: LevelEntry) -> _Level:
-        dtype = numpy_dtype(entry.dtype)
-        return _Level(entry, dtype, dtype.itemsize * entry.width)
+    # -- state -----------------------------------------------------------------------------------
 
-    def _open_tail(self, level: _Level, allowed: int | None) -> None:
-        """Find the open segment after the sealed ones, cut it to whole records (and, for a gist
-        level, to the ``allowed`` nodes whose children exist), and seal it when full."""
-        while True:
-            seq = len(level.sealed)
-            path = self.root / segment_name(level.entry.level, seq)
-            try:
-                size = path.stat().st_size
-            except FileNotFoundError:
-                return
-            if size < HEADER_BYTES + level.record_bytes and not self._header_ok(path, level, seq):
-                if not self.readonly:  # torn while its header was written: it holds no record
-                    path.unlink()
-                return
-            flags = os.O_RDONLY if self.readonly else os.O_RDWR
-            try:
-                fd = os.open(path, flags)
-            except OSError as exc:
-                raise os_error(exc, path, "opening") from exc
-            level.fd, level.open_path = fd, path
-            self._check_header(os.pread(fd, HEADER_BYTES, 0), level, seq, path)
-            count, torn = divmod(size - HEADER_BYTES, level.record_bytes)
-            if count > level.capacity:
-                raise StorageCorruptionError(
-                    f"{path}: open segment holds {count} records, more than its capacity "
-                    f"{level.capacity}; run `megacontext store verify {self.root}`"
-                )
-            first = seq * level.capacity
-            if allowed is not None and first + count > allowed:
-                if allowed < first:
-                    raise StorageCorruptionError(
-                        f"{self.root}: level {level.entry.level} has sealed gists past the "
-                        f"{allowed} complete nodes below; run "
-                        f"`megacontext store verify {self.root}`"
-                    )
-                count, torn = allowed - first, 1
-            level.open_count = count
-            if torn and not self.readonly:
-                self._truncate_open(level, count)
-            if count < level.capacity or self.readonly:
-                return
-            self._seal(level)
+    @property
+    def root(self) -> Path:
+        return self._state.root
 
-    def _header_ok(self, path: Path, level: _Level, seq: int) -> bool:
-        try:
-            self._check_header(path.read_bytes()[:HEADER_BYTES], level, seq, path)
-        except (StorageCorruptionError, OSError):
-            return False
-        return True
+    @property
+    def readonly(self) -> bool:
+        return self._state.readonly
 
-    def _check_header(self, data: bytes, level: _Level, seq: int, path: Path) -> None:
-        root = self.root
-        fix = f"run `megacontext store verify {root}` then `megacontext store repair {root}`"
-        header = SegmentHeader.unpack(data, path, fix)
-        expected = self._header(level, seq)
-        if header != expected:
-            raise StorageCorruptionError(
-                f"{path}: header {header} does not match the manifest (expected {expected}); {fix}"
-            )
+    @property
+    def verify_reads(self) -> bool:
+        """Whether a sealed segment's sha256 is checked on its first read in this process."""
+        return self._reader.verify_reads
 
-    def _header(self, level: _Level, seq: int) -> SegmentHeader:
-        return SegmentHeader(
-            level=level.entry.level,
-            dtype=level.entry.dtype,
-            width=level.entry.width,
-            K=self.manifest.K,
-            capacity=level.capacity,
-            first_index=seq * level.capacity,
-            tree_fingerprint=self.manifest.tree_fingerprint,
-        )
+    @property
+    def manifest(self) -> Manifest:
+        """The in-memory manifest (ahead of ``manifest.json`` until the next :meth:`flush`)."""
+        return self._state.manifest
 
-    def _truncate_open(self, level: _Level, count: int) -> None:
-        assert level.fd is not None
-        level.open_view = None
-        self._reset_hash(level)
-        os.ftruncate(level.fd, HEADER_BYTES + count * level.record_bytes)
-        os.fsync(level.fd)
-        level.open_count = count
+    @property
+    def replicas(self) -> ReplicaSet | None:
+        """The replica roots sealed segments are copied to, if replication is configured."""
+        return self._state.replicas
+
+    @property
+    def stats(self) -> StoreStats:
+        return self._reader.stats
 
     # -- TreeBackend -----------------------------------------------------------------------------
 
     @property
     def dim(self) -> int:
-        return self.manifest.dim
+        return self._state.dim
 
     @property
     def gist_dtype(self) -> np.dtype[np.generic]:
-        return numpy_dtype(self.manifest.gist_dtype)
+        return self._state.gist_dtype
 
     @property
     def K(self) -> int:
-        return self.manifest.K
+        return self._state.K
 
     @property
     def fingerprints(self) -> Fingerprints:
@@ -495,11 +356,11 @@ class LocalStore:
     @property
     def num_levels(self) -> int:
         """Levels with a manifest entry (level 0 always has one)."""
-        return len(self._levels)
+        return len(self._state.levels)
 
     def count(self, level: int) -> int:
         """Records stored at ``level`` (0 when the level has none)."""
-        return self._levels[level].count if 0 <= level < len(self._levels) else 0
+        return self._state.count(level)
 
     def append(self, level: int, records: npt.NDArray[np.generic]) -> None:
         """Append records: 1-D token ids at level 0, ``(n, dim)`` gists above.
@@ -508,132 +369,14 @@ class LocalStore:
         survive power loss. On :class:`DiskFullError` the records not yet written are dropped
         (``count()`` says how many were stored) and everything stored before is intact.
         """
-        self._check_open(write=True)
-        with self._lock:
-            if not 0 <= level <= len(self._levels):
-                raise InvalidInputError(
-                    f"cannot append to level {level}: the store has levels "
-                    f"0..{len(self._levels) - 1} (a new level must come right after them)"
-                )
-            array = self._coerce(level, records)
-            if level == len(self._levels):
-                self._add_level(level)
-            lv = self._levels[level]
-            done = 0
-            while done < len(array):
-                if lv.open_count == lv.capacity:
-                    self._seal(lv)
-                if lv.fd is None:
-                    self._start_segment(lv)
-                assert lv.fd is not None
-                take = min(len(array) - done, lv.capacity - lv.open_count)
-                chunk = array[done : done + take]
-                offset = HEADER_BYTES + lv.open_count * lv.record_bytes
-                write_all(lv.fd, chunk.reshape(-1).view(np.uint8).data, offset, lv.open_path)
-                self._hash_in_background(lv, offset + take * lv.record_bytes)
-                lv.open_count += take
-                lv.dirty = True
-                done += take
-            if lv.open_count == lv.capacity:
-                self._seal(lv)
-
-    def _coerce(self, level: int, records: object) -> npt.NDArray[np.generic]:
-        array = np.asarray(records)
-        if level == 0:
-            if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
-                raise InvalidInputError(
-                    f"level 0 takes a 1-D array of integer token ids, got shape {array.shape} "
-                    f"dtype {array.dtype}"
-                )
-            fits = array.dtype.kind == "u" and array.dtype.itemsize <= 4  # no scan needed
-            if array.size and not fits and (int(array.min()) < 0 or int(array.max()) > 0xFFFFFFFF):
-                raise InvalidInputError(
-                    "token ids must lie in the uint32 range; validate with as_token_ids"
-                )
-        elif (
-            array.ndim != 2
-            or array.shape[1] != self.dim
-            or (array.size and array.dtype.kind != "f")
-        ):
-            raise InvalidInputError(
-                f"level {level} takes float gists of shape (n, {self.dim}), got shape "
-                f"{array.shape} dtype {array.dtype}"
-            )
-        return np.ascontiguousarray(array, numpy_dtype("uint32") if level == 0 else self.gist_dtype)
+        self._writer.append(level, records)
 
     def read(self, level: int, start: int, stop: int) -> npt.NDArray[np.generic]:
         """Records ``[start, stop)`` of ``level`` as a read-only array.
 
         Inside one sealed segment the result is a zero-copy view of its memory map.
         """
-        # Fast path: inside one sealed, already mapped segment (no lock: sealed bytes never
-        # change, and a map closed by a concurrent eviction falls back to the locked path).
-        if 0 <= level < len(self._levels) and 0 <= start < stop and not self._closed:
-            lv = self._levels[level]
-            cap = lv.entry.capacity
-            seq = start // cap
-            sealed = len(lv.entry.segments)
-            buffer: Any = None
-            if seq < sealed:
-                buffer = self._buffers.get((level, seq))
-            elif seq == sealed and lv.open_view is not None:
-                buffer, mapped = lv.open_view
-                buffer = buffer if stop - seq * cap <= mapped else None
-            if buffer is not None and stop <= (seq + 1) * cap:
-                width = lv.entry.width
-                offset = HEADER_BYTES + (start - seq * cap) * lv.record_bytes
-                try:
-                    flat = np.frombuffer(buffer, lv.dtype, (stop - start) * width, offset)
-                except ValueError:
-                    pass
-                else:
-                    return flat if level == 0 else flat.reshape(stop - start, width)
-        self._check_open(write=False)
-        with self._lock:
-            have = self.count(level)
-            if not 0 <= start <= stop <= have:
-                raise InvalidInputError(
-                    f"range [{start}, {stop}) is outside level {level}, which holds {have} records"
-                )
-            if start == stop:
-                shape: tuple[int, ...] = () if level == 0 else (self.dim,)
-                out = np.empty((0, *shape), np.uint32 if level == 0 else self.gist_dtype)
-                out.flags.writeable = False
-                return out
-            lv = self._levels[level]
-            cap = lv.capacity
-            parts = []
-            for seq in range(start // cap, (stop - 1) // cap + 1):
-                lo, hi = max(start, seq * cap) - seq * cap, min(stop, (seq + 1) * cap) - seq * cap
-                parts.append(self._read_segment(lv, seq, lo, hi))
-        out = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        out.flags.writeable = False
-        return out
-
-    def _shape(self, lv: _Level, flat: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
-        return (
-            flat
-            if lv.entry.width == 1 and lv.entry.level == 0
-            else flat.reshape(-1, lv.entry.width)
-        )
-
-    def _read_segment(self, lv: _Level, seq: int, lo: int, hi: int) -> npt.NDArray[np.generic]:
-        offset = HEADER_BYTES + lo * lv.record_bytes
-        items = (hi - lo) * lv.entry.width
-        if seq < len(lv.sealed):
-            buffer = self._sealed_buffer(lv, seq)
-            return self._shape(lv, np.frombuffer(buffer, lv.dtype, items, offset))
-        assert lv.fd is not None
-        if lv.open_view is None or lv.open_view[1] < hi:
-            size = HEADER_BYTES + lv.open_count * lv.record_bytes
-            if os.fstat(lv.fd).st_size < size:
-                raise StorageCorruptionError(
-                    f"{self.root / segment_name(lv.entry.level, seq)}: open segment is shorter "
-                    f"than its {lv.open_count} records (was it truncated by another program?); "
-                    f"run `megacontext store verify {self.root}`"
-                )
-            lv.open_view = (mmap.mmap(lv.fd, size, access=mmap.ACCESS_READ), lv.open_count)
-        return self._shape(lv, np.frombuffer(lv.open_view[0], lv.dtype, items, offset))
+        return self._reader.read(level, start, stop)
 
     def flush(self) -> None:
         """Make every appended record durable, then commit the manifest (group commit).
@@ -642,29 +385,11 @@ class LocalStore:
         directories that gained entries, then replace the manifest atomically. The manifest on
         disk therefore only ever names durable segments whose children are durable too.
         """
-        if self.readonly or self._closed:
-            return
-        with self._lock:
-            try:
-                for lv in self._levels:
-                    if lv.dirty and lv.fd is not None:
-                        os.fsync(lv.fd)
-                        lv.dirty = False
-                while self._unsynced:
-                    self._unsynced[0][1].result()  # raises the OSError of a failed fsync
-                    self._unsynced.pop(0)
-                for directory in sorted(self._dirty_dirs):
-                    fsync_dir(directory)
-                self._dirty_dirs.clear()
-            except OSError as exc:
-                raise os_error(exc, self.root, "flushing the segments of") from exc
-            if self._manifest_dirty:
-                write_manifest(self.root, self.manifest)
-                self._manifest_dirty = False
+        self._writer.flush()
 
     def close(self) -> None:
         """Flush, release the writer lock and close every file. Safe to call twice."""
-        if self._closed:
+        if self._state.closed:
             return
         try:
             self.flush()
@@ -674,7 +399,7 @@ class LocalStore:
         finally:
             self._close_files()
             self._release_lock()
-            self._closed = True
+            self._state.closed = True
 
     def __enter__(self) -> LocalStore:
         return self
@@ -683,232 +408,8 @@ class LocalStore:
         self.close()
 
     def _close_files(self) -> None:
-        for lv in self._levels:
-            lv.open_view = None
-            self._reset_hash(lv)
-            if lv.fd is not None:
-                os.close(lv.fd)
-                lv.fd = None
-        for buffer in self._buffers.values():
-            if isinstance(buffer, mmap.mmap):
-                # arrays may still view it: the map then closes when they are freed
-                with contextlib.suppress(BufferError):
-                    buffer.close()
-        self._buffers.clear()
-        self._remote.clear()
-        for pool in (self._hash_pool, self._sync_pool):
-            if pool is not None:
-                pool.shutdown(wait=True)
-        self._hash_pool = self._sync_pool = None
-
-    def _check_open(self, write: bool) -> None:
-        if self._closed:
-            raise StoreError(f"the store at {self.root} is closed; open it again")
-        if write and self.readonly:
-            raise StorePermissionError(
-                f"the store at {self.root} was opened read-only; open it without readonly=True "
-                "to write"
-            )
-
-    # -- segments --------------------------------------------------------------------------------
-
-    def _add_level(self, level: int) -> None:
-        width = 1 if level == 0 else self.dim
-        dtype = "uint32" if level == 0 else self.manifest.gist_dtype
-        record_bytes = numpy_dtype(dtype).itemsize * width
-        fixed, target = self.manifest.segment_records, self.manifest.segment_bytes
-        capacity = fixed or max(1, (target - HEADER_BYTES) // record_bytes)
-        directory = self.root / f"L{level}"
-        try:
-            if directory.exists():  # left over from a dropped level (regist)
-                shutil.rmtree(directory)
-            directory.mkdir()
-        except OSError as exc:
-            raise os_error(exc, directory, "creating") from exc
-        entry = LevelEntry(level=level, dtype=dtype, width=width, capacity=capacity)
-        self.manifest.levels.append(entry)
-        self._levels.append(self._make_level(entry))
-        self._dirty_dirs.add(self.root)
-        self._manifest_dirty = True  # committed by the next flush()
-
-    def _start_segment(self, lv: _Level) -> None:
-        seq = len(lv.sealed)
-        path = self.root / segment_name(lv.entry.level, seq)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        except OSError as exc:
-            raise os_error(exc, path, "creating") from exc
-        try:
-            write_all(fd, self._header(lv, seq).pack(), 0, path)
-        except BaseException:
-            os.close(fd)
-            path.unlink(missing_ok=True)
-            raise
-        lv.fd, lv.open_count, lv.dirty, lv.open_view, lv.open_path = fd, 0, True, None, path
-        self._dirty_dirs.add(path.parent)
-
-    def _hash_in_background(self, lv: _Level, end: int) -> None:
-        """Hand bytes up to ``end`` to the background hasher, in steps of at least 2 MB."""
-        if end - lv.hash_submitted < HASH_STEP:
-            return
-        if self._hash_pool is None:
-            self._hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mc-sha256")
-        lv.hash_job = self._hash_pool.submit(self._hash_upto, lv, lv.fd, end)
-        lv.hash_submitted = end
-
-    @staticmethod
-    def _hash_upto(lv: _Level, fd: int | None, end: int) -> None:
-        """Feed bytes ``[hashed, end)`` of the open segment to its running sha256."""
-        assert fd is not None
-        while lv.hashed < end:
-            data = os.pread(fd, min(4 << 20, end - lv.hashed), lv.hashed)
-            if not data:
-                raise StoreError("open segment shrank while it was being hashed")
-            lv.hasher.update(data)
-            lv.hashed += len(data)
-
-    def _reset_hash(self, lv: _Level) -> None:
-        if lv.hash_job is not None:
-            with contextlib.suppress(Exception):
-                lv.hash_job.result()
-        lv.hasher, lv.hashed, lv.hash_job, lv.hash_submitted = hashlib.sha256(), 0, None, 0
-
-    def _seal(self, lv: _Level) -> None:
-        """Seal the full open segment: sha256 (already running in the background), replicate,
-        record it in the in-memory manifest. The next :meth:`flush` fsyncs it and commits."""
-        seq = len(lv.sealed)
-        name = segment_name(lv.entry.level, seq)
-        path = self.root / name
-        size = HEADER_BYTES + lv.capacity * lv.record_bytes
-        try:
-            if lv.hash_job is not None:
-                lv.hash_job.result()
-            self._hash_upto(lv, lv.fd, size)
-        except OSError as exc:
-            self._reset_hash(lv)
-            raise os_error(exc, path, "hashing") from exc
-        except StoreError:
-            self._reset_hash(lv)
-            raise
-        digest = lv.hasher.hexdigest()
-        replicas: list[str] = []
-        if self.replicas is not None:
-            replicas = self.replicas.put(name, path.read_bytes())
-        entry = SegmentEntry(name, seq * lv.capacity, lv.capacity, digest, True, replicas)
-        # count() reads open_count and the sealed list without the lock: zero the first, so a
-        # concurrent reader may briefly see fewer records, never more.
-        lv.open_count = 0
-        lv.sealed.append(entry)
-        self._manifest_dirty = True
-        if self._sync_pool is None:
-            self._sync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mc-fsync")
-        self._unsynced.append((path, self._sync_pool.submit(_fsync_file, path)))
-        if lv.fd is not None:
-            os.close(lv.fd)
-        lv.fd, lv.open_count, lv.dirty, lv.open_view = None, 0, False, None
-        self._reset_hash(lv)
-        self._verified.add((lv.entry.level, seq))  # hashed from the file just now
-        with contextlib.suppress(OSError):
-            os.chmod(path, 0o444)
-        rep = self.manifest.replication
-        if rep is not None and not rep.keep_local:
-            path.unlink()
-
-    def _sealed_buffer(self, lv: _Level, seq: int) -> Any:
-        """The verified bytes of a sealed segment: a local mmap, else a replica copy.
-
-        At most ``max_mapped_segments`` maps stay open (LRU), so RSS stays flat however long the
-        tree grows; a segment is hashed once per process, by streaming the file (not through the
-        map, whose pages would otherwise count as resident).
-        """
-        key = (lv.entry.level, seq)
-        for cache in (self._buffers, self._remote):
-            buffer = cache.get(key)
-            if buffer is not None:
-                cache.move_to_end(key)
-                return buffer
-        entry = lv.sealed[seq]
-        path = self.root / entry.name
-        size = HEADER_BYTES + lv.capacity * lv.record_bytes
-        local = self._map_local(path, size, entry, key)
-        if local is None:
-            data = self._fetch_replica(entry, size)
-            keep_local = (
-                self.manifest.replication is not None and self.manifest.replication.keep_local
-            )
-            if (path.exists() or keep_local) and not self.readonly:  # read-repair the local copy
-                self._replace_local(path, data)
-                self.stats.read_repairs += 1
-                local = self._map_local(path, size, entry, key)
-            if local is None:
-                self._remote[key] = data
-                while len(self._remote) > self._max_remote:
-                    self._remote.popitem(last=False)
-                return data
-        self._buffers[key] = local
-        while len(self._buffers) > self._max_mapped:
-            _, old = self._buffers.popitem(last=False)
-            with contextlib.suppress(BufferError):  # still viewed: it closes when views are freed
-                old.close()
-        return local
-
-    def _map_local(self, path: Path, size: int, entry: SegmentEntry, key: tuple[int, int]) -> Any:
-        """mmap and check a local sealed segment; ``None`` when missing or bad (with replicas)."""
-        fix = (
-            f"run `megacontext store verify {self.root}` and `megacontext store repair {self.root}`"
-        )
-        try:
-            with open(path, "rb") as handle:
-                actual = os.fstat(handle.fileno()).st_size
-                if actual != size:
-                    problem = f"{path}: sealed segment has {actual} bytes, expected {size}; {fix}"
-                elif self.verify_reads and key not in self._verified:
-                    digest = hashlib.file_digest(handle, "sha256").hexdigest()
-                    problem = (
-                        ""
-                        if digest == entry.sha256
-                        else f"{path}: sealed segment fails its sha256 check (its bytes changed "
-                        f"after sealing); {fix}"
-                    )
-                else:
-                    problem = ""
-                if problem:
-                    self.stats.corrupt_copies_found += 1
-                    if self.replicas is None:
-                        raise StorageCorruptionError(problem)
-                    return None
-                if self.verify_reads and key not in self._verified:
-                    self._verified.add(key)
-                    self.stats.segments_verified += 1
-                return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        except FileNotFoundError:
-            if self.replicas is None:
-                raise StorageCorruptionError(
-                    f"{path}: sealed segment is missing and the store has no replicas; {fix}"
-                ) from None
-            return None
-        except OSError as exc:
-            raise os_error(exc, path, "mapping") from exc
-
-    def _fetch_replica(self, entry: SegmentEntry, size: int) -> bytes:
-        assert self.replicas is not None
-        data, bad = self.replicas.fetch(entry.name, entry.sha256, size)
-        self.stats.replica_reads += 1
-        self.stats.corrupt_copies_found += len(bad)
-        if not self.readonly:
-            for root_url in bad:  # read-repair of bad or missing replicas
-                self.replicas.write(root_url, entry.name, data)
-                self.stats.read_repairs += 1
-        return data
-
-    def _replace_local(self, path: Path, data: bytes) -> None:
-        tmp = path.with_name(path.name + ".repair")
-        tmp.write_bytes(data)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        self._writer.close()
+        self._reader.close()
 
     def metadata(self) -> MetadataDB:
         """The tree's metadata/provenance DB (``metadata_url``, else ``meta.sqlite`` inside the
@@ -921,139 +422,18 @@ class LocalStore:
         db.register_tree(self.manifest.tree_id, str(self.root), self.K, self.dim, fingerprints)
         return db
 
-    # -- inspection and maintenance --------------------------------------------------------------
+    # -- inspection and maintenance (megacontext.store.admin) ------------------------------------
 
     def info(self) -> dict[str, Any]:
         """Levels, records, segments and bytes, as a JSON-able dict."""
-        levels = []
-        total_bytes = 0
-        for lv in self._levels:
-            sealed_bytes = len(lv.sealed) * (HEADER_BYTES + lv.capacity * lv.record_bytes)
-            open_bytes = (
-                (HEADER_BYTES + lv.open_count * lv.record_bytes) if lv.fd is not None else 0
-            )
-            total_bytes += sealed_bytes + open_bytes
-            levels.append(
-                {
-                    "level": lv.entry.level,
-                    "dtype": lv.entry.dtype,
-                    "width": lv.entry.width,
-                    "records": lv.count,
-                    "capacity": lv.capacity,
-                    "sealed_segments": len(lv.sealed),
-                    "open_records": lv.open_count,
-                    "bytes": sealed_bytes + open_bytes,
-                }
-            )
-        tokens = self.count(0)
-        rep = self.manifest.replication
-        return {
-            "path": str(self.root),
-            "tree_id": self.manifest.tree_id,
-            "format_version": self.manifest.format_version,
-            "role": self.manifest.role,
-            "generation": self.manifest.generation,
-            "K": self.K,
-            "dim": self.dim,
-            "gist_dtype": self.manifest.gist_dtype,
-            "fingerprints": {
-                "base": self.fingerprints.base,
-                "tokenizer": self.fingerprints.tokenizer,
-                "gistnet": self.fingerprints.gistnet,
-            },
-            "tokens": tokens,
-            "bytes": total_bytes,
-            "bytes_per_token": total_bytes / tokens if tokens else 0.0,
-            "levels": levels,
-            "replication": None
-            if rep is None
-            else {
-                "roots": rep.roots,
-                "replicas": rep.replicas,
-                "write_quorum": rep.write_quorum,
-                "keep_local": rep.keep_local,
-            },
-            "stats": self.stats.__dict__.copy(),
-        }
+        return admin.info(self._state, self._reader)
 
     def verify(self) -> list[Problem]:
         """Check everything: manifest copies, every segment's header, size and sha256, replicas.
 
         Returns the problems found (empty when the store is healthy). Reads every byte.
         """
-        problems: list[Problem] = []
-        self._verify_manifest_copies(problems)
-        for lv in self._levels:
-            size = HEADER_BYTES + lv.capacity * lv.record_bytes
-            for seq, entry in enumerate(lv.sealed):
-                path = self.root / entry.name
-                keep_local = (
-                    self.manifest.replication is None or self.manifest.replication.keep_local
-                )
-                if path.exists() or keep_local:
-                    status = self._check_local(path, size, entry, lv, seq)
-                    if status:
-                        problems.append(Problem("error", str(path), status))
-                if self.replicas is not None:
-                    for root_url, state in self.replicas.check(entry.name, entry.sha256).items():
-                        if state != "ok":
-                            problems.append(
-                                Problem(
-                                    "error",
-                                    self.replicas.url(root_url, entry.name),
-                                    f"replica {state}",
-                                )
-                            )
-            tail = self.root / segment_name(lv.entry.level, len(lv.sealed))
-            if tail.exists() and tail.stat().st_size >= HEADER_BYTES:
-                try:
-                    self._check_header(tail.read_bytes()[:HEADER_BYTES], lv, len(lv.sealed), tail)
-                except StorageCorruptionError as exc:
-                    problems.append(Problem("error", str(tail), str(exc)))
-                extra = (tail.stat().st_size - HEADER_BYTES) % lv.record_bytes
-                if extra:
-                    problems.append(
-                        Problem(
-                            "warning",
-                            str(tail),
-                            f"torn trailing record ({extra} bytes); the next writer truncates it",
-                        )
-                    )
-        pairs = (
-            zip(self._levels, self._levels[1:], strict=False)
-            if self.manifest.role == "tree"
-            else []
-        )
-        for lower, upper in pairs:
-            if upper.count > lower.count // self.K:
-                problems.append(
-                    Problem(
-                        "error",
-                        str(self.root / f"L{upper.entry.level}"),
-                        f"{upper.count} gists but only {lower.count // self.K} complete nodes",
-                    )
-                )
-        return problems
-
-    def _verify_manifest_copies(self, problems: list[Problem]) -> None:
-        for name in (MANIFEST, BACKUP):  # a backup that lags behind is expected, not a problem
-            try:
-                read_manifest(self.root, name)
-            except (StorageCorruptionError, NotAStoreError) as exc:
-                problems.append(Problem("error", str(self.root / name), str(exc)))
-
-    def _check_local(self, path: Path, size: int, entry: SegmentEntry, lv: _Level, seq: int) -> str:
-        if not path.exists():
-            return "sealed segment is missing"
-        if path.stat().st_size != size:
-            return f"sealed segment has {path.stat().st_size} bytes, expected {size}"
-        try:
-            self._check_header(path.read_bytes()[:HEADER_BYTES], lv, seq, path)
-        except StorageCorruptionError as exc:
-            return str(exc)
-        if file_sha256(path) != entry.sha256:
-            return "sealed segment fails its sha256 check"
-        return ""
+        return admin.verify(self._state)
 
     def repair(self, gister: Gister | None = None) -> RepairReport:
         """Replace every bad or missing copy (local or replica) from a good one; rewrite a bad
@@ -1064,172 +444,16 @@ class LocalStore:
                 children (levels are repaired bottom-up). A deterministic gister restores the
                 exact bytes; otherwise the new sha256 is recorded.
         """
-        self._check_open(write=True)
-        report = RepairReport()
-        self.flush()
-        with self._lock:
-            for name in (MANIFEST, BACKUP):
-                try:
-                    read_manifest(self.root, name)
-                except (StorageCorruptionError, NotAStoreError):
-                    self.manifest.generation -= 1  # write_manifest bumps it back
-                    write_manifest(self.root, self.manifest, backup=True)
-                    report.repaired.append(str(self.root / name))
-            keep_local = self.manifest.replication is None or self.manifest.replication.keep_local
-            for lv in self._levels:
-                size = HEADER_BYTES + lv.capacity * lv.record_bytes
-                for seq, entry in enumerate(lv.sealed):
-                    path = self.root / entry.name
-                    local_bad = (path.exists() or keep_local) and bool(
-                        self._check_local(path, size, entry, lv, seq)
-                    )
-                    states = self.replicas.check(entry.name, entry.sha256) if self.replicas else {}
-                    bad_roots = [r for r, s in states.items() if s != "ok"]
-                    if not local_bad and not bad_roots:
-                        continue
-                    good: bytes | None = None
-                    if not local_bad and path.exists():
-                        good = path.read_bytes()
-                    elif len(bad_roots) < len(states):
-                        good, _ = self.replicas.fetch(entry.name, entry.sha256, size)  # type: ignore[union-attr]
-                    if good is None and gister is not None and lv.entry.level >= 1:
-                        good = self._regist_segment(lv, seq, gister)
-                        local_bad = True
-                    if good is None:
-                        report.unrecoverable.append(str(path))
-                        continue
-                    if local_bad:
-                        self._buffers.pop((lv.entry.level, seq), None)
-                        self._verified.discard((lv.entry.level, seq))
-                        self._replace_local(path, good)
-                        report.repaired.append(str(path))
-                    for root_url in bad_roots:
-                        self.replicas.write(root_url, entry.name, good)  # type: ignore[union-attr]
-                        report.repaired.append(self.replicas.url(root_url, entry.name))  # type: ignore[union-attr]
-        self.flush()  # commits a changed sha256 (re-gisted segments)
-        return report
-
-    def _regist_segment(self, lv: _Level, seq: int, gister: Gister) -> bytes | None:
-        """Recompute sealed gist segment ``seq`` of ``lv`` from its children, or ``None``."""
-        K, level, cap = self.K, lv.entry.level, lv.capacity
-        if self.manifest.role != "tree":  # a key store's children live in the gist store
-            return None
-        first = seq * cap
-        try:
-            children = np.array(self.read(level - 1, first * K, (first + cap) * K))
-        except StorageCorruptionError:
-            return None
-        inputs = children.reshape(cap, K) if level == 1 else children.reshape(cap, K, self.dim)
-        output = gister(level, inputs)
-        gists = np.ascontiguousarray(
-            np.asarray(output.gists if isinstance(output, GistBatch) else output), dtype=lv.dtype
-        )
-        if gists.shape != (cap, self.dim):
-            raise InvalidInputError(
-                f"gister returned shape {gists.shape}, expected {(cap, self.dim)}"
-            )
-        data = self._header(lv, seq).pack() + gists.tobytes()
-        entry = lv.sealed[seq]
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != entry.sha256:  # a non-deterministic gister: record the new contents
-            entry.sha256 = digest
-            self._manifest_dirty = True
-        return data
+        return admin.repair(self._state, self._reader, self._writer, gister)
 
     def compact(self) -> list[str]:
         """Remove what no manifest references: temp files, stale levels, stray segments, and
         replicas outside each segment's placement. Returns the paths removed.
         """
-        self._check_open(write=True)
-        removed: list[str] = []
-        with self._lock:
-            keep = {lv.entry.level: len(lv.sealed) for lv in self._levels}
-            for path in sorted(self.root.iterdir()):
-                if path.suffix in (".tmp", ".repair"):
-                    path.unlink()
-                    removed.append(str(path))
-                elif path.is_dir() and path.name.startswith("L"):
-                    level = int(path.name[1:]) if path.name[1:].isdigit() else -1
-                    if level not in keep:
-                        shutil.rmtree(path)
-                        removed.append(str(path))
-                        continue
-                    for seg in sorted(path.iterdir()):
-                        seq = int(seg.stem) if seg.stem.isdigit() and seg.suffix == ".seg" else -1
-                        if seq > keep[level] or seq < 0:
-                            seg.unlink()
-                            removed.append(str(seg))
-            if self.replicas is not None:
-                names = [e.name for lv in self._levels for e in lv.sealed]
-                removed.extend(self.replicas.remove_strays(names))
-        return removed
+        return admin.compact(self._state)
 
     def rebalance(self, roots: list[str]) -> dict[str, int]:
         """Change the replica roots (e.g. add one): copy each sealed segment to its new placement,
         then remove copies outside it. Data is copied, never rewritten in place.
         """
-        self._check_open(write=True)
-        rep = self.manifest.replication
-        if rep is None or self.replicas is None:
-            raise InvalidInputError(f"{self.root} has no replication configured")
-        new = Replication(list(roots), rep.replicas, rep.write_quorum, rep.keep_local)
-        ReplicaSet.check_config(new)
-        target = ReplicaSet(new, self.manifest.tree_id)
-        copied = removed = 0
-        with self._lock:
-            for lv in self._levels:
-                size = HEADER_BYTES + lv.capacity * lv.record_bytes
-                for seq, entry in enumerate(lv.sealed):
-                    want = target.placement(entry.name)
-                    missing = [r for r in want if r not in entry.replicas]
-                    if missing:
-                        data = bytes(self._sealed_buffer(lv, seq)) if size else b""
-                        for root_url in missing:
-                            target.write(root_url, entry.name, data)
-                            copied += 1
-                    entry.replicas = list(want)
-            self.manifest.replication = new
-            self._manifest_dirty = True
-            self.flush()
-            self.replicas = target
-            removed = len(target.remove_strays([e.name for lv in self._levels for e in lv.sealed]))
-        return {"copied": copied, "removed": removed}
-
-
-def _fsync_file(path: Path) -> None:
-    """fsync a (sealed) file by path; a file already moved to replicas only is skipped."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def recover_manifest(path: str | os.PathLike[str]) -> str:
-    """Restore a corrupt ``manifest.json`` from ``manifest.backup.json`` (or the reverse).
-
-    Returns what was done. Raises :class:`StorageCorruptionError` when both copies are bad.
-    """
-    root = Path(path)
-    copies: dict[str, Manifest | None] = {}
-    for name in (MANIFEST, BACKUP):
-        try:
-            copies[name] = read_manifest(root, name)
-        except (StorageCorruptionError, NotAStoreError):
-            copies[name] = None
-    good = [m for m in copies.values() if m is not None]
-    if not good:
-        raise StorageCorruptionError(
-            f"{root}: both {MANIFEST} and {BACKUP} are corrupt or missing; restore the directory "
-            "from a backup"
-        )
-    if all(m is not None for m in copies.values()):
-        return "both manifest copies are valid"
-    best = max(good, key=lambda m: m.generation)
-    best.generation -= 1  # write_manifest bumps it back
-    write_manifest(root, best, backup=True)
-    broken = [n for n, m in copies.items() if m is None]
-    return f"rewrote {', '.join(broken)} from the valid copy"
+        return admin.rebalance(self._state, self._reader, self._writer, roots)

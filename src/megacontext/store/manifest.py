@@ -11,12 +11,15 @@ brought up to date when a writer opens or closes the store (and at creation), so
 ``megacontext store repair`` can recover a corrupt primary from it. A backup that lags behind
 loses nothing: segments sealed after it are found (full segment files after the last sealed one)
 and sealed again at the next open, and gist levels it lacks are recomputed from the tokens.
+:func:`recover_manifest` rewrites a corrupt copy from the other one, for a store that no longer
+opens.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,3 +189,30 @@ def read_manifest(root: Path, name: str = MANIFEST) -> Manifest:
     except OSError as exc:
         raise os_error(exc, path, "reading") from exc
     return Manifest.from_json(data, path)
+
+
+def recover_manifest(path: str | os.PathLike[str]) -> str:
+    """Restore a corrupt ``manifest.json`` from ``manifest.backup.json`` (or the reverse).
+
+    Returns what was done. Raises :class:`StorageCorruptionError` when both copies are bad.
+    """
+    root = Path(path)
+    copies: dict[str, Manifest | None] = {}
+    for name in (MANIFEST, BACKUP):
+        try:
+            copies[name] = read_manifest(root, name)
+        except (StorageCorruptionError, NotAStoreError):
+            copies[name] = None
+    good = [m for m in copies.values() if m is not None]
+    if not good:
+        raise StorageCorruptionError(
+            f"{root}: both {MANIFEST} and {BACKUP} are corrupt or missing; restore the directory "
+            "from a backup"
+        )
+    if all(m is not None for m in copies.values()):
+        return "both manifest copies are valid"
+    best = max(good, key=lambda m: m.generation)
+    best.generation -= 1  # write_manifest bumps it back
+    write_manifest(root, best, backup=True)
+    broken = [n for n, m in copies.items() if m is None]
+    return f"rewrote {', '.join(broken)} from the valid copy"
