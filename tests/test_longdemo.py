@@ -25,13 +25,13 @@ from typer.testing import CliRunner
 
 from megacontext.bench.runtime import stand_in_bundle
 from megacontext.cli import longdemo as ld
+from megacontext.data import KV_QUESTION, PASSKEY_QUESTION
 from megacontext.errors import InvalidInputError, MegaContextError
 from megacontext.models import load_base
 from megacontext.models.adapter import BaseAdapter
 from megacontext.models.bundle import load_bundle
 from megacontext.models.tiny import make_tiny_model_dir
-from megacontext.runtime.session import SessionConfig, open_session
-from megacontext.train.tasks import KV_QUESTION, PASSKEY_QUESTION
+from megacontext.runtime import SessionConfig, open_session
 
 TOKENS = 5000
 

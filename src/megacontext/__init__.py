@@ -20,9 +20,9 @@ from megacontext.errors import (
 )
 
 _LAZY = {
-    "open": ("megacontext.runtime.session", "open_session"),
+    "open": ("megacontext.runtime.opening", "open_session"),
     "Session": ("megacontext.runtime.session", "Session"),
-    "SessionConfig": ("megacontext.runtime.session", "SessionConfig"),
+    "SessionConfig": ("megacontext.runtime.config", "SessionConfig"),
     "load_base": ("megacontext.models.loading", "load_base"),
 }
 

@@ -13,15 +13,16 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from megacontext.data import Filler
 from megacontext.errors import BudgetError, InvalidInputError
 from megacontext.eval.harness import run_task
 from megacontext.eval.memory import EvidenceAware, MegaContextMemory, MegaContextOracle
 from megacontext.eval.peers import LLMLinguaPruning, MemGPTLite, RagMiniLM, RetroLite
-from megacontext.eval.tasks import Filler, make_sample
-from megacontext.models import load_base
+from megacontext.eval.tasks import make_sample
 from megacontext.models.adapter import BaseAdapter
-from megacontext.models.gistnet import GistNet, GistNetConfig
+from megacontext.models.bundle import Bundle
 from megacontext.models.tiny import make_tiny_model_dir
+from megacontext.runtime import SessionConfig
 
 SENTENCES = [
     "The committee approved the new budget for road repairs in the northern district.",
@@ -42,14 +43,16 @@ QUESTION = "Where is the launch code of the Zephyr rocket hidden?"
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> BaseAdapter:
-    return load_base(make_tiny_model_dir("default", tmp_path_factory.mktemp("m") / "b"))
+def base(tiny_world) -> BaseAdapter:  # type: ignore[no-untyped-def]
+    return tiny_world.base  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
-def gist(base: BaseAdapter) -> GistNet:
-    torch.manual_seed(0)
-    return GistNet(GistNetConfig(d_model=base.d_model, K=4, width=32, n_heads=2, key_dim=8))
+def bundle(tiny_world) -> Bundle:  # type: ignore[no-untyped-def]
+    return tiny_world.bundle  # type: ignore[no-any-return]
+
+
+SMALL = SessionConfig(protected_recent=8)
 
 
 def encode(base: BaseAdapter, text: str) -> np.ndarray:
@@ -259,13 +262,13 @@ def lod0(provenance: list[tuple[int, int]], ranges: tuple[tuple[int, int], ...])
     return all(b - a == 1 for a, b in provenance for s, e in ranges if a < e and b > s)
 
 
-def test_oracle_brings_the_evidence_to_lod0(base: BaseAdapter, gist: GistNet) -> None:
+def test_oracle_brings_the_evidence_to_lod0(base: BaseAdapter, bundle: Bundle) -> None:
     evidence = ((100, 110), (517, 523))
     history = np.arange(900) % 300 + 3
-    recency = MegaContextMemory(base, gist, None, protected_recent=8)
+    recency = MegaContextMemory(base, bundle, None, config=SMALL)
     recency.observe(history)
     assert not lod0(recency.build_context(np.arange(3, 9), 64).provenance, evidence)
-    oracle = MegaContextOracle(base, gist, protected_recent=8)
+    oracle = MegaContextOracle(base, bundle, config=SMALL)
     assert isinstance(oracle, EvidenceAware) and not isinstance(recency, EvidenceAware)
     oracle.observe(history)
     oracle.observe_evidence(evidence)
@@ -279,8 +282,8 @@ def test_oracle_brings_the_evidence_to_lod0(base: BaseAdapter, gist: GistNet) ->
     assert oracle.stats()["focus_steps"] > 0
 
 
-def test_oracle_refuses_bad_evidence_and_budget(base: BaseAdapter, gist: GistNet) -> None:
-    oracle = MegaContextOracle(base, gist, protected_recent=8)
+def test_oracle_refuses_bad_evidence_and_budget(base: BaseAdapter, bundle: Bundle) -> None:
+    oracle = MegaContextOracle(base, bundle, config=SMALL)
     oracle.observe(np.arange(3, 203))
     with pytest.raises(InvalidInputError, match="evidence"):
         oracle.observe_evidence(((190, 210),))
@@ -290,12 +293,12 @@ def test_oracle_refuses_bad_evidence_and_budget(base: BaseAdapter, gist: GistNet
         oracle.build_context(np.arange(3, 6), 0)
 
 
-def test_harness_hands_the_evidence_to_the_oracle(base: BaseAdapter, gist: GistNet) -> None:
+def test_harness_hands_the_evidence_to_the_oracle(base: BaseAdapter, bundle: Bundle) -> None:
     filler = Filler(np.random.default_rng(0).integers(3, base.vocab_size, 5000), (0, 1, 2))
     seen: list[MegaContextOracle] = []
 
     def make() -> MegaContextOracle:
-        seen.append(MegaContextOracle(base, gist, protected_recent=8))
+        seen.append(MegaContextOracle(base, bundle, config=SMALL))
         return seen[-1]
 
     result = run_task(base, make, "passkey", 400, 160, 2, filler)

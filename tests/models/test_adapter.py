@@ -20,7 +20,9 @@ from megacontext.models import (
     UnsupportedArchitectureError,
     UnsupportedPositionPolicyError,
     load_base,
+    loading,
 )
+from megacontext.models.errors import UnknownModelError
 from megacontext.models.loading import DEFAULT_BASE_ENV
 from megacontext.models.quirks import QUIRKS, family_for_model_type
 from megacontext.models.tiny import build_tiny_tokenizer, make_tiny_model_dir
@@ -37,8 +39,14 @@ def copy_dir(src: Path, dst: Path, drop: tuple[str, ...] = ()) -> Path:
 
 # ----------------------------------------------------------------------------- bad inputs
 def test_missing_directory_is_a_typed_error(tmp_path: Path) -> None:
-    with pytest.raises(MissingModelFilesError, match="no model directory"):
+    with pytest.raises(MissingModelFilesError, match="no model directory or file"):
         load_base(tmp_path / "nope")
+
+
+def test_unknown_name_lists_the_known_ones() -> None:
+    with pytest.raises(UnknownModelError, match="smollm2") as caught:
+        load_base("smollm3")
+    assert "gemma3-270m" in str(caught.value) and "models list" in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -108,14 +116,17 @@ def test_hub_id_offline_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_pa
 def test_default_missing_names_the_build_command(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv(DEFAULT_BASE_ENV, str(tmp_path / "absent"))
-    with pytest.raises(MissingModelFilesError, match="megacontext train base"):
+    monkeypatch.setattr(loading, "TINY_BASE_DIR", tmp_path / "absent")
+    with pytest.raises(MissingModelFilesError, match="make tiny-base"):
+        load_base("tiny")
+    monkeypatch.setenv(DEFAULT_BASE_ENV, str(tmp_path / "elsewhere"))
+    with pytest.raises(MissingModelFilesError, match="elsewhere"):
         load_base("default")
 
 
 def test_default_by_name(load_tiny: Loader) -> None:
     base = load_tiny("default")
-    assert base.source == "default"
+    assert base.source.endswith("default")  # the directory "default" resolved to
     assert base.family == "llama" and base.tied_embeddings
 
 

@@ -193,7 +193,14 @@ def test_cli_bad_input_raises_typed_error(cli: typer.Typer, tmp_path: Path) -> N
 def test_cli_models_list_and_info(cli: typer.Typer, tiny_dirs: dict[str, Path]) -> None:
     listed = CliRunner().invoke(cli, ["models", "list", "--json"])
     assert listed.exit_code == 0
-    assert {row["name"] for row in json.loads(listed.output)} >= set(EXPECTED_SHIPPED)
+    document = json.loads(listed.output)
+    assert {row["name"] for row in document["adapter_configs"]} >= set(EXPECTED_SHIPPED)
+    bases = {row["name"]: row for row in document["bases"]}
+    assert set(bases) == {"tiny", "smollm2-135m-instruct", "gemma3-270m"}
+    assert bases["smollm2-135m-instruct"]["context"] == 8192
+    assert bases["smollm2-135m-instruct"]["license"] == "Apache-2.0"
+    assert "smollm2" in bases["smollm2-135m-instruct"]["aliases"]
+    assert "default" in bases["tiny"]["aliases"]  # until a real base ships with a focus bundle
     info = CliRunner().invoke(cli, ["models", "info", str(tiny_dirs["qwen3"]), "--json"])
     assert info.exit_code == 0, info.output
     assert json.loads(info.output)["family"] == "qwen3"

@@ -3,20 +3,18 @@ and key training run end to end on a tiny random-init base."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from megacontext.core import Edit, EditPlan, WorkingContext
 from megacontext.errors import InvalidInputError
-from megacontext.models import load_base
-from megacontext.models.gistnet import GistNet, GistNetConfig
 from megacontext.models.lensnet import FEATURES
-from megacontext.models.tiny import make_tiny_model_dir
 from megacontext.train.lens import (
     LensTrainConfig,
     counterfactual_labels,
-    entry_features,
     evaluate_lensnet,
     make_samples,
     ranking_loss,
@@ -30,10 +28,9 @@ K = 4
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    base = load_base(make_tiny_model_dir("default", tmp_path_factory.mktemp("m") / "b"))
-    torch.manual_seed(0)
-    gistnet = GistNet(GistNetConfig(d_model=base.d_model, K=K, width=32, n_heads=2, key_dim=8))
+def world(tiny_world):  # type: ignore[no-untyped-def]
+    base = tiny_world.base
+    gistnet = copy.deepcopy(tiny_world.gistnet)  # a private copy: these tests train its key head
     cfg = LensTrainConfig(
         W_max=40,
         protected_recent=12,
@@ -56,7 +53,7 @@ def world(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
 
 
 def test_samples_mix_retrieval_and_text_with_legal_labels(world) -> None:  # type: ignore[no-untyped-def]
-    _, _, cfg, samples = world
+    base, _, cfg, samples = world
     kinds = [s.kind for s in samples]
     assert kinds.count("text") == 3 and all(k in cfg.task_kinds for k in kinds if k != "text")
     for s in samples:
@@ -68,7 +65,7 @@ def test_samples_mix_retrieval_and_text_with_legal_labels(world) -> None:  # typ
         assert not np.isfinite(
             s.labels[s.wc.protected_mask()]
         ).any()  # the protected window is never a candidate
-        feats = entry_features(s, s.wc)
+        feats = s.scorer(base).features(s.wc, s.query)
         assert feats.shape == (s.wc.size, len(FEATURES)) and np.isfinite(feats).all()
 
 

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from megacontext.data import Filler
 from megacontext.errors import InvalidInputError
 from megacontext.train.tasks import (
     GENERATORS,
     TASK_KINDS,
-    FillerSource,
     MixtureSampler,
     passkey_sample,
 )
@@ -28,7 +28,7 @@ from .conftest import synthetic_documents
 def setup(tok_dir: Path):  # type: ignore[no-untyped-def]
     tok = load_tokenizer(tok_dir)
     stream = encode_documents(tok, [d.text for d in synthetic_documents()])
-    return tok, stream, FillerSource(stream, (tok.token_to_id(BOS), tok.token_to_id(EOS)))
+    return tok, stream, Filler(stream, (tok.token_to_id(BOS), tok.token_to_id(EOS)))
 
 
 @settings(max_examples=40, deadline=None)

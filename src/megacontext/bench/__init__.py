@@ -1,7 +1,9 @@
 """Benchmark suites and the result contract of DESIGN §9.
 
-A suite is a module exposing ``run(quick: bool, progress: Progress) -> list[Result]``; it is
-registered in :data:`SUITES` by module path so that running one suite imports only what it needs.
+A suite is a module exposing ``run(quick: bool, progress: Progress, options: BenchOptions) ->
+list[Result]``; it is registered in :data:`SUITES` by module path so that running one suite
+imports only what it needs. :class:`BenchOptions` carries what every suite takes from the command
+line (the base, the prompt style), defined once here.
 """
 
 from __future__ import annotations
@@ -30,6 +32,27 @@ SUITES: dict[str, str] = {
 }
 
 Progress = Callable[[str], None]
+# Deprecated spelling of --base, still honoured (read here only).
+BASE_ENV = "MEGACONTEXT_BENCH_BASE"
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """Settings every suite takes (``megacontext bench SUITE --base NAME --prompt STYLE``).
+
+    Attributes:
+        base: The base model by name or path (``"default"``: ``$MEGACONTEXT_BENCH_BASE`` if set).
+        prompt: How questions are put to the base (``raw``, ``chat``, ``chat-cue``); ``None``
+            uses the base's default style.
+    """
+
+    base: str = "default"
+    prompt: str | None = None
+
+    def base_name(self) -> str:
+        if self.base == "default":
+            return os.environ.get(BASE_ENV, "").strip() or "default"
+        return self.base
 
 
 @dataclass(frozen=True)
@@ -111,7 +134,12 @@ def reproduce_command(suite: str) -> str:
     return " ".join([*settings, *(shlex.quote(a) for a in argv)])
 
 
-def run_suite(name: str, quick: bool, progress: Progress | None = None) -> dict[str, Any]:
+def run_suite(
+    name: str,
+    quick: bool,
+    progress: Progress | None = None,
+    options: BenchOptions | None = None,
+) -> dict[str, Any]:
     """Run one registered suite and return the JSON document of DESIGN §9."""
     import importlib
 
@@ -119,9 +147,13 @@ def run_suite(name: str, quick: bool, progress: Progress | None = None) -> dict[
         known = ", ".join(sorted(SUITES))
         raise InvalidInputError(f"unknown benchmark suite {name!r}; known suites: {known}")
     module = importlib.import_module(SUITES[name])
-    results: list[Result] = module.run(quick=quick, progress=progress or (lambda _msg: None))
+    options = options or BenchOptions()
+    results: list[Result] = module.run(
+        quick=quick, progress=progress or (lambda _msg: None), options=options
+    )
     return {
         "suite": name,
+        "base": options.base_name(),
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "machine": machine_description(),
         "command": reproduce_command(name),

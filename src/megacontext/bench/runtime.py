@@ -23,7 +23,7 @@ Results (goals from DESIGN §9 and issue 7 in parentheses):
   ``$MEGACONTEXT_BENCH_RSS_BUDGET_S`` (default 600 s) the largest size that fits is measured
   instead and the result is named after it. ``--quick`` measures 200k.
 
-The focus bundle is the packaged one (``default_focus_dir()``). Without it the suite times an
+The focus bundle is the one shipped for the base (``resolve_focus``). Without it the suite times an
 untrained stand-in of the default GistNet/LensNet shapes: every cost above depends on the shapes,
 not the weights, except how many edits LensNet asks for (at most ``max_edits`` per step), so the
 refocus results say which bundle was used. The base is ``$MEGACONTEXT_BENCH_BASE`` (default: the
@@ -48,8 +48,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from megacontext.bench import Progress, Result, median, peak_rss_bytes
+from megacontext.bench import BenchOptions, Progress, Result, median, peak_rss_bytes
 from megacontext.errors import InvalidInputError
+from megacontext.eval.leaderboard import length_label
 
 W_MAX = 512
 INGEST_CHUNK = 16_384
@@ -85,13 +86,6 @@ FULL = Plan(
     rss_sizes=(10_000, 1_000_000, 10_000_000),
     rss_budget_s=600.0,
 )
-
-
-def short(n: int) -> str:
-    """``10000 → '10k'``, ``1000000 → '1M'``, other sizes as digits."""
-    if n % 1_000_000 == 0:
-        return f"{n // 1_000_000}M"
-    return f"{n // 1000}k" if n % 1000 == 0 else str(n)
 
 
 @contextmanager
@@ -142,16 +136,17 @@ def stand_in_bundle(base: Any, path: Path, seed: int = 0) -> Path:
 
 
 def focus_bundle(base: Any, scratch: Path, progress: Progress) -> tuple[Path, str]:
-    """The packaged focus bundle when it exists, else a stand-in; and a label saying which."""
-    from megacontext.models.bundle import default_focus_dir
+    """The focus bundle for ``base`` when one exists, else a stand-in; and a label saying which."""
+    from megacontext.models.bundle import resolve_focus
+    from megacontext.models.errors import NoFocusBundleError
 
-    packaged = default_focus_dir()
-    if (packaged / "manifest.json").is_file():
-        return packaged, "packaged"
-    progress(
-        f"no focus bundle at {packaged}: timing an untrained stand-in of the default "
-        "GistNet/LensNet shapes (quality is not measured by this suite)"
-    )
+    try:
+        return resolve_focus("default", base.fingerprints, base.source), "packaged"
+    except NoFocusBundleError as exc:
+        progress(
+            f"{exc}: timing an untrained stand-in of the default GistNet/LensNet shapes "
+            "(quality is not measured by this suite)"
+        )
     return stand_in_bundle(base, scratch / "stand-in-focus"), "untrained stand-in"
 
 
@@ -227,7 +222,7 @@ def refocus_split(log: Sequence[Any]) -> RefocusSplit:
     beyond a plain one-token decode forward (the median of those in the same log); a step
     without edits recomputes nothing.
     """
-    from megacontext.runtime.session import ForwardTiming, StepTelemetry
+    from megacontext.runtime import ForwardTiming, StepTelemetry
 
     plain = [
         f.fetch_s + f.forward_s for f in log if isinstance(f, ForwardTiming) and f.entries == 1
@@ -270,7 +265,7 @@ def decode_breakdown(log: Sequence[Any], total_s: float) -> dict[str, float]:
     ``recompute_share``: forwards that recomputed more than the new entry (after a refocus edit
     or a collapse that made room); ``refocus_share``: the refocus steps themselves.
     """
-    from megacontext.runtime.session import ForwardTiming, StepTelemetry
+    from megacontext.runtime import ForwardTiming, StepTelemetry
 
     forwards = [f for f in log if isinstance(f, ForwardTiming)]
     recompute = [f.fetch_s + f.forward_s for f in forwards if f.entries > 1]
@@ -314,7 +309,7 @@ def rss_probe_main(tokens: int, base_name: str, focus: Path, workdir: Path) -> d
     """In this (fresh) process: open a session, ingest ``tokens`` ids, report peak RSS."""
     from megacontext.models.bundle import load_bundle
     from megacontext.models.loading import load_base
-    from megacontext.runtime.session import SessionConfig, open_session
+    from megacontext.runtime import SessionConfig, open_session
 
     torch.set_num_threads(BENCH_THREADS)
     base = load_base(base_name)
@@ -342,13 +337,13 @@ def rss_probe_main(tokens: int, base_name: str, focus: Path, workdir: Path) -> d
     }
 
 
-def rss_probe(tokens: int, focus: Path, base_name: str | None = None) -> dict[str, Any]:
+def rss_probe(tokens: int, focus: Path, base_name: str) -> dict[str, Any]:
     """Run :func:`rss_probe_main` in a fresh subprocess (nothing else inflates its peak RSS).
 
     Returns ``{"tokens", "seconds", "peak_rss", "rss_after_load", "peak_reset_after_load"}``
     (bytes, seconds; the peak counts from after the models loaded when the OS allows).
     """
-    name = base_name or os.environ.get("MEGACONTEXT_BENCH_BASE", "default")
+    name = base_name
     with tempfile.TemporaryDirectory(prefix="mc-bench-rss-") as scratch:
         command = [
             sys.executable,
@@ -383,18 +378,17 @@ def _largest_that_fits(seconds_per_token: float, budget_s: float, wanted: int) -
 # ----------------------------------------------------------------------------- the suite
 
 
-def run(quick: bool, progress: Progress) -> list[Result]:
+def run(quick: bool, progress: Progress, options: BenchOptions) -> list[Result]:
     with _threads(BENCH_THREADS), tempfile.TemporaryDirectory(prefix="mc-bench-rt-") as tmp:
-        return _run(QUICK if quick else FULL, Path(tmp), progress)
+        return _run(QUICK if quick else FULL, Path(tmp), progress, options.base_name())
 
 
-def _run(plan: Plan, scratch: Path, progress: Progress) -> list[Result]:
+def _run(plan: Plan, scratch: Path, progress: Progress, base_name: str) -> list[Result]:
     from megacontext.models.bundle import load_bundle
     from megacontext.models.loading import load_base
-    from megacontext.runtime.session import SessionConfig, open_session
+    from megacontext.runtime import SessionConfig, open_session
 
     torch.manual_seed(0)
-    base_name = os.environ.get("MEGACONTEXT_BENCH_BASE", "default")
     base = load_base(base_name)
     focus_dir, focus_label = focus_bundle(base, scratch, progress)
     bundle = load_bundle(focus_dir, fingerprints=base.fingerprints)
@@ -450,7 +444,7 @@ def _run(plan: Plan, scratch: Path, progress: Progress) -> list[Result]:
             "ms/token",
             baseline_name=f"bare base greedy decode, own KV cache, context {W_MAX}",
             baseline_value=1000.0 * median(bare_s),
-            note=f"goal ratio <= 1.10; history {short(plan.history_tokens)}, W_max {W_MAX}",
+            note=f"goal ratio <= 1.10; history {length_label(plan.history_tokens)}, W_max {W_MAX}",
             extra=breakdown,
         )
     )
@@ -469,7 +463,7 @@ def _run(plan: Plan, scratch: Path, progress: Progress) -> list[Result]:
 
     # Peak RSS by history size, each in a fresh process.
     reference, *sizes = plan.rss_sizes
-    progress(f"peak RSS at {short(reference)} tokens (subprocess)")
+    progress(f"peak RSS at {length_label(reference)} tokens (subprocess)")
     ref = rss_probe(reference, focus_dir, base_name)
     seconds_per_token = 1.0 / ingest
     budget = float(os.environ.get(RSS_BUDGET_ENV, plan.rss_budget_s))
@@ -477,25 +471,25 @@ def _run(plan: Plan, scratch: Path, progress: Progress) -> list[Result]:
         size = wanted
         if wanted == max(sizes):
             size = _largest_that_fits(seconds_per_token, budget, wanted)
+            label = length_label(wanted)
             if size == 0:
-                progress(f"skipping the {short(wanted)}-token RSS point: over {budget:.0f} s")
+                progress(f"skipping the {label}-token RSS point: over {budget:.0f} s")
                 continue
             if size != wanted:
                 progress(
-                    f"{short(wanted)} tokens would take ~{wanted * seconds_per_token:.0f} s; "
-                    f"measuring {short(size)} (set {RSS_BUDGET_ENV} to allow more)"
+                    f"{label} tokens would take ~{wanted * seconds_per_token:.0f} s; "
+                    f"measuring {length_label(size)} (set {RSS_BUDGET_ENV} to allow more)"
                 )
-        progress(
-            f"peak RSS at {short(size)} tokens (subprocess, ~{size * seconds_per_token:.0f} s)"
-        )
+        eta = size * seconds_per_token
+        progress(f"peak RSS at {length_label(size)} tokens (subprocess, ~{eta:.0f} s)")
         probe = rss_probe(size, focus_dir, base_name)
         seconds_per_token = max(seconds_per_token, probe["seconds"] / probe["tokens"])
         results.append(
             Result(
-                f"rss_ratio_{short(size)}_vs_{short(reference)}",
+                f"rss_ratio_{length_label(size)}_vs_{length_label(reference)}",
                 probe["peak_rss"] / 2**20,
                 "MiB",
-                baseline_name=f"peak RSS at {short(reference)} tokens",
+                baseline_name=f"peak RSS at {length_label(reference)} tokens",
                 baseline_value=ref["peak_rss"] / 2**20,
                 note="goal ratio <= 1.2",
                 extra={

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from megacontext.bench import Progress, Result, median, peak_rss_bytes
+from megacontext.bench import BenchOptions, Progress, Result, median, peak_rss_bytes
 from megacontext.core import (
     AllocatorConfig,
     AllocatorState,
@@ -343,7 +343,7 @@ def bench_rss(small: int, large: int, progress: Progress) -> list[Result]:
     ]
 
 
-def run(quick: bool, progress: Progress) -> list[Result]:
+def run(quick: bool, progress: Progress, options: BenchOptions) -> list[Result]:
     """Run the storage suite (``quick``: smaller sizes, 10M vs 1M tokens for RSS)."""
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="mc-bench-storage-") as tmp:
@@ -361,5 +361,6 @@ def run(quick: bool, progress: Progress) -> list[Result]:
 
 
 if __name__ == "__main__":
-    for item in run(quick="--quick" in sys.argv, progress=lambda msg: print(msg, file=sys.stderr)):
+    progress = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    for item in run(quick="--quick" in sys.argv, progress=progress, options=BenchOptions()):
         print(json.dumps(item.to_json()))

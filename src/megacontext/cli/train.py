@@ -26,8 +26,8 @@ app = typer.Typer(
         "  megacontext train corpus --out runs/corpus            # build + dedup + split\n\n"
         "  megacontext train tokenizer --corpus runs/corpus --out runs/tok\n\n"
         "  megacontext train base --config src/megacontext/train/configs/default.yaml\n\n"
-        "  megacontext train export runs/default-base --to src/megacontext/models/default_base\n\n"
-        "  megacontext train eval src/megacontext/models/default_base"
+        "  megacontext train export runs/default-base --to src/megacontext/models/tiny_base\n\n"
+        "  megacontext train eval src/megacontext/models/tiny_base"
     ),
     no_args_is_help=True,
 )
@@ -151,7 +151,7 @@ def export(
 ) -> None:
     """Copy a finished run's model directory (≤ 30 MB) to a destination, e.g. the packaged default.
 
-    Example: megacontext train export runs/default-base --to src/megacontext/models/default_base
+    Example: megacontext train export runs/default-base --to src/megacontext/models/tiny_base
     """
     from megacontext.train.base import export_run
 
@@ -170,7 +170,7 @@ def eval_base(
 
     Uses the held-out text shipped with the package, so it runs offline anywhere.
 
-    Example: megacontext train eval src/megacontext/models/default_base --passkey 100
+    Example: megacontext train eval src/megacontext/models/tiny_base --passkey 100
     """
     from megacontext.train.metrics import evaluate_base_dir
 

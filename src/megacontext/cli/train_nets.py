@@ -155,7 +155,7 @@ def card(
     training runs) and, with --bench, the benchmark results of record; each goal of the bundle's
     metrics is printed beside its measurement, met or missed.
 
-    Example: megacontext train card src/megacontext/models/default_focus --bench results/gist.json
+    Example: megacontext train card src/megacontext/models/bundles/tiny --bench results/gist.json
     --plots runs/gistnet-default --plots runs/lensnet-default
     """
     from megacontext.train.focus_card import write_focus_card

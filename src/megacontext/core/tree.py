@@ -272,6 +272,11 @@ class MegaContextTree:
         return self.backend.count(0)
 
     @property
+    def blocks(self) -> int:
+        """Complete LOD1 blocks (gisted nodes of level 1), 0 before the first one."""
+        return self.count(1) if self.num_levels else 0
+
+    @property
     def num_levels(self) -> int:
         """Number of gist levels holding at least one node (0 before the first complete block)."""
         level = 0

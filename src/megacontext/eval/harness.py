@@ -1,8 +1,11 @@
 """Run memory systems on tasks with the same frozen base, budget and seeds (D14).
 
-For each sample a fresh system observes the history, builds a context of at most
-``budget − len(query)`` entries, and the base reads ``[context][query]``: a QA task scores an
-exact greedy match of the answer tokens; ``longdoc`` scores the NLL of the next tokens. Every
+For each sample a fresh system observes the history and builds a context in what the budget
+leaves after the prompt (its prefix and the question); the base reads ``[prefix][context]
+[question]`` in one prompt style (:mod:`megacontext.models.prompting`), the same for every system
+(D14). A QA task decodes the answer greedily and scores it by exact match of its first words and
+by containment, beside the expected answer's NLL; ``longdoc`` scores the NLL of the next tokens.
+Every
 result records tokens processed and wall time, and the numeric :meth:`MemorySystem.stats` of its
 systems summed over samples (e.g. the base tokens LLMLingua-style pruning spent on scoring).
 
@@ -19,12 +22,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from megacontext.data import Filler
 from megacontext.errors import BudgetError
+from megacontext.eval.leaderboard import length_label
 from megacontext.eval.memory import EvidenceAware, MemorySystem
-from megacontext.eval.tasks import EvalSample, Filler, make_sample
+from megacontext.eval.tasks import EvalSample, make_sample
 from megacontext.models.adapter import BaseAdapter
+from megacontext.models.generation import contains_answer, decode, exact_answer, teacher_forced
+from megacontext.models.prompting import PromptFormat
+
+# Longest decoded answer (tokens): a sentence such as "The pass key is 12345." fits.
+ANSWER_TOKENS = 24
 
 
 @dataclass
@@ -34,7 +43,7 @@ class TaskResult:
     budget: int
     system: str
     samples: int
-    score: float  # accuracy for QA tasks, mean NLL for longdoc
+    score: float  # QA tasks: exact-match accuracy of the decoded answer; longdoc: mean NLL
     ci: tuple[float, float]
     tokens_processed: int
     seconds: float
@@ -44,34 +53,85 @@ class TaskResult:
     # its 95% interval. It separates systems where accuracy cannot (all 0 or all 1).
     answer_nll: float | None = None
     answer_nll_ci: tuple[float, float] | None = None
+    # QA tasks: the fraction of decoded answers whose words contain the expected answer (instruct
+    # models answer in sentences), with its 95% interval.
+    contains: float | None = None
+    contains_ci: tuple[float, float] | None = None
+    prompt: str = "raw"
+    # Per sample: the decoded answer, the expected one, and both verdicts (for reading failures).
+    answers: list[dict[str, object]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
-        return f"{self.task}@{_short(self.length)}/{self.budget}/{self.system}"
+        return f"{self.task}@{length_label(self.length)}/{self.budget}/{self.system}"
 
 
-def _short(n: int) -> str:
-    return (
-        f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n // 1000}k" if n % 1000 == 0 else str(n)
-    )
+@dataclass(frozen=True)
+class Answered:
+    """One sample's answer, scored every way."""
+
+    text: str
+    exact: bool
+    contains: bool
+    nll: float  # of the expected answer's tokens, teacher-forced after the input
 
 
 @torch.no_grad()
-def answer_once(base: BaseAdapter, context: torch.Tensor, sample: EvalSample) -> tuple[bool, float]:
-    """Greedy-decode len(answer) tokens after ``[context][query]``; also the answer's NLL."""
-    query = base.embed(torch.as_tensor(sample.query, device=base.device))
-    prefix = torch.cat([context.to(query.dtype), query])[None]
-    answer = torch.as_tensor(sample.answer, device=base.device)
-    teacher = torch.cat([prefix, base.embed(answer[:-1])[None]], dim=1)
-    positions = torch.arange(teacher.shape[1], device=base.device)[None]
-    logits = (
-        base.forward(teacher, positions, use_cache=False).logits[0, prefix.shape[1] - 1 :].float()
+def answer_sample(
+    base: BaseAdapter,
+    prompt: PromptFormat,
+    context: torch.Tensor,
+    sample: EvalSample,
+    max_new_tokens: int = ANSWER_TOKENS,
+) -> Answered:
+    """Put the sample's question after ``[prompt prefix][context]`` and score the answer.
+
+    The base reads ``[prefix][context][question, closing, cue]`` at compact positions. The
+    answer is decoded greedily (:func:`~megacontext.models.generation.decode`) and scored by
+    exact match of its first words and by containment; the expected answer's NLL is measured
+    teacher-forced after the same input.
+    """
+    device = base.device
+    prefix = base.embed(torch.as_tensor(prompt.prefix, dtype=torch.long, device=device))
+    question = prompt.question_ids(base, sample.question, sample.cue)
+    asked = base.embed(torch.as_tensor(question, device=device))
+    inputs = torch.cat([prefix, context.to(asked.dtype), asked])
+    if prompt.answers_after_cue(sample.cue):
+        expected = sample.answer.tolist()
+    else:
+        expected = base.encode(sample.answer_text, add_bos=False)
+    nll, _ = teacher_forced(base, inputs, expected)
+    decoded = decode(
+        base,
+        inputs,
+        max_new_tokens,
+        stop_ids=prompt.stop_ids,
+        stop_text=prompt.stop_text,
     )
-    nll = float(F.cross_entropy(logits, answer))
-    correct = bool(
-        torch.equal(logits.argmax(-1), answer)
-    )  # greedy decode == teacher-forced argmax chain
-    return correct, nll
+    return Answered(
+        decoded.text,
+        exact_answer(decoded.text, sample.answer_text),
+        contains_answer(decoded.text, sample.answer_text),
+        nll,
+    )
+
+
+def prompt_tokens(base: BaseAdapter, prompt: PromptFormat, sample: EvalSample) -> int:
+    """Positions the prompt takes besides the context: its prefix and the question part."""
+    if sample.task == "longdoc":
+        return len(prompt.prefix)
+    return len(prompt.prefix) + len(prompt.question_ids(base, sample.question, sample.cue))
+
+
+@torch.no_grad()
+def continuation_nll(
+    base: BaseAdapter, prompt: PromptFormat, context: torch.Tensor, continuation: np.ndarray
+) -> float:
+    """NLL of a document's next tokens after ``[prefix][context]`` (``longdoc``)."""
+    prefix = base.embed(torch.as_tensor(prompt.prefix, dtype=torch.long, device=base.device))
+    inputs = torch.cat([prefix, context.to(prefix.dtype)])
+    nll, _ = teacher_forced(base, inputs, continuation.tolist())
+    return nll
 
 
 def _bootstrap(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
@@ -94,12 +154,21 @@ def run_task(
     filler: Filler,
     seed: int = 0,
     chunk: int = 4096,
+    prompt: PromptFormat | None = None,
 ) -> TaskResult:
-    """Score one system on ``samples`` seeded samples of one task, length and budget."""
+    """Score one system on ``samples`` seeded samples of one task, length and budget.
+
+    ``budget`` counts every position the base reads: the prompt's prefix, the system's context
+    and the question; the system builds its context in what remains. ``prompt`` defaults to the
+    ``raw`` style.
+    """
+    prompt = prompt or PromptFormat.for_base(base, "raw")
     rng = random.Random(f"{task}/{length}/{seed}")
     encode = lambda text: base.encode(text, add_bos=False)  # noqa: E731
     scores: list[float] = []
+    contained: list[float] = []
     answer_nlls: list[float] = []
+    answers: list[dict[str, object]] = []
     tokens = 0
     skipped = 0
     name = ""
@@ -113,8 +182,9 @@ def run_task(
             system.observe(sample.history[lo : lo + chunk])
         if isinstance(system, EvidenceAware):
             system.observe_evidence(sample.evidence)
+        room = budget - prompt_tokens(base, prompt, sample)
         try:
-            built = system.build_context(sample.query, budget - len(sample.query))
+            built = system.build_context(sample.query, room)
         except BudgetError:
             skipped += 1
             continue
@@ -122,11 +192,25 @@ def run_task(
         for key, value in system.stats().items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 totals[key] = totals.get(key, 0) + value
-        correct, nll = answer_once(base, built.vectors, sample)
-        scores.append(nll if task == "longdoc" else float(correct))
-        answer_nlls.append(nll)
+        if task == "longdoc":
+            scores.append(continuation_nll(base, prompt, built.vectors, sample.answer))
+            continue
+        answered = answer_sample(base, prompt, built.vectors, sample)
+        scores.append(float(answered.exact))
+        contained.append(float(answered.contains))
+        answer_nlls.append(answered.nll)
+        answers.append(
+            {
+                "answer": answered.text,
+                "expected": sample.answer_text,
+                "exact": answered.exact,
+                "contains": answered.contains,
+            }
+        )
     values = np.asarray(scores, dtype=np.float64)
-    qa_nll = np.asarray(answer_nlls, dtype=np.float64) if task != "longdoc" else None
+    qa = task != "longdoc" and len(answer_nlls) > 0
+    nlls = np.asarray(answer_nlls, dtype=np.float64)
+    hits = np.asarray(contained, dtype=np.float64)
     return TaskResult(
         task=task,
         length=length,
@@ -139,8 +223,12 @@ def run_task(
         seconds=time.perf_counter() - started,
         skipped=skipped,
         system_stats=totals,
-        answer_nll=float(qa_nll.mean()) if qa_nll is not None and len(qa_nll) else None,
-        answer_nll_ci=_bootstrap(qa_nll) if qa_nll is not None and len(qa_nll) else None,
+        answer_nll=float(nlls.mean()) if qa else None,
+        answer_nll_ci=_bootstrap(nlls) if qa else None,
+        contains=float(hits.mean()) if qa else None,
+        contains_ci=_bootstrap(hits) if qa else None,
+        prompt=prompt.style,
+        answers=answers,
     )
 
 
@@ -153,6 +241,7 @@ def run_grid(
     samples: int,
     filler: Filler,
     progress: Callable[[str], None] = lambda _m: None,
+    prompt: PromptFormat | None = None,
 ) -> list[TaskResult]:
     results = []
     for task in tasks:
@@ -160,5 +249,9 @@ def run_grid(
             for budget in budgets:
                 for name, factory in systems.items():
                     progress(f"{task}@{length}/{budget}/{name}")
-                    results.append(run_task(base, factory, task, length, budget, samples, filler))
+                    results.append(
+                        run_task(
+                            base, factory, task, length, budget, samples, filler, prompt=prompt
+                        )
+                    )
     return results

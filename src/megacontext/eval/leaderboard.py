@@ -26,7 +26,6 @@ import dataclasses
 import html
 import json
 import math
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +34,8 @@ from typing import Any
 from megacontext.errors import InvalidInputError
 
 SUITE = "longctx"
-NAME_PATTERN = re.compile(
-    r"^(?P<task>[A-Za-z0-9_.\-]+)@(?P<length>[0-9]+(?:\.[0-9]+)?[kKmM]?)"
-    r"/(?P<budget>[0-9]+)/(?P<system>[^/\s][^/]*)$"
-)
+# The structured fields of a result that place it in the grid (its name is only a label).
+CELL_FIELDS = ("task", "length", "budget", "system")
 LOWER_IS_BETTER_UNITS = {"nats", "nll", "bits", "bpb", "perplexity"}
 MARKDOWN = "leaderboard.md"
 ANSWER_NLL_SUFFIX = ".nll"
@@ -183,23 +180,27 @@ def _cell(row: Any, where: str, source: str) -> Cell:
     if not isinstance(row, dict) or not isinstance(row.get("name"), str):
         raise InvalidInputError(f"{where}: expected an object with a 'name', got {row!r}")
     name = row["name"]
-    match = NAME_PATTERN.match(name)
-    if match is None:
-        raise InvalidInputError(
-            f"{where}: malformed result name {name!r}; expected TASK@LENGTH/W_MAX/SYSTEM "
-            "such as 'passkey@100k/512/megacontext'"
-        )
     extra = row.get("extra") or {}
     if not isinstance(extra, dict):
         raise InvalidInputError(f"{where} ({name}): 'extra' must be an object")
+    missing = [k for k in CELL_FIELDS if k not in extra]
+    if missing:
+        raise InvalidInputError(
+            f"{where} ({name}): extra lacks {', '.join(missing)}; every longctx result names its "
+            "task, length, budget and system (documents from before that: rerun `megacontext "
+            "bench longctx`)"
+        )
     value = _number(row.get("value"), "'value'", f"{where} ({name})")
     low, high = _interval(extra, "ci95", value, f"{where} ({name})")
     unit = row.get("unit", "")
+    task, system = extra["task"], extra["system"]
+    if not isinstance(task, str) or not task or not isinstance(system, str) or not system:
+        raise InvalidInputError(f"{where} ({name}): extra.task and extra.system must be names")
     return Cell(
-        task=match["task"],
-        length=parse_length(match["length"]),
-        budget=int(match["budget"]),
-        system=match["system"],
+        task=task,
+        length=_count(extra["length"], "extra.length", where),
+        budget=_count(extra["budget"], "extra.budget", where),
+        system=system,
         value=value,
         unit=unit if isinstance(unit, str) else str(unit),
         ci=(low, high),

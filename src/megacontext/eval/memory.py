@@ -8,8 +8,9 @@ The harness appends the query and scores the answer, so systems differ only in w
 Implemented here: full context (where it fits), recency (truncation), StreamingLLM (attention
 sinks + recent window), RAG-BM25 (32-token chunks ranked by BM25 against the query, kept in time
 order, plus the recent window), Compressive-lite (mean-pooled chunk embeddings, no focus), and
-MegaContext with recency-only focus, with LensNet, or with LensNet on gists only; plus
-:class:`MegaContextOracle`, the upper bound whose focus expands the evidence the answer needs.
+MegaContext — a real session, with recency-only focus, with LensNet, or with LensNet on gists
+only; plus :class:`MegaContextOracle`, the upper bound whose focus expands the evidence the
+answer needs.
 The published peers (RAG with MiniLM, RETRO-lite, MemGPT-lite, LLMLingua-style pruning) live in
 :mod:`megacontext.eval.peers`.
 
@@ -19,26 +20,19 @@ A system that may read where the evidence is (only an oracle should) implements
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-from megacontext.core import (
-    AllocatorConfig,
-    AllocatorState,
-    FocusAllocator,
-    MegaContextTree,
-    MemoryBackend,
-    WorkingContext,
-)
+from megacontext.core import MegaContextTree, WorkingContext
 from megacontext.errors import BudgetError, InvalidInputError
 from megacontext.models.adapter import BaseAdapter
-from megacontext.models.context import GistNetGister, entry_vectors
-from megacontext.models.gistnet import GistNet
+from megacontext.models.bundle import Bundle
 from megacontext.models.lensnet import LensNet
-from megacontext.runtime.session import SessionConfig
+from megacontext.runtime import Session, SessionConfig
 from megacontext.store.lexical import LexicalIndex
 
 
@@ -197,147 +191,89 @@ class CompressiveLite(_TokenMemory):
         return BuiltContext(vectors, provenance)
 
 
-# The eval harness focuses with the session's default thresholds: what is measured is what runs.
-FOCUS_DEFAULTS = SessionConfig(trace=False)
-
-
 class MegaContextMemory:
-    """The MegaContext tree + working context; focus by recency only, or by LensNet."""
+    """MegaContext as users run it: a real :class:`~megacontext.runtime.Session` (in memory).
+
+    ``observe`` ingests; ``build_context`` sets the budget, refocuses for the query as a session
+    does for a question (up to ``focus_steps`` steps, the query not written into the history)
+    and returns the working context's vectors. With ``lensnet`` the session focuses with that
+    LensNet; without one, by recency only. Every setting is the session's default unless
+    ``config`` says otherwise: what is measured is what runs.
+    """
 
     def __init__(
         self,
         base: BaseAdapter,
-        gistnet: GistNet,
+        bundle: Bundle,
         lensnet: LensNet | None = None,
         name: str = "megacontext",
-        focus_steps: int = 4,
-        protected_recent: int = 64,
-        max_edits: int = 4,
+        config: SessionConfig | None = None,
     ):
         self.name = name
-        self.base = base
-        self.gistnet = gistnet
-        self.lensnet = lensnet
-        self.focus_steps = focus_steps
-        self.protected_recent = protected_recent
-        self.allocator = FocusAllocator(
-            AllocatorConfig(
-                max_edits=max_edits,
-                expand_threshold=FOCUS_DEFAULTS.expand_threshold,
-                min_gain=FOCUS_DEFAULTS.min_gain,
-                collapse_threshold=FOCUS_DEFAULTS.collapse_threshold,
-            )
-        )
-        K = gistnet.config.K
-        self.tree = MegaContextTree(
-            MemoryBackend(base.d_model, np.float32),
-            GistNetGister(gistnet, base),
-            K=K,
-            key_backend=MemoryBackend(gistnet.config.key_dim, np.float32),
-        )
-        self.lexical = LexicalIndex(K=K)
+        modules = {"gistnet": bundle.get("gistnet")}
+        if lensnet is not None:
+            modules["lensnet"] = lensnet
+        focus = dataclasses.replace(bundle, modules=modules)
+        self.session = Session.in_memory(base, focus, config)
         self.edits = 0
 
+    @property
+    def tree(self) -> MegaContextTree:
+        return self.session.tree
+
     def observe(self, tokens: np.ndarray, meta: dict[str, Any] | None = None) -> None:
-        K = self.tree.K
-        before = self.tree.count(1) if self.tree.num_levels else 0
-        self.tree.append(np.asarray(tokens, dtype=np.int64))
-        after = self.tree.count(1) if self.tree.num_levels else 0
-        if after > before:
-            rows = self.tree.tokens(before * K, after * K).reshape(-1, K)
-            self.lexical.add_blocks(before, [self.base.decode(r.tolist()) for r in rows])
+        self.session.ingest(np.asarray(tokens, dtype=np.int64))
 
     def build_context(self, query: np.ndarray, budget: int) -> BuiltContext:
-        from megacontext.train.lens import LensSample, lens_scores
+        check_budget(budget)
+        session = self.session
+        session.resize(budget)
+        before = session.state.stats.expands + session.state.stats.collapses
+        self._focus(np.asarray(query, dtype=np.int64))
+        stats = session.state.stats
+        self.edits += stats.expands + stats.collapses - before
+        starts, ends = session.wc.spans()
+        return BuiltContext(
+            session.context_vectors(), list(zip(starts.tolist(), ends.tolist(), strict=True))
+        )
 
-        n = self.tree.num_tokens
-        protected = min(self.protected_recent, budget // 2)
-        wc = WorkingContext.assemble(n, budget, K=self.tree.K, protected_recent=protected)
-        if self.lensnet is not None:
-            with torch.no_grad():
-                block = self.base.embed(
-                    torch.as_tensor(query[-self.tree.K :], device=self.base.device)
-                )
-                key = (
-                    self.gistnet(block[None].float(), 1)[1][0].cpu().numpy()
-                    if len(query) >= self.tree.K
-                    else np.zeros(self.gistnet.config.key_dim, dtype=np.float32)
-                )
-            sample = LensSample(
-                kind="eval",
-                tree=self.tree,
-                lexical=self.lexical,
-                wc=wc,
-                recency=wc,
-                query_ids=np.asarray(query, dtype=np.int64),
-                query_text=self.base.decode(np.asarray(query).tolist()),
-                query_key=key,
-                scored=np.zeros(0, dtype=np.int64),
-            )
-            state = AllocatorState()
-            for _ in range(self.focus_steps):
-                plan = self.allocator.plan(
-                    wc, lens_scores(self.base, self.lensnet, sample, wc), state
-                )
-                if not plan.edits:
-                    break
-                wc.apply(plan)
-                state.record(plan, wc, self.allocator.config.cooldown_steps)
-                self.edits += len(plan)
-        starts, ends = wc.spans()
-        with torch.no_grad():
-            vectors = entry_vectors(wc, self.tree, self.base)
-        return BuiltContext(vectors, list(zip(starts.tolist(), ends.tolist(), strict=True)))
+    def _focus(self, query: np.ndarray) -> None:
+        self.session.focus_for(query)
 
     def stats(self) -> dict[str, Any]:
-        return {"tokens": self.tree.num_tokens, "levels": self.tree.num_levels, "edits": self.edits}
+        tree = self.session.tree
+        return {"tokens": tree.num_tokens, "levels": tree.num_levels, "edits": self.edits}
 
 
 class MegaContextOracle(MegaContextMemory):
     """MegaContext whose focus is told the answer: the upper bound of any focus model.
 
     Instead of LensNet's scores, an entry scores 1 when its span (for a raw token: its whole
-    K-token block) overlaps an evidence range and 0 elsewhere. The ordinary
-    :class:`~megacontext.core.FocusAllocator` then expands evidence gists level by level down to
-    LOD0, paying with the lowest-scoring (evidence-free) sibling collapses its rules allow, until
-    every evidence token is raw, nothing legal is left, or ``max_steps`` refocus steps ran. The
-    budget, protected recent window and legality rules are exactly those of the other MegaContext
-    variants; only the scores differ.
-
-    Args:
-        base: The frozen base.
-        gistnet: The GistNet that writes the tree's gists.
-        name: Result name.
-        max_steps: Most refocus steps per query.
-        protected_recent: Raw recent tokens (capped at half the budget, like the other variants).
-        max_edits: Most edits per refocus step.
+    K-token block) overlaps an evidence range and 0 elsewhere. The session's own engine then
+    expands evidence gists level by level down to LOD0, paying with the lowest-scoring
+    (evidence-free) sibling collapses its rules allow, until every evidence token is raw, nothing
+    legal is left, or ``max_steps`` refocus steps ran. The budget, protected recent window and
+    legality rules are exactly those of the other MegaContext variants; only the scores differ.
     """
 
     def __init__(
         self,
         base: BaseAdapter,
-        gistnet: GistNet,
+        bundle: Bundle,
         name: str = "megacontext-oracle",
         max_steps: int = 64,
-        protected_recent: int = 64,
-        max_edits: int = 4,
+        config: SessionConfig | None = None,
     ):
-        super().__init__(
-            base,
-            gistnet,
-            None,
-            name=name,
-            focus_steps=max_steps,
-            protected_recent=protected_recent,
-            max_edits=max_edits,
-        )
+        super().__init__(base, bundle, None, name=name, config=config)
+        self.max_steps = max_steps
         self.evidence: tuple[tuple[int, int], ...] = ()
         self.steps = 0
         self.last_wc: WorkingContext | None = None  # the focused WC of the last query
+        self.session.score_override = self.evidence_scores
 
     def observe_evidence(self, ranges: tuple[tuple[int, int], ...]) -> None:
         """Remember the evidence ranges ``[start, end)`` of the history observed so far."""
-        n = self.tree.num_tokens
+        n = self.session.tree.num_tokens
         checked = []
         for start, end in ranges:
             if not 0 <= int(start) < int(end) <= n:
@@ -366,27 +302,9 @@ class MegaContextOracle(MegaContextMemory):
                 return False
         return True
 
-    def build_context(self, query: np.ndarray, budget: int) -> BuiltContext:
-        check_budget(budget)
-        n = self.tree.num_tokens
-        protected = min(self.protected_recent, budget // 2)
-        wc = WorkingContext.assemble(n, budget, K=self.tree.K, protected_recent=protected)
-        state = AllocatorState()
-        for _ in range(self.focus_steps):
-            if self._evidence_raw(wc):
-                break
-            plan = self.allocator.plan(wc, self.evidence_scores(wc), state)
-            if not plan.edits:
-                break
-            wc.apply(plan)
-            state.record(plan, wc, self.allocator.config.cooldown_steps)
-            self.edits += len(plan)
-            self.steps += 1
-        self.last_wc = wc
-        starts, ends = wc.spans()
-        with torch.no_grad():
-            vectors = entry_vectors(wc, self.tree, self.base)
-        return BuiltContext(vectors, list(zip(starts.tolist(), ends.tolist(), strict=True)))
+    def _focus(self, query: np.ndarray) -> None:
+        self.steps += self.session.focus_for(query, self.max_steps, until=self._evidence_raw)
+        self.last_wc = self.session.wc
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), "focus_steps": self.steps}

@@ -1,8 +1,10 @@
 """Seeded long-context tasks (DESIGN §8): nothing downloaded, filler from real held-out text.
 
 Each generator returns an :class:`EvalSample`: the ``history`` every memory system observes, the
-``query`` appended after the system's context, and the ``answer`` tokens the base must produce
-(scored by exact greedy match), or — for ``longdoc`` — the continuation whose NLL is measured.
+``question`` and its answer ``cue`` (put to the base in the prompt style under test, see
+:mod:`megacontext.models.prompting`), the retrieval ``query`` tokens systems may search with, and
+the ``answer`` (scored by exact match and by containment), or — for ``longdoc`` — the continuation
+whose NLL is measured.
 ``evidence`` names the token ranges of the history that hold what the answer needs (the asked
 needle, every link of a variable chain, the asked person's last move); ``longdoc`` has none. Only
 an oracle may read it (see :class:`megacontext.eval.memory.EvidenceAware`).
@@ -29,8 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from megacontext.data import Filler, random_digits
 from megacontext.errors import InvalidInputError
-from megacontext.train.tasks import random_digits
 
 TASKS = ("passkey", "needle", "vartrack", "lines", "facts", "longdoc")
 PEOPLE = ("Mary", "John", "Sandra", "Daniel", "Fred", "Bill", "Julie", "Emma")
@@ -47,11 +49,16 @@ class EvalSample:
     Attributes:
         task: The task name (one of :data:`TASKS`).
         history: Token ids every memory system observes.
-        query: Token ids appended after the system's context (empty for ``longdoc``).
-        answer: Token ids the base must produce (the continuation for ``longdoc``).
+        query: Token ids of ``"\n{question} {cue}"``: what a memory system retrieves with, the
+            same whatever the prompt style (empty for ``longdoc``).
+        answer: Token ids of the answer as it continues the cue (``" 12345"``); the
+            continuation for ``longdoc``.
         answer_text: The answer as text (empty for ``longdoc``).
         evidence: Token ranges ``[start, end)`` of ``history`` that hold what the answer needs,
             in time order; empty for ``longdoc``.
+        question: The question (``"What is the pass key?"``).
+        cue: The start of the answer (``"The pass key is"``), written for the base in the
+            ``raw`` and ``chat-cue`` prompt styles.
     """
 
     task: str
@@ -60,30 +67,11 @@ class EvalSample:
     answer: np.ndarray
     answer_text: str
     evidence: tuple[Span, ...] = ()
+    question: str = ""
+    cue: str = ""
 
 
 Encode = Callable[[str], list[int]]
-
-
-class Filler:
-    """Random windows of a real held-out token stream."""
-
-    def __init__(self, stream: np.ndarray, special_ids: tuple[int, ...] = ()):
-        if len(stream) < 1024:
-            raise InvalidInputError("filler needs at least 1024 tokens of text")
-        self.stream = np.asarray(stream, dtype=np.int64)
-        self.special = np.asarray(special_ids, dtype=np.int64)
-
-    def take(self, rng: random.Random, n: int) -> list[int]:
-        out: list[int] = []
-        while len(out) < n:
-            width = min(n - len(out) + 16, len(self.stream))
-            start = rng.randrange(0, len(self.stream) - width + 1)
-            window = self.stream[start : start + width]
-            if self.special.size:
-                window = window[~np.isin(window, self.special)]
-            out.extend(int(t) for t in window[: n - len(out)])
-        return out
 
 
 def _scatter(
@@ -119,8 +107,7 @@ def make_sample(
             [encode(f"\nThe pass key is {key}. Remember it. {key} is the pass key.\n")],
             length,
         )
-        query = encode("\nWhat is the pass key? The pass key is")
-        return _qa(task, history, query, encode(f" {key}"), key, spans)
+        return _qa(task, encode, history, "What is the pass key?", "The pass key is", key, spans)
     if task == "needle":
         words = rng.sample(
             ["apple", "river", "stone", "cloud", "maple", "tiger", "lemon", "piano"], 4
@@ -131,20 +118,30 @@ def make_sample(
         ]
         asked = rng.choice(words)
         history, spans = _scatter(rng, filler, lines, length)
-        query = encode(
-            f"\nWhat is the special magic number for {asked}? "
-            f"The special magic number for {asked} is:"
+        return _qa(
+            task,
+            encode,
+            history,
+            f"What is the special magic number for {asked}?",
+            f"The special magic number for {asked} is:",
+            values[asked],
+            [spans[words.index(asked)]],
         )
-        evidence = [spans[words.index(asked)]]
-        return _qa(task, history, query, encode(f" {values[asked]}"), values[asked], evidence)
     if task == "vartrack":
         names = ["".join(rng.choice(string.ascii_uppercase) for _ in range(3)) for _ in range(4)]
         value = random_digits(rng, 5)
         lines = [encode(f"\nVAR {names[0]} = {value}.\n")]
         lines += [encode(f"\nVAR {b} = VAR {a}.\n") for a, b in itertools.pairwise(names)]
         history, spans = _scatter(rng, filler, lines, length)
-        query = encode(f"\nWhat is the value of VAR {names[-1]}? The value is")
-        return _qa(task, history, query, encode(f" {value}"), value, spans)  # every link
+        return _qa(  # the evidence is every link of the chain
+            task,
+            encode,
+            history,
+            f"What is the value of VAR {names[-1]}?",
+            "The value is",
+            value,
+            spans,
+        )
     if task == "lines":
         count = max(8, length // 24)
         registers = [random_digits(rng, 5) for _ in range(count)]
@@ -155,12 +152,16 @@ def make_sample(
             numbered += encode(f"line {i}: REGISTER_CONTENT is <{v}>\n")
         starts.append(len(numbered))
         line = rng.randrange(count // 2)  # far from the end
-        query = encode(
-            f"\nWhat is the REGISTER_CONTENT in line {line}? "
-            f"The REGISTER_CONTENT in line {line} is <"
+        return _qa(
+            task,
+            encode,
+            numbered,
+            f"What is the REGISTER_CONTENT in line {line}?",
+            f"The REGISTER_CONTENT in line {line} is <",
+            registers[line],
+            [(starts[line], starts[line + 1])],
+            space=False,  # the cue ends in "<": the digits follow it directly
         )
-        evidence = [(starts[line], starts[line + 1])]
-        return _qa(task, numbered, query, encode(registers[line]), registers[line], evidence)
     if task == "facts":
         people = rng.sample(PEOPLE, 4)
         moves = []
@@ -175,9 +176,10 @@ def make_sample(
         history, spans = _scatter(rng, filler, moves, length)
         return _qa(
             task,
+            encode,
             history,
-            encode(f"\nWhere is {asked}? {asked} is in the"),
-            encode(f" {where[asked]}"),
+            f"Where is {asked}?",
+            f"{asked} is in the",
             where[asked],
             [spans[last_move[asked]]],  # the asked person's last move decides the answer
         )
@@ -195,17 +197,22 @@ def make_sample(
 
 def _qa(
     task: str,
+    encode: Encode,
     history: list[int] | np.ndarray,
-    query: list[int],
-    answer: list[int],
-    text: str,
+    question: str,
+    cue: str,
+    answer: str,
     evidence: list[Span],
+    *,
+    space: bool = True,
 ) -> EvalSample:
     return EvalSample(
         task,
         np.asarray(history, dtype=np.int64),
-        np.asarray(query, dtype=np.int64),
-        np.asarray(answer, dtype=np.int64),
-        text,
+        np.asarray(encode(f"\n{question} {cue}"), dtype=np.int64),
+        np.asarray(encode(f" {answer}" if space else answer), dtype=np.int64),
+        answer,
         tuple(sorted(evidence)),
+        question,
+        cue,
     )

@@ -4,7 +4,7 @@
 below ``train``/``runtime``. The entry point is :func:`load_base`::
 
     from megacontext.models import load_base
-    base = load_base("default")            # or a local HF directory, or a hub id when online
+    base = load_base("smollm2")            # a real base by name, a .gguf, an HF directory, ...
     logits, hidden, cache = base.forward(base.embed(ids), positions, None)
 """
 
@@ -18,13 +18,13 @@ from megacontext.models.errors import (
     UnsupportedArchitectureError,
     UnsupportedPositionPolicyError,
 )
-from megacontext.models.loading import DEFAULT_BASE_DIR, load_base
+from megacontext.models.loading import TINY_BASE_DIR, load_base
 from megacontext.models.quirks import POSITION_POLICIES, QUIRKS, FamilyQuirks, PositionPolicy
 
 __all__ = [
-    "DEFAULT_BASE_DIR",
     "POSITION_POLICIES",
     "QUIRKS",
+    "TINY_BASE_DIR",
     "BaseAdapter",
     "FamilyQuirks",
     "ForwardOutput",

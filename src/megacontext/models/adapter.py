@@ -78,6 +78,8 @@ class BaseAdapter:
         self.config = model.config
         self.source = source
         self.stored_dtype = stored_dtype
+        # Where load_base's time went (resolving, converting a GGUF, loading); empty otherwise.
+        self.load_seconds: dict[str, float] = {}
         self._backbone = model.base_model
         self._lm_head = model.get_output_embeddings()
         self._embed_tokens = model.get_input_embeddings()
@@ -127,9 +129,14 @@ class BaseAdapter:
 
     @cached_property
     def embedding_norm(self) -> float:
-        """Median L2 norm of the input-embedding rows: the scale a gist should have (§6)."""
+        """Median L2 norm of what ``embed`` returns: the scale a gist should have (§6).
+
+        Families that scale embeddings inside the embedding module (Gemma: by sqrt(d)) are
+        measured after that scale.
+        """
         weight = self._embed_tokens.weight.detach().float()
-        return float(weight.norm(dim=-1).median())
+        scale = float(getattr(self._embed_tokens, "embed_scale", 1.0))
+        return float(weight.norm(dim=-1).median()) * scale
 
     @property
     def tied_embeddings(self) -> bool:
@@ -158,7 +165,8 @@ class BaseAdapter:
             "rope_type": rope_type_of(self.config) if self.quirks.position_kind == "rope" else None,
             "position_policies": list(self.position_policies),
             "tied_embeddings": self.tied_embeddings,
-            "prepend_bos": self.quirks.prepend_bos and self.bos_token_id is not None,
+            "prepend_bos": self.prepends_bos,
+            "chat_template": bool(getattr(self.tokenizer, "chat_template", None)),
             "dtype": str(self.dtype).removeprefix("torch."),
             "parameters": sum(p.numel() for p in self.model.parameters()),
         }
@@ -184,15 +192,26 @@ class BaseAdapter:
         return self.fingerprints["tokenizer"]
 
     # ----------------------------------------------------------------- tokens
+    @cached_property
+    def prepends_bos(self) -> bool:
+        """Whether a sequence starts with BOS: the family's convention, except where the BOS
+        token opens the turns of the chat template (SmolLM2's ``<|im_start|>``): there it is a
+        turn marker, and a history starts with the template's own prefix instead."""
+        if not self.quirks.prepend_bos or self.bos_token_id is None:
+            return False
+        template = getattr(self.tokenizer, "chat_template", None) or ""
+        bos = getattr(self.tokenizer, "bos_token", None)
+        return not (isinstance(template, str) and bos and bos in template)
+
     def encode(self, text: str, *, add_bos: bool | None = None) -> list[int]:
-        """Token ids for ``text``, with exactly one BOS where the family uses one.
+        """Token ids for ``text``, with exactly one BOS where the base uses one.
 
         Args:
             text: The text to tokenize.
-            add_bos: Force BOS on or off; ``None`` follows the family's convention.
+            add_bos: Force BOS on or off; ``None`` follows :attr:`prepends_bos`.
         """
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        want_bos = self.quirks.prepend_bos if add_bos is None else add_bos
+        want_bos = self.prepends_bos if add_bos is None else add_bos
         if want_bos and self.bos_token_id is not None and (not ids or ids[0] != self.bos_token_id):
             ids.insert(0, int(self.bos_token_id))
         return ids
@@ -217,9 +236,18 @@ class BaseAdapter:
 
     # ----------------------------------------------------------------- cache
     def new_cache(self) -> Any:
-        """An empty KV cache for this model."""
+        """An empty KV cache for this model.
+
+        Every layer keeps its whole history, sliding-window layers included (their window is
+        applied by the attention mask): a sliding cache drops old entries, and then cropping
+        to an earlier entry and recomputing the suffix (D10) would read a cache that lost them.
+        """
         from transformers import DynamicCache
 
+        if getattr(self.config, "sliding_window", None) and getattr(
+            self.config, "layer_types", None
+        ):
+            return DynamicCache()
         return DynamicCache(config=self.config)
 
     def cache_length(self, cache: Any) -> int:
@@ -360,16 +388,20 @@ class BaseAdapter:
         return values.to(self.device, torch.float64).expand(batch, length)
 
     def _damp_rotary(self, module: Any, args: Any, output: tuple[Tensor, Tensor]) -> Any:
-        """Forward hook on the rotary module: exact phases (``mu``), damping (``sigma``), D6."""
+        """Forward hook on the rotary module: exact phases (``mu``), damping (``sigma``), D6.
+
+        Families with one rotary table per layer type (Gemma 3) call the module with the layer
+        type as third argument and keep ``<type>_inv_freq`` per table.
+        """
         sigma, mu = self._sigma, self._mu
         if sigma is None and mu is None:
             return output
         cos, sin = output
-        inv_freq = module.inv_freq.to(device=cos.device, dtype=torch.float64)
+        inv_freq, scale = rotary_table(module, args[2] if len(args) > 2 else None)
+        inv_freq = inv_freq.to(device=cos.device, dtype=torch.float64)
         if mu is not None:
             freqs = mu[..., None] * inv_freq  # (B, T, head_dim / 2), float64 phases
             emb = torch.cat((freqs, freqs), dim=-1)
-            scale = float(getattr(module, "attention_scaling", 1.0))
             cos = (emb.cos() * scale).to(cos.dtype)
             sin = (emb.sin() * scale).to(sin.dtype)
         if sigma is not None:
@@ -385,4 +417,15 @@ class BaseAdapter:
         )
 
 
-__all__ = ["BaseAdapter", "ForwardOutput"]
+def rotary_table(module: Any, layer_type: str | None) -> tuple[Tensor, float]:
+    """The (already scaled) inverse frequencies and attention scaling of a rotary module, for
+    ``layer_type`` when the module keeps one table per layer type."""
+    if layer_type is not None and hasattr(module, f"{layer_type}_inv_freq"):
+        return (
+            getattr(module, f"{layer_type}_inv_freq"),
+            float(getattr(module, f"{layer_type}_attention_scaling", 1.0)),
+        )
+    return module.inv_freq, float(getattr(module, "attention_scaling", 1.0))
+
+
+__all__ = ["BaseAdapter", "ForwardOutput", "rotary_table"]

@@ -15,7 +15,6 @@ bundle trained for another base model or tokenizer (:class:`FingerprintMismatchE
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -32,12 +31,17 @@ from megacontext.errors import (
     InvalidInputError,
     StorageCorruptionError,
 )
+from megacontext.files import sha256_file
+from megacontext.models.errors import NoFocusBundleError
 from megacontext.models.gistnet import GISTNET_VERSION, GistNet, GistNetConfig
 from megacontext.models.lensnet import LENSNET_VERSION, LensNet, LensNetConfig
 from megacontext.models.lora import LORA_VERSION
 
 FOCUS_BUNDLE_ENV = "MEGACONTEXT_FOCUS_BUNDLE"
-DEFAULT_FOCUS_DIR = Path(__file__).resolve().parent / "default_focus"
+# Focus bundles shipped in the package, one directory per base (named after the base); "default"
+# focus means the one among them that was trained for the base in use.
+PACKAGED_BUNDLES = Path(__file__).resolve().parent / "bundles"
+FOCUS_BUILD_HINT = "make focus-models"  # the tiny base's recipe (docs/training.md)
 
 BUNDLE_FORMAT = "megacontext-bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -68,6 +72,7 @@ class Bundle:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None  # the directory it was loaded from
 
     def attach_lora(self, base: Any) -> Any:
         """Attach the bundle's LoRA weights to ``base``; returns the adapter (or None)."""
@@ -88,17 +93,53 @@ class Bundle:
         return self.modules[name]
 
 
-def default_focus_dir() -> Path:
-    """Where the focus bundle of the default base lives (``$MEGACONTEXT_FOCUS_BUNDLE`` wins)."""
-    return Path(os.environ.get(FOCUS_BUNDLE_ENV, DEFAULT_FOCUS_DIR))
+def packaged_bundle_for(fingerprints: Mapping[str, str]) -> Path | None:
+    """The packaged bundle trained for a base with these fingerprints, if one ships."""
+    if not PACKAGED_BUNDLES.is_dir():
+        return None
+    for candidate in sorted(PACKAGED_BUNDLES.iterdir()):
+        try:
+            made_for = read_manifest(candidate).get("fingerprints", {})
+        except (InvalidInputError, StorageCorruptionError):
+            continue
+        if all(made_for.get(k) == v for k, v in fingerprints.items()):
+            return candidate
+    return None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def resolve_focus(focus: str | Path, fingerprints: Mapping[str, str], base_name: str) -> Path:
+    """The bundle directory that ``focus`` names for a base — the one place that decides it.
+
+    ``"default"``: ``$MEGACONTEXT_FOCUS_BUNDLE`` when set, else the packaged bundle trained for
+    this base (matched by fingerprint). Anything else is a bundle directory.
+
+    Raises:
+        NoFocusBundleError: No bundle there, or none ships for this base; the message says how
+            to train one.
+    """
+    if str(focus) != "default":
+        path = Path(focus).expanduser()
+        if not (path / MANIFEST).is_file():
+            raise NoFocusBundleError(
+                f"no focus bundle at {path} (no {MANIFEST}); pass a bundle directory "
+                f"(`{FOCUS_BUILD_HINT}` builds the tiny base's), or 'default' for the one "
+                "shipped for the base"
+            )
+        return path
+    override = os.environ.get(FOCUS_BUNDLE_ENV, "").strip()
+    if override:
+        return resolve_focus(override, fingerprints, base_name)
+    found = packaged_bundle_for(fingerprints)
+    if found is None:
+        shipped = (
+            sorted(p.name for p in PACKAGED_BUNDLES.iterdir()) if PACKAGED_BUNDLES.is_dir() else []
+        )
+        raise NoFocusBundleError(
+            f"no focus bundle (GistNet, LensNet) ships for the base {base_name!r} (shipped: "
+            f"{', '.join(shipped) or 'none'}); train one with `{FOCUS_BUILD_HINT}`, or pass "
+            "--focus DIR"
+        )
+    return found
 
 
 def save_bundle(
@@ -145,7 +186,7 @@ def save_bundle(
         "fingerprints": dict(fingerprints),
         "training": dict(training or {}),
         "metrics": dict(metrics or {}),
-        "weights_sha256": _sha256(weights),
+        "weights_sha256": sha256_file(weights),
     }
     temp = root / (MANIFEST + ".tmp")
     temp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -200,7 +241,7 @@ def load_bundle(
     weights = root / WEIGHTS
     if not weights.is_file():
         raise StorageCorruptionError(f"bundle {root} lacks {WEIGHTS}; the bundle is incomplete")
-    if _sha256(weights) != manifest.get("weights_sha256"):
+    if sha256_file(weights) != manifest.get("weights_sha256"):
         raise StorageCorruptionError(
             f"{weights} does not match the sha256 in its manifest: the file is corrupt or was "
             "replaced; restore it from a good copy or retrain"
@@ -234,4 +275,5 @@ def load_bundle(
         training=dict(manifest.get("training", {})),
         metrics=dict(manifest.get("metrics", {})),
         manifest=manifest,
+        path=root,
     )

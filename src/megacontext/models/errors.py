@@ -25,14 +25,40 @@ class NotACausalLMError(UnsupportedArchitectureError):
     """The model is not a causal (decoder-only, next-token) language model."""
 
 
+class UnknownModelError(ModelLoadError, InvalidInputError):
+    """A model name that is neither a known base (``megacontext models list``) nor a path."""
+
+
+class NotAGGUFError(ModelLoadError, InvalidInputError):
+    """A file given as a GGUF model does not start with the GGUF magic bytes."""
+
+
+class CorruptModelFileError(ModelLoadError):
+    """A model file is truncated or damaged (a GGUF whose tensors run past its end, a sha256
+    that differs from the pinned one)."""
+
+
+class UnsupportedQuantizationError(ModelLoadError, InvalidInputError):
+    """A GGUF stores tensors in a quantization type that cannot be dequantized here."""
+
+
+class NoFocusBundleError(InvalidInputError):
+    """No focus bundle (GistNet, LensNet) exists where one was asked for, or for this base."""
+
+
 class UnsupportedPositionPolicyError(InvalidInputError):
     """A position policy (DESIGN D6) was requested that this base model cannot honour."""
 
 
 __all__ = [
+    "CorruptModelFileError",
     "MissingModelFilesError",
     "ModelLoadError",
+    "NoFocusBundleError",
     "NotACausalLMError",
+    "NotAGGUFError",
+    "UnknownModelError",
     "UnsupportedArchitectureError",
     "UnsupportedPositionPolicyError",
+    "UnsupportedQuantizationError",
 ]

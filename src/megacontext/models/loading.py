@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +25,10 @@ from megacontext.models.errors import (
 )
 from megacontext.models.quirks import FamilyQuirks, quirks_for_config
 
-DEFAULT_BASE_DIR = Path(__file__).resolve().parent / "default_base"
-# Points "default" at another directory (tests use a tiny model of the default's architecture).
+TINY_BASE_DIR = Path(__file__).resolve().parent / "tiny_base"
+# Points "default" at another model (tests use a tiny model of the tiny base's architecture).
 DEFAULT_BASE_ENV = "MEGACONTEXT_DEFAULT_BASE"
-DEFAULT_BASE_BUILD_COMMAND = "megacontext train base --config <the default-base config>"
+TINY_BASE_BUILD_COMMAND = "make tiny-base"
 
 _WEIGHT_PATTERNS = (
     "model.safetensors",
@@ -137,29 +139,85 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def resolve_model_dir(name_or_path: str | Path) -> Path:
-    """Map ``"default"``, a local directory or a hub id to a local model directory.
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a base model's Hugging Face directory is, and how it got there.
+
+    Attributes:
+        path: The model directory (config, safetensors weights, tokenizer).
+        name: The canonical name for people and records (``tiny``, ``smollm2-135m-instruct``,
+            or the path/hub id given).
+        timings: Seconds spent hashing (``sha256_s``) or converting a GGUF (``convert_s``).
+    """
+
+    path: Path
+    name: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_model(
+    name_or_path: str | Path, *, gguf_file: str | None = None, progress: bool = True
+) -> ResolvedModel:
+    """Map a model name, a ``.gguf`` file, a local directory or a hub id to a model directory.
+
+    Names: ``"default"`` (:data:`~megacontext.models.catalog.DEFAULT_BASE`, or the directory in
+    ``$MEGACONTEXT_DEFAULT_BASE``), ``"tiny"`` (the packaged 5.3M model), and every real base of
+    :mod:`megacontext.models.catalog` by name or alias. A GGUF (a ``.gguf`` path, or a directory
+    plus ``gguf_file``) is converted once into the model cache (:mod:`megacontext.models.gguf`).
 
     Raises:
-        MissingModelFilesError: The default base is not built, the path does not exist, or a
-            hub id cannot be fetched (offline, or the download failed).
+        UnknownModelError: Not a known name, not an existing path, not a hub id.
+        MissingModelFilesError: The tiny base is not built, a real base's package is not
+            installed, or a hub id cannot be fetched.
+        NotAGGUFError, CorruptModelFileError, UnsupportedArchitectureError,
+        UnsupportedQuantizationError: from checking a GGUF.
     """
-    text = str(name_or_path)
+    from megacontext.models import catalog
+    from megacontext.models.gguf import cached_model, check_gguf_magic
+
+    text = str(name_or_path).strip()
+    if gguf_file is not None:
+        file = Path(text).expanduser() / gguf_file
+        path, timings = cached_model([file], sha256=None, label=str(file), progress=progress)
+        return ResolvedModel(path, str(file), timings)
     if text == "default":
-        default_dir = Path(os.environ.get(DEFAULT_BASE_ENV) or DEFAULT_BASE_DIR)
-        if not (default_dir / "config.json").is_file():
+        override = os.environ.get(DEFAULT_BASE_ENV, "").strip()
+        if override:
+            return resolve_model(override, progress=progress)
+        text = catalog.DEFAULT_BASE
+    if text == catalog.TINY:
+        if not (TINY_BASE_DIR / "config.json").is_file():
             raise MissingModelFilesError(
-                f"the packaged default base is missing ({default_dir} has no config.json); "
-                f"build it with `{DEFAULT_BASE_BUILD_COMMAND}` (docs/training.md) or pass the "
+                f"the packaged tiny base is missing ({TINY_BASE_DIR} has no config.json); "
+                f"build it with `{TINY_BASE_BUILD_COMMAND}` (docs/training.md) or pass the "
                 "path of another model directory"
             )
-        return default_dir
+        return ResolvedModel(TINY_BASE_DIR, catalog.TINY)
+    entry = catalog.real_base(text)
+    if entry is not None:
+        path, timings = cached_model(
+            entry.part_paths(), sha256=entry.sha256, label=entry.name, progress=progress
+        )
+        return ResolvedModel(path, entry.name, timings)
     path = Path(text).expanduser()
+    if path.is_file():
+        if path.name == "config.json":
+            return ResolvedModel(path.parent, str(path.parent))
+        check_gguf_magic(path)
+        resolved, timings = cached_model([path], sha256=None, label=str(path), progress=progress)
+        return ResolvedModel(resolved, str(path), timings)
     if path.exists():
-        return path
-    if not _HUB_ID.match(text) or text.startswith((".", "/", "~")):
-        raise MissingModelFilesError(f"no model directory at {path} (and it is not a hub id)")
-    return _download(text)
+        return ResolvedModel(path, str(path))
+    if text.startswith((".", "/", "~")):
+        raise MissingModelFilesError(f"no model directory or file at {path}")
+    if not _HUB_ID.match(text):
+        raise catalog.unknown_model(text)
+    return ResolvedModel(_download(text), text)
+
+
+def resolve_model_dir(name_or_path: str | Path) -> Path:
+    """The local model directory of a name, path or hub id (see :func:`resolve_model`)."""
+    return resolve_model(name_or_path).path
 
 
 def _download(repo_id: str) -> Path:
@@ -190,31 +248,41 @@ def load_base(
     name_or_path: str | Path,
     dtype: str | torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    *,
+    gguf_file: str | None = None,
+    progress: bool = True,
 ) -> BaseAdapter:
     """Load a frozen base model behind the adapter interface.
 
     Args:
-        name_or_path: ``"default"`` (the packaged base, or ``$MEGACONTEXT_DEFAULT_BASE``), a
-            local Hugging Face model directory, or a hub id such as ``"Qwen/Qwen2.5-0.5B"``
-            (only where the network allows; ``HF_HUB_OFFLINE=1`` is respected).
+        name_or_path: ``"default"``, ``"tiny"``, a real base by name (``"smollm2"``,
+            ``"gemma3-270m"``; ``megacontext models list``), a ``.gguf`` file, a local Hugging
+            Face model directory, or a hub id such as ``"Qwen/Qwen2.5-0.5B"`` (only where the
+            network allows; ``HF_HUB_OFFLINE=1`` is respected).
         dtype: Compute dtype (``torch.float32``, ``"bf16"``, ...).
         device: Where to put the weights.
+        gguf_file: With a directory as ``name_or_path``: the GGUF file in it to load.
+        progress: Show a progress bar when a GGUF is converted (once per file).
 
     Returns:
-        A :class:`BaseAdapter` in eval mode with frozen weights.
+        A :class:`BaseAdapter` in eval mode with frozen weights; ``adapter.load_seconds`` says
+        where the load's time went (``convert_s`` only when a GGUF was converted).
 
     Example:
-        >>> base = load_base("default")                                  # doctest: +SKIP
+        >>> base = load_base("smollm2")                                  # doctest: +SKIP
         >>> out = base.forward(base.embed(ids), torch.arange(ids.shape[1]))  # doctest: +SKIP
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    path = resolve_model_dir(name_or_path)
+    started = time.perf_counter()
+    resolved = resolve_model(name_or_path, gguf_file=gguf_file, progress=progress)
+    path = resolved.path
     check_model_dir(path)
     torch_dtype = parse_dtype(dtype)
     bars_were_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
+    loading = time.perf_counter()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         model = AutoModelForCausalLM.from_pretrained(
@@ -226,18 +294,26 @@ def load_base(
         if bars_were_on:
             hf_logging.enable_progress_bar()
     model.to(device)
-    return BaseAdapter(
-        model, tokenizer, source=str(name_or_path), stored_dtype=stored_dtype_of(path)
+    adapter = BaseAdapter(
+        model, tokenizer, source=resolved.name, stored_dtype=stored_dtype_of(path)
     )
+    adapter.load_seconds = {
+        **resolved.timings,
+        "load_s": time.perf_counter() - loading,
+        "total_s": time.perf_counter() - started,
+    }
+    return adapter
 
 
 __all__ = [
-    "DEFAULT_BASE_DIR",
     "DEFAULT_BASE_ENV",
+    "TINY_BASE_DIR",
+    "ResolvedModel",
     "check_model_dir",
     "has_weights",
     "load_base",
     "parse_dtype",
     "read_config",
+    "resolve_model",
     "resolve_model_dir",
 ]

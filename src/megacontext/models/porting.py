@@ -27,12 +27,14 @@ from typing import Any
 import yaml
 
 from megacontext.models.adapter import BaseAdapter
+from megacontext.models.catalog import real_base
 from megacontext.models.errors import MissingModelFilesError, ModelLoadError
 from megacontext.models.loading import (
     check_model_dir,
     has_weights,
     load_base,
     read_config,
+    resolve_model,
     resolve_model_dir,
 )
 from megacontext.models.portability import CheckResult, run_checks
@@ -248,7 +250,8 @@ def port_model(
     """Inspect ``target``, run the portability checks, and build the adapter config + report.
 
     Args:
-        target: A model directory, a hub id, a ``config.json`` / config-only directory, an
+        target: A real base by name (``smollm2``, ``gemma3-270m``, ``tiny``), a ``.gguf``
+            file, a model directory, a hub id, a ``config.json`` / config-only directory, an
             adapter-config YAML with ``hf_config``, or a shipped config name.
         name: Name for the adapter config (default: derived from ``target``).
         hub_id: Hub id to record in the adapter config.
@@ -287,6 +290,11 @@ def port_model(
             return _port_config_only(raw, name or path.name, hub_id, label, progress)
         check_model_dir(path)  # names a missing tokenizer
         return _port_checkpoint(load_base(path), path, name or path.name, hub_id, progress)
+    if real_base(text) is not None or text == "tiny" or path.is_file():
+        # A real base by name, the tiny base, or a GGUF file: checked on its real weights.
+        resolved = resolve_model(text)
+        base = load_base(text)
+        return _port_checkpoint(base, resolved.path, name or resolved.name, hub_id, progress)
     # A hub id: the real checkpoint where the network allows, else a shipped config of it.
     try:
         local = resolve_model_dir(text)

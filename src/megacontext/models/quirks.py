@@ -108,6 +108,56 @@ QUIRKS: dict[str, FamilyQuirks] = {
             ),
         ),
         FamilyQuirks(
+            family="mistral",
+            model_types=("mistral",),
+            position_kind="rope",
+            policies=_ROPE_POLICIES,
+            prepend_bos=True,
+            lora_targets=("q_proj", "v_proj"),
+            notes=(
+                "Llama's layout; GGUF files store Mistral models as 'llama' and transformers "
+                "reads them as mistral when the model name says so.",
+                "An optional sliding window (null in Mistral 7B v0.2+); the mask applies it.",
+                "The tokenizer prepends BOS.",
+            ),
+        ),
+        FamilyQuirks(
+            family="phi3",
+            model_types=("phi3",),
+            position_kind="rope",
+            policies=_ROPE_POLICIES,
+            prepend_bos=False,
+            lora_targets=("qkv_proj",),
+            rope_types=("default", "longrope"),
+            notes=(
+                "Q, K and V are one fused projection (qkv_proj), and so are gate and up; LoRA "
+                "targets the fused qkv_proj.",
+                "Long-context checkpoints use rope_type 'longrope' (per-frequency factors).",
+                "The tokenizer adds no BOS by default.",
+            ),
+        ),
+        FamilyQuirks(
+            family="gemma3",
+            model_types=("gemma3_text",),
+            position_kind="rope",
+            policies=_ROPE_POLICIES,
+            prepend_bos=True,
+            lora_targets=("q_proj", "v_proj"),
+            rope_types=("default", "linear"),
+            notes=(
+                "Two rotary tables in one module: sliding-window layers use theta 1e4, global "
+                "layers theta 1e6 (rope_parameters per layer type); exact phases and gaussian "
+                "damping are applied with each layer type's own frequencies.",
+                "Most layers attend over a sliding window (512 tokens in Gemma 3 270M; 5 of every "
+                "6 layers); the adapter keeps a full KV cache for every layer so that cropping "
+                "and recomputing a suffix (D10) stays exact; the mask applies the window.",
+                "The input embedding multiplies token vectors by sqrt(hidden_size) inside the "
+                "embedding module, so embed() returns scaled vectors and gists live at that scale.",
+                "The tokenizer prepends <bos>, which the model needs; a 262k vocabulary and tied "
+                "embeddings.",
+            ),
+        ),
+        FamilyQuirks(
             family="gpt2",
             model_types=("gpt2",),
             position_kind="absolute",
@@ -160,19 +210,32 @@ def quirks_for_config(config: Any) -> FamilyQuirks:
         )
     quirks = family_for_model_type(str(getattr(config, "model_type", "")))
     if quirks.position_kind == "rope":
-        rope_type = rope_type_of(config)
-        if rope_type not in quirks.rope_types:
-            raise UnsupportedArchitectureError(
-                f"rope_type {rope_type!r} is not supported for family {quirks.family!r} "
-                f"(supported: {', '.join(quirks.rope_types)})"
-            )
+        for rope_type in rope_types_of(config).values():
+            if rope_type not in quirks.rope_types:
+                raise UnsupportedArchitectureError(
+                    f"rope_type {rope_type!r} is not supported for family {quirks.family!r} "
+                    f"(supported: {', '.join(quirks.rope_types)})"
+                )
     return quirks
 
 
-def rope_type_of(config: Any) -> str:
-    """The rotary scaling type of a config (``"default"`` when unscaled)."""
+def rope_types_of(config: Any) -> dict[str, str]:
+    """The rotary scaling type per layer type (``{"all": ...}`` when one table serves all).
+
+    Families with several rotary tables (Gemma 3: sliding and full attention) keep one
+    ``rope_parameters`` entry per layer type.
+    """
     params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    return str(params.get("rope_type", params.get("type", "default")))
+    nested = {k: v for k, v in params.items() if isinstance(v, dict)}
+    if nested:
+        return {k: str(v.get("rope_type", v.get("type", "default"))) for k, v in nested.items()}
+    return {"all": str(params.get("rope_type", params.get("type", "default")))}
+
+
+def rope_type_of(config: Any) -> str:
+    """The rotary scaling type of a config (``"default"`` when unscaled); with one table per
+    layer type, the types joined by ``/`` when they differ."""
+    return "/".join(sorted(set(rope_types_of(config).values())))
 
 
 __all__ = [
@@ -183,4 +246,5 @@ __all__ = [
     "family_for_model_type",
     "quirks_for_config",
     "rope_type_of",
+    "rope_types_of",
 ]

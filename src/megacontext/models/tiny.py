@@ -26,6 +26,9 @@ TINY_FAMILIES: tuple[str, ...] = (
     "qwen2",
     "qwen3",
     "mixtral",
+    "mistral",
+    "phi3",
+    "gemma3",
     "gpt2",
     "default",
 )
@@ -91,6 +94,40 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "router_jitter_noise": 0.1,  # only active in training mode; the adapter runs in eval
         "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
         "tie_word_embeddings": False,
+    },
+    "mistral": {
+        **_COMMON,
+        "model_type": "mistral",
+        "architectures": ["MistralForCausalLM"],
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
+        "sliding_window": None,
+        "tie_word_embeddings": False,
+    },
+    "phi3": {
+        **_COMMON,
+        "model_type": "phi3",
+        "architectures": ["Phi3ForCausalLM"],
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        "original_max_position_embeddings": 4096,
+        "sliding_window": None,
+        "tie_word_embeddings": False,
+    },
+    # Gemma 3's layout at tiny size: one sliding-window layer (a window of 8 tokens, so that
+    # every check's 20-24 tokens cross it) and one global layer, a rotary table for each.
+    "gemma3": {
+        **_COMMON,
+        "model_type": "gemma3_text",
+        "architectures": ["Gemma3ForCausalLM"],
+        "head_dim": 32,
+        "query_pre_attn_scalar": 32,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "layer_types": ["sliding_attention", "full_attention"],
+        "sliding_window": 8,
+        "rope_parameters": {
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+        },
+        "tie_word_embeddings": True,
     },
     "gpt2": {
         "model_type": "gpt2",
@@ -234,6 +271,90 @@ def make_tiny_model_dir(
     return path
 
 
+def write_tiny_gguf(
+    path: Path,
+    *,
+    seed: int = 0,
+    architecture: str = "llama",
+    quantization: str | None = None,
+    chat_template: str | None = None,
+) -> Path:
+    """Write a tiny random-init Llama-layout model as a GGUF file, as llama.cpp's converter lays
+    one out (``token_embd``, ``blk.N.attn_q``, ...), with the tiny BPE tokenizer in its metadata.
+
+    For tests of the GGUF path (conversion, cache, bad files) without a 100 MB download.
+
+    Args:
+        path: The file to write.
+        seed: Seed of the random weights.
+        architecture: ``general.architecture`` (anything but ``llama`` makes a file transformers
+            cannot read, for error tests).
+        quantization: A ggml type name (``Q8_0``, ``Q4_0``, ...) to store the matrices in;
+            ``None`` stores float32.
+        chat_template: A Jinja chat template to embed.
+    """
+    import gguf
+    import numpy as np
+
+    spec = json.loads(build_tiny_tokenizer().backend_tokenizer.to_str())
+    tokens = [t for t, _ in sorted(spec["model"]["vocab"].items(), key=lambda kv: kv[1])]
+    merges = [" ".join(m) if isinstance(m, list) else m for m in spec["model"]["merges"]]
+    hidden, layers, heads, kv_heads, ff = 64, 2, 4, 2, 128
+    head_dim = hidden // heads
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_name("megacontext tiny test model")
+    writer.add_context_length(256)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ff)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if t in ("<s>", "</s>", "<pad>") else 1 for t in tokens])
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(1)
+    writer.add_pad_token_id(2)
+    if chat_template:
+        writer.add_chat_template(chat_template)
+    rng = np.random.default_rng(seed)
+    quant = gguf.GGMLQuantizationType[quantization] if quantization else None
+
+    def matrix(name: str, rows: int, cols: int, std: float) -> None:
+        values = (rng.standard_normal((rows, cols)) * std).astype(np.float32)
+        if quant is None:
+            writer.add_tensor(name, values)
+        else:
+            writer.add_tensor(name, gguf.quants.quantize(values, quant), raw_dtype=quant)
+
+    def norm(name: str) -> None:
+        writer.add_tensor(name, np.ones(hidden, dtype=np.float32))
+
+    matrix("token_embd.weight", len(tokens), hidden, 0.15)
+    norm("output_norm.weight")
+    for i in range(layers):
+        norm(f"blk.{i}.attn_norm.weight")
+        matrix(f"blk.{i}.attn_q.weight", heads * head_dim, hidden, 0.64 / hidden**0.5)
+        matrix(f"blk.{i}.attn_k.weight", kv_heads * head_dim, hidden, 0.64 / hidden**0.5)
+        matrix(f"blk.{i}.attn_v.weight", kv_heads * head_dim, hidden, 0.64 / hidden**0.5)
+        matrix(f"blk.{i}.attn_output.weight", hidden, heads * head_dim, 0.64 / hidden**0.5)
+        norm(f"blk.{i}.ffn_norm.weight")
+        matrix(f"blk.{i}.ffn_gate.weight", ff, hidden, 0.64 / hidden**0.5)
+        matrix(f"blk.{i}.ffn_up.weight", ff, hidden, 0.64 / hidden**0.5)
+        matrix(f"blk.{i}.ffn_down.weight", hidden, ff, 0.64 / ff**0.5)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 def write_config_only_dir(config_dict: dict[str, Any], path: Path) -> Path:
     """Write only ``config.json`` (no weights): how public configs are described without weights."""
     path.mkdir(parents=True, exist_ok=True)
@@ -250,4 +371,5 @@ __all__ = [
     "make_tiny_model_dir",
     "scale_down",
     "write_config_only_dir",
+    "write_tiny_gguf",
 ]

@@ -1,12 +1,19 @@
 """The runtime: a session that ingests, refocuses and decodes over an unbounded history."""
 
-from megacontext.runtime.session import (
-    EntryView,
-    Focus,
-    Session,
-    SessionConfig,
-    StepTelemetry,
-    open_session,
-)
+from megacontext.focus import StepTelemetry
+from megacontext.runtime.config import W_MAX, SessionConfig, default_protected_recent
+from megacontext.runtime.focus_control import Focus
+from megacontext.runtime.opening import open_session
+from megacontext.runtime.session import EntryView, ForwardTiming, Session
 
-__all__ = ["EntryView", "Focus", "Session", "SessionConfig", "StepTelemetry", "open_session"]
+__all__ = [
+    "W_MAX",
+    "EntryView",
+    "Focus",
+    "ForwardTiming",
+    "Session",
+    "SessionConfig",
+    "StepTelemetry",
+    "default_protected_recent",
+    "open_session",
+]

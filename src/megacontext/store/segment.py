@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import struct
 import zlib
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from megacontext.files import sha256_file
 from megacontext.store.errors import (
     DiskFullError,
     InvalidInputError,
@@ -193,7 +193,4 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise os_error(exc, path, "replacing") from exc
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a whole file."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+file_sha256 = sha256_file  # the store's name for the shared helper

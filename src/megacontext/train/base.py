@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from megacontext.errors import InvalidInputError
+from megacontext.files import sha256_file
 from megacontext.train.config import BaseRunConfig
 from megacontext.train.corpus import build_corpus, read_documents, verify_corpus
 from megacontext.train.metrics import (
@@ -76,10 +77,6 @@ class RunState:
 # --------------------------------------------------------------------------- data
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def prepare_data(
     cfg: BaseRunConfig, log: Callable[[str], None] = print
 ) -> tuple[Any, np.ndarray, np.ndarray, Path]:
@@ -107,7 +104,9 @@ def prepare_data(
         )
     tok = load_tokenizer(tok_dir)
     key = hashlib.sha256(
-        (_sha256(tok_dir / "tokenizer.json") + json.dumps(manifest.files, sort_keys=True)).encode()
+        (
+            sha256_file(tok_dir / "tokenizer.json") + json.dumps(manifest.files, sort_keys=True)
+        ).encode()
     ).hexdigest()[:16]
     cache = corpus / "tokens"
     cache.mkdir(parents=True, exist_ok=True)
@@ -766,5 +765,5 @@ matmul peak of {m["matmul_peak_flops"] / 1e9:.1f} GFLOP/s |
 **{m["passkey_acc"]:.2f}** |
 
 Reproduce: `megacontext train base --config src/megacontext/train/configs/default.yaml`, then
-`megacontext train export runs/default-base --to src/megacontext/models/default_base`.
+`megacontext train export runs/default-base --to src/megacontext/models/tiny_base`.
 """

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from megacontext.errors import InvalidInputError, MegaContextError
+from megacontext.files import sha256_file
 
 SOURCES: tuple[str, ...] = ("stdlib", "pydoc", "kjv", "gutenberg")
 PYDOC_DIR = Path("/usr/share/doc/python3.11/html/_sources")
@@ -295,14 +296,6 @@ def split_documents(
     return train, val
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _write_jsonl(path: Path, docs: Sequence[Document]) -> None:
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", encoding="utf-8") as fh:
@@ -410,7 +403,7 @@ def build_corpus(
         manifest.files[path.name] = {
             "documents": len(split),
             "bytes": path.stat().st_size,
-            "sha256": _sha256_file(path),
+            "sha256": sha256_file(path),
         }
     (out / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
     return manifest
@@ -428,7 +421,7 @@ def verify_corpus(out_dir: str | Path) -> CorpusManifest:
     manifest = CorpusManifest.load(out / "manifest.json")
     for name, info in manifest.files.items():
         path = out / name
-        if not path.is_file() or _sha256_file(path) != info["sha256"]:
+        if not path.is_file() or sha256_file(path) != info["sha256"]:
             raise StorageCorruptionError(
                 f"corpus file {path} is missing or does not match its manifest hash; rebuild the "
                 f"corpus with: megacontext train corpus --out {out}"

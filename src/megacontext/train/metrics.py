@@ -15,7 +15,6 @@ These back the benchmark results ``default_val_bpb``, ``default_passkey_acc``,
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import random
@@ -29,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
+from megacontext.data import Filler, heldout_texts
 from megacontext.errors import InvalidInputError
-from megacontext.train.tasks import FillerSource, passkey_sample
+from megacontext.train.tasks import passkey_sample
 from megacontext.train.tokenizer import BOS, EOS, PAD, special_id
 
 
@@ -120,7 +120,7 @@ def passkey_accuracy(
     was_training = model.training
     model.eval()
     bos = special_id(tok, BOS)
-    filler = FillerSource(filler_stream, (bos, special_id(tok, EOS), special_id(tok, PAD)))
+    filler = Filler(filler_stream, (bos, special_id(tok, EOS), special_id(tok, PAD)))
     rng = random.Random(seed)
     correct = 0
     failures: list[tuple[str, str]] = []
@@ -190,21 +190,6 @@ def matmul_peak_flops(
 
 
 # --------------------------------------------------------------------------- benchmark entry points
-
-HELDOUT_PATH = Path(__file__).parent / "data" / "heldout.jsonl.gz"
-
-
-def heldout_texts(path: str | Path = HELDOUT_PATH) -> list[str]:
-    """Texts of the held-out validation documents shipped with the package (gzipped JSONL).
-
-    This is the validation split of the default corpus (seed 0): the default base never trained on
-    it, and benchmarks can measure on it without rebuilding the corpus.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidInputError(f"held-out text {path} is missing; reinstall megacontext")
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        return [json.loads(line)["text"] for line in fh if line.strip()]
 
 
 def evaluate_base_dir(

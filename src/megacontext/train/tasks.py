@@ -2,7 +2,7 @@
 
 A small base that never saw a pass key scores 0 on passkey prompts. These generators teach it to
 read far context: each builds one sample as token ids, with natural-text filler drawn from a
-:class:`FillerSource` so the tasks look like the documents around them.
+:class:`Filler` so the tasks look like the documents around them.
 
 ========== =================================================================================
 kind       what the model must do
@@ -36,19 +36,19 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Tokenizer
 
+from megacontext.data import (
+    KV_LINE,
+    KV_QUESTION,
+    PASSKEY_INTRO,
+    PASSKEY_NEEDLE,
+    PASSKEY_QUESTION,
+    Filler,
+    random_digits,
+)
 from megacontext.errors import InvalidInputError
 from megacontext.train.tokenizer import BOS, EOS, PAD, SPECIAL_TOKENS, special_id
 
 TASK_KINDS: tuple[str, ...] = ("passkey", "kv", "copy", "copy_long", "repeat", "vartrack")
-
-PASSKEY_INTRO = (
-    "There is a pass key hidden inside a lot of irrelevant text. Find it and remember it. "
-    "I will ask you for the pass key at the end.\n"
-)
-PASSKEY_NEEDLE = "\nThe pass key is {key}. Remember it. {key} is the pass key.\n"
-PASSKEY_QUESTION = "\nWhat is the pass key? The pass key is"
-KV_LINE = "\nkey {key} has value {value}.\n"
-KV_QUESTION = "\nWhat is the value of key {key}? The value is"
 
 
 @dataclass(frozen=True)
@@ -72,44 +72,8 @@ class TaskSample:
     evidence: tuple[tuple[int, int], ...] = ()
 
 
-class FillerSource:
-    """Random windows of natural text from a token stream, with special tokens removed.
-
-    Args:
-        stream: Token ids (``BOS doc EOS ...``), e.g. from
-            :func:`megacontext.train.tokenizer.encode_documents`.
-        special_ids: Ids to strip from filler windows.
-    """
-
-    def __init__(self, stream: np.ndarray, special_ids: tuple[int, ...] = ()) -> None:
-        if len(stream) < 64:
-            raise InvalidInputError(
-                f"filler stream has {len(stream)} tokens; need at least 64 tokens of text"
-            )
-        self.stream = stream
-        self.special_ids = np.asarray(special_ids, dtype=stream.dtype)
-
-    def take(self, rng: random.Random, n: int) -> list[int]:
-        """Return exactly ``n`` filler token ids from a random place in the stream."""
-        out: list[int] = []
-        while len(out) < n:
-            need = n - len(out)
-            width = min(need + 16, len(self.stream))
-            start = rng.randrange(0, len(self.stream) - width + 1)
-            window = self.stream[start : start + width]
-            if len(self.special_ids):
-                window = window[~np.isin(window, self.special_ids)]
-            out.extend(int(t) for t in window[:need])
-        return out
-
-
 def _enc(tok: Tokenizer, text: str) -> list[int]:
     return list(tok.encode(text, add_special_tokens=False).ids)
-
-
-def random_digits(rng: random.Random, n: int) -> str:
-    """``n`` random decimal digits without a leading zero."""
-    return str(rng.randint(1, 9)) + "".join(str(rng.randint(0, 9)) for _ in range(n - 1))
 
 
 def _split_filler(rng: random.Random, total: int, parts: int) -> list[int]:
@@ -124,7 +88,7 @@ def _split_filler(rng: random.Random, total: int, parts: int) -> list[int]:
 def passkey_sample(
     rng: random.Random,
     tok: Tokenizer,
-    filler: FillerSource,
+    filler: Filler,
     length: int,
     *,
     key_digits: int | None = None,
@@ -162,7 +126,7 @@ def _word(rng: random.Random, n: int) -> str:
     return "".join(rng.choice(string.ascii_lowercase) for _ in range(n))
 
 
-def kv_sample(rng: random.Random, tok: Tokenizer, filler: FillerSource, length: int) -> TaskSample:
+def kv_sample(rng: random.Random, tok: Tokenizer, filler: Filler, length: int) -> TaskSample:
     """Key/value lines spread through filler; the end asks for the values of some keys."""
     n_pairs = rng.randint(2, 8)
     keys = list(dict.fromkeys(_word(rng, rng.randint(4, 7)) for _ in range(n_pairs)))
@@ -187,9 +151,7 @@ def kv_sample(rng: random.Random, tok: Tokenizer, filler: FillerSource, length: 
     return TaskSample("kv", ids, prompt_len, f" {values[asked[0]]}.", (where[asked[0]],))
 
 
-def copy_sample(
-    rng: random.Random, tok: Tokenizer, filler: FillerSource, length: int
-) -> TaskSample:
+def copy_sample(rng: random.Random, tok: Tokenizer, filler: Filler, length: int) -> TaskSample:
     """A span of text, some filler, then the span again after a marker."""
     header = _enc(tok, "Read this passage carefully.\n")
     marker = _enc(tok, "\nRepeat the passage exactly:\n")
@@ -201,9 +163,7 @@ def copy_sample(
     return TaskSample("copy", ids + span, len(ids), tok.decode(span))
 
 
-def copy_long_sample(
-    rng: random.Random, tok: Tokenizer, filler: FillerSource, length: int
-) -> TaskSample:
+def copy_long_sample(rng: random.Random, tok: Tokenizer, filler: Filler, length: int) -> TaskSample:
     """Like :func:`copy_sample`, but the span fills a quarter to a half of the sample.
 
     Half of the sample's tokens are then copy targets: the strongest signal for the induction
@@ -219,9 +179,7 @@ def copy_long_sample(
     return TaskSample("copy_long", ids + span, len(ids), tok.decode(span))
 
 
-def repeat_sample(
-    rng: random.Random, tok: Tokenizer, filler: FillerSource, length: int
-) -> TaskSample:
+def repeat_sample(rng: random.Random, tok: Tokenizer, filler: Filler, length: int) -> TaskSample:
     """A sequence of uniformly random tokens, then the same sequence again.
 
     Nothing but copying predicts the second half: a pure test of induction (find-and-copy). It
@@ -238,9 +196,7 @@ def repeat_sample(
     return TaskSample("repeat", ids + seq, len(ids), tok.decode(seq))
 
 
-def vartrack_sample(
-    rng: random.Random, tok: Tokenizer, filler: FillerSource, length: int
-) -> TaskSample:
+def vartrack_sample(rng: random.Random, tok: Tokenizer, filler: Filler, length: int) -> TaskSample:
     """Chains of variable assignments through filler; asks which variables hold a value."""
     n_chains = rng.randint(1, 3)
     names = list(
@@ -284,7 +240,7 @@ def vartrack_sample(
     return TaskSample("vartrack", ids + answer, len(ids), answer_text, tuple(evidence))
 
 
-GENERATORS: dict[str, Callable[[random.Random, Tokenizer, FillerSource, int], TaskSample]] = {
+GENERATORS: dict[str, Callable[[random.Random, Tokenizer, Filler, int], TaskSample]] = {
     "passkey": passkey_sample,
     "kv": kv_sample,
     "copy": copy_sample,
@@ -354,7 +310,7 @@ class MixtureSampler:
         self.answer_weight = float(answer_weight)
         self.bos = special_id(tok, BOS)
         self.eos = special_id(tok, EOS)
-        self.filler = FillerSource(stream, (self.bos, self.eos, special_id(tok, PAD)))
+        self.filler = Filler(stream, (self.bos, self.eos, special_id(tok, PAD)))
 
     def row(self, rng: random.Random) -> tuple[str, np.ndarray, np.ndarray]:
         """Return ``(kind, ids, weights)``, each of length ``seq_len + 1``.

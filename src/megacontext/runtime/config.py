@@ -1,0 +1,167 @@
+"""A session's settings, and the one place each of their defaults is defined (DESIGN §4).
+
+Commands, benchmarks, the evaluation harness and the demos take their defaults from here:
+:data:`W_MAX` (the working-context budget), :func:`default_protected_recent`, and every other
+field of :class:`SessionConfig`. A session records its settings in ``session.json`` when it is
+created, and a reopened session reads them back, so nothing has to be given twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from megacontext.core.positions import POLICIES, PositionPolicy
+from megacontext.errors import BudgetError, InvalidInputError
+
+# The working-context budget (entries fed to the base) when none is given.
+W_MAX = 512
+
+
+def default_protected_recent(W_max: int) -> int:
+    """Recent tokens kept raw when none is given: a quarter of the budget, at most 128."""
+    return min(128, W_max // 4)
+
+
+def default_collapse_ahead(W_max: int, refocus_every: int, protected_recent: int) -> int:
+    """Entries freed at once when room runs out, when none is given: an eighth of the budget,
+    at least ``refocus_every``, never more than what is not protected."""
+    return min(max(refocus_every, W_max // 8), W_max - protected_recent)
+
+
+@dataclass
+class SessionConfig:
+    """Working-context, focus and decoding settings of a session."""
+
+    W_max: int = W_MAX
+    protected_recent: int | None = None  # default: default_protected_recent(W_max)
+    policy: PositionPolicy = "compact"
+    refocus_every: int = 32
+    # Entries freed at once when the working context runs out of room (default W_max // 8, at
+    # least refocus_every). A collapse rewrites the KV cache from the collapsed entry on, usually
+    # most of the context; freeing room for many tokens at once pays that recompute once per
+    # that many tokens instead of once per refocus, at the cost of a slightly emptier context.
+    collapse_ahead: int | None = None
+    use_lens: bool = True
+    max_edits: int = 4
+    # Most refocus steps spent on one question before it is answered (fewer when a step plans
+    # nothing); sessions, `ask` and the evaluation harness all use it.
+    focus_steps: int = 8
+    # Focus thresholds on LensNet's scores (see AllocatorConfig). The shipped LensNet asks for
+    # detail with small positive scores: with the earlier thresholds (expand 0.1, min gain 0.05)
+    # the demo's session made no expansion at all. Voluntary collapses are off: only room for
+    # new tokens collapses.
+    expand_threshold: float = 0.0
+    min_gain: float = 0.0
+    collapse_threshold: float = 1.0
+    temperature: float = 0.0
+    top_k: int = 0
+    seed: int = 0
+    query_tokens: int = 32
+    # How questions are put to the base: "raw", "chat" or "chat-cue" (models.prompting);
+    # None: the default style for the base (PromptFormat.default_style).
+    prompt: str | None = None
+    trace: bool = True
+    # Read gists through the bundle's LoRA adapters when it has them (co-learning, issue 6 §6);
+    # they are attached to the base while the session is open and detached on close.
+    use_lora: bool = True
+    # Nodes gisted per GistNet forward. Bounds ingest memory: a 64k-token ingest gisted in one
+    # batch held about 1 GB of activations; 256 LOD1 nodes are 8k tokens per forward.
+    gist_batch: int = 256
+    # Pages (256 records each) kept per store in the read cache; bounds its memory (at d_model
+    # 256 in float16, 64 gist pages are 8 MiB).
+    cache_pages: int = 64
+
+    def __post_init__(self) -> None:
+        for spec in dataclasses.fields(self):
+            _check_type(spec.name, getattr(self, spec.name), spec.type)
+        if self.W_max < 1:
+            raise InvalidInputError(f"W_max must be >= 1, got {self.W_max}")
+        if self.protected_recent is None:
+            self.protected_recent = default_protected_recent(self.W_max)
+        if self.protected_recent < 0:
+            raise InvalidInputError(f"protected_recent must be >= 0, got {self.protected_recent}")
+        if self.protected_recent > self.W_max:
+            raise BudgetError(
+                f"W_max={self.W_max} is smaller than the protected recent window "
+                f"({self.protected_recent}); raise W_max or lower protected_recent"
+            )
+        if self.policy not in POLICIES:
+            raise InvalidInputError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        for name in ("refocus_every", "gist_batch", "cache_pages", "max_edits"):
+            if getattr(self, name) < 1:
+                raise InvalidInputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("focus_steps", "query_tokens", "top_k", "seed"):
+            if getattr(self, name) < 0:
+                raise InvalidInputError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.collapse_ahead is None:
+            self.collapse_ahead = default_collapse_ahead(
+                self.W_max, self.refocus_every, self.protected_recent
+            )
+        if not 0 <= self.collapse_ahead <= self.W_max - self.protected_recent:
+            raise InvalidInputError(
+                f"collapse_ahead must be in [0, W_max - protected_recent = "
+                f"{self.W_max - self.protected_recent}], got {self.collapse_ahead}"
+            )
+        if self.prompt is not None:
+            from megacontext.models.prompting import PROMPT_STYLES
+
+            if self.prompt not in PROMPT_STYLES:
+                raise InvalidInputError(
+                    f"prompt must be one of {', '.join(PROMPT_STYLES)}, got {self.prompt!r}"
+                )
+
+    def resized(self, W_max: int) -> SessionConfig:
+        """This config for another budget: a protected window and ``collapse_ahead`` that were
+        defaults follow the new budget; values set explicitly are kept."""
+        protected: int | None = int(self.protected_recent or 0)
+        ahead = self.collapse_ahead
+        if ahead == default_collapse_ahead(self.W_max, self.refocus_every, int(protected or 0)):
+            ahead = None
+        if protected == default_protected_recent(self.W_max):
+            protected = None
+        room = W_max - (default_protected_recent(W_max) if protected is None else protected)
+        if ahead is not None and ahead > room:
+            ahead = None
+        return dataclasses.replace(
+            self, W_max=W_max, protected_recent=protected, collapse_ahead=ahead
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SessionConfig:
+        """A config from ``session.json``; fields this version does not know are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "str": (str,),
+}
+
+
+def _check_type(name: str, value: object, annotation: object) -> None:
+    """A typed error for a value of the wrong type (``W_max="512"``), before any arithmetic."""
+    text = str(annotation)
+    if value is None and "None" in text:
+        return
+    if text == "PositionPolicy":
+        return  # checked against POLICIES
+    base = text.split("|")[0].strip()
+    allowed = _TYPES.get(base)
+    if allowed is None:
+        return
+    wrong = not isinstance(value, allowed) or (base in ("int", "float") and isinstance(value, bool))
+    if wrong:
+        raise InvalidInputError(
+            f"SessionConfig.{name} must be {base}, got {type(value).__name__} {value!r}"
+        )
+
+
+__all__ = ["W_MAX", "SessionConfig", "default_collapse_ahead", "default_protected_recent"]

@@ -1,0 +1,88 @@
+"""Manual focus control of a session: expand, collapse and pin, still legal and within budget."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from megacontext.core import Edit, EditKind, EditPlan, WorkingContext
+from megacontext.errors import BudgetError, InvalidInputError
+
+if TYPE_CHECKING:
+    from megacontext.runtime.session import Session
+
+
+class Focus:
+    """Manual focus control, still subject to legality and the budget."""
+
+    def __init__(self, session: Session):
+        self._s = session
+        self.pinned: list[tuple[int, int]] = []
+
+    def expand(self, level: int, index: int) -> None:
+        """Open gist ``(level, index)``, paying with the least useful collapse if needed."""
+        s = self._s
+        pos = s.wc.entry_of(level, index)
+        if pos is None or level < 1:
+            s._apply(EditPlan(s.wc.version, (Edit.expand(level, index),)))  # raises, names why
+            return
+        if s.wc.size + s.wc.K - 1 <= s.wc.W_max:
+            s._apply(EditPlan(s.wc.version, (Edit.expand(level, index),)))
+            return
+        # One plan: this expansion, paid by the lowest-scoring group that does not contain it.
+        scores = s._with_pins(np.zeros(s.wc.size))
+        scores[pos] = 1.0
+        plan = s.engine.plan(s.wc, scores)
+        wanted = Edit.expand(level, index)
+        if wanted not in plan.edits:
+            raise BudgetError(
+                f"no legal collapse can pay for expanding (level {level}, index {index}) within "
+                f"W_max={s.wc.W_max}; unpin something or raise W_max"
+            )
+        s._apply(
+            EditPlan(
+                plan.wc_version,
+                tuple(e for e in plan.edits if e == wanted or e.kind is EditKind.COLLAPSE),
+            )
+        )
+
+    def collapse(self, level: int, index: int) -> None:
+        """Replace the K children of node ``(level, index)`` by the node."""
+        s = self._s
+        s._apply(EditPlan(s.wc.version, (Edit.collapse(level, index),)))
+
+    def pin(self, start: int, end: int) -> None:
+        """Bring tokens ``[start, end)`` back to raw detail and keep them there.
+
+        Gists covering the range are expanded (paid for by collapses elsewhere); pinned entries
+        score as high as possible afterwards, so the allocator gives them up last.
+        """
+        s = self._s
+        if not 0 <= start < end <= s.tree.num_tokens:
+            raise InvalidInputError(
+                f"pin range [{start}, {end}) is outside the history [0, {s.tree.num_tokens})"
+            )
+        self.pinned.append((start, end))
+        self.bring_back(start, end)
+
+    def bring_back(self, start: int, end: int) -> None:
+        """Expand every gist that covers tokens ``[start, end)``, coarsest first."""
+        s = self._s
+        while True:
+            starts, ends = s.wc.spans()
+            covering = np.flatnonzero((ends > start) & (starts < end) & (s.wc.levels > 0))
+            if not covering.size:
+                return
+            pos = int(covering[np.argmax(s.wc.levels[covering])])
+            self.expand(int(s.wc.levels[pos]), int(s.wc.indices[pos]))
+
+    def pinned_mask(self, wc: WorkingContext) -> np.ndarray:
+        starts, ends = wc.spans()
+        mask = np.zeros(wc.size, dtype=bool)
+        for lo, hi in self.pinned:
+            mask |= (ends > lo) & (starts < hi)
+        return mask
+
+
+__all__ = ["Focus"]

@@ -1,0 +1,391 @@
+"""LensNet's training data: sampled working contexts and their counterfactual labels (D8).
+
+A *sample* is a working context over a history much longer than ``W_max``, plus the tokens that
+come next (the *scored* tokens: a task's answer, or the next ``horizon`` tokens of natural text):
+
+* **Labels (D8).** For every legal single edit — expand a gist, collapse a sibling group — the
+  frozen base scores the continuation with that edit applied; ``ΔNLL`` is the change against the
+  unedited WC. All candidates of a kind have one length, so each kind is one batched forward.
+  An entry's label is the *value of its detail* per unit of budget: ``−ΔNLL_expand / (K−1)`` for a
+  gist (positive when opening it helps), ``+ΔNLL_collapse / (K−1)`` for each member of a
+  collapsible group (positive when giving it back hurts). Other entries are masked (legality).
+* **Evidence-path labels.** Opening a level-ℓ gist (ℓ ≥ 2) shows K child *gists*, and a detail
+  such as a pass key's digits only comes back once a path down to raw tokens is open: the single
+  edit's ΔNLL is ~0 for every ancestor of a needle, so single-edit labels teach LensNet never to
+  open them. With ``descent_labels``, a retrieval sample's gist at level ≥ 2 that covers evidence
+  (the generator knows where the needle, the asked line, the chain's statements are) is also
+  labelled with the ΔNLL of opening the path to every evidence block in it down to raw tokens,
+  per unit of the budget that spends (``n_expansions · (K−1)``); its label is the better of that
+  and its single edit. The evidence only chooses which counterfactual to measure; LensNet never
+  sees it.
+
+LensNet's inputs for a sample come from :class:`~megacontext.focus.LensScorer`, the code sessions
+score with.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from megacontext.core import (
+    Edit,
+    EditPlan,
+    MegaContextTree,
+    MemoryBackend,
+    WorkingContext,
+    sibling_groups,
+)
+from megacontext.data import Filler
+from megacontext.errors import InvalidInputError
+from megacontext.focus import FocusQuery, LensScorer
+from megacontext.models.adapter import BaseAdapter
+from megacontext.models.context import GistNetGister, entry_vectors
+from megacontext.models.gistnet import GistNet
+from megacontext.store.lexical import AnyLexicalIndex, LexicalIndex
+from megacontext.train.tasks import GENERATORS
+
+RETRIEVAL_KINDS = ("passkey", "kv", "vartrack")
+
+
+@dataclass
+class LensTrainConfig:
+    """Sampling, labelling and optimisation settings of a LensNet run."""
+
+    seed: int = 0
+    W_max: int = 128
+    protected_recent: int = 32
+    history_tokens: tuple[int, int] = (1024, 4096)
+    horizon: int = 32
+    max_answer_tokens: int = 16
+    query_tokens: int = 32
+    retrieval_fraction: float = 0.5
+    task_kinds: tuple[str, ...] = RETRIEVAL_KINDS
+    perturb_edits: int = 4
+    label_batch: int = 32
+    epochs: int = 20
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    rank_weight: float = 1.0
+    regression_weight: float = 1.0
+    key_epochs: int = 10
+    key_lr: float = 1e-3
+    key_temperature: float = 0.1
+    focus_steps: int = 3
+    focus_max_edits: int = 2
+    descent_labels: bool = True
+    lensnet: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.protected_recent < self.query_tokens:
+            raise InvalidInputError(
+                "protected_recent must be >= query_tokens: the query must stay raw in the WC"
+            )
+        unknown = set(self.task_kinds) - set(GENERATORS)
+        if unknown:
+            raise InvalidInputError(
+                f"unknown task kinds {sorted(unknown)}; use {sorted(GENERATORS)}"
+            )
+        if not 0 <= self.retrieval_fraction <= 1:
+            raise InvalidInputError("retrieval_fraction must be in [0, 1]")
+
+
+@dataclass
+class LensSample:
+    """One labelled working context."""
+
+    kind: str  # "text" or a task kind
+    tree: MegaContextTree
+    lexical: AnyLexicalIndex
+    wc: WorkingContext
+    recency: WorkingContext  # the unperturbed assembly, for focus-gain evaluation
+    query: FocusQuery
+    scored: np.ndarray
+    gist_version: str = ""  # GistNet weights the labels were computed with
+    # Token ranges [start, end) of the history that hold what the answer needs (retrieval tasks).
+    evidence: tuple[tuple[int, int], ...] = ()
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per entry; NaN = illegal
+    expand_gain: np.ndarray = field(
+        default_factory=lambda: np.zeros(0)
+    )  # per entry; NaN if no gist
+    # NLLs that do not depend on the scorer under evaluation (recency; the oracle at a label
+    # scale), kept so that evaluating several LensNets on one sample labels it only once.
+    reference_nll: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def retrieval(self) -> bool:
+        return self.kind != "text"
+
+    def scorer(self, base: BaseAdapter) -> LensScorer:
+        """The scorer of this sample's tree and lexical index (LensNet's inputs)."""
+        return LensScorer(base, self.tree, self.lexical)
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def _scored_nll(base: BaseAdapter, prefixes: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """Mean NLL of ``scored`` (H,) after each prefix ``(B, W, d)``; compact positions."""
+    b, w, _ = prefixes.shape
+    tail = base.embed(scored[:-1].to(base.device))[None].expand(b, -1, -1)
+    seq = torch.cat([prefixes, tail.to(prefixes.dtype)], dim=1)
+    positions = torch.arange(seq.shape[1], device=base.device)[None].expand(b, -1)
+    logits = base.forward(seq, positions, use_cache=False).logits[:, w - 1 :].float()
+    targets = scored.to(base.device)[None].expand(b, -1)
+    losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+    return losses.view(b, -1).mean(dim=1)
+
+
+@torch.no_grad()
+def wc_nll(
+    base: BaseAdapter, tree: MegaContextTree, wc: WorkingContext, scored: np.ndarray
+) -> float:
+    vectors = entry_vectors(wc, tree, base)[None]
+    return float(_scored_nll(base, vectors, torch.as_tensor(scored, dtype=torch.long))[0])
+
+
+@torch.no_grad()
+def counterfactual_labels(
+    base: BaseAdapter,
+    sample: LensSample,
+    wc: WorkingContext | None = None,
+    batch: int = 32,
+    descent: bool = False,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per-entry labels and expand gains of every legal single edit on ``wc`` (default: the
+    sample's). Returns ``(labels, expand_gain, nll_unedited)``; both arrays are per entry.
+
+    With ``descent``, a gist at level ≥ 2 that covers some of the sample's evidence is valued by
+    the better of its single expansion and opening the paths to its evidence blocks down to raw
+    tokens (:func:`evidence_path`), each per unit of budget spent.
+    """
+    wc = wc or sample.wc
+    K = wc.K
+    scored = torch.as_tensor(sample.scored, dtype=torch.long)
+    nll0 = wc_nll(base, sample.tree, wc, sample.scored)
+    labels = np.full(wc.size, np.nan)
+    gain = np.full(wc.size, np.nan)
+    gist_positions = np.flatnonzero(wc.levels > 0)
+    groups = sibling_groups(wc, np.zeros(wc.size))
+    edits: list[tuple[str, int, Edit]] = [
+        ("expand", int(p), Edit.expand(int(wc.levels[p]), int(wc.indices[p])))
+        for p in gist_positions
+    ]
+    edits += [
+        ("collapse", int(first), Edit.collapse(int(lv), int(ix)))
+        for first, lv, ix in zip(groups.first, groups.level, groups.index, strict=True)
+    ]
+    for kind in ("expand", "collapse"):
+        todo = [(pos, edit) for k, pos, edit in edits if k == kind]
+        for lo in range(0, len(todo), batch):
+            chunk = todo[lo : lo + batch]
+            prefixes = []
+            for _, edit in chunk:
+                edited = _with_budget_room(wc, K)
+                edited.apply(EditPlan(edited.version, (edit,)))
+                prefixes.append(entry_vectors(edited, sample.tree, base))
+            nll = _scored_nll(base, torch.stack(prefixes), scored).cpu().numpy()
+            for (pos, _), value in zip(chunk, nll, strict=True):
+                delta = (float(value) - nll0) / (K - 1)
+                if kind == "expand":
+                    gain[pos] = -delta
+                    labels[pos] = -delta
+                else:
+                    labels[pos : pos + K] = delta
+    if descent and sample.evidence:
+        # (WC position of the gist, the WC with its evidence opened, expansions it took); paths
+        # of one length share a batched forward.
+        by_size: dict[int, list[tuple[int, WorkingContext, int]]] = {}
+        for gist_pos in gist_positions.tolist():
+            level = int(wc.levels[gist_pos])
+            if level < 2:
+                continue
+            opened = evidence_path(wc, level, int(wc.indices[gist_pos]), sample.evidence)
+            if opened is not None:
+                by_size.setdefault(opened[0].size, []).append((gist_pos, *opened))
+        for group in by_size.values():
+            for lo in range(0, len(group), batch):
+                part = group[lo : lo + batch]
+                vectors = [entry_vectors(edited, sample.tree, base) for _, edited, _ in part]
+                nlls = _scored_nll(base, torch.stack(vectors), scored).cpu().numpy()
+                for (gist_pos, _, expansions), value in zip(part, nlls, strict=True):
+                    per_entry = (nll0 - float(value)) / (expansions * (K - 1))
+                    gain[gist_pos] = labels[gist_pos] = max(gain[gist_pos], per_entry)
+    return labels, gain, nll0
+
+
+def evidence_path(
+    wc: WorkingContext, level: int, index: int, evidence: Sequence[tuple[int, int]]
+) -> tuple[WorkingContext, int] | None:
+    """``wc`` with gist ``(level, index)`` opened down to raw tokens over every evidence block it
+    covers, and the number of expansions that took; ``None`` if it covers no evidence.
+
+    The budget is ignored, as for every label.
+    """
+    K = wc.K
+    blocks_per_node = K ** (level - 1)
+    first, stop = index * blocks_per_node, (index + 1) * blocks_per_node
+    blocks = sorted(
+        {
+            b
+            for start, end in evidence
+            for b in range(start // K, (end - 1) // K + 1)
+            if first <= b < stop
+        }
+    )
+    if not blocks:
+        return None
+    opened = _with_budget_room(wc, K, len(blocks) * level)
+    expansions = 0
+    for block in blocks:
+        for lv in range(level, 0, -1):
+            node = block // K ** (lv - 1)
+            present = (opened.levels == lv) & (opened.indices == node)
+            if present.any():
+                opened.expand(lv, node)
+                expansions += 1
+    return opened, expansions
+
+
+def _with_budget_room(wc: WorkingContext, K: int, expansions: int = 1) -> WorkingContext:
+    """A copy of ``wc`` whose budget admits ``expansions`` more expansions (labels ignore the
+    budget)."""
+    room = WorkingContext(
+        wc.levels,
+        wc.indices,
+        num_tokens=wc.num_tokens,
+        W_max=max(wc.W_max, wc.size + expansions * (K - 1)),
+        K=K,
+        protected_recent=wc.protected_recent,
+    )
+    return room
+
+
+# --------------------------------------------------------------------------- samples
+
+
+def _detok_blocks(base: BaseAdapter, ids: np.ndarray, K: int) -> list[str]:
+    """The text of each complete block, as a session indexes it."""
+    blocks = ids[: len(ids) // K * K].reshape(-1, K)
+    return [base.decode(row.tolist()) for row in blocks]
+
+
+def make_sample(
+    base: BaseAdapter,
+    gistnet: GistNet,
+    filler: Filler,
+    text_stream: np.ndarray,
+    cfg: LensTrainConfig,
+    rng: random.Random,
+    kind: str,
+) -> LensSample:
+    """Build one sample of ``kind`` ("text" or a task kind) with its tree, index and WC."""
+    K = gistnet.config.K
+    tok = base.tokenizer.backend_tokenizer
+    length = rng.randint(*cfg.history_tokens)
+    if kind == "text":
+        start = rng.randrange(0, len(text_stream) - length - cfg.horizon)
+        window = text_stream[start : start + length + cfg.horizon].astype(np.int64)
+        history, scored = window[:length], window[length:]
+        evidence: tuple[tuple[int, int], ...] = ()
+    else:
+        task = GENERATORS[kind](rng, tok, filler, length)
+        ids = np.asarray(task.ids, dtype=np.int64)
+        history = ids[: task.prompt_len]
+        scored = ids[task.prompt_len : task.prompt_len + cfg.max_answer_tokens]
+        evidence = tuple((a, b) for a, b in task.evidence if b <= len(history))
+    tree = MegaContextTree(
+        MemoryBackend(base.d_model, np.float32),
+        GistNetGister(gistnet, base),
+        K=K,
+        key_backend=MemoryBackend(gistnet.config.key_dim, np.float32),
+    )
+    tree.append(history)
+    lexical = LexicalIndex(K=K)
+    lexical.add_blocks(0, _detok_blocks(base, history, K))
+    recency = WorkingContext.assemble(
+        len(history), cfg.W_max, K=K, protected_recent=cfg.protected_recent
+    )
+    wc = recency.copy()
+    _perturb(wc, rng, cfg.perturb_edits)
+    return LensSample(
+        kind=kind,
+        tree=tree,
+        lexical=lexical,
+        wc=wc,
+        recency=recency,
+        query=FocusQuery.of(base, gistnet, history[-cfg.query_tokens :]),
+        scored=scored,
+        evidence=evidence,
+    )
+
+
+def _perturb(wc: WorkingContext, rng: random.Random, edits: int) -> None:
+    """A few random legal expand/collapse pairs, so training WCs are not all recency-shaped."""
+    for _ in range(edits):
+        gists = np.flatnonzero(wc.levels > 0)
+        groups = sibling_groups(wc, np.zeros(wc.size))
+        if not len(gists) or not len(groups.first):
+            return
+        g = rng.randrange(len(groups.first))
+        first = int(groups.first[g])
+        candidates = [int(p) for p in gists if not first <= p < first + wc.K]
+        if not candidates:
+            return
+        p = rng.choice(candidates)
+        plan = EditPlan(
+            wc.version,
+            (
+                Edit.collapse(int(groups.level[g]), int(groups.index[g])),
+                Edit.expand(int(wc.levels[p]), int(wc.indices[p])),
+            ),
+        )
+        wc.apply(plan)
+
+
+def make_samples(
+    base: BaseAdapter,
+    gistnet: GistNet,
+    text_stream: np.ndarray,
+    cfg: LensTrainConfig,
+    count: int,
+    seed: int,
+    special_ids: tuple[int, ...] = (),
+    progress: bool = True,
+    desc: str = "labelling",
+) -> list[LensSample]:
+    """``count`` labelled samples: a ``retrieval_fraction`` of task samples, the rest text."""
+    rng = random.Random(seed)
+    filler = Filler(text_stream, special_ids)
+    version = gistnet.weights_version()
+    samples = []
+    for i in tqdm(range(count), desc=desc, disable=not progress, dynamic_ncols=True):
+        retrieval = i < round(count * cfg.retrieval_fraction)
+        kind = rng.choice(cfg.task_kinds) if retrieval else "text"
+        sample = make_sample(base, gistnet, filler, text_stream, cfg, rng, kind)
+        sample.gist_version = version
+        sample.labels, sample.expand_gain, _ = counterfactual_labels(
+            base, sample, batch=cfg.label_batch, descent=cfg.descent_labels
+        )
+        samples.append(sample)
+    return samples
+
+
+__all__ = [
+    "RETRIEVAL_KINDS",
+    "LensSample",
+    "LensTrainConfig",
+    "counterfactual_labels",
+    "evidence_path",
+    "make_sample",
+    "make_samples",
+    "wc_nll",
+]
