@@ -5,31 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from megacontext.cli import app
-from megacontext.models import load_base
-from megacontext.models.bundle import save_bundle
-from megacontext.models.gistnet import GistNet, GistNetConfig
-from megacontext.models.lensnet import LensNet, LensNetConfig
-from megacontext.models.tiny import make_tiny_model_dir
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("cli")
-    base_dir = make_tiny_model_dir("default", root / "base")
-    base = load_base(base_dir)
-    torch.manual_seed(0)
-    gist = GistNet(GistNetConfig(d_model=base.d_model, K=4, width=32, n_heads=2, key_dim=8))
-    lens = LensNet(LensNetConfig(d_model=base.d_model, width=32, n_heads=2, n_layers=1))
-    bundle = save_bundle(
-        root / "focus", {"gistnet": gist, "lensnet": lens}, fingerprints=base.fingerprints
-    )
-    return base_dir, bundle
+def setup(tiny_world) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
+    return tiny_world.base_dir, tiny_world.bundle_dir
 
 
 def test_ingest_ask_generate_trace(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -82,3 +67,37 @@ def test_bad_paths(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-de
         ],
     )
     assert result.exit_code != 0
+
+
+def test_a_session_remembers_its_base_focus_and_budget(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base_dir, bundle = setup
+    docs = tmp_path / "a.txt"
+    docs.write_text("The pass key is 4821. Remember it. " * 20)
+    tree = ["--tree", str(tmp_path / "mc")]
+    made = runner.invoke(
+        app, ["ingest", str(docs), *tree, "--base", str(base_dir), "--focus", str(bundle),
+              "--w-max", "64"],
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    # No --base, --focus or --w-max: the session's record supplies them.
+    asked = runner.invoke(app, ["ask", "What is the pass key?", *tree, "--max-new-tokens", "3"])
+    assert asked.exit_code == 0, asked.output
+    again = runner.invoke(app, ["generate", "Once", *tree, "--max-new-tokens", "2", "--regist"])
+    assert again.exit_code == 0, again.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--w-max", "0"], "--w-max must be >= 1"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    ],
+)
+def test_bad_flags_are_named_before_any_model_loads(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = runner.invoke(
+        app, ["ask", "Q?", "--tree", str(tmp_path / "t"), "--base", str(tmp_path / "nope"), *args]
+    )
+    assert result.exit_code != 0
+    assert message in str(result.exception)  # not the missing base: nothing was loaded yet

@@ -18,7 +18,6 @@ from megacontext.errors import (
 from megacontext.models import load_base
 from megacontext.models.bundle import load_bundle, save_bundle
 from megacontext.models.gistnet import GistNet, GistNetConfig
-from megacontext.models.lensnet import LensNet, LensNetConfig
 from megacontext.models.tiny import make_tiny_model_dir
 from megacontext.runtime import SessionConfig, open_session
 
@@ -30,16 +29,8 @@ TEXT = (
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    root = tmp_path_factory.mktemp("models")
-    base = load_base(make_tiny_model_dir("default", root / "base"))
-    torch.manual_seed(0)
-    gist = GistNet(GistNetConfig(d_model=base.d_model, K=K, width=32, n_heads=2, key_dim=8))
-    lens = LensNet(LensNetConfig(d_model=base.d_model, width=32, n_heads=2, n_layers=1))
-    bundle = save_bundle(
-        root / "focus", {"gistnet": gist, "lensnet": lens}, fingerprints=base.fingerprints
-    )
-    return base, bundle
+def models(tiny_world):  # type: ignore[no-untyped-def]
+    return tiny_world.base, tiny_world.bundle_dir
 
 
 def config(**kw: object) -> SessionConfig:
@@ -349,3 +340,74 @@ def test_a_postgres_tree_keeps_metadata_and_lexical_index_there(
         open_session(path, base, bundle, config(), metadata_url="sqlite:///elsewhere.sqlite")
     with open_session(path, base, bundle, config(), metadata_url=postgres_url):
         pass  # the same URL again is fine, and the refused open left no lock behind
+
+
+def test_a_reopened_session_needs_no_repeated_settings(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base, bundle = models
+    path = tmp_path / "s"
+    with open_session(path, base, bundle, config(W_max=40, query_tokens=6)) as mc:
+        mc.ingest(TEXT)
+    recorded = json.loads((path / "session.json").read_text())
+    assert recorded["base"] == base.source and recorded["focus"] == str(bundle)
+    assert recorded["config"]["W_max"] == 40
+    with open_session(path) as again:  # base, focus and settings from session.json
+        assert again.config.W_max == 40 and again.config.query_tokens == 6
+        assert again.base.fingerprint == base.fingerprint
+        assert again.tree.num_tokens > 0
+    with open_session(path, config=config(W_max=44)) as wider:  # an explicit setting wins
+        assert wider.config.W_max == 44
+    assert json.loads((path / "session.json").read_text())["config"]["W_max"] == 40
+    (path / "session.json").write_text("{not json")
+    with pytest.raises(InvalidInputError, match="not a MegaContext session record"):
+        open_session(path)
+
+
+def test_ask_leaves_the_history_alone_unless_remembered(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base, bundle = models
+    with open_session(tmp_path / "s", base, bundle, config()) as mc:
+        mc.ingest(TEXT)
+        tokens = mc.tree.tokens(0, mc.tree.num_tokens).copy()
+        answer = mc.ask("What did the fox do?", max_new_tokens=5)
+        assert len(answer.ids) <= 5 and set(answer.seconds) == {"focus", "decode"}
+        np.testing.assert_array_equal(mc.tree.tokens(0, mc.tree.num_tokens), tokens)
+        assert mc.query_ids().tolist() != base.encode("What did the fox do?", add_bos=False)
+        remembered = mc.ask("And then?", max_new_tokens=3, remember=True)
+        added = mc.tree.tokens(len(tokens), mc.tree.num_tokens).tolist()
+        asked = mc.prompt.question_text("And then?") + remembered.text
+        assert base.decode(added) == base.decode(base.encode(asked, add_bos=False))
+        with pytest.raises(InvalidInputError, match="question is empty"):
+            mc.ask("  ")
+
+
+def test_focus_for_an_explicit_query_and_reset(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base, bundle = models
+    with open_session(tmp_path / "s", base, bundle, config(focus_steps=3)) as mc:
+        mc.ingest(TEXT)
+        n = mc.tree.num_tokens
+        query = np.asarray(base.encode(" lazy dog", add_bos=False))
+        steps = mc.focus_for(query)
+        assert 0 <= steps <= 3 and mc.state.stats.steps <= 3
+        np.testing.assert_array_equal(mc.query_ids(), query)
+        assert mc.tree.num_tokens == n  # the query is not history
+        mc.reset_focus()
+        assert mc.state.stats.steps == 0
+        assembled = mc.wc
+        assert assembled.size <= mc.config.W_max
+        mc.resize(64)
+        assert mc.wc.W_max == 64 and mc.config.protected_recent == 12  # set explicitly: kept
+        mc.wc.check_invariants()
+
+
+def test_an_in_memory_session_is_the_same_loop(models) -> None:  # type: ignore[no-untyped-def]
+    from megacontext.models.bundle import load_bundle
+    from megacontext.runtime import Session
+
+    base, bundle_dir = models
+    mc = Session.in_memory(base, load_bundle(bundle_dir), config())
+    mc.ingest(TEXT)
+    assert mc.path is None and mc.trace_path is None
+    pieces = list(mc.generate(" and", max_new_tokens=4))
+    assert pieces and mc.tree.num_tokens > 0
+    mc.wc.check_invariants()
+    with pytest.raises(InvalidInputError, match="no provenance"):
+        mc.ingest("more", source="file://x")

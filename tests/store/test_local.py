@@ -323,7 +323,7 @@ def test_second_writer_in_another_process_is_refused(tmp_path: Path) -> None:
             os._exit(0)
         except StoreLockedError:
             os._exit(7)
-        except BaseException:
+        except BaseException:  # noqa: BLE001  (a forked child must never return into pytest)
             os._exit(1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 7

@@ -7,18 +7,18 @@ from pathlib import Path
 import pytest
 
 from megacontext.errors import InvalidInputError
-from megacontext.train.config import CONFIG_DIR, config_from_dict, load_config
+from megacontext.train.config import config_from_dict, load_config, packaged_config
 
 
 def test_default_recipe_loads_and_matches_the_issue_targets() -> None:
-    cfg = load_config(CONFIG_DIR / "default.yaml")
+    cfg = load_config(None)
     assert cfg.data.vocab_size == 8192 and cfg.data.seq_len >= 512
     assert cfg.data.mixture["passkey"] > 0, "a base that never saw pass keys scores 0"
     assert cfg.train.max_position_offset > 0
 
 
 def test_overrides_apply_with_dotted_keys() -> None:
-    cfg = load_config(CONFIG_DIR / "default.yaml", {"train.max_steps": 7, "model.n_layers": 2})
+    cfg = load_config(None, {"train.max_steps": 7, "model.n_layers": 2})
     assert cfg.train.max_steps == 7 and cfg.model.n_layers == 2
 
 
@@ -49,6 +49,16 @@ def test_bad_configs_are_rejected(data: dict[str, object], match: str) -> None:
         config_from_dict(data)
 
 
+def test_packaged_recipes_are_found_from_any_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # nothing repo-relative: the recipes come with the package
+    for name in ("default.yaml", "gist-default.yaml", "lens-default.yaml", "cotrain-default.yaml"):
+        assert packaged_config(name), name
+    with pytest.raises(InvalidInputError, match=r"no packaged config 'nope\.yaml'.*gist-default"):
+        packaged_config("nope.yaml")
+
+
 def test_missing_and_malformed_files(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="not found"):
         load_config(tmp_path / "nope.yaml")
@@ -57,4 +67,4 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="not valid YAML"):
         load_config(bad)
     with pytest.raises(InvalidInputError, match=r"section\.key=value"):
-        load_config(CONFIG_DIR / "default.yaml", {"max_steps": 3})
+        load_config(None, {"max_steps": 3})

@@ -41,18 +41,21 @@ class BenchOptions:
     """Settings every suite takes (``megacontext bench SUITE --base NAME --prompt STYLE``).
 
     Attributes:
-        base: The base model by name or path (``"default"``: ``$MEGACONTEXT_BENCH_BASE`` if set).
+        base: The base model by name or path; ``None``: ``$MEGACONTEXT_BENCH_BASE`` if set, else
+            the default base.
         prompt: How questions are put to the base (``raw``, ``chat``, ``chat-cue``); ``None``
             uses the base's default style.
     """
 
-    base: str = "default"
+    base: str | None = None
     prompt: str | None = None
 
     def base_name(self) -> str:
-        if self.base == "default":
-            return os.environ.get(BASE_ENV, "").strip() or "default"
-        return self.base
+        if self.base is not None:
+            return self.base
+        from megacontext.models.catalog import DEFAULT  # (imports torch: only when needed)
+
+        return os.environ.get(BASE_ENV, "").strip() or DEFAULT
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,23 +39,13 @@ def _goal_note(name: str) -> str:
 
 def run(quick: bool, progress: Progress, options: BenchOptions) -> list[Result]:
     from megacontext.models.bundle import load_bundle, resolve_focus
-    from megacontext.models.context import GistNetGister
     from megacontext.models.loading import load_base
-    from megacontext.train.gist import GistTrainConfig, WindowSampler, evaluate_gists, window_length
-    from megacontext.train.lens import (
-        ABLATIONS,
-        LensRunConfig,
-        evaluate_lensnet,
-        make_samples,
-        refresh_keys,
-    )
     from megacontext.train.streams import corpus_streams
 
     torch.manual_seed(0)
     base = load_base(options.base_name())
     bundle_dir = resolve_focus("default", base.fingerprints, base.source)
     bundle = load_bundle(bundle_dir, fingerprints=base.fingerprints)
-    gistnet = bundle.get("gistnet")
     corpus = Path(os.environ.get("MEGACONTEXT_CORPUS", "runs/corpus"))
     if not (corpus / "manifest.json").is_file():
         from megacontext.train.corpus import build_corpus
@@ -62,6 +53,20 @@ def run(quick: bool, progress: Progress, options: BenchOptions) -> list[Result]:
         progress(f"building the corpus in {corpus}")
         build_corpus(corpus, ["stdlib", "pydoc", "kjv", "gutenberg"], seed=0, val_fraction=0.05)
     val = corpus_streams(corpus, base, "val", progress=False)
+    return (
+        gist_results(base, bundle, val, quick, progress)
+        + lens_results(base, bundle, val, quick, progress)
+        + ingest_results(base, bundle, val, quick, progress)
+    )
+
+
+def gist_results(
+    base: Any, bundle: Any, val: dict[str, np.ndarray], quick: bool, progress: Progress
+) -> list[Result]:
+    """Gap closure and ΔNLL per level on held-out windows, in the training layout."""
+    from megacontext.train.gist import GistTrainConfig, WindowSampler, evaluate_gists, window_length
+
+    gistnet = bundle.get("gistnet")
     gist_cfg = (
         GistTrainConfig(**bundle.training.get("gist", {}))
         if "gist" in bundle.training
@@ -109,7 +114,23 @@ def run(quick: bool, progress: Progress, options: BenchOptions) -> list[Result]:
             )
         )
         results.append(Result(f"lod{level}_delta_nll{suffix}", report.delta_nll, "nats"))
+    return results
 
+
+def lens_results(
+    base: Any, bundle: Any, val: dict[str, np.ndarray], quick: bool, progress: Progress
+) -> list[Result]:
+    """LensNet's focus gain, Spearman and top-1 on held-out samples, and the ablations'."""
+    from megacontext.train.lens import (
+        ABLATIONS,
+        LensRunConfig,
+        evaluate_lensnet,
+        make_samples,
+        refresh_keys,
+    )
+
+    gistnet = bundle.get("gistnet")
+    results: list[Result] = []
     lens_training = bundle.training.get("lens")
     run_cfg = LensRunConfig.from_dict({"lens": lens_training or {}})
     lens_cfg = run_cfg.lens
@@ -160,10 +181,20 @@ def run(quick: bool, progress: Progress, options: BenchOptions) -> list[Result]:
                             note=_goal_note("lens_top1_retrieval"),
                         )
                     )
+    return results
 
-    progress("ingest gisting throughput vs base prefill")
+
+def ingest_results(
+    base: Any, bundle: Any, val: dict[str, np.ndarray], quick: bool, progress: Progress
+) -> list[Result]:
+    """Tokens gisted per second at ingest, against the base's prefill in the same run."""
     from megacontext.core import MegaContextTree, MemoryBackend
+    from megacontext.models.context import GistNetGister
 
+    gistnet = bundle.get("gistnet")
+    K = gistnet.config.K
+    results: list[Result] = []
+    progress("ingest gisting throughput vs base prefill")
     stream = next(iter(val.values()))[: (8192 if quick else 65536)].astype(np.int64)
     gister = GistNetGister(gistnet, base)
     gist_times, prefill_times = [], []

@@ -102,14 +102,11 @@ def _threads(n: int) -> Iterator[None]:
 
 
 def _default_shape(config_name: str, section: str, module: str) -> dict[str, Any]:
-    """The module shape a default training config uses (``train/configs/*-default.yaml``)."""
-    import yaml
+    """The module shape a packaged training recipe uses (``train/configs/*-default.yaml``);
+    a missing recipe is an error, never an empty shape."""
+    from megacontext.train.config import packaged_config
 
-    path = Path(__file__).resolve().parent.parent / "train" / "configs" / config_name
-    if not path.is_file():
-        return {}
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    shape = (data.get(section) or {}).get(module) or {}
+    shape = (packaged_config(config_name).get(section) or {}).get(module) or {}
     return dict(shape)
 
 

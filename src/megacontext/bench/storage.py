@@ -39,12 +39,11 @@ import numpy as np
 from megacontext.bench import BenchOptions, Progress, Result, median, peak_rss_bytes
 from megacontext.core import (
     AllocatorConfig,
-    AllocatorState,
-    FocusAllocator,
     HashGister,
     MegaContextTree,
     WorkingContext,
 )
+from megacontext.focus import FocusEngine
 from megacontext.store import LocalStore
 from megacontext.store.cache import PageCache
 from megacontext.store.segment import HEADER_BYTES, segment_name
@@ -235,8 +234,7 @@ def bench_reads(root: Path, samples: int, progress: Progress) -> list[Result]:
 def focus_trace(num_tokens: int, steps: int, w_max: int, seed: int = 0) -> Trace:
     """A focus trace from the real allocator: per step, (expanded gists, hinted gists)."""
     wc = WorkingContext.assemble(num_tokens, w_max, K=K, protected_recent=4 * K)
-    allocator = FocusAllocator(AllocatorConfig(max_edits=4, cooldown_steps=2, seed=seed))
-    state = AllocatorState()
+    engine = FocusEngine(AllocatorConfig(max_edits=4, cooldown_steps=2, seed=seed))
     rng = np.random.default_rng(seed)
     target = rng.uniform(0, num_tokens)
     width = num_tokens / 400
@@ -250,7 +248,7 @@ def focus_trace(num_tokens: int, steps: int, w_max: int, seed: int = 0) -> Trace
         starts, ends = wc.spans()
         distance = np.maximum(0, np.maximum(starts - target, target - ends))
         scores = np.exp(-distance / width) - 0.4  # +0.6 on the entry holding the target
-        plan = allocator.plan(wc, scores, state)
+        plan = engine.plan(wc, scores)
         expands: list[tuple[int, int]] = [
             (e.level, e.index) for e in plan.edits if e.kind == "expand"
         ]
@@ -265,8 +263,7 @@ def focus_trace(num_tokens: int, steps: int, w_max: int, seed: int = 0) -> Trace
             if len(hints) == 8:
                 break
         trace.append((expands, hints))
-        wc.apply(plan)
-        state.record(plan, wc, allocator.config.cooldown_steps)
+        engine.apply(wc, plan)
     return trace
 
 

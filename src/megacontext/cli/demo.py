@@ -1,243 +1,423 @@
-"""``megacontext demo-tree``: the working context over a long real text, refocused on a detail.
+"""``megacontext demo``: questions about facts planted in a long document, answered at a budget.
 
-Tokenizes a long real text (the Python standard library's own source, always on disk), builds a
-MegaContext tree with a simple mean-pool gister, assembles a working context that covers the whole
-history within a small budget, and steers the focus allocator toward a chosen phrase until that
-span is raw tokens again. Everything is printed readably; nothing is downloaded.
+The experiment (document, planted facts, MegaContext and the baselines answering) is
+:mod:`megacontext.eval.demo`; this module runs it with progress bars and prints it: the
+document, each MegaContext answer with the spans that were raw at answer time, the answers side by
+side, and a summary (``--json`` writes everything).
 
-This is the foundation demo (the tree, the working context and the allocator, no trained model);
-the main demo, ``megacontext demo``, answers questions with the default models
-(:mod:`megacontext.cli.longdemo`).
+Example:
+    megacontext demo                       # 120k tokens, 5 facts, W_max 512
+    megacontext demo --tokens 200000 --facts 8 --json demo.json
 """
 
 from __future__ import annotations
 
-import sysconfig
+import json
+import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
+import typer
 from rich.console import Console
-from rich.panel import Panel
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
-from megacontext.core import (
-    AllocatorConfig,
-    AllocatorState,
-    FocusAllocator,
-    MeanPoolGister,
-    MegaContextTree,
-    MemoryBackend,
-    WorkingContext,
-)
+from megacontext.cli.output import console
+from megacontext.core import DEFAULT_W_MAX
 from megacontext.errors import InvalidInputError
+from megacontext.eval.demo import DEFAULT_SYSTEMS
 
-LEVEL_GLYPHS = {0: "·", 1: "░", 2: "▒", 3: "▓"}
+if TYPE_CHECKING:
+    from megacontext.eval.demo import DemoAnswer, Document
+    from megacontext.models.bundle import Bundle
+
+STAND_IN = "stand-in"
 
 
 @dataclass
 class DemoConfig:
-    min_tokens: int = 120_000
-    w_max: int = 512
-    protected_recent: int = 128
-    K: int = 32
-    vocab_size: int = 4096
-    query: str = "class ArgumentParser("
+    """Settings of the main demo (the command's options)."""
+
+    base: str = "default"
+    focus: str = "default"
+    tokens: int = 120_000
+    facts: int = 5
     seed: int = 0
-    text_path: Path | None = None
+    w_max: int = DEFAULT_W_MAX
+    refocus_steps: int | None = None  # default: the sessions' focus_steps
+    new_tokens: int = 24
+    prompt: str | None = None
+    systems: tuple[str, ...] = DEFAULT_SYSTEMS
+    threads: int = 0
+    json_path: Path | None = None
 
 
-def stdlib_text(min_chars: int) -> tuple[str, list[str]]:
-    """Concatenate top-level standard-library modules, in name order, until ``min_chars``."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.glob("*.py") if not p.name.startswith("_"))
-    parts: list[str] = []
-    names: list[str] = []
-    total = 0
-    for path in files:
-        text = path.read_text(encoding="utf-8", errors="replace")
-        parts.append(f"# ===== {path.relative_to(root)} =====\n{text}")
-        names.append(str(path.relative_to(root)))
-        total += len(parts[-1])
-        if total >= min_chars:
-            break
-    return "".join(parts), names
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
-def timeline(wc: WorkingContext, width: int = 96, mark: int | None = None) -> str:
-    """One character per 1/width of the history: the level of the entry covering it."""
-    starts, _ = wc.spans()
-    cells = []
-    for column in range(width):
-        position = min(wc.num_tokens - 1, column * wc.num_tokens // width)
-        entry = int(np.searchsorted(starts, position, side="right")) - 1
-        glyph = LEVEL_GLYPHS.get(int(wc.levels[entry]), "█")
-        if mark is not None and column == min(width - 1, mark * width // wc.num_tokens):
-            glyph = "[bold red]▼[/bold red]" if wc.levels[entry] else "[bold green]▼[/bold green]"
-        cells.append(glyph)
-    return "".join(cells)
+def run_demo(config: DemoConfig, console: Console) -> dict[str, Any]:
+    """Run the demo, print it, and return (and optionally write) the machine-readable results."""
+    from megacontext.runtime.config import SessionConfig
+
+    if config.w_max < 64:
+        raise InvalidInputError(f"--w-max must be >= 64, got {config.w_max}")
+    if (config.refocus_steps is not None and config.refocus_steps < 0) or config.new_tokens < 1:
+        raise InvalidInputError(
+            f"--refocus-steps must be >= 0 (got {config.refocus_steps}) and new_tokens >= 1 "
+            f"(got {config.new_tokens})"
+        )
+    unknown = set(config.systems) - set(DEFAULT_SYSTEMS)
+    if unknown:
+        raise InvalidInputError(
+            f"unknown system(s) {sorted(unknown)}; choose from {', '.join(DEFAULT_SYSTEMS)}"
+        )
+    if config.prompt is not None:
+        SessionConfig(prompt=config.prompt)  # a typed error naming the styles, before loading
+    if "megacontext" in config.systems and config.focus not in ("default", STAND_IN):
+        from megacontext.models.bundle import resolve_focus
+
+        resolve_focus(config.focus, {}, config.base)  # a bundle path is checked before loading
+    with _threads(config.threads), tempfile.TemporaryDirectory(prefix="mc-demo-") as tmp:
+        return _run(config, Path(tmp), console)
 
 
-def describe(wc: WorkingContext) -> Table:
-    table = Table(show_header=True, header_style="bold")
-    table.add_column("level")
-    table.add_column("entries", justify="right")
-    table.add_column("tokens each", justify="right")
-    table.add_column("tokens covered", justify="right")
-    for level, count in sorted(wc.level_histogram().items(), reverse=True):
-        name = "raw tokens" if level == 0 else f"LOD{level} gists"
-        width = wc.K**level
-        table.add_row(name, f"{count:,}", f"{width:,}", f"{count * width:,}")
-    table.add_row(
-        "[bold]total[/bold]", f"[bold]{wc.size}[/bold] / {wc.W_max}", "", f"{wc.num_tokens:,}"
+def _run(config: DemoConfig, workdir: Path, console: Console) -> dict[str, Any]:
+    from megacontext.eval.demo import (
+        baseline_answers,
+        baseline_systems,
+        build_document,
+        megacontext_answers,
     )
-    return table
-
-
-def run_demo(config: DemoConfig, console: Console) -> None:
-    from tokenizers import ByteLevelBPETokenizer
+    from megacontext.runtime.config import SessionConfig
 
     started = time.perf_counter()
-    console.rule("[bold]MegaContext tree demo[/bold]")
-    if config.text_path is not None:
-        if not config.text_path.is_file():
-            raise InvalidInputError(f"--text {config.text_path} is not a readable file")
-        text = config.text_path.read_text(encoding="utf-8", errors="replace")
-        sources = [str(config.text_path)]
-    else:
-        text, sources = stdlib_text(min_chars=config.min_tokens * 4)
-    console.print(
-        f"Text: {len(text):,} characters from {len(sources)} file(s) "
-        f"({', '.join(sources[:3])}{', …' if len(sources) > 3 else ''})"
+    focus_steps = (
+        SessionConfig().focus_steps if config.refocus_steps is None else config.refocus_steps
     )
+    console.rule("[bold]MegaContext demo: questions about a long document[/bold]")
+    base, prompt, bundle, focus_label = _load(config, workdir, console)
+    with console.status("building the document from the packaged held-out texts"):
+        document = build_document(base, config.tokens, config.facts, config.seed, config.w_max)
+    _print_document(console, document)
 
-    with console.status("training a byte-level BPE tokenizer on the text"):
-        tokenizer = ByteLevelBPETokenizer()
-        tokenizer.train_from_iterator(
-            [text[i : i + 100_000] for i in range(0, len(text), 100_000)],
-            vocab_size=config.vocab_size,
-            show_progress=False,
-        )
-        encoding = tokenizer.encode(text)
-    ids = np.asarray(encoding.ids, dtype=np.uint32)
-    console.print(f"Tokens: {ids.size:,} (vocabulary {tokenizer.get_vocab_size():,})")
-
-    gister = MeanPoolGister.random(tokenizer.get_vocab_size(), 64, seed=config.seed)
-    tree = MegaContextTree(
-        MemoryBackend(gister.dim), gister, K=config.K, vocab_size=tokenizer.get_vocab_size()
-    )
-    with Progress(
-        TextColumn("building the tree"),
+    answers: list[DemoAnswer] = []
+    seconds: dict[str, float] = {}
+    columns = (
+        TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed:,}/{task.total:,} tokens"),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("append", total=int(ids.size))
-        for lo in range(0, ids.size, 8192):
-            tree.append(ids[lo : lo + 8192])
-            bar.update(task, completed=min(ids.size, lo + 8192))
-    levels = ", ".join(f"LOD{lv}: {tree.count(lv):,}" for lv in range(1, tree.num_levels + 1))
-    console.print(f"Tree: {tree.num_tokens:,} tokens; gists per level: {levels}")
-
-    wc = WorkingContext.assemble(
-        tree.num_tokens, config.w_max, K=config.K, protected_recent=config.protected_recent
     )
-    wc.check_invariants()
+    with Progress(*columns, console=console) as bars:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bars.add_task(stage, total=total)
+            bars.update(tasks[stage], completed=done, total=total)
+
+        if bundle is not None:
+            session_config = SessionConfig(
+                W_max=config.w_max, trace=False, focus_steps=focus_steps, prompt=prompt.style
+            )
+            mc, ingest_s = megacontext_answers(
+                base, bundle, document, workdir, session_config, config.new_tokens, progress
+            )
+            answers += mc
+            seconds["megacontext"] = ingest_s + sum(a.seconds for a in mc)
+        for name, factory in baseline_systems(base, config.systems).items():
+            got, observe_s = baseline_answers(
+                base, prompt, name, factory, document, config.w_max, config.new_tokens, progress
+            )
+            answers += got
+            seconds[name] = observe_s + sum(a.seconds for a in got)
+
+    for answer in answers:
+        if answer.spans is not None:
+            _print_megacontext_answer(console, document, answer)
+    _print_side_by_side(console, document, answers, list(seconds))
+    summary = _summary(console, answers, seconds)
+    total = time.perf_counter() - started
     console.print(
-        Panel(
-            describe(wc),
-            title=f"Working context: {tree.num_tokens:,} tokens of history in {wc.size} entries",
-            subtitle="coarse far past, raw recent tokens; every token covered exactly once",
-        )
+        f"[bold]Summary:[/bold] {len(document.ids):,} tokens, W_max {config.w_max}, "
+        f"{len(document.facts)} questions, {len(seconds)} systems; {total:.1f} s in all."
     )
-    legend = "  ".join(f"{g} LOD{lv}" if lv else f"{g} raw" for lv, g in LEVEL_GLYPHS.items())
-    console.print(f"timeline (oldest → newest):  {legend}  █ coarser")
+    result = {
+        "base": base.source,
+        "focus": focus_label,
+        "prompt": prompt.style,
+        "w_max": config.w_max,
+        "seed": config.seed,
+        "refocus_steps": focus_steps,
+        "document": {
+            "tokens": len(document.ids),
+            "sources": document.sources,
+            "facts": [asdict(f) for f in document.facts],
+        },
+        "rows": [_row(document, a) for a in answers],
+        "summary": summary,
+        "seconds": total,
+    }
+    if config.json_path is not None:
+        config.json_path.parent.mkdir(parents=True, exist_ok=True)
+        config.json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        console.print(f"wrote {config.json_path}")
+    return result
 
-    char_at = text.find(config.query)
-    if char_at < 0:
-        raise InvalidInputError(
-            f"the phrase {config.query!r} does not occur in the text; pass --query with a phrase "
-            "that does"
-        )
-    target = (
-        int(np.searchsorted(np.asarray([o[0] for o in encoding.offsets]), char_at, "right")) - 1
-    )
-    console.print(timeline(wc, mark=target))
-    entry = wc.entry_at(target)
+
+def _load(
+    config: DemoConfig, workdir: Path, console: Console
+) -> tuple[Any, Any, Bundle | None, str]:
+    """The base, the prompt format, the focus bundle (a stand-in when asked) and its label."""
+    from megacontext.models.bundle import load_bundle, resolve_focus
+    from megacontext.models.loading import load_base
+    from megacontext.models.prompting import PromptFormat
+
+    with console.status(f"loading the base model ({config.base})"):
+        base = load_base(config.base)
+    prompt = PromptFormat.for_base(base, config.prompt or PromptFormat.default_style(base))
+    bundle: Bundle | None = None
+    focus_label = "none"
+    if "megacontext" in config.systems:
+        if config.focus == STAND_IN:
+            from megacontext.bench.runtime import stand_in_bundle
+
+            focus_dir = stand_in_bundle(base, workdir / "stand-in-focus", seed=config.seed)
+            focus_label = "untrained stand-in (random GistNet/LensNet)"
+        else:
+            focus_dir = resolve_focus(config.focus, base.fingerprints, base.source)
+            focus_label = str(focus_dir)
+        bundle = load_bundle(focus_dir, fingerprints=base.fingerprints)
     console.print(
-        f"\nFocus target: {config.query!r} at token {target:,}; it is inside a "
-        f"LOD{int(wc.levels[entry])} gist covering {wc.K ** int(wc.levels[entry]):,} tokens."
+        f"Base: {base.source} ({sum(p.numel() for p in base.model.parameters()) / 1e6:.1f}M "
+        f"parameters, d_model {base.d_model}); focus bundle: {focus_label}; prompt style: "
+        f"{prompt.style}"
     )
+    return base, prompt, bundle, focus_label
 
-    allocator = FocusAllocator(AllocatorConfig(max_edits=4, cooldown_steps=2))
-    state = AllocatorState()
-    step = 0
-    while wc.levels[wc.entry_at(target)] > 0:
-        step += 1
-        scores = focus_scores(wc, target)
-        plan = allocator.plan(wc, scores, state)
-        if not plan.edits:
-            console.print("[yellow]the allocator found no legal edit; stopping[/yellow]")
-            break
-        wc.apply(plan)
-        state.record(plan, wc, allocator.config.cooldown_steps)
-        wc.check_invariants()
-        edits = ", ".join(f"{e.kind.value} L{e.level}#{e.index}" for e in plan.edits)
-        console.print(f"step {step}: {edits}  → {wc.size}/{wc.W_max} entries")
-        console.print(timeline(wc, mark=target))
 
-    entry = wc.entry_at(target)
-    reached = wc.levels[entry] == 0
-    if not reached:
+def _print_document(console: Console, document: Document) -> None:
+    n = len(document.ids)
+    console.print(
+        f"Document: {n:,} tokens from {len(document.sources)} held-out texts "
+        f"({escape(', '.join(document.sources[:3]))}{', …' if len(document.sources) > 3 else ''}); "
+        f"{len(document.facts)} planted facts:"
+    )
+    facts_table = Table(show_header=True, header_style="bold")
+    for column in ("#", "fact", "tokens", "depth"):
+        facts_table.add_column(column, justify="right" if column != "fact" else "left")
+    for i, fact in enumerate(document.facts):
+        facts_table.add_row(
+            str(i + 1),
+            escape(fact.text.strip()),
+            f"{fact.start:,}–{fact.end:,}",
+            f"{fact.depth:.0%}",
+        )
+    console.print(facts_table)
+
+
+def _summary(
+    console: Console, answers: list[DemoAnswer], seconds: dict[str, float]
+) -> list[dict[str, Any]]:
+    summary = []
+    for name in seconds:
+        mine = [a for a in answers if a.system == name]
+        right = sum(a.correct for a in mine)
+        summary.append(
+            {
+                "system": name,
+                "correct": right,
+                "questions": len(mine),
+                "accuracy": right / len(mine) if mine else 0.0,
+                "seconds": seconds[name],
+            }
+        )
         console.print(
-            f"[yellow]The target is still inside a LOD{int(wc.levels[entry])} gist: no legal edit "
-            "can pay for more detail at this budget (try a larger --w-max).[/yellow]"
+            f"[bold]{name:>12}[/bold]: {right}/{len(mine)} correct "
+            f"({right / max(1, len(mine)):.0%}) in {seconds[name]:.1f} s"
         )
-    starts, ends = wc.spans()
-    # Show the raw run around the target: the entries next to it that are tokens too.
-    lo, hi = entry, entry
-    while lo > 0 and wc.levels[lo - 1] == 0 and target - int(starts[lo - 1]) <= 16:
-        lo -= 1
-    while hi + 1 < wc.size and wc.levels[hi + 1] == 0 and int(starts[hi + 1]) - target < 48:
-        hi += 1
-    lo, hi = int(starts[lo]), int(ends[hi])
-    window = tree.tokens(lo, hi)
+    return summary
+
+
+def _row(document: Document, answer: DemoAnswer) -> dict[str, Any]:
+    fact = document.facts[answer.question]
+    row: dict[str, Any] = {
+        "question": answer.question,
+        "kind": fact.kind,
+        "text": fact.question,
+        "system": answer.system,
+        "answer": answer.answer,
+        "expected": answer.expected,
+        "correct": answer.correct,
+        "seconds": answer.seconds,
+    }
+    if answer.spans is not None:
+        # Raw runs outside the recent tail at answer time; "expanded": refocus brought it back.
+        row["raw_spans"] = [asdict(s) | {"facts": list(s.facts)} for s in answer.spans]
+        row["fact_raw"] = any(answer.question in s.facts for s in answer.spans)
+        row["fact_expanded"] = any(answer.question in s.facts and s.expanded for s in answer.spans)
+    row.update(answer.extra)
+    return row
+
+
+def _mark(ok: bool) -> str:
+    return "[green]✓[/green]" if ok else "[red]✗[/red]"
+
+
+def _print_megacontext_answer(console: Console, document: Document, answer: DemoAnswer) -> None:
+    fact = document.facts[answer.question]
     console.print(
-        Panel(
-            tokenizer.decode(window.tolist()),
-            title=(
-                f"raw tokens {lo:,}–{hi:,} now in the working context (read back from the tree)"
-                if reached
-                else f"tokens {lo:,}–{hi:,} under the gist (read back from the tree)"
-            ),
+        f"\n[bold]Q{answer.question + 1}[/bold] {escape(repr(fact.question))}  → "
+        f"[bold]{escape(repr(answer.answer.strip()))}[/bold] {_mark(answer.correct)} "
+        f"(expected {fact.value}; fact at tokens {fact.start:,}–{fact.end:,})"
+    )
+    levels = ", ".join(f"{k}: {v}" for k, v in answer.extra.get("levels", {}).items())
+    console.print(
+        f"  working context at answer time: {answer.extra.get('entries')} entries ({levels}); "
+        f"{answer.extra.get('refocus_steps', 0)} refocus steps made "
+        f"{answer.extra.get('expands', 0)} expands, {answer.extra.get('collapses', 0)} collapses"
+    )
+    spans = answer.spans or []
+    if not spans:
+        console.print("  [dim]no span outside the recent tail was raw at answer time[/dim]")
+    # Spans with a planted fact first, then those refocus expanded, then the rest; at most 8.
+    shown = sorted(spans, key=lambda s: (not s.facts, not s.expanded, s.start))[:8]
+    for span in sorted(shown, key=lambda s: s.start):
+        here = answer.question in span.facts
+        tag = (
+            " [bold green]← the fact[/bold green]"
+            if here
+            else (" [yellow]← another fact[/yellow]" if span.facts else "")
         )
-    )
-    console.print(describe(wc))
-    stats = state.stats
-    console.print(
-        f"[bold]Summary:[/bold] {tree.num_tokens:,} tokens in {wc.size}/{wc.W_max} entries "
-        f"({tree.num_tokens / wc.size:,.0f} tokens per entry); "
-        f"{'reached' if reached else 'did not reach'} the target in {stats.steps} "
-        f"refocus steps ({stats.expands} expands, {stats.collapses} collapses, swap rate "
-        f"{stats.swap_rate:.1f}); invariants checked after every step; "
-        f"{time.perf_counter() - started:.1f} s."
-    )
+        how = "expanded" if span.expanded else "raw since assembly"
+        console.print(
+            f"  {how:>18} {span.start:>7,}–{span.end:<7,} {escape(repr(span.preview))}{tag}"
+        )
+    if len(spans) > 8:
+        console.print(f"  … and {len(spans) - 8} more raw spans (all in --json)")
 
 
-def focus_scores(wc: WorkingContext, target: int) -> np.ndarray:
-    """Hand-made scores standing in for LensNet: open what covers the target, give back the rest.
+def _print_side_by_side(
+    console: Console, document: Document, answers: list[DemoAnswer], systems: list[str]
+) -> None:
+    table = Table(title="Side by side (same base, same budget)", show_header=True)
+    table.add_column("question")
+    table.add_column("expected", justify="right")
+    for name in systems:
+        table.add_column(name)
+    for i, fact in enumerate(document.facts):
+        label = f"Q{i + 1} {'pass key' if fact.kind == 'passkey' else 'key ' + fact.key}"
+        cells = []
+        for name in systems:
+            found = [a for a in answers if a.system == name and a.question == i]
+            cells.append(
+                f"{escape(repr(found[0].answer.strip()[:16]))} {_mark(found[0].correct)}"
+                if found
+                else ""
+            )
+        table.add_row(label, fact.value, *cells)
+    console.print(table)
 
-    The entry covering the target scores +1; raw tokens far from it score −0.1 (the cheapest
-    detail to give back when an expansion must be paid for); everything else is neutral.
+
+# ----------------------------------------------------------------------------- the command
+
+
+def demo(
+    base: Annotated[
+        str,
+        typer.Option(
+            help="Base model: 'default', 'tiny', 'smollm2', 'gemma3-270m', a .gguf file or a "
+            "model directory."
+        ),
+    ] = "default",
+    focus: Annotated[
+        str,
+        typer.Option(
+            help="Focus bundle (GistNet + LensNet): 'default' (the one shipped for the base), a "
+            f"bundle directory, or '{STAND_IN}' for untrained nets of the default shapes."
+        ),
+    ] = "default",
+    tokens: Annotated[int, typer.Option(help="Document length in tokens (at least).")] = 120_000,
+    facts: Annotated[
+        int, typer.Option(help="Facts to plant and ask about (kv lines, then one pass key).")
+    ] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the document and the facts.")] = 0,
+    w_max: Annotated[
+        int, typer.Option("--w-max", help="Budget in entries, for every system.")
+    ] = DEFAULT_W_MAX,
+    refocus_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--refocus-steps",
+            help="Most LensNet refocus steps before each answer (fewer when a step plans "
+            "nothing). Default: the sessions' focus_steps (8).",
+        ),
+    ] = None,
+    prompt: Annotated[
+        str | None,
+        typer.Option(
+            "--prompt",
+            help="How questions are put to the base: raw, chat or chat-cue (default: the "
+            "base's default style).",
+        ),
+    ] = None,
+    systems: Annotated[
+        str,
+        typer.Option(help="Comma-separated systems to run (rag-minilm only if installed)."),
+    ] = ",".join(DEFAULT_SYSTEMS),
+    threads: Annotated[int, typer.Option(help="Torch CPU threads (0: torch's default).")] = 0,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results as JSON to this path.")
+    ] = None,
+) -> None:
+    """Answer questions about facts planted in a long document, at a 512-entry budget.
+
+    Builds a >= 100k-token document from the packaged held-out texts with planted facts
+    ("key WORD has value N.", one pass key), lets a MegaContext session ingest it and answer a
+    question about each fact with LensNet's refocus, prints each answer with the spans that were
+    expanded to answer it, and compares with the recency baseline and RAG at the same budget.
+    Nothing is downloaded.
+
+    Examples: megacontext demo --tokens 200000 --facts 8 --json demo.json;
+    megacontext demo --focus stand-in --systems megacontext,recency (no focus bundle built yet)
     """
-    scores = np.zeros(wc.size)
-    scores[(wc.levels == 0)] = -0.1
-    starts, ends = wc.spans()
-    near = (ends > target - 4 * wc.K) & (starts < target + 4 * wc.K)
-    scores[near] = 0.0
-    scores[wc.entry_at(target)] = 1.0
-    return scores
+    run_demo(
+        DemoConfig(
+            base=base,
+            focus=focus,
+            tokens=tokens,
+            facts=facts,
+            seed=seed,
+            w_max=w_max,
+            refocus_steps=refocus_steps,
+            prompt=prompt,
+            systems=tuple(s.strip() for s in systems.split(",") if s.strip()),
+            threads=threads,
+            json_path=json_path,
+        ),
+        console,
+    )

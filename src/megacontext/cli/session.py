@@ -1,41 +1,91 @@
-"""``megacontext ingest | ask | generate | trace``: use a MegaContext session from the shell."""
+"""``megacontext ingest | ask | generate``: use a MegaContext session from the shell.
+
+A session directory remembers the base, the focus bundle and the settings it was created with
+(``session.json``): ``--base``, ``--focus`` and ``--w-max`` are needed only to create one, or to
+override what it recorded for one command.
+"""
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
-from rich.table import Table
 
+from megacontext.cli.output import console
 from megacontext.errors import InvalidInputError
+from megacontext.paths import default_tree
 
-console = Console()
-
-DEFAULT_TREE = Path(os.environ.get("MEGACONTEXT_HOME", Path.home() / ".megacontext")) / "default"
-
+DEFAULT_TREE = default_tree()  # read once, when the command line starts
 TreeOpt = Annotated[
     Path,
-    typer.Option("--tree", help="Session directory (created when missing). Env: MEGACONTEXT_HOME."),
+    typer.Option(
+        "--tree",
+        help="Session directory (created by ingest when missing). Default: "
+        "$MEGACONTEXT_HOME/default (~/.megacontext/default).",
+    ),
 ]
 BaseOpt = Annotated[
-    str, typer.Option("--base", help="Base model: 'default', a directory or a hub id.")
+    str | None,
+    typer.Option(
+        "--base",
+        help="Base model: 'default', 'tiny', 'smollm2', a .gguf file or a model directory. "
+        "Default: what the session recorded ('default' for a new one).",
+        show_default=False,
+    ),
 ]
 FocusOpt = Annotated[
-    str, typer.Option("--focus", help="GistNet/LensNet bundle: 'default' or a bundle directory.")
+    str | None,
+    typer.Option(
+        "--focus",
+        help="GistNet/LensNet bundle: 'default' (the one shipped for the base) or a bundle "
+        "directory. Default: what the session recorded.",
+        show_default=False,
+    ),
 ]
-WMaxOpt = Annotated[int, typer.Option("--w-max", help="Working-context budget in entries.")]
+WMaxOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--w-max",
+        help="Working-context budget in entries. Default: what the session recorded (512 for "
+        "a new one).",
+        show_default=False,
+    ),
+]
+RegistOpt = Annotated[
+    bool,
+    typer.Option(
+        "--regist",
+        help="Re-gist the tree when the base or GistNet changed (instead of refusing to open it).",
+    ),
+]
 
 
-def _open(tree: Path, base: str, focus: str, w_max: int) -> Any:
-    from megacontext.runtime import SessionConfig, open_session
+def _config(tree: Path, w_max: int | None) -> Any:
+    """The settings for this command: what the session recorded, with ``--w-max`` applied.
 
-    return open_session(tree, base=base, focus=focus, config=SessionConfig(W_max=w_max))
+    Checked before any model loads, so a bad flag fails at once.
+    """
+    from megacontext.runtime import SessionConfig
+    from megacontext.runtime.opening import read_recorded
+
+    if w_max is None:
+        return None
+    if w_max < 1:
+        raise InvalidInputError(f"--w-max must be >= 1, got {w_max}")
+    recorded = read_recorded(tree)
+    return (recorded.config if recorded else SessionConfig()).resized(w_max)
+
+
+def _open(
+    tree: Path, base: str | None, focus: str | None, w_max: int | None, regist: bool = False
+) -> Any:
+    from megacontext.runtime import open_session
+
+    config = _config(tree, w_max)
+    return open_session(tree, base=base, focus=focus, config=config, regist=regist)
 
 
 def _text_files(paths: list[Path]) -> list[Path]:
@@ -70,19 +120,22 @@ def ingest(
         list[Path], typer.Argument(help="Files, directories (recursive) or - for stdin.")
     ],
     tree: TreeOpt = DEFAULT_TREE,
-    base: BaseOpt = "default",
-    focus: FocusOpt = "default",
-    w_max: WMaxOpt = 512,
+    base: BaseOpt = None,
+    focus: FocusOpt = None,
+    w_max: WMaxOpt = None,
+    regist: RegistOpt = False,
 ) -> None:
     """Add text to a session's history, with provenance (source file) recorded per span.
 
-    Binary files are skipped with a note. Example: megacontext ingest docs/ notes.txt --tree runs/mc
+    Creates the session when the directory does not hold one (with --base, --focus, --w-max, or
+    the defaults); a later command needs none of them. Binary files are skipped with a note.
+    Example: megacontext ingest docs/ notes.txt --tree runs/mc --base smollm2
     """
     files = _text_files(paths)
     skipped: list[str] = []
     total = 0
     with (
-        _open(tree, base, focus, w_max) as mc,
+        _open(tree, base, focus, w_max, regist) as mc,
         Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -115,22 +168,30 @@ def ingest(
 def ask(
     question: Annotated[str, typer.Argument(help="The question, answered from the whole history.")],
     tree: TreeOpt = DEFAULT_TREE,
-    base: BaseOpt = "default",
-    focus: FocusOpt = "default",
-    w_max: WMaxOpt = 512,
+    base: BaseOpt = None,
+    focus: FocusOpt = None,
+    w_max: WMaxOpt = None,
+    regist: RegistOpt = False,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 64,
+    remember: Annotated[
+        bool,
+        typer.Option("--remember", help="Also append the question and the answer to the history."),
+    ] = False,
 ) -> None:
     """Ask a question about everything the session has seen.
 
-    Prints the answer, then the raw spans that came into view to answer it.
+    Focus is moved for the question (up to the session's focus_steps refocus steps), then the base
+    answers in the session's prompt style (its chat template where it has one and the session
+    uses it). The question is not written into the history unless --remember. Prints the answer,
+    then the raw spans that came into view to answer it.
     Example: megacontext ask "What is the pass key?" --tree runs/mc
     """
-    with _open(tree, base, focus, w_max) as mc:
+    if max_new_tokens < 1:
+        raise InvalidInputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    with _open(tree, base, focus, w_max, regist) as mc:
         before = {(e.level, e.index) for e in mc.working_context()}
-        prompt = f"\nQuestion: {question}\nAnswer:"
-        for piece in mc.generate(prompt, max_new_tokens=max_new_tokens, stop=("\n",)):
-            console.print(piece, end="")
-        console.print()
+        answer = mc.ask(question, max_new_tokens=max_new_tokens, remember=remember)
+        console.print(answer.text.strip())
         opened = [
             e for e in mc.working_context() if e.level == 0 and (e.level, e.index) not in before
         ]
@@ -157,16 +218,19 @@ def _print_spans(entries: list[Any]) -> None:
 def generate(
     prompt: Annotated[str, typer.Argument(help="Text to continue (appended to the history).")] = "",
     tree: TreeOpt = DEFAULT_TREE,
-    base: BaseOpt = "default",
-    focus: FocusOpt = "default",
-    w_max: WMaxOpt = 512,
+    base: BaseOpt = None,
+    focus: FocusOpt = None,
+    w_max: WMaxOpt = None,
+    regist: RegistOpt = False,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 128,
 ) -> None:
     """Continue the history (after the prompt), streaming tokens as they come.
 
     Example: megacontext generate "Once upon a time" --max-new-tokens 64
     """
-    with _open(tree, base, focus, w_max) as mc:
+    if max_new_tokens < 0:
+        raise InvalidInputError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
+    with _open(tree, base, focus, w_max, regist) as mc:
         for piece in mc.generate(prompt or None, max_new_tokens=max_new_tokens):
             console.print(piece, end="")
         console.print()
@@ -174,65 +238,4 @@ def generate(
             console.print(f"[dim]focus trace: {mc.trace_path}[/dim]")
 
 
-trace_app = typer.Typer(
-    help="Read focus telemetry traces (JSONL written by sessions).", no_args_is_help=True
-)
-
-
-@trace_app.command("show")
-def trace_show(
-    trace: Annotated[Path, typer.Argument(help="A traces/session-*.jsonl file.")],
-) -> None:
-    """Print a readable focus timeline.
-
-    Per refocus step: the history size, budget use, edits and where the time went.
-    Example: megacontext trace show runs/mc/traces/session-*.jsonl
-    """
-    if not trace.is_file():
-        raise InvalidInputError(f"{trace} is not a trace file")
-    rows = []
-    for number, line in enumerate(trace.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise InvalidInputError(
-                f"{trace}:{number} is not JSON; is this a focus trace?"
-            ) from None
-    table = Table(title=f"focus timeline — {trace.name}")
-    for column in (
-        "step",
-        "tokens",
-        "entries",
-        "util",
-        "edits",
-        "swap rate",
-        "residency",
-        "cache hits",
-        "ms (fetch/lens/alloc/apply)",
-        "base ms",
-    ):
-        table.add_column(column, justify="right" if column != "edits" else "left")
-    for row in rows:
-        edits = " ".join(
-            f"{'+' if k == 'expand' else '-'}L{lv}#{ix}" for k, lv, ix in row.get("edits", [])
-        )
-        sec = row.get("seconds", {})
-        ms = "/".join(
-            f"{1000 * sec.get(k, 0):.1f}" for k in ("fetch", "lensnet", "allocator", "apply")
-        )
-        table.add_row(
-            str(row["step"]),
-            f"{row['tokens']:,}",
-            str(row["entries"]),
-            f"{row['utilization']:.2f}",
-            edits or "·",
-            f"{row['swap_rate']:.2f}",
-            f"{row['mean_residency']:.1f}",
-            f"{row['cache_hit_ratio']:.0%}" if "cache_hit_ratio" in row else "—",
-            ms,
-            f"{1000 * row.get('base_seconds', 0.0):.1f}",
-        )
-    console.print(table)
-    expands = sum(r["expands"] for r in rows)
-    collapses = sum(r["collapses"] for r in rows)
-    console.print(f"{len(rows)} steps, {expands} expands, {collapses} collapses")
+__all__ = ["ask", "generate", "ingest"]

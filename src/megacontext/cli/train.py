@@ -1,9 +1,8 @@
-"""``megacontext train``: corpus, tokenizer, from-scratch base model, export, evaluation.
+"""``megacontext train``: corpus, tokenizer, base models from scratch, and the focus models.
 
-Register in ``megacontext.cli``::
-
-    from megacontext.cli import train as train_cli
-    app.add_typer(train_cli.app, name="train")
+Commands: ``corpus``, ``tokenizer``, ``base``, ``export``, ``eval`` (the tiny base's recipe) and
+``gist``, ``lens``, ``cotrain``, ``card`` (GistNet and LensNet for a base). Every run reads a
+YAML config — the packaged recipe when ``--config`` is left out — with ``--set`` overrides.
 """
 
 from __future__ import annotations
@@ -13,19 +12,20 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
+from megacontext.cli.output import console
 
 app = typer.Typer(
     help=(
-        "Train base models from scratch on offline, license-clean text.\n\n"
+        "Train base models from scratch on offline, license-clean text, and the focus models "
+        "(GistNet, LensNet) for a base.\n\n"
         "Examples:\n\n"
         "  megacontext train corpus --out runs/corpus            # build + dedup + split\n\n"
         "  megacontext train tokenizer --corpus runs/corpus --out runs/tok\n\n"
-        "  megacontext train base --config src/megacontext/train/configs/default.yaml\n\n"
+        "  megacontext train base                                # the tiny base's recipe\n\n"
+        "  megacontext train base --config my.yaml --set train.max_steps=200\n\n"
+        "  megacontext train gist --set base=smollm2             # GistNet for a base\n\n"
         "  megacontext train export runs/default-base --to src/megacontext/models/tiny_base\n\n"
         "  megacontext train eval src/megacontext/models/tiny_base"
     ),
@@ -33,16 +33,25 @@ app = typer.Typer(
 )
 
 
-def _parse_overrides(items: list[str]) -> dict[str, Any]:
-    from megacontext.errors import InvalidInputError
+def _settings(config: Path | None, packaged: str, overrides: list[str] | None) -> dict[str, Any]:
+    """A run's settings: ``--config`` (else the packaged recipe) with ``--set`` applied."""
+    from megacontext.train.config import apply_overrides, parse_overrides, read_config
 
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise InvalidInputError(f"--set {item!r} must look like section.key=value")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    return apply_overrides(read_config(config, packaged), parse_overrides(overrides or []))
+
+
+def _summary_table(title: str, summary: dict[str, Any]) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        if isinstance(value, float):
+            table.add_row(key, f"{value:.4g}")
+        elif isinstance(value, int | str):
+            table.add_row(key, str(value))
+        else:
+            table.add_row(key, json.dumps(value, default=float))
+    return table
 
 
 @app.command()
@@ -109,7 +118,10 @@ def tokenizer(
 
 @app.command()
 def base(
-    config: Annotated[Path, typer.Option("--config", help="Run configuration (YAML).")],
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="Run configuration (YAML; default: the packaged recipe)."),
+    ] = None,
     overrides: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a config value: section.key=value (repeatable)."),
@@ -126,14 +138,14 @@ def base(
 
     Examples:
 
-      megacontext train base --config src/megacontext/train/configs/default.yaml
+      megacontext train base                    # the packaged tiny-base recipe
 
       megacontext train base --config my.yaml --set train.max_steps=200 --set train.out_dir=runs/x
     """
     from megacontext.train.base import train_base
-    from megacontext.train.config import load_config
+    from megacontext.train.config import load_config, parse_overrides
 
-    cfg = load_config(config, _parse_overrides(overrides or []))
+    cfg = load_config(config, parse_overrides(overrides or []))
     result = train_base(cfg, resume=resume, log=console.print)
     m = result.metrics
     if m:
@@ -181,3 +193,118 @@ def eval_base(
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+@app.command()
+def gist(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="YAML run config (default: the packaged gist-default)."),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a setting, e.g. --set gist.steps=200 (repeatable)."),
+    ] = None,
+) -> None:
+    """Train GistNet against a frozen base: gists the base can read in place of their tokens.
+
+    Distils the base's full-context predictions into gists, with many gists in each context (as in
+    a real working context), for levels 1 and 2. Writes a bundle (safetensors + manifest), a loss
+    and gap-closure plot and summary.json; prints gap closure and ΔNLL per level on held-out text.
+
+    Example: megacontext train gist --set gist.steps=300 --set out_dir=runs/gist-quick
+    """
+    from megacontext.train.gist import GistRunConfig, run_gist
+
+    run = GistRunConfig.from_dict(_settings(config, "gist-default.yaml", overrides))
+    summary = run_gist(run, log=console.print)
+    console.print(_summary_table(f"GistNet run → {run.out_dir}", summary))
+
+
+@app.command()
+def lens(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="YAML run config (default: the packaged lens-default)."),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a setting, e.g. --set train_samples=50 (repeatable)."),
+    ] = None,
+) -> None:
+    """Train LensNet (and GistNet's key head) from counterfactual focus labels.
+
+    Labels every legal single expand/collapse of sampled working contexts by the change in the
+    base's NLL, on natural text and on retrieval tasks (passkey, key/value, variable tracking);
+    trains the key head contrastively, then LensNet and its ablations (gists only, lexical only,
+    keys only). Reports Spearman, top-1 and focus gain separately for text and retrieval.
+
+    Example: megacontext train lens --set gist_bundle=runs/gistnet/bundle --set train_samples=100
+    """
+    from megacontext.train.lens import LensRunConfig, run_lens
+
+    run = LensRunConfig.from_dict(_settings(config, "lens-default.yaml", overrides))
+    metrics = run_lens(run, log=console.print)
+    console.print(_summary_table(f"LensNet run → {run.out_dir}", metrics))
+
+
+@app.command()
+def cotrain(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="YAML run config (default: the packaged cotrain-default)."),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a setting, e.g. --set cotrain.cycles=2 (repeatable)."),
+    ] = None,
+) -> None:
+    """EM-style co-learning of GistNet, LensNet and LoRA on the base's attention projections.
+
+    Schedules: `alternating` (GistNet phase → relabel → LensNet phase → LoRA phase, per cycle) or
+    `joint` (GistNet and LoRA together, then relabel and LensNet). Phases stop early on held-out
+    plateaus; stale labels are refused. With `ablation_seeds`, every module is also frozen at its
+    cycle-0 weights in turn, and the run is repeated without LoRA; the loss changes (mean and
+    spread over the seeds) go to summary.json and cotrain.png in out_dir.
+
+    Example: megacontext train cotrain --set cotrain.schedule=joint --set ablation_seeds=[0,1,2]
+
+    The measured ablation (about an hour on 2 cores): megacontext train cotrain --config
+    PATH/TO/cotrain-ablation.yaml (shipped in megacontext/train/configs/)
+    """
+    from megacontext.train.cotrain import CotrainRunConfig, run_cotrain
+
+    run = CotrainRunConfig.from_dict(_settings(config, "cotrain-default.yaml", overrides))
+    summary = run_cotrain(run, log=console.print)
+    console.print(_summary_table(f"co-learning run → {run.out_dir}", summary))
+
+
+@app.command()
+def card(
+    bundle: Annotated[
+        Path, typer.Argument(help="The focus bundle directory to write README.md in.")
+    ],
+    bench: Annotated[
+        Path | None,
+        typer.Option(
+            "--bench", help="JSON of `megacontext bench gist --json PATH` on this bundle."
+        ),
+    ] = None,
+    plots: Annotated[
+        list[Path] | None,
+        typer.Option("--plots", help="A training run directory to copy the PNG plots from."),
+    ] = None,
+) -> None:
+    """Write the card (README.md) of a focus bundle: modules, training, every metric and goal.
+
+    The card is built from the bundle's manifest (training configs, held-out metrics of the
+    training runs) and, with --bench, the benchmark results of record; each goal of the bundle's
+    metrics is printed beside its measurement, met or missed.
+
+    Example: megacontext train card src/megacontext/models/bundles/tiny --bench results/gist.json
+    --plots runs/gistnet-default --plots runs/lensnet-default
+    """
+    from megacontext.train.focus_card import write_focus_card
+
+    path = write_focus_card(bundle, bench, plots or [])
+    console.print(f"wrote {path}")

@@ -36,15 +36,18 @@ from megacontext.core.tree import (
     as_token_ids,
 )
 from megacontext.core.working_context import (
+    DEFAULT_W_MAX,
     ApplyResult,
     Edit,
     EditKind,
     EditPlan,
     WorkingContext,
+    default_protected_recent,
 )
 
 __all__ = [
     "DEFAULT_K",
+    "DEFAULT_W_MAX",
     "POLICIES",
     "AllocatorConfig",
     "AllocatorState",
@@ -69,6 +72,7 @@ __all__ = [
     "as_token_ids",
     "coarsest_size",
     "coarsest_tiling",
+    "default_protected_recent",
     "entry_positions",
     "levels_needed",
     "node_end",

@@ -182,7 +182,7 @@ class FocusAllocator:
     def __init__(self, config: AllocatorConfig | None = None):
         self.config = config or AllocatorConfig()
 
-    def plan(
+    def plan(  # noqa: C901, PLR0915  (one greedy algorithm; its helpers are closures over its state)
         self,
         wc: WorkingContext,
         scores: npt.ArrayLike,

@@ -93,6 +93,16 @@ class ApplyResult:
     size: int
 
 
+# The working-context budget (entries fed to the base) every command and session uses when none
+# is given.
+DEFAULT_W_MAX = 512
+
+
+def default_protected_recent(W_max: int) -> int:
+    """Recent tokens kept raw when a caller gives none: a quarter of the budget, at most 128."""
+    return min(128, W_max // 4)
+
+
 class WorkingContext:
     """Entries ``(level, index)`` tiling ``[0, num_tokens)`` within a budget of ``W_max``.
 

@@ -29,9 +29,12 @@ PASSKEY_INTRO = (
     "I will ask you for the pass key at the end.\n"
 )
 PASSKEY_NEEDLE = "\nThe pass key is {key}. Remember it. {key} is the pass key.\n"
-PASSKEY_QUESTION = "\nWhat is the pass key? The pass key is"
+# (question, answer cue); the trained prompt is "\n{question} {cue}".
+PASSKEY_ASK = ("What is the pass key?", "The pass key is")
+PASSKEY_QUESTION = f"\n{PASSKEY_ASK[0]} {PASSKEY_ASK[1]}"
 KV_LINE = "\nkey {key} has value {value}.\n"
-KV_QUESTION = "\nWhat is the value of key {key}? The value is"
+KV_ASK = ("What is the value of key {key}?", "The value is")
+KV_QUESTION = f"\n{KV_ASK[0]} {KV_ASK[1]}"
 
 
 class Filler:
@@ -85,8 +88,10 @@ def heldout_texts(path: str | Path = HELDOUT_PATH) -> list[str]:
 
 __all__ = [
     "HELDOUT_PATH",
+    "KV_ASK",
     "KV_LINE",
     "KV_QUESTION",
+    "PASSKEY_ASK",
     "PASSKEY_INTRO",
     "PASSKEY_NEEDLE",
     "PASSKEY_QUESTION",

@@ -77,6 +77,32 @@ class Answered:
 
 
 @torch.no_grad()
+def answer_inputs(
+    base: BaseAdapter, prompt: PromptFormat, context: torch.Tensor, question: str, cue: str
+) -> torch.Tensor:
+    """``[prompt prefix][context][question, closing, cue]`` as base inputs ``(T, d)``."""
+    device = base.device
+    prefix = base.embed(torch.as_tensor(prompt.prefix, dtype=torch.long, device=device))
+    asked = base.embed(torch.as_tensor(prompt.question_ids(base, question, cue), device=device))
+    return torch.cat([prefix, context.to(asked.dtype), asked])
+
+
+def answer_question(
+    base: BaseAdapter,
+    prompt: PromptFormat,
+    context: torch.Tensor,
+    question: str,
+    cue: str = "",
+    max_new_tokens: int = ANSWER_TOKENS,
+) -> str:
+    """The greedy answer to ``question`` after ``context`` in the prompt's style."""
+    inputs = answer_inputs(base, prompt, context, question, cue)
+    return decode(
+        base, inputs, max_new_tokens, stop_ids=prompt.stop_ids, stop_text=prompt.stop_text
+    ).text
+
+
+@torch.no_grad()
 def answer_sample(
     base: BaseAdapter,
     prompt: PromptFormat,
@@ -91,11 +117,7 @@ def answer_sample(
     exact match of its first words and by containment; the expected answer's NLL is measured
     teacher-forced after the same input.
     """
-    device = base.device
-    prefix = base.embed(torch.as_tensor(prompt.prefix, dtype=torch.long, device=device))
-    question = prompt.question_ids(base, sample.question, sample.cue)
-    asked = base.embed(torch.as_tensor(question, device=device))
-    inputs = torch.cat([prefix, context.to(asked.dtype), asked])
+    inputs = answer_inputs(base, prompt, context, sample.question, sample.cue)
     if prompt.answers_after_cue(sample.cue):
         expected = sample.answer.tolist()
     else:
@@ -144,7 +166,7 @@ def _bootstrap(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def run_task(
+def run_task(  # noqa: PLR0913, PLR0917  (a grid cell's coordinates and the run's settings)
     base: BaseAdapter,
     make_system: Callable[[], MemorySystem],
     task: str,
@@ -232,7 +254,7 @@ def run_task(
     )
 
 
-def run_grid(
+def run_grid(  # noqa: PLR0913, PLR0917  (the grid's axes and the run's settings)
     base: BaseAdapter,
     systems: dict[str, Callable[[], MemorySystem]],
     tasks: Sequence[str],

@@ -163,6 +163,15 @@ def minilm_encoder(device: torch.device | str = "cpu") -> tuple[Any, Any]:
     return _ENCODERS[key]
 
 
+def minilm_available(device: torch.device | str = "cpu") -> bool:
+    """Whether the packaged MiniLM encoder is installed and loads (rag-minilm can run)."""
+    try:
+        minilm_encoder(device)
+    except (MissingDependencyError, OSError, ValueError):
+        return False
+    return True
+
+
 @torch.no_grad()
 def minilm_embed(
     texts: list[str], device: torch.device | str = "cpu", batch_size: int = 64

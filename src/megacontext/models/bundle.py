@@ -41,6 +41,7 @@ FOCUS_BUNDLE_ENV = "MEGACONTEXT_FOCUS_BUNDLE"
 # Focus bundles shipped in the package, one directory per base (named after the base); "default"
 # focus means the one among them that was trained for the base in use.
 PACKAGED_BUNDLES = Path(__file__).resolve().parent / "bundles"
+DEFAULT_FOCUS = "default"  # the focus bundle shipped for the base in use
 FOCUS_BUILD_HINT = "make focus-models"  # the tiny base's recipe (docs/training.md)
 
 BUNDLE_FORMAT = "megacontext-bundle"
@@ -117,7 +118,7 @@ def resolve_focus(focus: str | Path, fingerprints: Mapping[str, str], base_name:
         NoFocusBundleError: No bundle there, or none ships for this base; the message says how
             to train one.
     """
-    if str(focus) != "default":
+    if str(focus) != DEFAULT_FOCUS:
         path = Path(focus).expanduser()
         if not (path / MANIFEST).is_file():
             raise NoFocusBundleError(

@@ -19,7 +19,9 @@ from pathlib import Path
 
 from megacontext.models.errors import MissingModelFilesError, UnknownModelError
 
-# What "default" means. It moves to the first real base once a focus bundle for it ships.
+# The name of the default base, as every command and API takes it, and which model it means
+# (it moves to the first real base once a focus bundle for it ships).
+DEFAULT = "default"
 DEFAULT_BASE = "tiny"
 TINY = "tiny"
 
@@ -155,7 +157,7 @@ def real_base(name: str) -> RealBase | None:
 
 def known_names() -> list[str]:
     """Every name ``load_base`` accepts besides paths: default, tiny, the catalog's names."""
-    names = ["default", TINY]
+    names = [DEFAULT, TINY]
     for entry in REAL_BASES:
         names += [entry.name, *entry.aliases]
     return names

@@ -169,7 +169,7 @@ def _marker(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def cache_problem(path: Path, sha256: str, *, quick: bool = False) -> str | None:
+def cache_problem(path: Path, sha256: str, *, quick: bool = False) -> str | None:  # noqa: PLR0911  (one return per problem it names)
     """Why the cache entry at ``path`` cannot be loaded, or ``None`` when it is whole.
 
     Checks the marker (written last), that it was made from the GGUF with this ``sha256``, and

@@ -155,7 +155,7 @@ class ResolvedModel:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def resolve_model(
+def resolve_model(  # noqa: PLR0911  (one return per kind of input it accepts)
     name_or_path: str | Path, *, gguf_file: str | None = None, progress: bool = True
 ) -> ResolvedModel:
     """Map a model name, a ``.gguf`` file, a local directory or a hub id to a model directory.
@@ -180,7 +180,7 @@ def resolve_model(
         file = Path(text).expanduser() / gguf_file
         path, timings = cached_model([file], sha256=None, label=str(file), progress=progress)
         return ResolvedModel(path, str(file), timings)
-    if text == "default":
+    if text == catalog.DEFAULT:
         override = os.environ.get(DEFAULT_BASE_ENV, "").strip()
         if override:
             return resolve_model(override, progress=progress)
@@ -229,7 +229,7 @@ def _download(repo_id: str) -> Path:
     if hub_offline():
         try:
             return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
-        except Exception:
+        except (OSError, ValueError):  # the hub's errors: not cached, offline, a malformed id
             raise MissingModelFilesError(
                 f"{repo_id!r} is not a local directory and the Hugging Face hub is offline "
                 "(HF_HUB_OFFLINE is set) with no cached copy; download it where the network "
@@ -237,7 +237,7 @@ def _download(repo_id: str) -> Path:
             ) from None
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
-    except Exception as exc:
+    except (OSError, ValueError) as exc:  # HTTP, connection, not found, a malformed id
         raise MissingModelFilesError(
             f"could not fetch {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: "
             f"{exc}); check the id and the network, or pass a local model directory"

@@ -239,7 +239,7 @@ def _port_config_only(
     return PortReport(name, doc, checks, checked_on, changes)
 
 
-def port_model(
+def port_model(  # noqa: PLR0911  (one return per kind of input it accepts)
     target: str | Path,
     *,
     name: str | None = None,

@@ -4,10 +4,11 @@ from megacontext.focus import StepTelemetry
 from megacontext.runtime.config import W_MAX, SessionConfig, default_protected_recent
 from megacontext.runtime.focus_control import Focus
 from megacontext.runtime.opening import open_session
-from megacontext.runtime.session import EntryView, ForwardTiming, Session
+from megacontext.runtime.session import Answer, EntryView, ForwardTiming, Session
 
 __all__ = [
     "W_MAX",
+    "Answer",
     "EntryView",
     "Focus",
     "ForwardTiming",

@@ -9,19 +9,13 @@ created, and a reopened session reads them back, so nothing has to be given twic
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from megacontext.core.positions import POLICIES, PositionPolicy
+from megacontext.core import DEFAULT_W_MAX, POLICIES, PositionPolicy, default_protected_recent
 from megacontext.errors import BudgetError, InvalidInputError
 
-# The working-context budget (entries fed to the base) when none is given.
-W_MAX = 512
-
-
-def default_protected_recent(W_max: int) -> int:
-    """Recent tokens kept raw when none is given: a quarter of the budget, at most 128."""
-    return min(128, W_max // 4)
+W_MAX = DEFAULT_W_MAX  # the working-context budget when none is given (defined in core)
 
 
 def default_collapse_ahead(W_max: int, refocus_every: int, protected_recent: int) -> int:
@@ -72,10 +66,31 @@ class SessionConfig:
     # Pages (256 records each) kept per store in the read cache; bounds its memory (at d_model
     # 256 in float16, 64 gist pages are 8 MiB).
     cache_pages: int = 64
+    # The fields left to their budget-dependent defaults (protected_recent, collapse_ahead):
+    # they follow a new budget (resized) and are recorded as null in session.json.
+    _defaulted: frozenset[str] = field(
+        init=False, default_factory=frozenset, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):
-            _check_type(spec.name, getattr(self, spec.name), spec.type)
+            if spec.init:
+                _check_type(spec.name, getattr(self, spec.name), spec.type)
+        self._defaulted = frozenset(
+            name for name in ("protected_recent", "collapse_ahead") if getattr(self, name) is None
+        )
+        self._check_budget()
+        self._check_counts()
+        if self.prompt is not None:
+            from megacontext.models.prompting import PROMPT_STYLES
+
+            if self.prompt not in PROMPT_STYLES:
+                raise InvalidInputError(
+                    f"prompt must be one of {', '.join(PROMPT_STYLES)}, got {self.prompt!r}"
+                )
+
+    def _check_budget(self) -> None:
+        """W_max, the protected window and collapse_ahead, filling the budget-dependent defaults."""
         if self.W_max < 1:
             raise InvalidInputError(f"W_max must be >= 1, got {self.W_max}")
         if self.protected_recent is None:
@@ -87,14 +102,6 @@ class SessionConfig:
                 f"W_max={self.W_max} is smaller than the protected recent window "
                 f"({self.protected_recent}); raise W_max or lower protected_recent"
             )
-        if self.policy not in POLICIES:
-            raise InvalidInputError(f"policy must be one of {POLICIES}, got {self.policy!r}")
-        for name in ("refocus_every", "gist_batch", "cache_pages", "max_edits"):
-            if getattr(self, name) < 1:
-                raise InvalidInputError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("focus_steps", "query_tokens", "top_k", "seed"):
-            if getattr(self, name) < 0:
-                raise InvalidInputError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.collapse_ahead is None:
             self.collapse_ahead = default_collapse_ahead(
                 self.W_max, self.refocus_every, self.protected_recent
@@ -104,32 +111,32 @@ class SessionConfig:
                 f"collapse_ahead must be in [0, W_max - protected_recent = "
                 f"{self.W_max - self.protected_recent}], got {self.collapse_ahead}"
             )
-        if self.prompt is not None:
-            from megacontext.models.prompting import PROMPT_STYLES
 
-            if self.prompt not in PROMPT_STYLES:
-                raise InvalidInputError(
-                    f"prompt must be one of {', '.join(PROMPT_STYLES)}, got {self.prompt!r}"
-                )
+    def _check_counts(self) -> None:
+        if self.policy not in POLICIES:
+            raise InvalidInputError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        for name in ("refocus_every", "gist_batch", "cache_pages", "max_edits"):
+            if getattr(self, name) < 1:
+                raise InvalidInputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("focus_steps", "query_tokens", "top_k", "seed"):
+            if getattr(self, name) < 0:
+                raise InvalidInputError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def with_changes(self, **changes: Any) -> SessionConfig:
+        """A copy with ``changes`` (as ``dataclasses.replace``), in which the fields that were
+        defaults stay defaults: they are derived again for the new values."""
+        kept = {name: None for name in self._defaulted if name not in changes}
+        return dataclasses.replace(self, **{**kept, **changes})
 
     def resized(self, W_max: int) -> SessionConfig:
         """This config for another budget: a protected window and ``collapse_ahead`` that were
         defaults follow the new budget; values set explicitly are kept."""
-        protected: int | None = int(self.protected_recent or 0)
-        ahead = self.collapse_ahead
-        if ahead == default_collapse_ahead(self.W_max, self.refocus_every, int(protected or 0)):
-            ahead = None
-        if protected == default_protected_recent(self.W_max):
-            protected = None
-        room = W_max - (default_protected_recent(W_max) if protected is None else protected)
-        if ahead is not None and ahead > room:
-            ahead = None
-        return dataclasses.replace(
-            self, W_max=W_max, protected_recent=protected, collapse_ahead=ahead
-        )
+        return self.with_changes(W_max=W_max)
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as ``session.json`` records them (defaulted fields as null)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        return {k: None if k in self._defaulted else v for k, v in data.items()}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SessionConfig:

@@ -24,7 +24,8 @@ from megacontext.core import MegaContextTree
 from megacontext.errors import InvalidInputError
 from megacontext.files import write_text_atomic
 from megacontext.models.adapter import BaseAdapter
-from megacontext.models.bundle import Bundle
+from megacontext.models.bundle import DEFAULT_FOCUS, Bundle
+from megacontext.models.catalog import DEFAULT
 from megacontext.models.context import GistNetGister
 from megacontext.runtime.config import SessionConfig
 from megacontext.runtime.session import Session, check_lora_free
@@ -58,7 +59,7 @@ def read_recorded(root: Path) -> Recorded | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         config = SessionConfig.from_json(dict(data.get("config", {})))
-        return Recorded(str(data["base"]), str(data.get("focus", "default")), config)
+        return Recorded(str(data["base"]), str(data.get("focus", DEFAULT_FOCUS)), config)
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise InvalidInputError(
             f"{path} is not a MegaContext session record ({exc}); restore it or delete it and "
@@ -97,8 +98,8 @@ def open_session(
     if root.exists() and not root.is_dir():
         raise InvalidInputError(f"{root} exists and is not a directory; choose another --tree path")
     recorded = read_recorded(root)
-    base = base if base is not None else (recorded.base if recorded else "default")
-    focus = focus if focus is not None else (recorded.focus if recorded else "default")
+    base = base if base is not None else (recorded.base if recorded else DEFAULT)
+    focus = focus if focus is not None else (recorded.focus if recorded else DEFAULT_FOCUS)
     cfg = config or (recorded.config if recorded else SessionConfig())
     adapter = load_base(base) if isinstance(base, str) else base
     if isinstance(focus, Bundle):
@@ -182,7 +183,7 @@ def _record(
 ) -> None:
     """Write ``session.json``: what a later open reads when it is given nothing."""
     if isinstance(focus, Bundle):
-        focus_label = str(bundle.path) if bundle.path is not None else "default"
+        focus_label = str(bundle.path) if bundle.path is not None else DEFAULT_FOCUS
     else:
         focus_label = str(focus)
     document: dict[str, Any] = {

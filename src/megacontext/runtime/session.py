@@ -16,7 +16,6 @@ never part of the tree and never collapsed.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -41,7 +40,7 @@ from megacontext.focus import FocusEngine, FocusQuery, LensScorer, StepTelemetry
 from megacontext.models.adapter import BaseAdapter
 from megacontext.models.bundle import Bundle
 from megacontext.models.context import GistNetGister, entry_vectors
-from megacontext.models.generation import choose_token
+from megacontext.models.generation import choose_token, decode
 from megacontext.models.lensnet import LensNet
 from megacontext.models.prompting import PromptFormat
 from megacontext.runtime.config import SessionConfig
@@ -62,6 +61,16 @@ class EntryView:
     start: int
     end: int
     preview: str = ""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What :meth:`Session.ask` returns."""
+
+    text: str
+    ids: list[int]
+    focus_steps: int  # refocus steps that edited the working context for this question
+    seconds: dict[str, float]  # "focus", "decode"
 
 
 @dataclass(frozen=True)
@@ -141,7 +150,7 @@ class Session:
     ) -> Session:
         """A session whose tree, keys and lexical index live in memory (nothing on disk, no
         provenance, no trace): the same loop as a session on disk."""
-        config = dataclasses.replace(config or SessionConfig(), trace=False)
+        config = (config or SessionConfig()).with_changes(trace=False)
         gistnet = bundle.get("gistnet")
         K = gistnet.config.K
         tree = MegaContextTree(
@@ -244,6 +253,12 @@ class Session:
             K=self.tree.K,
             protected_recent=int(self.config.protected_recent or 0),
         )
+
+    def reset_focus(self) -> None:
+        """Start focus afresh: the working context assembled anew (recency), counters reset."""
+        self._check_open()
+        self.engine.state = type(self.engine.state)()
+        self._reassemble()
 
     def resize(self, W_max: int) -> None:
         """Change the working-context budget and assemble the context anew for it.
@@ -480,6 +495,56 @@ class Session:
             edited += 1
         return edited
 
+    def ask(
+        self,
+        question: str,
+        *,
+        cue: str = "",
+        max_new_tokens: int = 64,
+        remember: bool = False,
+    ) -> Answer:
+        """Answer ``question`` from the whole history.
+
+        The working context is refocused for the question (up to ``focus_steps`` steps), then
+        the base reads ``[prompt prefix][working context][question]`` in the session's prompt
+        style and the answer is decoded. The question is not written into the history unless
+        ``remember``, in which case the question and the answer are appended to it afterwards.
+        ``cue`` starts the answer in the ``raw`` and ``chat-cue`` styles.
+        """
+        self._check_open()
+        if not isinstance(question, str) or not question.strip():
+            raise InvalidInputError("the question is empty; ask something")
+        if self.tree.num_tokens == 0:
+            raise InvalidInputError("the history is empty: ingest something before asking")
+        started = time.perf_counter()
+        asked = f"{question} {cue}".strip()
+        steps = self.focus_for(self.base.encode(asked, add_bos=False))
+        focused = time.perf_counter()
+        question_ids = self.prompt.question_ids(self.base, question, cue)
+        device = self.base.device
+        with torch.no_grad():
+            prefix = self.base.embed(torch.as_tensor(self._prefix, device=device))
+            tail = self.base.embed(torch.as_tensor(question_ids, device=device))
+            inputs = torch.cat([prefix, self.context_vectors().to(prefix.dtype), tail])
+        decoded = decode(
+            self.base,
+            inputs,
+            max_new_tokens,
+            stop_ids=self.prompt.stop_ids,
+            stop_text=self.prompt.stop_text,
+            temperature=self.config.temperature,
+            top_k=self.config.top_k,
+            generator=self._rng,
+        )
+        seconds = {"focus": focused - started, "decode": time.perf_counter() - focused}
+        self._query = None
+        if remember:
+            spoken = self.prompt.question_text(question, cue) + decoded.text
+            self._query_start = self.tree.num_tokens
+            self._append(self._tokens(spoken), refocus=False)
+            self.tree.flush()
+        return Answer(decoded.text, decoded.ids, steps, seconds)
+
     def _with_pins(self, scores: np.ndarray) -> np.ndarray:
         if not self.focus.pinned:
             return scores
@@ -584,4 +649,4 @@ def check_lora_free(base: BaseAdapter) -> None:
         )
 
 
-__all__ = ["EntryView", "ForwardTiming", "Session", "check_lora_free"]
+__all__ = ["Answer", "EntryView", "ForwardTiming", "Session", "check_lora_free"]

@@ -108,7 +108,7 @@ def info(state: StoreState, reader: Reader) -> dict[str, Any]:
     }
 
 
-def verify(state: StoreState) -> list[Problem]:
+def verify(state: StoreState) -> list[Problem]:  # noqa: C901  (one check per kind of damage, in the order a reader meets them)
     """See :meth:`megacontext.store.local.LocalStore.verify`."""
     root, replicas = state.root, state.replicas
     problems: list[Problem] = []

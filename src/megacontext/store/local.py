@@ -104,7 +104,7 @@ class LocalStore:
     # -- opening ---------------------------------------------------------------------------------
 
     @classmethod
-    def create(
+    def create(  # noqa: PLR0913  (every setting of a new store, keyword-only)
         cls,
         path: str | os.PathLike[str],
         *,

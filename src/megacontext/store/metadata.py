@@ -171,7 +171,7 @@ class MetadataDB:
             )
             return _primary_key(result)
 
-    def add_span(
+    def add_span(  # noqa: PLR0913  (one argument per column of the spans table)
         self,
         tree_id: str,
         level: int,

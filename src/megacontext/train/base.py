@@ -305,7 +305,7 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
-def train_base(
+def train_base(  # noqa: C901, PLR0915  (the training loop: data, step, eval, checkpoint in one place)
     cfg: BaseRunConfig,
     *,
     resume: bool = True,
@@ -501,7 +501,7 @@ def machine_description(device: torch.device) -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def finalize_run(
+def finalize_run(  # noqa: PLR0913  (everything a finished run records)
     cfg: BaseRunConfig,
     model: Any,
     tok_dir: Path,

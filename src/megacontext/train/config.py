@@ -1,8 +1,13 @@
-"""Typed configuration of a from-scratch base-model run, loadable from YAML.
+"""Typed run configurations, loadable from YAML, and what every training run shares.
 
-One place defines each default. A YAML file has three optional sections, ``model``, ``data`` and
-``train``, whose keys are the fields below; unknown keys are an error (typos must not pass
-silently). See ``src/megacontext/train/configs/default.yaml`` for the default base recipe.
+One place defines each default. A base-model YAML file has three optional sections, ``model``,
+``data`` and ``train``, whose keys are the fields below; unknown keys are an error (typos must
+not pass silently). The recipes shipped with the package (``default.yaml`` for the tiny base,
+``gist-default.yaml``, ``lens-default.yaml``, ``cotrain-*.yaml``) are read with
+:func:`packaged_config` through ``importlib.resources``, so they are found from an installed
+wheel and any working directory. :class:`RunSettings` and :func:`start_run` are the fields and
+the start-up (threads, base, corpus streams) that ``train gist``, ``train lens`` and
+``train cotrain`` share.
 """
 
 from __future__ import annotations
@@ -15,8 +20,79 @@ from typing import Any
 import yaml
 
 from megacontext.errors import InvalidInputError
+from megacontext.models.catalog import DEFAULT
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+CONFIGS = "configs"  # the packaged recipes, a directory of megacontext.train
+
+
+def packaged_config(name: str) -> dict[str, Any]:
+    """The packaged recipe ``name`` (e.g. ``"gist-default.yaml"``) as a mapping.
+
+    Raises:
+        InvalidInputError: No such recipe in the installed package (never an empty config).
+    """
+    from importlib import resources
+
+    resource = resources.files("megacontext.train").joinpath(CONFIGS, name)
+    if not resource.is_file():
+        shipped = sorted(
+            p.name for p in resources.files("megacontext.train").joinpath(CONFIGS).iterdir()
+        )
+        raise InvalidInputError(
+            f"no packaged config {name!r} (shipped: {', '.join(shipped)}); reinstall megacontext "
+            "or pass --config PATH"
+        )
+    return _mapping(yaml.safe_load(resource.read_text(encoding="utf-8")), f"packaged {name}")
+
+
+def read_config(path: str | Path | None, packaged: str) -> dict[str, Any]:
+    """A run's settings: the YAML file at ``path``, else the packaged recipe ``packaged``."""
+    if path is None:
+        return packaged_config(packaged)
+    file = Path(path)
+    if not file.is_file():
+        raise InvalidInputError(
+            f"config file {file} not found; leave --config out to use the packaged {packaged}"
+        )
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise InvalidInputError(f"config file {file} is not valid YAML: {exc}") from None
+    return _mapping(data, str(file))
+
+
+def _mapping(data: Any, where: str) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"config {where} must hold a mapping of settings")
+    return data
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``--set`` items (``key=value`` or ``section.key=value``) as ``{dotted key: value}``; the
+    values are read as YAML (``3``, ``[0, 1]``, ``true``)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInputError(f"--set {item!r} must look like key=value or section.key=value")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set each dotted key of ``overrides`` in the nested mapping ``data``."""
+    for dotted, value in overrides.items():
+        node = data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise InvalidInputError(f"--set {dotted}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
 
 
 @dataclass
@@ -176,25 +252,13 @@ def config_from_dict(data: dict[str, Any]) -> BaseRunConfig:
     return cfg
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> BaseRunConfig:
-    """Load a YAML config; ``overrides`` maps ``"section.key"`` to a value (CLI ``--set``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidInputError(
-            f"config file {path} not found; start from {CONFIG_DIR / 'default.yaml'}"
-        )
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise InvalidInputError(f"config file {path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise InvalidInputError(f"config file {path} must hold a mapping at the top level")
-    for dotted, value in (overrides or {}).items():
-        section, _, key = dotted.partition(".")
-        if not key:
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> BaseRunConfig:
+    """A base-model run's config: the YAML file at ``path`` (else the packaged ``default.yaml``)
+    with ``overrides`` (``{"section.key": value}``, from ``--set``) applied."""
+    for dotted in overrides or {}:
+        if "." not in dotted:
             raise InvalidInputError(f"override {dotted!r} must look like section.key=value")
-        data.setdefault(section, {})[key] = value
-    return config_from_dict(data)
+    return config_from_dict(apply_overrides(read_config(path, "default.yaml"), overrides or {}))
 
 
 def dataclass_from_dict(cls: type[Any], data: Any, name: str) -> Any:
@@ -228,3 +292,35 @@ def dataclass_from_dict(cls: type[Any], data: Any, name: str) -> Any:
             value = tuple(value)
         values[key] = value
     return cls(**values)
+
+
+@dataclass
+class RunSettings:
+    """What every focus-model run (``train gist``, ``train lens``, ``train cotrain``) takes."""
+
+    base: str = DEFAULT
+    dtype: str = "float32"
+    corpus_dir: str = "runs/corpus"
+    threads: int | None = None
+
+
+def start_run(run: RunSettings, log: Any = print) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The start of every focus-model run: thread count, the frozen base, and the corpus's train
+    and validation token streams in its tokenizer. Returns ``(base, train, val)``."""
+    import torch
+
+    from megacontext.models.loading import load_base
+    from megacontext.train.streams import corpus_streams
+
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    base = load_base(run.base, dtype=run.dtype)
+    log(
+        f"base {base.source}: d_model={base.d_model}, vocab={base.vocab_size}, "
+        f"fingerprint {base.fingerprint[:12]}"
+    )
+    return (
+        base,
+        corpus_streams(run.corpus_dir, base, "train"),
+        corpus_streams(run.corpus_dir, base, "val"),
+    )

@@ -32,6 +32,7 @@ import torch
 from megacontext.errors import InvalidInputError
 from megacontext.models.adapter import BaseAdapter
 from megacontext.models.lora import LoraAdapter, LoraSettings
+from megacontext.train.config import RunSettings, start_run
 from megacontext.train.gist import (
     GistTrainConfig,
     WindowSampler,
@@ -145,19 +146,18 @@ def cotrain(
                     **kwargs,
                 )
                 phases.append(_distillation_phase(cycle, "joint", result))
-        else:
-            if gist_params:
-                result = train_gistnet(
-                    base,
-                    train_sampler,
-                    {1: val_windows},
-                    gist_cfg,
-                    gistnet,
-                    params=gist_params,
-                    desc=f"gistnet c{cycle}",
-                    **kwargs,
-                )
-                phases.append(_distillation_phase(cycle, "gistnet", result))
+        elif gist_params:
+            result = train_gistnet(
+                base,
+                train_sampler,
+                {1: val_windows},
+                gist_cfg,
+                gistnet,
+                params=gist_params,
+                desc=f"gistnet c{cycle}",
+                **kwargs,
+            )
+            phases.append(_distillation_phase(cycle, "gistnet", result))
         if _trains(cfg, "lensnet", cycle):
             # Relabel with the gists as they are now; the LensNet phase refuses anything else.
             samples = make_samples(
@@ -287,15 +287,11 @@ def cotrain_ablation(
 
 
 @dataclass
-class CotrainRunConfig:
+class CotrainRunConfig(RunSettings):
     """A ``megacontext train cotrain`` run."""
 
-    base: str = "default"
-    dtype: str = "float32"
-    corpus_dir: str = "runs/corpus"
     out_dir: str = "runs/cotrain"
     ablation_seeds: tuple[int, ...] = ()
-    threads: int | None = None
     cotrain: CotrainConfig = field(default_factory=CotrainConfig)
 
     @classmethod
@@ -309,14 +305,8 @@ class CotrainRunConfig:
 def run_cotrain(run: CotrainRunConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Co-train, save a bundle (GistNet, LensNet, LoRA if used) and, optionally, the ablation."""
     from megacontext.models.bundle import save_bundle
-    from megacontext.models.loading import load_base
-    from megacontext.train.streams import corpus_streams
 
-    if run.threads:
-        torch.set_num_threads(run.threads)
-    base = load_base(run.base, dtype=run.dtype)
-    train_streams = corpus_streams(run.corpus_dir, base, "train")
-    val_streams = corpus_streams(run.corpus_dir, base, "val")
+    base, train_streams, val_streams = start_run(run, log)
     result = cotrain(base, train_streams, val_streams, run.cotrain, log=log)
     out = Path(run.out_dir)
     modules: dict[str, Any] = {"gistnet": result.gistnet}

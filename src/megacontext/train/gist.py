@@ -46,6 +46,7 @@ from megacontext.errors import InvalidInputError
 from megacontext.models.adapter import BaseAdapter
 from megacontext.models.bundle import save_bundle
 from megacontext.models.gistnet import GistNet, GistNetConfig
+from megacontext.train.config import RunSettings, start_run
 
 CODE_SOURCES = frozenset({"stdlib"})
 
@@ -332,7 +333,7 @@ def make_gistnet(base: BaseAdapter, cfg: GistTrainConfig, K: int = 32) -> GistNe
     return GistNet(config).to(base.device)
 
 
-def train_gistnet(
+def train_gistnet(  # noqa: PLR0913, PLR0917, PLR0915  (the distillation loop; co-learning passes its own parameters and phases)
     base: BaseAdapter,
     train: WindowSampler,
     val_windows: Mapping[int, np.ndarray],
@@ -513,15 +514,11 @@ def plot_gist_training(result: GistTrainResult, path: Path) -> None:
 
 
 @dataclass
-class GistRunConfig:
+class GistRunConfig(RunSettings):
     """A ``megacontext train gist`` run: which base and corpus, where to write, how to train."""
 
-    base: str = "default"
-    dtype: str = "float32"
-    corpus_dir: str = "runs/corpus"
     out_dir: str = "runs/gistnet"
     val_windows: int = 256
-    threads: int | None = None
     gist: GistTrainConfig = field(default_factory=GistTrainConfig)
 
     @classmethod
@@ -534,18 +531,7 @@ class GistRunConfig:
 
 def run_gist(run: GistRunConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Load the base, tokenize the corpus, train GistNet, evaluate, and write the run directory."""
-    from megacontext.models.loading import load_base
-    from megacontext.train.streams import corpus_streams
-
-    if run.threads:
-        torch.set_num_threads(run.threads)
-    base = load_base(run.base, dtype=run.dtype)
-    log(
-        f"base {run.base}: d_model={base.d_model}, vocab={base.vocab_size}, "
-        f"fingerprint {base.fingerprint[:12]}"
-    )
-    train_streams = corpus_streams(run.corpus_dir, base, "train")
-    val_streams = corpus_streams(run.corpus_dir, base, "val")
+    base, train_streams, val_streams = start_run(run, log)
     cfg = run.gist
     K = int(cfg.gistnet.get("K", 32))
     val_sampler = WindowSampler(val_streams, seed=cfg.seed + 1)

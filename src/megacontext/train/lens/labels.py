@@ -201,25 +201,39 @@ def counterfactual_labels(
                 else:
                     labels[pos : pos + K] = delta
     if descent and sample.evidence:
-        # (WC position of the gist, the WC with its evidence opened, expansions it took); paths
-        # of one length share a batched forward.
-        by_size: dict[int, list[tuple[int, WorkingContext, int]]] = {}
-        for gist_pos in gist_positions.tolist():
-            level = int(wc.levels[gist_pos])
-            if level < 2:
-                continue
-            opened = evidence_path(wc, level, int(wc.indices[gist_pos]), sample.evidence)
-            if opened is not None:
-                by_size.setdefault(opened[0].size, []).append((gist_pos, *opened))
-        for group in by_size.values():
-            for lo in range(0, len(group), batch):
-                part = group[lo : lo + batch]
-                vectors = [entry_vectors(edited, sample.tree, base) for _, edited, _ in part]
-                nlls = _scored_nll(base, torch.stack(vectors), scored).cpu().numpy()
-                for (gist_pos, _, expansions), value in zip(part, nlls, strict=True):
-                    per_entry = (nll0 - float(value)) / (expansions * (K - 1))
-                    gain[gist_pos] = labels[gist_pos] = max(gain[gist_pos], per_entry)
+        _descent_labels(base, sample, wc, nll0, batch, labels, gain)
     return labels, gain, nll0
+
+
+def _descent_labels(
+    base: BaseAdapter,
+    sample: LensSample,
+    wc: WorkingContext,
+    nll0: float,
+    batch: int,
+    labels: np.ndarray,
+    gain: np.ndarray,
+) -> None:
+    """Raise the labels of level-2+ gists over evidence to the value of opening the path to it
+    (in place; see :func:`counterfactual_labels`)."""
+    K = wc.K
+    scored = torch.as_tensor(sample.scored, dtype=torch.long)
+    # (WC position of the gist, the WC with its evidence opened, expansions it took); paths of
+    # one length share a batched forward.
+    by_size: dict[int, list[tuple[int, WorkingContext, int]]] = {}
+    for gist_pos in np.flatnonzero(wc.levels > 1).tolist():
+        level = int(wc.levels[gist_pos])
+        opened = evidence_path(wc, level, int(wc.indices[gist_pos]), sample.evidence)
+        if opened is not None:
+            by_size.setdefault(opened[0].size, []).append((gist_pos, *opened))
+    for group in by_size.values():
+        for lo in range(0, len(group), batch):
+            part = group[lo : lo + batch]
+            vectors = [entry_vectors(edited, sample.tree, base) for _, edited, _ in part]
+            nlls = _scored_nll(base, torch.stack(vectors), scored).cpu().numpy()
+            for (gist_pos, _, expansions), value in zip(part, nlls, strict=True):
+                per_entry = (nll0 - float(value)) / (expansions * (K - 1))
+                gain[gist_pos] = labels[gist_pos] = max(gain[gist_pos], per_entry)
 
 
 def evidence_path(
@@ -351,7 +365,7 @@ def _perturb(wc: WorkingContext, rng: random.Random, edits: int) -> None:
         wc.apply(plan)
 
 
-def make_samples(
+def make_samples(  # noqa: PLR0913, PLR0917  (the sample recipe: base, nets, text, settings, seed)
     base: BaseAdapter,
     gistnet: GistNet,
     text_stream: np.ndarray,

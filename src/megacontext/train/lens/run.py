@@ -15,6 +15,7 @@ import torch
 from megacontext.errors import InvalidInputError
 from megacontext.models.gistnet import GistNet
 from megacontext.models.lensnet import LensNet, LensNetConfig
+from megacontext.train.config import RunSettings, start_run
 from megacontext.train.lens.evaluation import evaluate_lensnet
 from megacontext.train.lens.labels import LensTrainConfig, make_samples
 from megacontext.train.lens.training import refresh_keys, train_key_head, train_lensnet
@@ -28,18 +29,14 @@ ABLATIONS: dict[str, dict[str, bool]] = {
 
 
 @dataclass
-class LensRunConfig:
+class LensRunConfig(RunSettings):
     """A ``megacontext train lens`` run: base, GistNet bundle, corpus, sizes, output."""
 
-    base: str = "default"
-    dtype: str = "float32"
     gist_bundle: str = "runs/gistnet/bundle"
-    corpus_dir: str = "runs/corpus"
     out_dir: str = "runs/lensnet"
     train_samples: int = 400
     val_samples: int = 100
     ablations: bool = True
-    threads: int | None = None
     lens: LensTrainConfig = field(default_factory=LensTrainConfig)
 
     @classmethod
@@ -58,20 +55,16 @@ def _prose_stream(streams: dict[str, np.ndarray]) -> np.ndarray:
 def run_lens(run: LensRunConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Label, train keys and LensNet (plus ablations), evaluate per slice, write the run."""
     from megacontext.models.bundle import load_bundle, save_bundle
-    from megacontext.models.loading import load_base
-    from megacontext.train.streams import corpus_streams
 
-    if run.threads:
-        torch.set_num_threads(run.threads)
-    base = load_base(run.base, dtype=run.dtype)
+    base, train_streams, val_streams = start_run(run, log)
     gist_bundle = load_bundle(run.gist_bundle, fingerprints=base.fingerprints)
     gistnet = gist_bundle.get("gistnet")
     if not isinstance(gistnet, GistNet):
         raise InvalidInputError(f"{run.gist_bundle} holds no GistNet; train one first")
     cfg = run.lens
     special = tuple(t for t in (base.bos_token_id, base.eos_token_id) if t is not None)
-    train_text = _prose_stream(corpus_streams(run.corpus_dir, base, "train"))
-    val_text = _prose_stream(corpus_streams(run.corpus_dir, base, "val"))
+    train_text = _prose_stream(train_streams)
+    val_text = _prose_stream(val_streams)
     train = make_samples(
         base, gistnet, train_text, cfg, run.train_samples, cfg.seed, special, desc="labelling train"
     )

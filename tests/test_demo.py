@@ -24,9 +24,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from megacontext.bench.runtime import stand_in_bundle
-from megacontext.cli import longdemo as ld
+from megacontext.cli import demo as cd
 from megacontext.data import KV_QUESTION, PASSKEY_QUESTION
 from megacontext.errors import InvalidInputError, MegaContextError
+from megacontext.eval import demo as ld
 from megacontext.models import load_base
 from megacontext.models.adapter import BaseAdapter
 from megacontext.models.bundle import load_bundle
@@ -64,9 +65,10 @@ def test_document_is_seeded_long_enough_and_its_facts_decode(
         # Outside the recent window, so recency alone cannot answer.
         assert fact.end < len(doc.ids) - 512
         previous_end = fact.end
-    # Questions are in the trained formats.
-    assert doc.facts[-1].question == PASSKEY_QUESTION
-    assert doc.facts[0].question == KV_QUESTION.format(key=doc.facts[0].key)
+    # Questions are in the trained formats: "\n{question} {cue}" in the raw prompt style.
+    passkey, kv = doc.facts[-1], doc.facts[0]
+    assert f"\n{passkey.question} {passkey.cue}" == PASSKEY_QUESTION
+    assert f"\n{kv.question} {kv.cue}" == KV_QUESTION.format(key=kv.key)
     # Held-out prose comes first.
     assert doc.sources[0].startswith("kjv/")
 
@@ -100,7 +102,7 @@ def test_facts_decode_and_stay_outside_the_recent_window(
 
 def test_fact_choice_does_not_depend_on_the_hash_seed() -> None:
     code = (
-        "import random; from megacontext.cli.longdemo import _fact_lines; "
+        "import random; from megacontext.eval.demo import _fact_lines; "
         "print(_fact_lines(random.Random('x'), 6))"
     )
     outputs = {
@@ -117,10 +119,11 @@ def test_fact_choice_does_not_depend_on_the_hash_seed() -> None:
     assert outputs == {str(ld._fact_lines(random.Random("x"), 6)) + "\n"}
 
 
-def test_correctness_reads_the_leading_number(tiny: tuple[Path, BaseAdapter, Path]) -> None:
+def test_correctness_finds_the_value_as_a_word(tiny: tuple[Path, BaseAdapter, Path]) -> None:
     _, base, _ = tiny
     fact = ld.build_document(base, TOKENS, facts=2).facts[0]
     assert ld.is_correct(f" {fact.value}.", fact)
+    assert ld.is_correct(f"The value is {fact.value}.", fact)  # an instruct model's sentence
     assert ld.is_correct(f" {fact.value}\n", fact)
     assert not ld.is_correct(f" {fact.value}7.", fact)
     assert not ld.is_correct(" the value", fact)
@@ -170,7 +173,7 @@ def test_the_command_writes_one_row_per_question_and_system(
 ) -> None:
     base_dir, _, focus = tiny
     app = typer.Typer()
-    app.command("demo")(ld.demo)
+    app.command("demo")(cd.demo)
     app.command("other")(lambda: None)  # two commands: typer then expects the name
     out = tmp_path / "demo.json"
     result = CliRunner().invoke(
@@ -237,22 +240,18 @@ def test_bad_inputs_raise_typed_errors(
     with pytest.raises(InvalidInputError, match="--facts"):
         ld.build_document(base, TOKENS, facts=0)
     with pytest.raises(InvalidInputError, match="--refocus-steps"):
-        ld.run_longdemo(ld.LongDemoConfig(refocus_steps=-1), console)
+        cd.run_demo(cd.DemoConfig(refocus_steps=-1), console)
     with pytest.raises(InvalidInputError, match="--w-max"):
-        ld.run_longdemo(ld.LongDemoConfig(w_max=8), console)
+        cd.run_demo(cd.DemoConfig(w_max=8), console)
     with pytest.raises(InvalidInputError, match="unknown system"):
-        ld.run_longdemo(ld.LongDemoConfig(systems=("megacontext", "gpt5")), console)
+        cd.run_demo(cd.DemoConfig(systems=("megacontext", "gpt5")), console)
     # A missing bundle is reported before anything is loaded, and says how to build one.
     with pytest.raises(InvalidInputError, match="make focus-models"):
-        ld.run_longdemo(ld.LongDemoConfig(focus=str(tmp_path / "nothing")), console)
+        cd.run_demo(cd.DemoConfig(focus=str(tmp_path / "nothing")), console)
     monkeypatch.setenv("MEGACONTEXT_FOCUS_BUNDLE", str(tmp_path / "empty"))
     with pytest.raises(InvalidInputError, match="make focus-models"):
-        ld.run_longdemo(ld.LongDemoConfig(base=str(base_dir)), console)
-    with pytest.raises(MegaContextError, match="no model directory"):
-        ld.run_longdemo(
-            ld.LongDemoConfig(base=str(tmp_path / "no-such-base"), focus=str(focus)), console
-        )
+        cd.run_demo(cd.DemoConfig(base=str(base_dir)), console)
+    with pytest.raises(MegaContextError, match="no model directory or file"):
+        cd.run_demo(cd.DemoConfig(base=str(tmp_path / "no-such-base"), focus=str(focus)), console)
     with pytest.raises(InvalidInputError, match="too small to hold"):
-        ld.run_longdemo(
-            ld.LongDemoConfig(base=str(base_dir), focus=str(focus), tokens=500), console
-        )
+        cd.run_demo(cd.DemoConfig(base=str(base_dir), focus=str(focus), tokens=500), console)
