@@ -166,6 +166,9 @@ def test_suite_reports_every_result_finite_and_named(
         "refocus_apply_ms",
         "refocus_kv_recompute_ms",
         "rss_ratio_4k_vs_2k",
+        "ask_load_s",
+        "ask_focus_ms",
+        "ask_decode_ms_per_token",
     }
     assert set(by_name) == expected
     for result in results:

@@ -36,7 +36,8 @@ def test_ingest_ask_generate_trace(setup, tmp_path: Path) -> None:  # type: igno
     ]
     result = runner.invoke(app, ["ingest", str(docs), *common])
     assert result.exit_code == 0, result.output
-    assert "from 2 file(s)" in result.output and "skipped 1 binary" in result.output
+    assert "from 2 file(s)" in result.output and "skipped 1 file" in result.output
+    assert "blob.bin" in result.output and "binary" in result.output
     result = runner.invoke(app, ["ask", "What is the pass key?", *common, "--max-new-tokens", "5"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["generate", "Once", *common, "--max-new-tokens", "6"])

@@ -47,17 +47,15 @@ def config(**kw: object) -> SessionConfig:
 def test_ingest_covers_the_history_and_records_provenance(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     base, bundle = models
     with open_session(tmp_path / "s", base, bundle, config()) as mc:
-        n = mc.ingest(TEXT, source="file://notes.txt", metadata={"author": "me"})
+        n = mc.ingest(TEXT, source="file://notes.txt", metadata={"author": "me"}).tokens
         assert n == mc.tree.num_tokens > mc.config.W_max
         mc.wc.check_invariants()
         entries = mc.working_context()
         assert entries[0].start == 0 and entries[-1].end == n
         assert sum(e.end - e.start for e in entries) == n
         assert all(e.preview for e in entries if e.level == 0)
-        db = mc._stores[0].metadata()
-        sources = db.list_sources()
+        sources = mc.metadata.list_sources()
         assert [s.uri for s in sources] == ["file://notes.txt"]
-        db.close()
 
 
 def test_generate_streams_appends_and_refocuses(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -29,6 +29,7 @@ SUITES: dict[str, str] = {
     "gist": "megacontext.bench.gist",
     "longctx": "megacontext.bench.longctx",
     "runtime": "megacontext.bench.runtime",
+    "crash": "megacontext.bench.crash",
 }
 
 Progress = Callable[[str], None]

@@ -15,6 +15,9 @@ Results (goals from DESIGN §9 and issue 7 in parentheses):
 * ``ingest_tokens_per_s``: token ids appended to a session per second (gisting, keys, lexical
   index, storage), and ``ingest_vs_prefill_ratio``: the same over the base's prefill tokens/s
   (512-token windows) measured in the same run.
+* ``ask_load_s``, ``ask_focus_ms``, ``ask_decode_ms_per_token``: what ``megacontext ask``
+  costs, split as it reports it — opening the session read-only (loading the base and the focus
+  bundle), refocusing for the question until focus converges, and decoding the answer.
 * ``rss_ratio_<N>_vs_10k``: peak RSS of a fresh process that opens a session and ingests N tokens
   in 10k-token ``ingest`` calls, over the same for 10k tokens (≤ 1.2: memory must not grow with
   the history; one call's transient memory grows with the call's size, so every size uses the
@@ -365,6 +368,40 @@ def rss_probe(tokens: int, focus: Path, base_name: str) -> dict[str, Any]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
+ASK_QUESTIONS = (
+    "What is the pass key?",
+    "Which function parses the arguments?",
+    "Who wrote the letter, and when?",
+    "What does the module return on error?",
+    "Where is the configuration read?",
+)
+
+
+def ask_latency(path: Path, repeats: int, progress: Progress) -> list[Result]:
+    """What `megacontext ask` costs, split as its --json reports it: opening the session
+    (loading the base and the focus bundle, read-only), focusing for the question, decoding the
+    answer (16 tokens at most). Medians over ``repeats`` opens and the questions asked."""
+    from megacontext.runtime import open_session
+
+    opens: list[float] = []
+    focus: list[float] = []
+    decode: list[float] = []
+    for r in range(repeats):
+        progress(f"ask latency, open {r + 1}/{repeats}")
+        start = time.perf_counter()
+        with open_session(path, readonly=True) as session:
+            opens.append(time.perf_counter() - start)
+            for question in ASK_QUESTIONS:
+                answer = session.ask(question, max_new_tokens=16)
+                focus.append(answer.seconds["focus"])
+                decode.append(answer.seconds["decode"] / max(1, len(answer.ids)))
+    return [
+        Result("ask_load_s", median(opens), "s", note="open read-only: base + focus bundle"),
+        Result("ask_focus_ms", 1000.0 * median(focus), "ms", note="refocus until converged"),
+        Result("ask_decode_ms_per_token", 1000.0 * median(decode), "ms/token"),
+    ]
+
+
 def _largest_that_fits(seconds_per_token: float, budget_s: float, wanted: int) -> int:
     for size in (wanted, *RSS_FALLBACK_SIZES):
         if size <= wanted and size * seconds_per_token <= budget_s:
@@ -421,6 +458,8 @@ def _run(plan: Plan, scratch: Path, progress: Progress, base_name: str) -> list[
             session_s.append(session_decode_seconds(session, plan.new_tokens))
         split = refocus_split(session.timing_log)
         breakdown = decode_breakdown(session.timing_log, sum(session_s) * plan.new_tokens)
+        session.timing_log = None
+    results += ask_latency(scratch / "session", plan.repeats, progress)
 
     ingest = median(rates)
     results.append(Result("ingest_tokens_per_s", ingest, "tokens/s", note=focus_note))

@@ -6,6 +6,9 @@ Results (every ratio is measured against its baseline in the same run):
   16 MB segments, each sealed with its sha256) over raw sequential ``os.write`` of the same bytes
   in the same batches, with the same fsync policy: one ``flush()`` at the end (for the store:
   fsync of every segment and new directory entry, then the atomic manifest replace). Goal ≥ 0.8.
+* ``append_1_token_us``: one token per ``append`` (as decoding appends), mean latency over
+  20,000 appends and one ``flush()``, against a raw 4-byte ``os.pwrite`` per token. Each store
+  append also writes the CRC32 slot of its checksum block (format v2).
 * ``read_p50_us_warm``, ``read_p99_us_warm``: latency of one random level-1 node read
   (``store.read(1, i, i + 1)``, a zero-copy view of the segment's memory map) once the store is
   warm; ``read_p99_ratio_vs_pread`` compares the p99 with raw ``os.pread`` of the same record
@@ -105,6 +108,39 @@ def bench_append(tmp: Path, tokens: int, repeats: int, progress: Progress) -> li
             "x",
             note=f"store {store_rate:.0f} MB/s vs raw {raw_rate:.0f} MB/s; goal >= 0.8",
         ),
+    ]
+
+
+def bench_single_appends(tmp: Path, tokens: int, repeats: int, progress: Progress) -> list[Result]:
+    """Decoding's pattern: one token per append, then one flush."""
+    data = _tokens(tokens)
+    store_times, raw_times = [], []
+    for r in range(repeats):
+        progress(f"single-token appends, round {r + 1}/{repeats}")
+        store = LocalStore.create(tmp / f"single{r}", dim=DIM, K=K)
+        start = time.perf_counter()
+        for i in range(tokens):
+            store.append(0, data[i : i + 1])
+        store.flush()
+        store_times.append(time.perf_counter() - start)
+        store.close()
+        fd = os.open(tmp / f"single{r}.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        start = time.perf_counter()
+        for i in range(tokens):
+            os.pwrite(fd, data[i : i + 1].tobytes(), 4 * i)
+        os.fsync(fd)
+        raw_times.append(time.perf_counter() - start)
+        os.close(fd)
+    store_us, raw_us = median(store_times) / tokens * 1e6, median(raw_times) / tokens * 1e6
+    return [
+        Result(
+            "append_1_token_us",
+            store_us,
+            "us",
+            "raw 4-byte pwrite",
+            raw_us,
+            note="one token per append, as decoding does; each also writes its block's CRC32",
+        )
     ]
 
 
@@ -346,6 +382,7 @@ def run(quick: bool, progress: Progress, options: BenchOptions) -> list[Result]:
     with tempfile.TemporaryDirectory(prefix="mc-bench-storage-") as tmp:
         work = Path(tmp)
         results += bench_append(work, 16_000_000 if quick else 64_000_000, 3, progress)
+        results += bench_single_appends(work, 20_000, 3, progress)
         tree_tokens = 4_000_000 if quick else 16_000_000
         _build_tree(work / "tree", tree_tokens, progress)
         results += bench_reads(work / "tree", 20_000 if quick else 100_000, progress)

@@ -1,7 +1,7 @@
 """The ``megacontext`` command line (Typer).
 
 One module per command or command group, named after it (``bench``, ``demo``, ``demo_tree``,
-``session`` for ingest/ask/generate, ``trace``, ``models``, ``store``, ``train``,
+``session`` for ingest/ask/chat/generate, ``sources``, ``trace``, ``models``, ``store``, ``train``,
 ``leaderboard``), registered here. Heavy imports happen inside commands so that
 ``megacontext --help`` stays fast.
 """
@@ -17,6 +17,7 @@ from megacontext.cli import demo_tree as _demo_tree_cli
 from megacontext.cli import leaderboard as _leaderboard_cli
 from megacontext.cli import models as _models_cli
 from megacontext.cli import session as _session_cli
+from megacontext.cli import sources as _sources_cli
 from megacontext.cli import store as _store_cli
 from megacontext.cli import trace as _trace_cli
 from megacontext.cli import train as _train_cli
@@ -53,6 +54,8 @@ app.add_typer(_store_cli.app, name="store")
 app.add_typer(_train_cli.app, name="train")
 app.command()(_session_cli.ingest)
 app.command()(_session_cli.ask)
+app.command()(_session_cli.chat)
+app.add_typer(_sources_cli.app, name="sources")
 app.command()(_session_cli.generate)
 app.add_typer(_trace_cli.app, name="trace")
 

@@ -4,76 +4,106 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from megacontext.cli.output import console
+from megacontext.cli.output import console, emit_json
 from megacontext.errors import InvalidInputError
 
 app = typer.Typer(
     help="Read focus telemetry traces (JSONL written by sessions).", no_args_is_help=True
 )
 
+# What every line of a focus trace holds (see Session.refocus).
+_REQUIRED = ("step", "tokens", "entries", "utilization", "expands", "collapses")
+
+
+def read_trace(path: Path) -> list[dict[str, Any]]:
+    """The steps of a trace file; a typed error naming the line for anything else."""
+    if not path.is_file():
+        raise InvalidInputError(
+            f"{path} is not a file; traces are written to SESSION/traces/session-*.jsonl"
+        )
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise InvalidInputError(
+                f"{path}:{number} is not JSON; is this a focus trace?"
+            ) from None
+        missing = [k for k in _REQUIRED if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise InvalidInputError(
+                f"{path}:{number} is not a focus trace step (no {', '.join(missing)}); traces "
+                "are the SESSION/traces/session-*.jsonl files a session writes"
+            )
+        rows.append(row)
+    return rows
+
 
 @app.command("show")
 def trace_show(
     trace: Annotated[Path, typer.Argument(help="A traces/session-*.jsonl file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the steps as JSON.")] = False,
 ) -> None:
-    """Print a readable focus timeline.
+    """Print a readable focus timeline, and the text each expansion brought into view.
 
-    Per refocus step: the history size, budget use, edits and where the time went.
+    Per refocus step: the history size, budget use, edits (+ expand, - collapse), swap rate,
+    page-cache hits and the milliseconds spent in focus and in the base.
     Example: megacontext trace show runs/mc/traces/session-*.jsonl
     """
-    if not trace.is_file():
-        raise InvalidInputError(f"{trace} is not a trace file")
-    rows = []
-    for number, line in enumerate(trace.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise InvalidInputError(
-                f"{trace}:{number} is not JSON; is this a focus trace?"
-            ) from None
-    table = Table(title=f"focus timeline — {trace.name}")
-    for column in (
-        "step",
-        "tokens",
-        "entries",
-        "util",
-        "edits",
-        "swap rate",
-        "residency",
-        "cache hits",
-        "ms (fetch/lens/alloc/apply)",
-        "base ms",
+    rows = read_trace(trace)
+    expands = sum(r["expands"] for r in rows)
+    collapses = sum(r["collapses"] for r in rows)
+    if as_json:
+        emit_json({"trace": str(trace), "steps": rows})
+        return
+    table = Table(title=f"focus timeline — {escape(trace.name)}", title_justify="left")
+    for column, justify in (
+        ("step", "right"),
+        ("tokens", "right"),
+        ("util", "right"),
+        ("+/-", "center"),
+        ("swap", "right"),
+        ("cache", "right"),
+        ("focus ms", "right"),
+        ("base ms", "right"),
     ):
-        table.add_column(column, justify="right" if column != "edits" else "left")
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for row in rows:
-        edits = " ".join(
-            f"{'+' if k == 'expand' else '-'}L{lv}#{ix}" for k, lv, ix in row.get("edits", [])
+        seconds = row.get("seconds", {})
+        focus_ms = 1000 * sum(
+            seconds.get(k, 0.0) for k in ("fetch", "lensnet", "allocator", "apply")
         )
-        sec = row.get("seconds", {})
-        ms = "/".join(
-            f"{1000 * sec.get(k, 0):.1f}" for k in ("fetch", "lensnet", "allocator", "apply")
-        )
+        hits = row.get("cache_hit_ratio")
         table.add_row(
             str(row["step"]),
             f"{row['tokens']:,}",
-            str(row["entries"]),
-            f"{row['utilization']:.2f}",
-            edits or "·",
-            f"{row['swap_rate']:.2f}",
-            f"{row['mean_residency']:.1f}",
-            f"{row['cache_hit_ratio']:.0%}" if "cache_hit_ratio" in row else "—",
-            ms,
+            f"{row['utilization']:.0%}",
+            f"+{row['expands']}/-{row['collapses']}",
+            f"{row.get('swap_rate', 0.0):.2f}",
+            f"{hits:.0%}" if hits is not None else "—",
+            f"{focus_ms:.1f}",
             f"{1000 * row.get('base_seconds', 0.0):.1f}",
         )
     console.print(table)
-    expands = sum(r["expands"] for r in rows)
-    collapses = sum(r["collapses"] for r in rows)
     console.print(f"{len(rows)} steps, {expands} expands, {collapses} collapses")
+    shown = [(row["step"], span) for row in rows for span in row.get("expanded_text", [])]
+    if shown:
+        console.print("[bold]text brought into view[/bold]")
+    for step, span in shown[:40]:
+        text = " ".join(str(span["text"]).split())
+        text = text if len(text) <= 48 else text[:47] + "…"
+        a, b = span["tokens"]
+        console.print(f"  step {step:>3}  {a:>7,}–{b:<7,} «{escape(text)}»")
+    if len(shown) > 40:
+        console.print(f"  … and {len(shown) - 40} more (--json has them all)")
 
 
-__all__ = ["app", "trace_show"]
+__all__ = ["app", "read_trace", "trace_show"]

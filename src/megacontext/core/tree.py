@@ -79,6 +79,11 @@ class TreeBackend(Protocol):
         """Make every appended record durable (a no-op in memory)."""
         ...
 
+    def truncate(self, level: int, count: int) -> object:
+        """Keep only the first ``count`` records of ``level`` (cutting the history back).
+        What it returns (a durable store reports its cuts) is the backend's own business."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -107,6 +112,11 @@ class _ChunkedRecords:
             self._chunks[-1][offset : offset + take] = records[done : done + take]
             done += take
             self.count += take
+
+    def truncate(self, count: int) -> None:
+        if count < self.count:
+            self.count = count
+            del self._chunks[-(-count // self.chunk_records) :]
 
     def read(self, start: int, stop: int) -> npt.NDArray[np.generic]:
         first, last = start // self.chunk_records, (stop - 1) // self.chunk_records
@@ -167,6 +177,10 @@ class MemoryBackend:
 
     def flush(self) -> None:
         return None
+
+    def truncate(self, level: int, count: int) -> None:
+        if level < len(self._levels):
+            self._levels[level].truncate(count)
 
     def close(self) -> None:
         return None
@@ -302,6 +316,26 @@ class MegaContextTree:
         self.backend.flush()
         if self.key_backend is not None:
             self.key_backend.flush()
+
+    def truncate(self, num_tokens: int) -> None:
+        """Cut the history back to its first ``num_tokens`` tokens: the gists (and keys) of every
+        node that no longer has all its children go with them, top level first, so that a crash
+        in between leaves only derived records missing (reopening re-gists them)."""
+        if isinstance(num_tokens, bool) or not isinstance(num_tokens, int | np.integer):
+            raise InvalidInputError(f"num_tokens must be an integer, got {num_tokens!r}")
+        if not 0 <= num_tokens <= self.num_tokens:
+            raise InvalidInputError(
+                f"cannot truncate to {num_tokens} tokens: the history holds {self.num_tokens}"
+            )
+        levels = self.num_levels
+        for level in range(levels, 0, -1):
+            keep = num_tokens // span_tokens(level, self.K)
+            if self.key_backend is not None and self.key_backend.count(level) > keep:
+                self.key_backend.truncate(level, keep)
+            if self.backend.count(level) > keep:
+                self.backend.truncate(level, keep)
+        self.backend.truncate(0, int(num_tokens))
+        self.flush()
 
     def close(self) -> None:
         self.backend.close()

@@ -127,6 +127,13 @@ class BaseAdapter:
             return int(self.config.max_position_embeddings)
         return None
 
+    @property
+    def trained_positions(self) -> int | None:
+        """How many positions the base was trained to read (``max_position_embeddings``), or
+        ``None`` when its config does not say."""
+        value = getattr(self.config, "max_position_embeddings", None)
+        return int(value) if isinstance(value, int) and value > 0 else None
+
     @cached_property
     def embedding_norm(self) -> float:
         """Median L2 norm of what ``embed`` returns: the scale a gist should have (§6).
@@ -210,11 +217,27 @@ class BaseAdapter:
             text: The text to tokenize.
             add_bos: Force BOS on or off; ``None`` follows :attr:`prepends_bos`.
         """
-        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        # verbose=False: the history is never fed to the base whole, so the tokenizer's warning
+        # about sequences longer than the model reads does not apply.
+        ids = list(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
         want_bos = self.prepends_bos if add_bos is None else add_bos
         if want_bos and self.bos_token_id is not None and (not ids or ids[0] != self.bos_token_id):
             ids.insert(0, int(self.bos_token_id))
         return ids
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]] | None]:
+        """Token ids of ``text`` (no BOS) and, per token, the ``[start, end)`` characters of
+        ``text`` it came from — ``None`` when the tokenizer cannot say (a slow tokenizer).
+
+        Provenance uses the offsets to give every span of the history its lines in the source.
+        """
+        if not getattr(self.tokenizer, "is_fast", False):
+            return self.encode(text, add_bos=False), None
+        encoded = self.tokenizer(
+            text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
+        )
+        offsets = [(int(a), int(b)) for a, b in encoded["offset_mapping"]]
+        return list(encoded["input_ids"]), offsets
 
     def decode(self, ids: list[int] | Tensor) -> str:
         if isinstance(ids, Tensor):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,6 +245,9 @@ def _download(repo_id: str) -> Path:
         ) from None
 
 
+_LOAD_LOCK = threading.Lock()
+
+
 def load_base(
     name_or_path: str | Path,
     dtype: str | torch.dtype = torch.float32,
@@ -284,10 +288,13 @@ def load_base(
     hf_logging.disable_progress_bar()
     loading = time.perf_counter()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=torch_dtype, attn_implementation="sdpa"
-        )
+        # transformers builds the model on the meta device through process-wide patches, so
+        # two loads at once in two threads corrupt each other: one load at a time.
+        with _LOAD_LOCK:
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path), dtype=torch_dtype, attn_implementation="sdpa"
+            )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"transformers could not load {path}: {exc}") from None
     finally:

@@ -7,7 +7,8 @@ A session directory holds everything a history needs::
       tree/             the durable tree store (tokens, gists) + meta.sqlite (provenance)
       keys/             retrieval keys, one per gist, beside the tree (D7)
       lexical.sqlite    BM25 index of LOD1 blocks (D7; in PostgreSQL with a metadata_url there)
-      traces/           per-step focus telemetry (JSONL)
+      traces/           per-step focus telemetry (JSONL), one file per session that refocused
+      removing.json     only while `sources remove` rewrites the history (finished on reopen)
 
 A reopened session reads ``session.json``: the base, the focus bundle and the settings it was
 created with are used unless the caller gives others, so nothing has to be repeated.
@@ -16,23 +17,29 @@ created with are used unless the caller gives others, so nothing has to be repea
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from megacontext.core import MegaContextTree
-from megacontext.errors import InvalidInputError
+from megacontext.core.snapshot import SnapshotBackend, consistent_tokens
+from megacontext.errors import BudgetError, InvalidInputError, StorageCorruptionError
 from megacontext.files import write_text_atomic
 from megacontext.models.adapter import BaseAdapter
 from megacontext.models.bundle import DEFAULT_FOCUS, Bundle
 from megacontext.models.catalog import DEFAULT
 from megacontext.models.context import GistNetGister
+from megacontext.models.prompting import PromptFormat
 from megacontext.runtime.config import SessionConfig
+from megacontext.runtime.journal import recover
 from megacontext.runtime.session import Session, check_lora_free
 from megacontext.store.cache import CachedBackend, PageCache
-from megacontext.store.lexical import open_lexical_index
+from megacontext.store.errors import NotAStoreError
+from megacontext.store.lexical import AnyLexicalIndex, open_lexical_index
 from megacontext.store.local import LocalStore
 from megacontext.store.manifest import Fingerprints
+from megacontext.store.metadata import MetadataDB, default_url
 
 SESSION_FILE = "session.json"
 SESSION_FORMAT = 2
@@ -72,6 +79,14 @@ def is_session(root: Path) -> bool:
     return (root / "tree" / "manifest.json").is_file()
 
 
+class NotASessionError(InvalidInputError):
+    """A path that should hold a session does not (a typo, or a directory of something else)."""
+
+
+# Positions a question and its answer need after the working context and the prompt prefix.
+QUESTION_ROOM = 256
+
+
 def open_session(
     path: str | Path,
     base: str | BaseAdapter | None = None,
@@ -79,6 +94,9 @@ def open_session(
     config: SessionConfig | None = None,
     regist: bool = False,
     metadata_url: str | None = None,
+    *,
+    readonly: bool = False,
+    create: bool = True,
 ) -> Session:
     """Create or reopen the session directory ``path`` (see the module docstring).
 
@@ -90,18 +108,29 @@ def open_session(
     ``metadata_url``: where a new tree keeps its metadata, provenance and lexical index (a
     PostgreSQL URL for shared deployments; default: SQLite files in ``path``); a reopened tree
     keeps the one it was created with.
+
+    ``readonly``: open beside a writer, without locking: the session sees the history as it was
+    at opening — every append complete at that moment, nothing half-written — and can refocus
+    and ``ask``, but not change the history. Any number of readers may be open at once.
+    ``create=False`` refuses a path that holds no session instead of creating one.
+
+    A writer finishes what a crash left unfinished (``session.recovered`` says what): an
+    interrupted ingest is rolled back or completed, derived data (keys, lexical index) that
+    disagrees with the tree is rebuilt from it.
     """
     from megacontext.models.bundle import load_bundle, resolve_focus
     from megacontext.models.loading import load_base
 
     root = Path(path)
-    if root.exists() and not root.is_dir():
-        raise InvalidInputError(f"{root} exists and is not a directory; choose another --tree path")
+    _check_path(root, readonly=readonly, create=create)
+    if readonly and regist:
+        raise InvalidInputError("a read-only session cannot re-gist; open it for writing")
     recorded = read_recorded(root)
     base = base if base is not None else (recorded.base if recorded else DEFAULT)
     focus = focus if focus is not None else (recorded.focus if recorded else DEFAULT_FOCUS)
     cfg = config or (recorded.config if recorded else SessionConfig())
     adapter = load_base(base) if isinstance(base, str) else base
+    check_positions(cfg, adapter)
     if isinstance(focus, Bundle):
         bundle = focus
     else:
@@ -121,6 +150,8 @@ def open_session(
         tokenizer=adapter.tokenizer_fingerprint,
         gistnet=gistnet.key_version(),
     )
+    if readonly:
+        return _open_reader(root, adapter, bundle, cfg, fingerprints, key_fingerprints)
     root.mkdir(parents=True, exist_ok=True)
     tree_dir, keys_dir = root / "tree", root / "keys"
     if (tree_dir / "manifest.json").is_file():
@@ -132,7 +163,6 @@ def open_session(
                 f"{root} keeps its metadata in {kept or 'its own SQLite files'}, not "
                 f"{metadata_url}; reopen it without metadata_url (a tree stays where it was made)"
             )
-        keys = LocalStore.open(keys_dir, fingerprints=key_fingerprints, regist=True)
     else:
         store = LocalStore.create(
             tree_dir,
@@ -141,41 +171,171 @@ def open_session(
             fingerprints=fingerprints,
             metadata_url=metadata_url,
         )
+    try:
+        keys = _open_keys(keys_dir, store, gistnet.config, key_fingerprints)
+        tree = MegaContextTree(
+            _cached(store, cfg),
+            GistNetGister(gistnet, adapter),
+            K=gistnet.config.K,
+            vocab_size=adapter.vocab_size,
+            gist_batch_size=cfg.gist_batch,
+            key_backend=_cached(keys, cfg),
+        )
+    except BaseException:
+        store.close()
+        raise
+    lexical = _open_lexical(root, store, tree.blocks)
+    if recorded is None or regist:
+        _record(root, adapter, focus, bundle, cfg)
+    session = Session(
+        root, adapter, bundle, tree, [store, keys], lexical, cfg, metadata=store.metadata()
+    )
+    # The lexical index is derived data: index what it lacks (a crash, or a fresh session).
+    session._index_new_blocks(lexical.num_blocks)
+    session.recovered = recover(session)
+    tree.flush()  # what opening recomputed (gists, keys) is durable before anything else runs
+    return session
+
+
+def _check_path(root: Path, *, readonly: bool, create: bool) -> None:
+    """Refuse a path that is not a session unless one may be created there (new or empty)."""
+    if root.exists() and not root.is_dir():
+        raise NotASessionError(f"{root} exists and is not a directory; choose another path")
+    if is_session(root):
+        return
+    if readonly or not create:
+        raise NotASessionError(
+            f"{root} holds no MegaContext session (no tree/manifest.json); check the path, "
+            "or create one by ingesting into it"
+        )
+    if root.is_dir() and any(root.iterdir()):
+        raise NotASessionError(
+            f"{root} is a directory with other files in it, not a session; ingest into a new "
+            "or empty directory"
+        )
+
+
+def check_positions(cfg: SessionConfig, base: BaseAdapter) -> None:
+    """Refuse a budget the base cannot read: the prompt prefix, ``W_max`` entries and room for
+    a question and its answer must fit in the positions the base was trained on."""
+    trained = base.trained_positions
+    if trained is None:
+        return
+    prefix = len(PromptFormat.for_base(base, cfg.prompt or PromptFormat.default_style(base)).prefix)
+    most = trained - prefix - QUESTION_ROOM
+    if cfg.W_max > most:
+        raise PositionLimitError(cfg.W_max, most, trained, base.source)
+
+
+class PositionLimitError(BudgetError):
+    """A working-context budget larger than the positions the base was trained on."""
+
+    def __init__(self, W_max: int, most: int, trained: int, base: str):
+        self.W_max, self.most, self.trained, self.base = W_max, most, trained, base
+        super().__init__(
+            f"W_max={W_max:,} does not fit in the {trained:,} positions {base} was trained on "
+            f"(with the prompt and room for a question and answer); use W_max <= {most:,}"
+        )
+
+
+def _cached(store: LocalStore, cfg: SessionConfig) -> CachedBackend:
+    """Reads (the working context's tokens and gists, expanded children, keys) go through a
+    bounded page cache; appends go straight to the store."""
+    return CachedBackend(store, PageCache(store, capacity_pages=cfg.cache_pages))
+
+
+def _open_keys(
+    keys_dir: Path, tree: LocalStore, gistnet: Any, fingerprints: Fingerprints
+) -> LocalStore:
+    """The key store beside the tree, made to agree with it. Keys are derived data: a missing
+    or damaged key store is made anew, and keys past the gists they belong to are cut, so the
+    tree recomputes whatever is missing when it opens."""
+    try:
+        keys = LocalStore.open(keys_dir, fingerprints=fingerprints, regist=True)
+    except (NotAStoreError, StorageCorruptionError):
+        shutil.rmtree(keys_dir, ignore_errors=True)
         keys = LocalStore.create(
             keys_dir,
-            dim=gistnet.config.key_dim,
-            K=gistnet.config.K,
+            dim=gistnet.key_dim,
+            K=gistnet.K,
             gist_dtype="float32",
-            fingerprints=key_fingerprints,
+            fingerprints=fingerprints,
             role="keys",
         )
-    # Reads (the working context's tokens and gists, expanded children, keys) go through a
-    # bounded page cache; appends go straight to the stores.
+    for level in range(keys.num_levels - 1, 0, -1):
+        if keys.count(level) > tree.count(level):
+            keys.truncate(level, tree.count(level))
+    return keys
+
+
+def _open_lexical(root: Path, store: LocalStore, blocks: int) -> AnyLexicalIndex:
+    """The lexical index, made to agree with the tree (derived data: rebuilt when damaged,
+    rows past the tree's blocks dropped)."""
+    path = root / "lexical.sqlite"
+    url, tree_id = store.manifest.metadata_url, store.manifest.tree_id
+    try:
+        lexical = open_lexical_index(path, K=store.K, metadata_url=url, tree_id=tree_id)
+    except StorageCorruptionError:
+        for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            stale.unlink(missing_ok=True)
+        lexical = open_lexical_index(path, K=store.K, metadata_url=url, tree_id=tree_id)
+    if lexical.num_blocks > blocks:
+        lexical.truncate(blocks)
+    return lexical
+
+
+def _open_reader(
+    root: Path,
+    adapter: BaseAdapter,
+    bundle: Bundle,
+    cfg: SessionConfig,
+    fingerprints: Fingerprints,
+    key_fingerprints: Fingerprints,
+) -> Session:
+    """A read-only session over the history as it is now (see :func:`open_session`)."""
+    gistnet = bundle.get("gistnet")
+    K = gistnet.config.K
+    store = LocalStore.open(root / "tree", fingerprints=fingerprints, readonly=True)
+    try:
+        keys = LocalStore.open(root / "keys", fingerprints=key_fingerprints, readonly=True)
+    except NotAStoreError:
+        store.close()
+        raise NotASessionError(
+            f"{root} has no key store; open it once for writing to rebuild it"
+        ) from None
+    db = _metadata_reader(store)
+    tree_backend, key_backend = _cached(store, cfg), _cached(keys, cfg)
+    n = consistent_tokens(tree_backend, K, key_backend)
+    if db is not None:  # nothing of an append that was still running
+        running = db.straddling(store.manifest.tree_id, n)
+        n = n if running is None else min(n, running)
     tree = MegaContextTree(
-        CachedBackend(store, PageCache(store, capacity_pages=cfg.cache_pages)),
+        SnapshotBackend(tree_backend, K, n),
         GistNetGister(gistnet, adapter),
-        K=gistnet.config.K,
+        K=K,
         vocab_size=adapter.vocab_size,
         gist_batch_size=cfg.gist_batch,
-        key_backend=CachedBackend(keys, PageCache(keys, capacity_pages=cfg.cache_pages)),
+        key_backend=SnapshotBackend(key_backend, K, n, "key store"),
     )
     lexical = open_lexical_index(
         root / "lexical.sqlite",
-        K=gistnet.config.K,
+        K=K,
         metadata_url=store.manifest.metadata_url,
         tree_id=store.manifest.tree_id,
+        readonly=True,
     )
-    if recorded is None or regist:
-        _record(root, adapter, focus, bundle, cfg)
-    session = Session(root, adapter, bundle, tree, [store, keys], lexical, cfg)
-    # The lexical index is derived data: rebuild what it lacks (a crash, or a fresh session).
-    if lexical.num_blocks > tree.blocks:
-        raise InvalidInputError(
-            f"{root / 'lexical.sqlite'} indexes more blocks than the tree holds; delete it "
-            "and reopen to rebuild it"
-        )
-    session._index_new_blocks(lexical.num_blocks)
-    return session
+    return Session(
+        root, adapter, bundle, tree, [store, keys], lexical, cfg, metadata=db, readonly=True
+    )
+
+
+def _metadata_reader(store: LocalStore) -> MetadataDB | None:
+    url = store.manifest.metadata_url
+    if url is None:
+        if not (store.root / "meta.sqlite").is_file():
+            return None  # nothing was ever recorded
+        url = default_url(str(store.root))
+    return MetadataDB(url, readonly=True)
 
 
 def _record(
@@ -195,4 +355,13 @@ def _record(
     write_text_atomic(root / SESSION_FILE, json.dumps(document, indent=2) + "\n")
 
 
-__all__ = ["SESSION_FILE", "Recorded", "is_session", "open_session", "read_recorded"]
+__all__ = [
+    "SESSION_FILE",
+    "NotASessionError",
+    "PositionLimitError",
+    "Recorded",
+    "check_positions",
+    "is_session",
+    "open_session",
+    "read_recorded",
+]

@@ -16,10 +16,13 @@ never part of the tree and never collapsed.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ import torch
 
 from megacontext.core import (
     AllocatorConfig,
+    EditKind,
     EditPlan,
     MegaContextTree,
     MemoryBackend,
@@ -45,11 +49,15 @@ from megacontext.models.lensnet import LensNet
 from megacontext.models.prompting import PromptFormat
 from megacontext.runtime.config import SessionConfig
 from megacontext.runtime.focus_control import Focus
+from megacontext.runtime.provenance import Citation, cite, plan_spans, raw_runs
 from megacontext.store.cache import CachedBackend, CacheStats
 from megacontext.store.lexical import AnyLexicalIndex, LexicalIndex
 from megacontext.store.local import LocalStore
+from megacontext.store.metadata import ROLLED_BACK, MetadataDB
 
 Scores = Callable[[WorkingContext], np.ndarray]
+Progress = Callable[[int, int], None]  # (tokens done, tokens in all)
+INGEST_CHUNK = 16384  # tokens appended between progress reports (a multiple of every K)
 
 
 @dataclass(frozen=True)
@@ -65,12 +73,33 @@ class EntryView:
 
 @dataclass(frozen=True)
 class Answer:
-    """What :meth:`Session.ask` returns."""
+    """What :meth:`Session.ask` returns.
+
+    ``citations``: where the raw spans that focus brought into view for this question come
+    from (source and lines), most relevant first; ``spans``: those spans as token ranges of the
+    history, in order; ``seconds``: ``focus`` and ``decode``.
+    """
 
     text: str
     ids: list[int]
     focus_steps: int  # refocus steps that edited the working context for this question
-    seconds: dict[str, float]  # "focus", "decode"
+    seconds: dict[str, float]
+    citations: list[Citation] = field(default_factory=list)
+    spans: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """What :meth:`Session.ingest` did: ``tokens`` appended at ``[start, stop)`` of the history.
+
+    ``duplicate_of`` names the source already in the history with the same content when nothing
+    was appended for that reason (``force=True`` appends it again).
+    """
+
+    tokens: int
+    start: int
+    stop: int
+    duplicate_of: str | None = None
 
 
 @dataclass(frozen=True)
@@ -90,7 +119,7 @@ class ForwardTiming:
 class Session:
     """An open history: the tree, its working context, and the models that read it."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  (the parts of a session, assembled by opening.py)
         self,
         path: Path | None,
         base: BaseAdapter,
@@ -99,8 +128,15 @@ class Session:
         stores: Sequence[LocalStore],
         lexical: AnyLexicalIndex,
         config: SessionConfig,
+        *,
+        metadata: MetadataDB | None = None,
+        readonly: bool = False,
     ):
         self.path = path
+        self.readonly = readonly
+        # Sources, provenance and the append journal (None in memory).
+        self.metadata = metadata
+        self.tree_id = stores[0].manifest.tree_id if stores else ""
         self.base = base
         self.bundle = bundle
         self.gistnet = bundle.get("gistnet")
@@ -129,18 +165,19 @@ class Session:
         self._query: np.ndarray | None = None  # an explicit query (focus_for), not in the tree
         self._focus_query: FocusQuery | None = None  # cached for the query ids it was built for
         self._rng = torch.Generator().manual_seed(config.seed)
-        self._trace_file = None
+        self._trace_file: Any = None  # opened at the first refocus step (no empty traces)
         self.trace_path: Path | None = None
-        if config.trace and path is not None:
-            traces = path / "traces"
-            traces.mkdir(exist_ok=True)
-            self.trace_path = traces / f"session-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
-            self._trace_file = self.trace_path.open("a", encoding="utf-8")
+        if config.trace and path is not None and not readonly:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            # Unique among sessions opened in the same second, in this process or another.
+            self.trace_path = path / "traces" / f"session-{stamp}-{uuid.uuid4().hex[:8]}.jsonl"
         self.lora: Any = None
         if config.use_lora and bundle.lora is not None:
             check_lora_free(base)
             self.lora = bundle.attach_lora(base)
         self.closed = False
+        # What opening the session settled of an append a crash left unfinished (journal).
+        self.recovered: list[Any] = []
         # Set to a list to record every refocus step and decoding forward, in order (benchmarks).
         self.timing_log: list[StepTelemetry | ForwardTiming] | None = None
 
@@ -188,52 +225,151 @@ class Session:
         content: str | Sequence[int] | np.ndarray,
         source: str | None = None,
         metadata: dict[str, Any] | None = None,
-    ) -> int:
+        *,
+        force: bool = False,
+        progress: Progress | None = None,
+    ) -> Ingested:
         """Append text (tokenized with the base's tokenizer) or token ids to the history.
 
-        Records provenance when ``source`` is given. Returns the number of tokens appended.
+        On disk every append is journaled with its provenance — ``source`` (a URI; default: an
+        ``inline:`` URI of the content's hash), ``metadata`` (JSON-able; ``"path"`` names the
+        source for people), and the bytes and lines of every span — and is all-or-nothing: an
+        interrupted ingest is rolled back, here or when the session is next opened. Content
+        already in the history is not appended again unless ``force``. ``progress(done,
+        total)`` is called as tokens are appended.
         """
-        self._check_open()
-        ids = self._tokens(content)
-        if source is not None and not self._stores:
+        self._check_writable()
+        if source is not None and (not isinstance(source, str) or not source):
+            raise InvalidInputError(f"source must be a non-empty string (a URI), got {source!r}")
+        if source is not None and self.metadata is None:
             raise InvalidInputError("an in-memory session keeps no provenance; drop source=")
+        meta = _checked_metadata(metadata)
+        ids, text, offsets = self._tokens_with_offsets(content)
         first = self.tree.num_tokens
-        blocks_before = self.tree.blocks
-        self.tree.append(ids)
-        self._index_new_blocks(blocks_before)
+        if self.metadata is None:
+            self._append_blocks(ids, progress)
+            return Ingested(len(ids), first, first + len(ids))
+        raw = text.encode("utf-8") if text is not None else ids.astype("<u4").tobytes()
+        if not force:
+            found = self.metadata.ingested_content(self.tree_id, hashlib.sha256(raw).hexdigest())
+            if found is not None and found.stop is not None:
+                name = str(found.source.meta.get("path") or found.source.uri)
+                return Ingested(0, found.start, found.stop, duplicate_of=name)
+        uri = source or f"inline:{hashlib.sha256(raw).hexdigest()[:16]}"
+        rows = plan_spans(text, offsets, first, len(ids), self.tree.K)
+        kind = "text" if text is not None else "tokens"
+        with self._journaled(uri, kind, raw, meta, first, first + len(ids), rows):
+            self._append_blocks(ids, progress)
+        return Ingested(len(ids), first, first + len(ids))
+
+    def _append_blocks(self, ids: np.ndarray, progress: Progress | None) -> None:
+        """Append a whole input: gisted, indexed, then the working context assembled anew."""
+        first = self.tree.num_tokens
+        total = len(ids)
+        for lo in range(0, total, INGEST_CHUNK):
+            blocks_before = self.tree.blocks
+            self.tree.append(ids[lo : lo + INGEST_CHUNK])
+            self._index_new_blocks(blocks_before)
+            if progress is not None:
+                progress(min(total, lo + INGEST_CHUNK), total)
         self.tree.flush()
         self._reassemble()
         self._query_start = first
-        if source is not None:
-            raw = content.encode("utf-8") if isinstance(content, str) else np.asarray(ids).tobytes()
-            db = self._stores[0].metadata()
-            try:
-                source_id = db.add_source(
-                    source, "text" if isinstance(content, str) else "tokens", raw, metadata
-                )
-                db.add_span(
-                    self._stores[0].manifest.tree_id,
-                    0,
-                    first,
-                    first + len(ids),
-                    source_id,
-                    gist_version=self.gistnet.weights_version(),
-                )
-            finally:
-                db.close()
-        return len(ids)
+
+    @contextlib.contextmanager
+    def _journaled(
+        self,
+        uri: str,
+        kind: str,
+        raw: bytes,
+        meta: dict[str, Any],
+        first: int,
+        stop: int | None,
+        rows: list[Any],
+        keep_on_error: bool = False,
+    ) -> Iterator[None]:
+        """Journal an append (see :mod:`megacontext.runtime.journal`): begun before the first
+        token is stored, completed with its spans after the last is flushed. On any error —
+        Ctrl-C included — the tokens are rolled back, or kept (``keep_on_error``, generations)."""
+        db = self.metadata
+        if db is None:
+            yield
+            return
+        source_id = db.add_source(uri, kind, raw, meta)
+        planned = [(r.start, r.stop, r.bytes, r.lines) for r in rows]
+        ingest_id = db.begin_ingest(self.tree_id, source_id, first, stop, planned or None)
+        gist_version = self.gistnet.weights_version()
+        try:
+            yield
+        except BaseException:
+            if keep_on_error and self.tree.num_tokens > first:
+                self.tree.flush()
+                n = self.tree.num_tokens
+                db.complete_ingest(ingest_id, n, [(first, n, None, None)], gist_version)
+            else:
+                self.cut_history(first)
+                db.set_ingest_status(ingest_id, ROLLED_BACK)
+            raise
+        self.tree.flush()
+        n = self.tree.num_tokens
+        if stop is None:  # an open-ended append (a generation): its text is known only now
+            if n == first:
+                db.set_ingest_status(ingest_id, ROLLED_BACK)
+                return
+            text = self.base.decode(self.tree.tokens(first, n).tolist())
+            db.set_source_content(source_id, text.encode("utf-8"))
+            planned = [(first, n, None, None)]
+        db.complete_ingest(ingest_id, n, planned, gist_version)
+
+    def cut_history(self, num_tokens: int) -> None:
+        """Cut the history back to its first ``num_tokens`` tokens (gists, keys and lexical rows
+        above them too) and assemble the working context anew. The journal's tool: an append is
+        undone this way; provenance is the caller's to settle."""
+        self._check_writable()
+        if num_tokens < self.tree.num_tokens:
+            self.tree.truncate(num_tokens)
+            self.lexical.truncate(num_tokens // self.tree.K)
+            self._query_start = min(self._query_start, num_tokens)
+            self._focus_query = None
+            self._reassemble()
+
+    def append_history(self, ids: np.ndarray) -> None:
+        """Append token ids without journaling them (the journal's tool for rewrites)."""
+        self._check_writable()
+        if len(ids):
+            self._append_blocks(as_token_ids(np.asarray(ids), self.base.vocab_size), None)
+
+    def _tokens_with_offsets(
+        self, content: str | Sequence[int] | np.ndarray
+    ) -> tuple[np.ndarray, str | None, list[tuple[int, int]] | None]:
+        """Checked token ids of ``content``; for text, also the text and per-token offsets."""
+        if isinstance(content, str):
+            self._check_text(content)
+            ids, offsets = self.base.encode_with_offsets(content)
+            return self._checked_ids(ids), content, offsets
+        return self._tokens(content), None, None
 
     def _tokens(self, content: str | Sequence[int] | np.ndarray) -> np.ndarray:
+        if isinstance(content, str):
+            self._check_text(content)
+            return self._checked_ids(self.base.encode(content, add_bos=False))
         if isinstance(content, bytes | bytearray):
             raise InvalidInputError("ingest takes text (str) or token ids; decode bytes first")
-        if isinstance(content, str):
-            if not content:
-                raise InvalidInputError("cannot ingest empty text")
-            if "\x00" in content:
-                raise InvalidInputError("text contains NUL characters: is this a binary file?")
-            ids = self.base.encode(content, add_bos=False)
-        else:
-            ids = list(np.asarray(content).tolist())
+        if not isinstance(content, Sequence | np.ndarray):
+            raise InvalidInputError(
+                f"ingest takes text (str) or token ids (a list or numpy array), got "
+                f"{type(content).__name__}"
+            )
+        return self._checked_ids(list(np.asarray(content).tolist()))
+
+    @staticmethod
+    def _check_text(text: str) -> None:
+        if not text:
+            raise InvalidInputError("cannot ingest empty text")
+        if "\x00" in text:
+            raise InvalidInputError("text contains NUL characters: is this a binary file?")
+
+    def _checked_ids(self, ids: list[int]) -> np.ndarray:
         if not ids:
             raise InvalidInputError("nothing to ingest: the content has no tokens")
         return as_token_ids(np.asarray(ids), self.base.vocab_size).astype(np.int64)
@@ -284,21 +420,41 @@ class Session:
         The prompt goes into the tree like everything else, however long it is. Each generated
         token is appended too, and the working context is refocused every ``refocus_every``
         tokens. Decoding stops at the base's end-of-turn tokens, at a string of ``stop``, or
-        after ``max_new_tokens``.
+        after ``max_new_tokens``. On disk the prompt and the generated tokens are recorded as
+        one source (kind ``generated``), kept even when generation is interrupted.
         """
-        self._check_open()
+        self._check_writable()
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
             raise InvalidInputError(
-                f"max_new_tokens must be an integer, got {type(max_new_tokens).__name__}"
+                f"max_new_tokens must be an integer, got {type(max_new_tokens).__name__} "
+                f"{max_new_tokens!r}"
             )
         if max_new_tokens < 0:
-            raise InvalidInputError("max_new_tokens must be >= 0")
-        if prompt:
+            raise InvalidInputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if isinstance(stop, str) or not all(isinstance(x, str) for x in stop):
+            raise InvalidInputError("stop must be a list of strings, e.g. stop=['\\n\\n']")
+        ids = self._tokens(prompt) if prompt else None
+        if ids is None and self.tree.num_tokens == 0:
+            raise InvalidInputError("the history is empty: ingest something or give a prompt")
+        # Checked above, at the call; the tokens are appended as the caller iterates.
+        return self._journaled_generation(ids, max_new_tokens, stop)
+
+    def _journaled_generation(
+        self, prompt: np.ndarray | None, max_new_tokens: int, stop: Sequence[str]
+    ) -> Iterator[str]:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        uri = f"megacontext:generated/{stamp}/{uuid.uuid4().hex[:8]}"
+        first = self.tree.num_tokens
+        with self._journaled(uri, "generated", b"", {}, first, None, [], keep_on_error=True):
+            yield from self._generate(prompt, max_new_tokens, stop)
+
+    def _generate(
+        self, prompt: np.ndarray | None, max_new_tokens: int, stop: Sequence[str]
+    ) -> Iterator[str]:
+        if prompt is not None:
             self._query_start = self.tree.num_tokens
             self._query = None
-            self._append(self._tokens(prompt), refocus=False)
-        if self.tree.num_tokens == 0:
-            raise InvalidInputError("the history is empty: ingest something or give a prompt")
+            self._append(prompt, refocus=False)
         focused = self._focused
         if focused is None or focused[0] is not self.wc or focused[1] != self.wc.version:
             self.refocus()  # (an unchanged context was focused already: nothing new to plan)
@@ -466,13 +622,28 @@ class Session:
             base_seconds=self._base_seconds,
         )
         self._base_seconds = 0.0
-        if self._trace_file is not None:
-            edits = [[e.kind.value, e.level, e.index] for e in plan.edits]
-            self._trace_file.write(json.dumps({**asdict(step), "edits": edits}) + "\n")
-            self._trace_file.flush()
+        if self.trace_path is not None:
+            self._trace(step, plan)
         if self.timing_log is not None:
             self.timing_log.append(step)
         return step
+
+    def _trace(self, step: StepTelemetry, plan: EditPlan) -> None:
+        if self._trace_file is None:
+            assert self.trace_path is not None
+            self.trace_path.parent.mkdir(exist_ok=True)
+            self._trace_file = self.trace_path.open("a", encoding="utf-8")
+        edits = [[e.kind.value, e.level, e.index] for e in plan.edits]
+        # The text that came into view, so a trace can be read without the tree beside it.
+        shown = []
+        for e in plan.edits:
+            if e.kind is EditKind.EXPAND and e.level == 1:
+                a, b = e.index * self.tree.K, (e.index + 1) * self.tree.K
+                text = self.base.decode(self.tree.tokens(a, b).tolist())
+                shown.append({"level": e.level, "index": e.index, "tokens": [a, b], "text": text})
+        record = {**asdict(step), "edits": edits, "expanded_text": shown}
+        self._trace_file.write(json.dumps(record) + "\n")
+        self._trace_file.flush()
 
     def focus_for(
         self,
@@ -502,23 +673,43 @@ class Session:
         cue: str = "",
         max_new_tokens: int = 64,
         remember: bool = False,
+        focus_steps: int | None = None,
     ) -> Answer:
-        """Answer ``question`` from the whole history.
+        """Answer ``question`` from the whole history, with citations.
 
-        The working context is refocused for the question (up to ``focus_steps`` steps), then
-        the base reads ``[prompt prefix][working context][question]`` in the session's prompt
-        style and the answer is decoded. The question is not written into the history unless
-        ``remember``, in which case the question and the answer are appended to it afterwards.
-        ``cue`` starts the answer in the ``raw`` and ``chat-cue`` styles.
+        The working context is refocused for the question until focus converges (a step that
+        plans nothing), at most ``focus_steps`` steps (default: the session's); then the base
+        reads ``[prompt prefix][working context][question]`` in the session's prompt style and
+        the answer is decoded. The answer cites the raw spans that focus brought into view for
+        it (source and lines), most relevant first.
+
+        The question is ephemeral: it occupies the working context's tail, not the history —
+        unless ``remember``, in which case the question and the answer are appended afterwards
+        (on disk, as a source of kind ``conversation``). A read-only session can ask, but not
+        remember. ``cue`` starts the answer in the ``raw`` and ``chat-cue`` styles.
         """
         self._check_open()
         if not isinstance(question, str) or not question.strip():
             raise InvalidInputError("the question is empty; ask something")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+            raise InvalidInputError(
+                f"max_new_tokens must be an integer, got {type(max_new_tokens).__name__}"
+            )
+        if max_new_tokens < 1:
+            raise InvalidInputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if focus_steps is not None and (
+            isinstance(focus_steps, bool) or not isinstance(focus_steps, int) or focus_steps < 0
+        ):
+            raise InvalidInputError(f"focus_steps must be an integer >= 0, got {focus_steps!r}")
+        if remember:
+            self._check_writable()
         if self.tree.num_tokens == 0:
             raise InvalidInputError("the history is empty: ingest something before asking")
         started = time.perf_counter()
+        raw_before = self._raw_positions()
         asked = f"{question} {cue}".strip()
-        steps = self.focus_for(self.base.encode(asked, add_bos=False))
+        steps = self.focus_for(self.base.encode(asked, add_bos=False), steps=focus_steps)
+        citations, spans = self._citations(raw_before)
         focused = time.perf_counter()
         question_ids = self.prompt.question_ids(self.base, question, cue)
         device = self.base.device
@@ -539,11 +730,42 @@ class Session:
         seconds = {"focus": focused - started, "decode": time.perf_counter() - focused}
         self._query = None
         if remember:
-            spoken = self.prompt.question_text(question, cue) + decoded.text
-            self._query_start = self.tree.num_tokens
-            self._append(self._tokens(spoken), refocus=False)
+            self._remember(self.prompt.question_text(question, cue) + decoded.text)
+        return Answer(decoded.text, decoded.ids, steps, seconds, citations, spans)
+
+    def _remember(self, spoken: str) -> None:
+        """Append a question and its answer to the history (a ``conversation`` source)."""
+        ids, text, offsets = self._tokens_with_offsets(spoken)
+        first = self.tree.num_tokens
+        rows = plan_spans(text, offsets, first, len(ids), self.tree.K)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        uri = f"megacontext:conversation/{stamp}/{uuid.uuid4().hex[:8]}"
+        with self._journaled(
+            uri, "conversation", spoken.encode("utf-8"), {}, first, first + len(ids), rows
+        ):
+            self._query_start = first
+            self._append(ids, refocus=False)
             self.tree.flush()
-        return Answer(decoded.text, decoded.ids, steps, seconds)
+
+    def _raw_positions(self) -> set[int]:
+        raw = self.wc.levels == 0
+        return set(self.wc.indices[raw].tolist())
+
+    def _citations(self, raw_before: set[int]) -> tuple[list[Citation], list[tuple[int, int]]]:
+        """The raw spans in view now that were not in ``raw_before``, cited, best score first."""
+        raw = self.wc.levels == 0
+        spans = raw_runs(raw_before, sorted(self.wc.indices[raw].tolist()))
+        if not spans:
+            return [], []
+        scores = self._with_pins(self._scores({}))
+        position = {int(i): p for p, i in enumerate(self.wc.indices) if self.wc.levels[p] == 0}
+        citations: list[Citation] = []
+        for a, b in spans:
+            score = float(np.mean([scores[position[t]] for t in range(a, b)]))
+            text = self.base.decode(self.tree.tokens(a, b).tolist())
+            citations += cite(self.metadata, self.tree_id, a, b, score, text)
+        citations.sort(key=lambda c: (-c.score, c.tokens[0]))
+        return citations, spans
 
     def _with_pins(self, scores: np.ndarray) -> np.ndarray:
         if not self.focus.pinned:
@@ -620,13 +842,24 @@ class Session:
         if self.closed:
             raise InvalidInputError("this session is closed; open it again with megacontext.open")
 
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.readonly:
+            raise InvalidInputError(
+                "this session was opened read-only (beside a writer): it can ask, but not "
+                "ingest, generate or remember; open it without readonly=True to change it"
+            )
+
     def close(self) -> None:
         if self.closed:
             return
-        self.tree.flush()
+        if not self.readonly:
+            self.tree.flush()
         for store in self._stores:
             store.close()
         self.lexical.close()
+        if self.metadata is not None:
+            self.metadata.close()
         if self._trace_file is not None:
             self._trace_file.close()
         if self.lora is not None:
@@ -640,6 +873,24 @@ class Session:
         self.close()
 
 
+def _checked_metadata(metadata: object) -> dict[str, Any]:
+    """``metadata`` as stored: a dict with string keys that JSON can hold (checked before a
+    single token is written)."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
+        raise InvalidInputError(
+            f"metadata must be a dict with string keys, got {type(metadata).__name__}"
+        )
+    try:
+        json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(
+            f"metadata must be JSON (strings, numbers, lists, dicts): {exc}"
+        ) from None
+    return dict(metadata)
+
+
 def check_lora_free(base: BaseAdapter) -> None:
     """Refuse a second LoRA bundle on one loaded base (adapters cannot be stacked)."""
     if hasattr(base.model, "peft_config"):
@@ -649,4 +900,4 @@ def check_lora_free(base: BaseAdapter) -> None:
         )
 
 
-__all__ = ["Answer", "EntryView", "ForwardTiming", "Session", "check_lora_free"]
+__all__ = ["Answer", "EntryView", "ForwardTiming", "Ingested", "Session", "check_lora_free"]

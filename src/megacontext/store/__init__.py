@@ -16,13 +16,23 @@ from megacontext.store.errors import (
     StoreLockedError,
     StorePermissionError,
 )
-from megacontext.store.local import LocalStore, Problem, RepairReport, StoreStats, recover_manifest
+from megacontext.store.local import (
+    Cut,
+    LocalStore,
+    MigrationReport,
+    Problem,
+    RepairReport,
+    StoreStats,
+    recover_manifest,
+)
 from megacontext.store.manifest import Fingerprints, Replication
 
 __all__ = [
+    "Cut",
     "DiskFullError",
     "Fingerprints",
     "LocalStore",
+    "MigrationReport",
     "NotAStoreError",
     "Problem",
     "RepairReport",

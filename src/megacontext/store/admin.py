@@ -1,24 +1,23 @@
-"""Inspection and maintenance of an open store: info, verify, repair, compact, rebalance.
+"""Inspection and maintenance of an open store: info, verify, compact, rebalance.
 
 These operations are rare, whole-store passes rather than part of the append or read path, so
-they live apart from both and use them: repair and rebalance fetch bytes through the
-:class:`~megacontext.store.reader.Reader` and commit through the
+they live apart from both and use them: rebalance fetches bytes through the
+:class:`~megacontext.store.reader.Reader` and commits through the
 :class:`~megacontext.store.writer.Writer`; neither of those depends on this module. Each
 function takes the parts it needs explicitly; :class:`~megacontext.store.local.LocalStore`
-exposes them as methods.
+exposes them as methods. :mod:`megacontext.store.repair` fixes what :func:`verify` finds, using
+the checks defined here.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
-
-from megacontext.core.tree import GistBatch
+from megacontext.store.checksums import Scan, SumFile
 from megacontext.store.errors import InvalidInputError, NotAStoreError, StorageCorruptionError
 from megacontext.store.manifest import (
     BACKUP,
@@ -26,33 +25,25 @@ from megacontext.store.manifest import (
     Replication,
     SegmentEntry,
     read_manifest,
-    write_manifest,
 )
-from megacontext.store.reader import Reader, replace_local
+from megacontext.store.reader import Reader
 from megacontext.store.replicas import ReplicaSet
-from megacontext.store.segment import HEADER_BYTES, file_sha256, segment_name
+from megacontext.store.segment import HEADER_BYTES, file_sha256, segment_seq
 from megacontext.store.state import LevelState, StoreState
 from megacontext.store.writer import Writer
-
-if TYPE_CHECKING:
-    from megacontext.core.tree import Gister
 
 
 @dataclass
 class Problem:
-    """One finding of :meth:`LocalStore.verify`: ``severity`` is ``error`` or ``warning``."""
+    """One finding of :meth:`LocalStore.verify`: ``severity`` is ``error`` or ``warning``;
+    ``kind`` names the damage (``manifest``, ``sealed``, ``replica``, ``header``,
+    ``open-checksum``, ``open-short``, ``open-missing``, ``sums-missing``, ``sums-header``,
+    ``torn``, ``limit``, ``invariant``, ``open``); :meth:`LocalStore.repair` fixes each."""
 
     severity: str
     path: str
     message: str
-
-
-@dataclass
-class RepairReport:
-    """What :meth:`LocalStore.repair` fixed and what it could not."""
-
-    repaired: list[str] = field(default_factory=list)
-    unrecoverable: list[str] = field(default_factory=list)
+    kind: str = ""
 
 
 def info(state: StoreState, reader: Reader) -> dict[str, Any]:
@@ -73,6 +64,8 @@ def info(state: StoreState, reader: Reader) -> dict[str, Any]:
                 "capacity": lv.capacity,
                 "sealed_segments": len(lv.sealed),
                 "open_records": lv.open_count,
+                "block_records": lv.entry.block_records,
+                "damage": lv.damage,
                 "bytes": sealed_bytes + open_bytes,
             }
         )
@@ -108,63 +101,64 @@ def info(state: StoreState, reader: Reader) -> dict[str, Any]:
     }
 
 
-def verify(state: StoreState) -> list[Problem]:  # noqa: C901  (one check per kind of damage, in the order a reader meets them)
+def verify(state: StoreState) -> list[Problem]:
     """See :meth:`megacontext.store.local.LocalStore.verify`."""
     root, replicas = state.root, state.replicas
     problems: list[Problem] = []
-    _verify_manifest_copies(root, problems)
+    verify_manifest_copies(root, problems)
+    rep = state.manifest.replication
+    keep_local = rep is None or rep.keep_local
     for lv in state.levels:
         for seq, entry in enumerate(lv.sealed):
             path = root / entry.name
-            keep_local = state.manifest.replication is None or state.manifest.replication.keep_local
             if path.exists() or keep_local:
-                status = _check_local(state, path, entry, lv, seq)
+                status = check_sealed(state, path, entry, lv, seq)
                 if status:
-                    problems.append(Problem("error", str(path), status))
+                    problems.append(Problem("error", str(path), status, "sealed"))
             if replicas is not None:
                 for root_url, copy in replicas.check(entry.name, entry.sha256).items():
                     if copy != "ok":
                         url = replicas.url(root_url, entry.name)
-                        problems.append(Problem("error", url, f"replica {copy}"))
-        tail = root / segment_name(lv.entry.level, len(lv.sealed))
-        if tail.exists() and tail.stat().st_size >= HEADER_BYTES:
-            try:
-                state.check_header(tail.read_bytes()[:HEADER_BYTES], lv, len(lv.sealed), tail)
-            except StorageCorruptionError as exc:
-                problems.append(Problem("error", str(tail), str(exc)))
-            extra = (tail.stat().st_size - HEADER_BYTES) % lv.record_bytes
-            if extra:
-                problems.append(
-                    Problem(
-                        "warning",
-                        str(tail),
-                        f"torn trailing record ({extra} bytes); the next writer truncates it",
-                    )
+                        problems.append(Problem("error", url, f"replica {copy}", "replica"))
+        problems.extend(inspect_open(state, lv).problems())
+        if lv.entry.limit is not None:
+            problems.append(
+                Problem(
+                    "warning",
+                    str(root / f"L{lv.entry.level}"),
+                    f"a truncation to {lv.entry.limit} records was interrupted; the next writer "
+                    "finishes it",
+                    "limit",
                 )
+            )
     pairs = (
         zip(state.levels, state.levels[1:], strict=False) if state.manifest.role == "tree" else []
     )
-    for lower, upper in pairs:
-        if upper.count > lower.count // state.K:
+    for lower, upper in pairs:  # derived, and normal while a writer runs: a warning
+        if upper.stored > lower.stored // state.K:
             problems.append(
                 Problem(
-                    "error",
+                    "warning",
                     str(root / f"L{upper.entry.level}"),
-                    f"{upper.count} gists but only {lower.count // state.K} complete nodes",
+                    f"{upper.stored} gists but only {lower.stored // state.K} complete nodes "
+                    "below (a writer is running, or their children were lost); readers see "
+                    "only the complete ones, the next writer drops the others",
+                    "invariant",
                 )
             )
     return problems
 
 
-def _verify_manifest_copies(root: Path, problems: list[Problem]) -> None:
+def verify_manifest_copies(root: Path, problems: list[Problem]) -> None:
+    """Add a problem for each manifest copy that does not load."""
     for name in (MANIFEST, BACKUP):  # a backup that lags behind is expected, not a problem
         try:
             read_manifest(root, name)
         except (StorageCorruptionError, NotAStoreError) as exc:
-            problems.append(Problem("error", str(root / name), str(exc)))
+            problems.append(Problem("error", str(root / name), str(exc), "manifest"))
 
 
-def _check_local(
+def check_sealed(
     state: StoreState, path: Path, entry: SegmentEntry, lv: LevelState, seq: int
 ) -> str:
     """What is wrong with the local copy of a sealed segment ("" when nothing)."""
@@ -182,83 +176,165 @@ def _check_local(
     return ""
 
 
-def repair(
-    state: StoreState, reader: Reader, writer: Writer, gister: Gister | None = None
-) -> RepairReport:
-    """See :meth:`megacontext.store.local.LocalStore.repair`."""
-    state.check_open(write=True)
-    root, replicas = state.root, state.replicas
-    report = RepairReport()
-    writer.flush()
-    with state.lock:
-        for name in (MANIFEST, BACKUP):
-            try:
-                read_manifest(root, name)
-            except (StorageCorruptionError, NotAStoreError):
-                state.manifest.generation -= 1  # write_manifest bumps it back
-                write_manifest(root, state.manifest, backup=True)
-                report.repaired.append(str(root / name))
-        keep_local = state.manifest.replication is None or state.manifest.replication.keep_local
-        for lv in state.levels:
-            for seq, entry in enumerate(lv.sealed):
-                path = root / entry.name
-                local_bad = (path.exists() or keep_local) and bool(
-                    _check_local(state, path, entry, lv, seq)
+@dataclass
+class OpenCheck:
+    """What the files of a level's open segment say, read afresh (for verify and repair).
+
+    Record indices in ``scan`` are within the segment; ``first`` is the level index of its
+    first record.
+    """
+
+    level: int
+    path: Path
+    sums_path: Path
+    first: int
+    derivable: bool
+    exists: bool = False
+    size: int = 0
+    header_error: str = ""
+    version: int = 0
+    sums_error: str = ""  # "missing", or why its header is bad
+    scan: Scan | None = None
+    orphan_durable: int = 0  # no segment file, but its checksum file says this many were flushed
+
+    @property
+    def what(self) -> str:
+        return "derived records (recomputable)" if self.derivable else "records"
+
+    def problems(self) -> list[Problem]:
+        """The findings, as :class:`Problem` s."""
+        path, out = str(self.path), []
+        if not self.exists:
+            if self.orphan_durable:
+                out.append(
+                    Problem(
+                        "error",
+                        path,
+                        f"open segment is missing, but its checksum file says "
+                        f"{self.orphan_durable} {self.what} were flushed to it",
+                        "open-missing",
+                    )
                 )
-                states = replicas.check(entry.name, entry.sha256) if replicas else {}
-                bad_roots = [r for r, s in states.items() if s != "ok"]
-                if not local_bad and not bad_roots:
-                    continue
-                good: bytes | None = None
-                if not local_bad and path.exists():
-                    good = path.read_bytes()
-                elif len(bad_roots) < len(states):
-                    assert replicas is not None  # states is empty without replicas
-                    good, _ = replicas.fetch(entry.name, entry.sha256, lv.segment_size)
-                if good is None and gister is not None and lv.entry.level >= 1:
-                    good = _regist_segment(state, reader, lv, seq, gister)
-                    local_bad = True
-                if good is None:
-                    report.unrecoverable.append(str(path))
-                    continue
-                if local_bad:
-                    reader.forget(lv.entry.level, seq)
-                    replace_local(path, good)
-                    report.repaired.append(str(path))
-                for root_url in bad_roots:
-                    assert replicas is not None
-                    replicas.write(root_url, entry.name, good)
-                    report.repaired.append(replicas.url(root_url, entry.name))
-    writer.flush()  # commits a changed sha256 (re-gisted segments)
-    return report
+            return out
+        if self.header_error:
+            out.append(Problem("error", path, self.header_error, "header"))
+        if self.sums_error == "missing":
+            out.append(
+                Problem(
+                    "error",
+                    str(self.sums_path),
+                    f"checksum file is missing: the {self.what} of {path} cannot be checked",
+                    "sums-missing",
+                )
+            )
+        elif self.sums_error:
+            out.append(Problem("error", str(self.sums_path), self.sums_error, "sums-header"))
+        if self.scan is not None:
+            out.extend(self._scan_problems(self.scan))
+        return out
+
+    def _scan_problems(self, scan: Scan) -> list[Problem]:
+        path, out = str(self.path), []
+        for lo, hi in scan.bad:
+            rng = f"[{self.first + lo}, {self.first + hi})"
+            if lo >= scan.durable:
+                out.append(
+                    Problem(
+                        "warning",
+                        path,
+                        f"records {rng} past the last flush have no valid checksum (a torn "
+                        "write); the next writer cuts them",
+                        "torn",
+                    )
+                )
+            elif hi > scan.data_records:
+                out.append(
+                    Problem(
+                        "error",
+                        path,
+                        f"{self.what} {rng} of level {self.level} were flushed but the file "
+                        f"is shorter than its checksums say (it holds {scan.data_records} whole "
+                        "records; was it cut by another program?)",
+                        "open-short",
+                    )
+                )
+            else:
+                out.append(
+                    Problem(
+                        "error",
+                        path,
+                        f"{self.what} {rng} of level {self.level} fail their CRC32 checksums",
+                        "open-checksum",
+                    )
+                )
+        unchecked = scan.data_records - min(scan.extent, scan.data_records)
+        if unchecked or scan.torn_bytes:
+            out.append(
+                Problem(
+                    "warning",
+                    path,
+                    f"torn tail ({unchecked} record(s) without a checksum, {scan.torn_bytes} "
+                    "byte(s) of a partial record); the next writer cuts it",
+                    "torn",
+                )
+            )
+        return out
 
 
-def _regist_segment(
-    state: StoreState, reader: Reader, lv: LevelState, seq: int, gister: Gister
-) -> bytes | None:
-    """Recompute sealed gist segment ``seq`` of ``lv`` from its children, or ``None``."""
-    K, dim, level, cap = state.K, state.dim, lv.entry.level, lv.capacity
-    if state.manifest.role != "tree":  # a key store's children live in the gist store
-        return None
-    first = seq * cap
-    try:
-        children = np.array(reader.read(level - 1, first * K, (first + cap) * K))
-    except StorageCorruptionError:
-        return None
-    inputs = children.reshape(cap, K) if level == 1 else children.reshape(cap, K, dim)
-    output = gister(level, inputs)
-    gists = np.ascontiguousarray(
-        np.asarray(output.gists if isinstance(output, GistBatch) else output), dtype=lv.dtype
+def inspect_open(state: StoreState, lv: LevelState) -> OpenCheck:
+    """Read the open segment of ``lv`` and its checksum file from disk and check every
+    record (see :class:`OpenCheck`)."""
+    seq = len(lv.sealed)
+    check = OpenCheck(
+        lv.entry.level,
+        state.segment_path(lv, seq),
+        state.sums_path(lv, seq),
+        seq * lv.capacity,
+        state.derivable(lv.entry.level),
     )
-    if gists.shape != (cap, dim):
-        raise InvalidInputError(f"gister returned shape {gists.shape}, expected {(cap, dim)}")
-    data = state.header(lv, seq).pack() + gists.tobytes()
-    entry = lv.sealed[seq]
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != entry.sha256:  # a non-deterministic gister: record the new contents
-        entry.sha256 = digest
-        state.manifest_dirty = True
-    return data
+    layout = state.sums_layout(lv, seq)
+    flushed = 0
+    if check.sums_path.exists():
+        with contextlib.suppress(OSError, StorageCorruptionError):
+            sums = SumFile.open(check.sums_path, layout, False, state.fix())
+            flushed = sums.durable
+            sums.close()
+    if not check.path.exists():
+        check.orphan_durable = flushed
+        return check
+    check.exists = True
+    check.size = check.path.stat().st_size
+    if (
+        check.size < HEADER_BYTES + lv.record_bytes
+        and not state.header_ok(check.path, lv, seq)
+        and not flushed
+    ):
+        return check  # torn while its header was written; the next writer removes it
+    with open(check.path, "rb") as handle:
+        try:
+            check.version = state.check_header(
+                handle.read(HEADER_BYTES), lv, seq, check.path
+            ).version
+        except StorageCorruptionError as exc:
+            check.header_error = str(exc)
+            check.version = 2 if check.sums_path.exists() else state.manifest.format_version
+        if check.version == 1:
+            records, torn = divmod(check.size - HEADER_BYTES, lv.record_bytes)
+            check.scan = Scan(records, torn, records, records, records)
+            return check
+        try:
+            sums = SumFile.open(check.sums_path, layout, False, state.fix())
+        except FileNotFoundError:
+            check.sums_error = "missing"
+            return check
+        except StorageCorruptionError as exc:
+            check.sums_error = str(exc)
+            return check
+        try:
+            check.scan = sums.scan(handle.fileno(), check.size)
+        finally:
+            sums.close()
+    return check
 
 
 def compact(state: StoreState) -> list[str]:
@@ -278,8 +354,11 @@ def compact(state: StoreState) -> list[str]:
                     removed.append(str(path))
                     continue
                 for seg in sorted(path.iterdir()):
-                    seq = int(seg.stem) if seg.stem.isdigit() and seg.suffix == ".seg" else -1
-                    if seq > keep[level] or seq < 0:
+                    seq = segment_seq(seg)
+                    # a sealed segment's checksum file only served readers whose snapshot had it
+                    # open (compaction needs no readers): its sha256 covers it now
+                    sealed_sums = seg.suffix == ".sum" and seq is not None and seq < keep[level]
+                    if seq is None or seq > keep[level] or sealed_sums:
                         seg.unlink()
                         removed.append(str(seg))
         if state.replicas is not None:

@@ -114,6 +114,14 @@ class PageCache:
             out.flags.writeable = False
         return out
 
+    def forget_from(self, level: int, count: int) -> None:
+        """Drop the cached pages of ``level`` that hold any record at or after ``count`` (the
+        level was truncated there, and what comes next is new)."""
+        first_stale = count // self.page_records
+        with self._lock:
+            for key in [k for k in self._pages if k[0] == level and k[1] >= first_stale]:
+                del self._pages[key]
+
     def prefetch(self, level: int, start: int, stop: int) -> None:
         """Load the complete pages covering ``[start, stop)`` without counting hits or misses."""
         size = self.page_records
@@ -153,6 +161,10 @@ class CachedBackend:
 
     def flush(self) -> None:
         self.backend.flush()
+
+    def truncate(self, level: int, count: int) -> None:
+        self.cache.forget_from(level, count)
+        self.backend.truncate(level, count)
 
     def close(self) -> None:
         self.backend.close()

@@ -82,11 +82,21 @@ class _NodeScores(ABC):
 class LexicalIndex(_NodeScores):
     """BM25 over LOD1 blocks in SQLite FTS5 (a file, or ``":memory:"``)."""
 
-    def __init__(self, path: str | Path = ":memory:", K: int = 32):
+    def __init__(self, path: str | Path = ":memory:", K: int = 32, *, readonly: bool = False):
+        """``readonly``: read beside a writer (a missing file reads as an empty index)."""
         self.K = int(K)
         self.path = str(path)
         try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False)
+            if readonly and self.path != ":memory:" and Path(self.path).is_file():
+                self._db = sqlite3.connect(
+                    f"{Path(self.path).resolve().as_uri()}?mode=ro",
+                    uri=True,
+                    check_same_thread=False,
+                )
+                return
+            self._db = sqlite3.connect(
+                ":memory:" if readonly else self.path, check_same_thread=False
+            )
             self._db.execute(
                 "CREATE VIRTUAL TABLE IF NOT EXISTS blocks USING fts5(body, tokenize='unicode61')"
             )
@@ -114,6 +124,11 @@ class LexicalIndex(_NodeScores):
             "INSERT INTO blocks(rowid, body) VALUES (?, ?)",
             [(first_block + i + 1, text) for i, text in enumerate(texts)],
         )
+        self._db.commit()
+
+    def truncate(self, blocks: int) -> None:
+        """Keep only the first ``blocks`` blocks (the history was cut back)."""
+        self._db.execute("DELETE FROM blocks WHERE rowid > ?", (int(blocks),))
         self._db.commit()
 
     def block_scores(self, query: str, limit: int | None = None) -> dict[int, float]:
@@ -236,6 +251,16 @@ class PostgresLexicalIndex(_NodeScores):
             if terms:
                 conn.execute(self._terms.insert(), terms)
 
+    def truncate(self, blocks: int) -> None:
+        """Keep only the first ``blocks`` blocks (the history was cut back)."""
+        with self._engine.begin() as conn:
+            for table in (self._terms, self._blocks):
+                conn.execute(
+                    table.delete().where(
+                        table.c.tree_id == self.tree_id, table.c.block >= int(blocks)
+                    )
+                )
+
     def block_scores(self, query: str, limit: int | None = None) -> dict[int, float]:
         """``{block index: score}`` of blocks containing any query term, best first."""
         import sqlalchemy as sa
@@ -293,12 +318,18 @@ AnyLexicalIndex = LexicalIndex | PostgresLexicalIndex
 
 
 def open_lexical_index(
-    path: str | Path, K: int, metadata_url: str | None = None, tree_id: str | None = None
+    path: str | Path,
+    K: int,
+    metadata_url: str | None = None,
+    tree_id: str | None = None,
+    *,
+    readonly: bool = False,
 ) -> AnyLexicalIndex:
     """The lexical index of a tree: in its PostgreSQL metadata database when it has one
-    (``metadata_url`` and ``tree_id``), else the SQLite FTS5 file ``path``."""
+    (``metadata_url`` and ``tree_id``), else the SQLite FTS5 file ``path`` (``readonly``: read
+    beside a writer; a PostgreSQL index is only ever read by a reader's queries)."""
     if metadata_url and metadata_url.startswith("postgresql"):
         if not tree_id:
             raise InvalidInputError("a PostgreSQL lexical index needs the tree's id")
         return PostgresLexicalIndex(metadata_url, tree_id, K=K)
-    return LexicalIndex(path, K=K)
+    return LexicalIndex(path, K=K, readonly=readonly)

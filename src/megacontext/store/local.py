@@ -8,13 +8,21 @@ A store is one directory::
       L0/00000000.seg …     token ids, uint32
       L1/00000000.seg …     gists, float16 × dim (bf16 / f32 selectable)
 
-Appends go to the open segment of their level; a full segment is sealed (sha256 recorded, file
-made read-only); ``flush()`` fsyncs everything and then commits the manifest (group commit).
-Recovery is "truncate the torn tail, trust the manifest": on open for writing, the open segment
-of each level is cut to whole records, full segments past the last committed one are sealed, and
-a gist level is cut back to the nodes whose children survived. Sealed segments never change;
-their first read in a process checks their sha256 (a bad local copy is replaced from a good
-replica and counted).
+Appends go to the open segment of their level, each followed by the checksum of what it wrote
+(format v2: ``L{level}/{seq:08d}.sum``, :mod:`megacontext.store.checksums`); a full segment is
+sealed (sha256 recorded, file made read-only); ``flush()`` fsyncs everything and then commits the
+manifest (group commit). Recovery is "cut the torn tail, trust the manifest": on open for
+writing, the open segment of each level is cut back to its checksummed records, full segments
+past the last committed one are sealed, and a gist level is cut back to the nodes whose children
+survived. Sealed segments never change; their first read in a process checks their sha256 (a bad
+local copy is replaced from a good replica and counted); records of an open segment are checked
+against their CRC32 on their first read. A v1 store is migrated by its next writer
+(:mod:`megacontext.store.migrate`).
+
+Readers (``readonly=True``) take no lock and see a snapshot: the records each level held (and
+had checksummed) when they opened, or at their last :meth:`LocalStore.refresh`. A writer never
+rewrites or deletes a file a reader may have open, except :meth:`LocalStore.truncate`,
+:meth:`LocalStore.repair` and :meth:`LocalStore.compact`, which need no readers open.
 
 :class:`LocalStore` implements :class:`megacontext.core.tree.TreeBackend`, so
 ``MegaContextTree(LocalStore.create(path, dim=d), gister)`` works unchanged.
@@ -25,7 +33,9 @@ one shared :class:`~megacontext.store.state.StoreState` that the ``LocalStore`` 
 
 - :mod:`megacontext.store.writer` — the append path: open segments, sealing, flush;
 - :mod:`megacontext.store.reader` — the read path: segment maps, replica reads, read-repair;
-- :mod:`megacontext.store.admin` — info, verify, repair, compact, rebalance (uses both).
+- :mod:`megacontext.store.admin` — info, verify, repair, compact, rebalance (uses both);
+- :mod:`megacontext.store.truncation` — cutting levels back (truncate, and what repair drops);
+- :mod:`megacontext.store.migrate` — format v1 → v2, by the next writer.
 """
 
 from __future__ import annotations
@@ -42,13 +52,14 @@ import numpy as np
 import numpy.typing as npt
 
 from megacontext.core.spans import check_block_size
-from megacontext.store import admin
-from megacontext.store.admin import Problem, RepairReport
+from megacontext.store import admin, migrate, repair, truncation
+from megacontext.store.admin import Problem
 from megacontext.store.errors import (
     DiskFullError,
     FingerprintMismatchError,
     InvalidInputError,
     NotAStoreError,
+    StorageCorruptionError,
     StoreLockedError,
 )
 from megacontext.store.manifest import (
@@ -62,19 +73,31 @@ from megacontext.store.manifest import (
     sync_backup,
     write_manifest,
 )
+from megacontext.store.migrate import MigrationReport
 from megacontext.store.reader import Reader, StoreStats
+from megacontext.store.repair import RepairReport
 from megacontext.store.replicas import ReplicaSet
 from megacontext.store.segment import HEADER_BYTES, dtype_name, numpy_dtype, os_error
 from megacontext.store.state import LevelState, StoreState
+from megacontext.store.truncation import Cut
 from megacontext.store.writer import Writer
 
 if TYPE_CHECKING:
     from megacontext.core.tree import Gister
     from megacontext.store.metadata import MetadataDB
 
-__all__ = ["LocalStore", "Problem", "RepairReport", "StoreStats", "recover_manifest"]
+__all__ = [
+    "Cut",
+    "LocalStore",
+    "MigrationReport",
+    "Problem",
+    "RepairReport",
+    "StoreStats",
+    "recover_manifest",
+]
 
 DEFAULT_SEGMENT_BYTES = 16 << 20
+DEFAULT_BLOCK_BYTES = 64 << 10
 LOCK = "LOCK"
 
 
@@ -100,6 +123,8 @@ class LocalStore:
         self._writer = Writer(self._state)
         self._reader = Reader(self._state, verify_reads, max_remote_segments, max_mapped_segments)
         self._lock_fd: int | None = None
+        self.migration: MigrationReport | None = None
+        """What opening migrated (a v1 store opened for writing), else ``None``."""
 
     # -- opening ---------------------------------------------------------------------------------
 
@@ -118,6 +143,7 @@ class LocalStore:
         metadata_url: str | None = None,
         verify_reads: bool = True,
         role: str = "tree",
+        block_bytes: int = DEFAULT_BLOCK_BYTES,
     ) -> LocalStore:
         """Create an empty store at ``path`` (a new or empty directory) and open it for writing.
 
@@ -134,21 +160,13 @@ class LocalStore:
             role: ``"tree"`` (tokens at level 0, gists above), or ``"keys"`` for the key store
                 of a tree (``MegaContextTree(..., key_backend=...)``, D7): retrieval keys per
                 gist level, level 0 unused, so levels are not checked against the level below.
+            block_bytes: bytes of records per CRC32 of an open segment (at least one record).
+                Smaller blocks cost more checksum slots; a damaged block loses at most this much.
         """
         root = Path(path)
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise InvalidInputError(f"gist dimension must be a positive integer, got {dim!r}")
-        check_block_size(K)
-        gist_name = gist_dtype if isinstance(gist_dtype, str) else dtype_name(np.dtype(gist_dtype))
-        numpy_dtype(gist_name)
-        if gist_name == "uint32":
-            raise InvalidInputError("gist dtype must be float16, bfloat16 or float32, got uint32")
+        gist_name = _check_layout(dim, K, gist_dtype, segment_bytes, segment_records, block_bytes)
         if role not in ("tree", "keys"):
             raise InvalidInputError(f"role must be 'tree' or 'keys', got {role!r}")
-        if segment_records is not None and segment_records < 1:
-            raise InvalidInputError(f"segment_records must be >= 1, got {segment_records}")
-        if segment_bytes < HEADER_BYTES + 4:
-            raise InvalidInputError(f"segment_bytes must be at least 68, got {segment_bytes}")
         if replication is not None:
             ReplicaSet.check_config(replication)
         if root.exists() and not root.is_dir():
@@ -177,6 +195,7 @@ class LocalStore:
                 segment_bytes=segment_bytes,
                 segment_records=segment_records,
                 role=role,
+                block_bytes=block_bytes,
             )
             store._setup_replicas()
             store._writer.add_level(0)
@@ -200,6 +219,12 @@ class LocalStore:
         max_mapped_segments: int = 16,
     ) -> LocalStore:
         """Open an existing store. Writers take an exclusive lock; readers see a snapshot.
+
+        A writer finishes what a crash left (torn tails cut, full segments sealed, an
+        interrupted truncation completed, gists of lost children dropped; :attr:`recovered`
+        says what beyond the routine) and migrates a v1 store to v2 (:attr:`migration`). A
+        reader changes nothing: it sees each level's checksummed records as of now, and more
+        after :meth:`refresh`.
 
         Args:
             fingerprints: what the caller is bound to. A recorded fingerprint that differs raises
@@ -290,21 +315,74 @@ class LocalStore:
                     shutil.rmtree(stale, ignore_errors=True)
 
     def _recover(self) -> None:
-        """Load every level; the writer truncates torn tails and seals full open segments.
-
-        Levels are processed bottom-up so that a gist whose children were lost (possible only
-        after a power loss before ``flush()``) is cut off before its segment could be sealed.
-        """
-        if not self.readonly:
-            with contextlib.suppress(DiskFullError):  # the backup may lag; see manifest.py
-                sync_backup(self.root)
-        allowed: int | None = None
+        """Load every level. A writer cuts torn tails, seals full open segments, finishes an
+        interrupted truncation, migrates a v1 store, and cuts gists whose children were lost
+        (possible only after a power loss before ``flush()``)."""
+        state = self._state
+        if self.readonly:
+            state.levels = self._snapshot()
+            return
+        with contextlib.suppress(DiskFullError):  # the backup may lag; see manifest.py
+            sync_backup(self.root)
+        found = migrate.prepare(state)
         for entry in self.manifest.levels:
             level = LevelState.of(entry)
-            self._state.levels.append(level)
-            self._writer.open_tail(level, allowed)
-            if self.manifest.role == "tree":
-                allowed = level.count // self.manifest.K
+            state.levels.append(level)
+            if entry.limit is not None:
+                truncation.apply_limit(state, self._writer, level)
+                entry.limit = None
+                state.manifest_dirty = True
+            else:
+                self._writer.open_tail(level)
+        upgraded = migrate.upgrade_open_segments(state)
+        self.migration = migrate.finish(state, found, upgraded)
+        self._writer.flush(lenient_commit=True)  # on a full disk the manifest may lag: safe
+        if self.manifest.role == "tree":  # gists of children a power loss took go too
+            for below, level in zip(state.levels, state.levels[1:], strict=False):
+                want = below.count // self.K
+                if level.count > want and not below.damage:  # damage: repair decides, reports
+                    truncation.truncate(state, self._reader, self._writer, level.entry.level, want)
+
+    def refresh(self) -> None:
+        """Take a new snapshot (a reader): re-read the manifest and each open segment's
+        checksummed length, so records appended (and segments sealed) since are visible.
+
+        Arrays read before stay valid. Counts only grow, unless the writer truncated or
+        repaired the store meanwhile (which needs no readers open). A writer's view is always
+        current: for it this does nothing.
+        """
+        state = self._state
+        state.check_open(write=False)
+        if not self.readonly:
+            return
+        with state.lock:
+            manifest = read_manifest(self.root)
+            old = state.levels
+            state.manifest = manifest
+            self._setup_replicas()
+            state.levels = self._snapshot()
+            for level in old:
+                self._writer.drop_open(level)
+
+    def _snapshot(self) -> list[LevelState]:
+        """A reader's levels: each one's sealed segments and checksummed open records. Levels
+        are read one after the other while a writer may run, so in a tree each level is capped
+        at the complete nodes of the level below it: no gist without its children."""
+        levels: list[LevelState] = []
+        for entry in self.manifest.levels:
+            level = LevelState.of(entry)
+            self._writer.open_tail(level)
+            if levels and self.manifest.role == "tree":
+                level.visible = levels[-1].count // self.K
+            levels.append(level)
+        return levels
+
+    @property
+    def recovered(self) -> list[str]:
+        """What opening for writing did beyond finishing a crash (cutting torn tails and the
+        gists of children a power loss took): damaged derived records it dropped (they are
+        recomputed from their source)."""
+        return list(self._state.recovered)
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -378,6 +456,17 @@ class LocalStore:
         """
         return self._reader.read(level, start, stop)
 
+    def truncate(self, level: int, count: int) -> list[Cut]:
+        """Keep only the first ``count`` records of ``level`` (writers only).
+
+        In a tree, the gists that no longer have all their children are cut too (level ℓ+1
+        keeps at most ``count(ℓ) // K``), so the caller need not cut the levels above; a key
+        store's levels are cut one at a time. Crash-safe: an interrupted truncation is finished
+        by the next writer's open. It removes files, so no reader may be open (or readers must
+        :meth:`refresh` and expect reads past the cut to fail). Returns the cuts made.
+        """
+        return truncation.truncate(self._state, self._reader, self._writer, level, count)
+
     def flush(self) -> None:
         """Make every appended record durable, then commit the manifest (group commit).
 
@@ -392,7 +481,8 @@ class LocalStore:
         if self._state.closed:
             return
         try:
-            self.flush()
+            # on a full disk the manifest may lag (nothing is lost; see Writer.flush)
+            self._writer.flush(lenient_commit=True)
             if not self.readonly:
                 with contextlib.suppress(DiskFullError):  # the backup may lag; see manifest.py
                     sync_backup(self.root)
@@ -429,22 +519,75 @@ class LocalStore:
         return admin.info(self._state, self._reader)
 
     def verify(self) -> list[Problem]:
-        """Check everything: manifest copies, every segment's header, size and sha256, replicas.
+        """Check everything: manifest copies, every segment's header, size and sha256, every
+        open-segment record against its CRC32, replicas, and the levels against each other.
 
-        Returns the problems found (empty when the store is healthy). Reads every byte.
+        Returns the problems found (empty when the store is healthy); :meth:`repair` fixes each
+        kind. Reads every byte.
         """
         return admin.verify(self._state)
 
     def repair(self, gister: Gister | None = None) -> RepairReport:
-        """Replace every bad or missing copy (local or replica) from a good one; rewrite a bad
-        manifest copy. Needs the writer lock. Unrecoverable segments are listed, never dropped.
+        """Fix every problem :meth:`verify` reports. Needs the writer lock and no readers open.
+
+        In order of preference: rewrite a bad manifest copy from the good one; rewrite a damaged
+        segment header from the manifest (kept only if the sha256 then matches); replace a bad
+        or missing copy from a good one (local or replica); recompute a gist segment from its
+        children (with ``gister``); rebuild a lost checksum file from the records (reported as
+        unverified). What has no good copy anywhere is dropped with everything after it on its
+        level (a segment's records sit at fixed offsets) and the gists above that derive from
+        it: derived records are recomputed when the tree is next opened for writing
+        (:attr:`RepairReport.dropped`); tokens cannot be, so they are reported in
+        :attr:`RepairReport.lost` and their files are copied to ``salvage/`` first.
 
         Args:
             gister: when given, a gist segment with no good copy anywhere is recomputed from its
                 children (levels are repaired bottom-up). A deterministic gister restores the
                 exact bytes; otherwise the new sha256 is recorded.
         """
-        return admin.repair(self._state, self._reader, self._writer, gister)
+        return repair.repair(self._state, self._reader, self._writer, gister)
+
+    @staticmethod
+    def verify_path(path: str | os.PathLike[str]) -> list[Problem]:
+        """:meth:`verify` for a path, including a store that does not open (a corrupt
+        manifest is reported as a problem, not raised)."""
+        root = Path(path)
+        try:
+            with LocalStore.open(root, readonly=True) as store:
+                return store.verify()
+        except StorageCorruptionError as exc:
+            problems: list[Problem] = []
+            admin.verify_manifest_copies(root, problems)
+            return problems or [Problem("error", str(root), str(exc), "open")]
+
+    @staticmethod
+    def repair_path(path: str | os.PathLike[str], gister: Gister | None = None) -> RepairReport:
+        """:meth:`repair` for a path: first restore a corrupt manifest copy from the other one
+        (:func:`recover_manifest`), then open for writing (which finishes a crash and migrates
+        a v1 store) and repair. Both manifest copies corrupt is reported as unrecoverable."""
+        root = Path(path)
+        try:
+            action = recover_manifest(root)
+        except StorageCorruptionError as exc:
+            return RepairReport(unrecoverable=[str(exc)])
+        with LocalStore.open(root) as store:
+            report = store.repair(gister)
+            opened = store.recovered
+        if action != "both manifest copies are valid":
+            report.repaired.insert(0, f"{root}: {action}")
+        report.dropped[:0] = opened
+        return report
+
+    @classmethod
+    def migrate(cls, path: str | os.PathLike[str]) -> MigrationReport:
+        """Migrate the store at ``path`` to the current format (what its next writer would do
+        on open) and report; a store already current is reported as such."""
+        with cls.open(path) as store:
+            report = store.migration
+            if report is None:
+                version = store.manifest.format_version
+                report = MigrationReport(str(store.root), version, version)
+        return report
 
     def compact(self) -> list[str]:
         """Remove what no manifest references: temp files, stale levels, stray segments, and
@@ -457,3 +600,28 @@ class LocalStore:
         then remove copies outside it. Data is copied, never rewritten in place.
         """
         return admin.rebalance(self._state, self._reader, self._writer, roots)
+
+
+def _check_layout(
+    dim: int,
+    K: int,
+    gist_dtype: str | npt.DTypeLike,
+    segment_bytes: int,
+    segment_records: int | None,
+    block_bytes: int,
+) -> str:
+    """Check the record layout settings of a new store; return the gist dtype's name."""
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise InvalidInputError(f"gist dimension must be a positive integer, got {dim!r}")
+    check_block_size(K)
+    gist_name = gist_dtype if isinstance(gist_dtype, str) else dtype_name(np.dtype(gist_dtype))
+    numpy_dtype(gist_name)
+    if gist_name == "uint32":
+        raise InvalidInputError("gist dtype must be float16, bfloat16 or float32, got uint32")
+    if segment_records is not None and segment_records < 1:
+        raise InvalidInputError(f"segment_records must be >= 1, got {segment_records}")
+    if segment_bytes < HEADER_BYTES + 4:
+        raise InvalidInputError(f"segment_bytes must be at least 68, got {segment_bytes}")
+    if isinstance(block_bytes, bool) or not isinstance(block_bytes, int) or block_bytes < 1:
+        raise InvalidInputError(f"block_bytes must be a positive integer, got {block_bytes!r}")
+    return gist_name

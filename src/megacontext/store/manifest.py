@@ -3,7 +3,10 @@
 ``manifest.json`` holds the format version, the tree's identity and binding fingerprints (D13),
 K, the gist width and dtype, and per level the list of *sealed* segments with their sha256 and
 replicas. The open (unsealed) segment of a level is the one after its last sealed segment; its
-length on disk, rounded down to whole records, is its record count.
+record count is what its checksum file covers (format v2), or its length on disk rounded down to
+whole records (format v1). A level may carry a ``limit``: a truncation was committed and its
+file operations may be unfinished; the next writer finishes them (see
+:mod:`megacontext.store.truncation`).
 
 The JSON carries a ``checksum`` (sha256 of the canonical JSON of every other field), so a flipped
 bit is detected. Every update replaces ``manifest.json`` atomically; ``manifest.backup.json`` is
@@ -25,7 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from megacontext.store.errors import NotAStoreError, StorageCorruptionError
-from megacontext.store.segment import FORMAT_VERSION, atomic_write, os_error
+from megacontext.store.segment import (
+    FORMAT_VERSION,
+    READABLE_VERSIONS,
+    atomic_write,
+    os_error,
+)
 
 MANIFEST = "manifest.json"
 BACKUP = "manifest.backup.json"
@@ -74,6 +82,8 @@ class LevelEntry:
     width: int
     capacity: int
     segments: list[SegmentEntry] = field(default_factory=list)
+    block_records: int = 0  # records per checksum block of an open segment (0: format v1)
+    limit: int | None = None  # records kept by a committed truncation still being applied
 
 
 @dataclass(slots=True)
@@ -101,6 +111,7 @@ class Manifest:
     role: str = "tree"  # "keys": a key store (D7), whose level 0 is unused
     generation: int = 0
     format_version: int = FORMAT_VERSION
+    block_bytes: int = 64 << 10  # target bytes per checksum block of an open segment (v2)
 
     @property
     def tree_fingerprint(self) -> bytes:
@@ -130,10 +141,11 @@ class Manifest:
             raise StorageCorruptionError(f"{path}: manifest fails its sha256 checksum; {fix}")
         if body.pop("format", None) != FORMAT:
             raise NotAStoreError(f"{path} is not a MegaContext tree manifest")
-        if body.get("format_version") != FORMAT_VERSION:
+        if body.get("format_version") not in READABLE_VERSIONS:
             raise StorageCorruptionError(
                 f"{path}: manifest format version {body.get('format_version')} is not supported "
-                f"(this version reads {FORMAT_VERSION}); upgrade megacontext"
+                f"(this version reads {', '.join(map(str, READABLE_VERSIONS))}); upgrade "
+                "megacontext"
             )
         try:
             levels = [

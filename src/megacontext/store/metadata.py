@@ -10,6 +10,11 @@ Tables:
 - ``spans``: ``(tree, level, [start, stop))`` → source, byte and line range, ingest time, gist
   version, tags. Ingest records level-0 spans (token ranges); a node's provenance is every span
   its token range overlaps.
+- ``ingests``: the journal of what was appended to a tree, one row per source: its token range
+  and its status — ``running`` from before its first token is stored, ``complete`` once its
+  tokens and spans are (one transaction), ``rolled_back`` when an interrupted one was undone,
+  ``removed`` when ``sources remove`` erased it. A running row found when a writer opens the
+  tree is finished or rolled back (see :mod:`megacontext.runtime.journal`).
 """
 
 from __future__ import annotations
@@ -71,6 +76,26 @@ spans = sa.Table(
 )
 
 
+ingests = sa.Table(
+    "ingests",
+    schema,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("tree_id", sa.String(64), sa.ForeignKey("trees.id"), nullable=False),
+    sa.Column("source_id", sa.Integer, sa.ForeignKey("sources.id"), nullable=False),
+    sa.Column("start_index", sa.BigInteger, nullable=False),
+    sa.Column("stop_index", sa.BigInteger),  # unknown while a generation is running
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("planned", sa.JSON),  # the span rows to record once the tokens are stored
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_ingests_tree_status", "tree_id", "status"),
+)
+
+_SOURCE_COLUMNS = (sources.c.uri, sources.c.kind, sources.c.content_hash, sources.c.meta)
+RUNNING, COMPLETE, ROLLED_BACK, REMOVED = "running", "complete", "rolled_back", "removed"
+SpanTuple = tuple[int, int, tuple[int, int] | None, tuple[int, int] | None]
+
+
 @dataclass(frozen=True)
 class Source:
     id: int
@@ -95,6 +120,20 @@ class Provenance:
     ingested_at: dt.datetime
 
 
+@dataclass(frozen=True)
+class Ingest:
+    """One journal row: ``source`` appended at tokens ``[start, stop)`` of a tree."""
+
+    id: int
+    source: Source
+    start: int
+    stop: int | None
+    status: str
+    planned: list[SpanTuple] | None
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+
+
 def default_url(store_path: str) -> str:
     """The embedded default: ``meta.sqlite`` inside the store directory."""
     return f"sqlite:///{store_path}/meta.sqlite"
@@ -110,7 +149,13 @@ class MetadataDB:
         >>> db.provenance_of_node(tree_id, level=1, index=2)                   # doctest: +SKIP
     """
 
-    def __init__(self, url: str, *, create: bool = True, echo: bool = False):
+    def __init__(
+        self, url: str, *, create: bool = True, echo: bool = False, readonly: bool = False
+    ):
+        self.readonly = readonly
+        if readonly:
+            create = False
+            url = _readonly_url(url)
         try:
             self.engine = sa.create_engine(url, echo=echo, future=True)
         except (sa.exc.ArgumentError, ImportError) as exc:
@@ -118,7 +163,7 @@ class MetadataDB:
                 f"bad metadata database URL {url!r} ({exc}); use sqlite:///PATH or "
                 "postgresql+psycopg://USER@HOST:PORT/DB"
             ) from None
-        if self.engine.dialect.name == "sqlite":
+        if self.engine.dialect.name == "sqlite" and not readonly:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         if create:
             try:
@@ -131,6 +176,18 @@ class MetadataDB:
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
+
+    def integrity(self) -> list[str]:
+        """What the database's own consistency check finds (SQLite's ``integrity_check``;
+        a PostgreSQL server checks its own pages, so nothing is reported there)."""
+        if self.dialect != "sqlite":
+            return []
+        try:
+            with self.engine.connect() as conn:
+                rows = [str(r[0]) for r in conn.exec_driver_sql("PRAGMA integrity_check")]
+        except sa.exc.DatabaseError as exc:
+            return [f"the database cannot be read ({exc.orig})"]
+        return [] if rows == ["ok"] else rows
 
     def close(self) -> None:
         self.engine.dispose()
@@ -212,6 +269,211 @@ class MetadataDB:
                 f"first ({exc.orig})"
             ) from None
 
+    def add_spans(
+        self,
+        tree_id: str,
+        source_id: int,
+        rows: list[SpanTuple],
+        gist_version: str = "",
+        conn: sa.Connection | None = None,
+    ) -> None:
+        """Record level-0 spans ``(start, stop, bytes, lines)`` of one source at once."""
+        if not rows:
+            return
+        now = _now()
+        values: list[dict[str, Any]] = [
+            {
+                "tree_id": tree_id,
+                "level": 0,
+                "start_index": int(a),
+                "stop_index": int(b),
+                "source_id": source_id,
+                "byte_start": byte[0] if byte else None,
+                "byte_stop": byte[1] if byte else None,
+                "line_start": line[0] if line else None,
+                "line_stop": line[1] if line else None,
+                "ingested_at": now,
+                "gist_version": gist_version,
+                "tags": [],
+            }
+            for a, b, byte, line in rows
+        ]
+        if conn is not None:
+            conn.execute(spans.insert(), values)
+            return
+        with self.engine.begin() as own:
+            own.execute(spans.insert(), values)
+
+    # -- the ingest journal ----------------------------------------------------------------------
+
+    def begin_ingest(
+        self,
+        tree_id: str,
+        source_id: int,
+        start: int,
+        stop: int | None,
+        planned: list[SpanTuple] | None = None,
+    ) -> int:
+        """Journal that ``source_id`` is about to be appended at ``[start, stop)`` (``stop`` is
+        ``None`` while unknown). Committed before the first token is stored. Returns its id."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                ingests.insert().values(
+                    tree_id=tree_id,
+                    source_id=source_id,
+                    start_index=start,
+                    stop_index=stop,
+                    status=RUNNING,
+                    planned=[list(_jsonable(r)) for r in planned] if planned else None,
+                    started_at=_now(),
+                )
+            )
+            return _primary_key(result)
+
+    def complete_ingest(
+        self, ingest_id: int, stop: int, rows: list[SpanTuple], gist_version: str = ""
+    ) -> None:
+        """Record the spans of a running ingest and mark it complete, in one transaction."""
+        with self.engine.begin() as conn:
+            found = conn.execute(
+                sa.select(ingests.c.tree_id, ingests.c.source_id, ingests.c.status).where(
+                    ingests.c.id == ingest_id
+                )
+            ).first()
+            if found is None or found.status != RUNNING:
+                raise InvalidInputError(f"ingest {ingest_id} is not running; nothing to complete")
+            self.add_spans(found.tree_id, found.source_id, rows, gist_version, conn=conn)
+            conn.execute(
+                ingests.update()
+                .where(ingests.c.id == ingest_id)
+                .values(status=COMPLETE, stop_index=stop, finished_at=_now())
+            )
+
+    def set_ingest_status(self, ingest_id: int, status: str) -> None:
+        """Mark an ingest ``rolled_back`` or ``removed`` (its spans are dropped with it)."""
+        with self.engine.begin() as conn:
+            source_id = conn.execute(
+                sa.select(
+                    ingests.c.source_id,
+                    ingests.c.tree_id,
+                    ingests.c.start_index,
+                    ingests.c.stop_index,
+                ).where(ingests.c.id == ingest_id)
+            ).first()
+            if source_id is None:
+                raise InvalidInputError(f"no ingest {ingest_id} in the journal")
+            if status in (ROLLED_BACK, REMOVED) and source_id.stop_index is not None:
+                conn.execute(
+                    spans.delete().where(
+                        spans.c.tree_id == source_id.tree_id,
+                        spans.c.source_id == source_id.source_id,
+                        spans.c.start_index >= source_id.start_index,
+                        spans.c.stop_index <= source_id.stop_index,
+                    )
+                )
+            conn.execute(
+                ingests.update()
+                .where(ingests.c.id == ingest_id)
+                .values(status=status, finished_at=_now())
+            )
+
+    def erase(self, tree_id: str, ingest_ids: list[int]) -> None:
+        """After the tokens of these complete ingests were cut out of the history: drop their
+        spans, move every later span and journal row down by the tokens removed before it, and
+        mark them ``removed`` — one transaction."""
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(ingests.c.id, ingests.c.start_index, ingests.c.stop_index)
+                .where(ingests.c.tree_id == tree_id, ingests.c.id.in_(ingest_ids))
+                .order_by(ingests.c.start_index.desc())
+            ).all()
+            for row in rows:  # latest first, so earlier positions stay valid
+                a, b = int(row.start_index), int(row.stop_index)
+                conn.execute(
+                    spans.delete().where(
+                        spans.c.tree_id == tree_id,
+                        spans.c.start_index >= a,
+                        spans.c.stop_index <= b,
+                    )
+                )
+                conn.execute(
+                    spans.update()
+                    .where(spans.c.tree_id == tree_id, spans.c.start_index >= b)
+                    .values(
+                        start_index=spans.c.start_index - (b - a),
+                        stop_index=spans.c.stop_index - (b - a),
+                    )
+                )
+                conn.execute(
+                    ingests.update()
+                    .where(
+                        ingests.c.tree_id == tree_id,
+                        ingests.c.start_index >= b,
+                        ingests.c.status.in_([RUNNING, COMPLETE]),
+                    )
+                    .values(
+                        start_index=ingests.c.start_index - (b - a),
+                        stop_index=ingests.c.stop_index - (b - a),
+                    )
+                )
+                conn.execute(
+                    ingests.update()
+                    .where(ingests.c.id == row.id)
+                    .values(status=REMOVED, finished_at=_now())
+                )
+
+    def set_source_content(self, source_id: int, content: bytes) -> None:
+        """Record the content of a source known only once it was written (a generation)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                sources.update()
+                .where(sources.c.id == source_id)
+                .values(content_hash=hashlib.sha256(content).hexdigest())
+            )
+
+    def ingests_of(self, tree_id: str, status: str | None = None) -> list[Ingest]:
+        """The journal of a tree (optionally one status), in the order it was written."""
+        query = (
+            sa.select(ingests, *_SOURCE_COLUMNS)
+            .join(sources, ingests.c.source_id == sources.c.id)
+            .where(ingests.c.tree_id == tree_id)
+            .order_by(ingests.c.id)
+        )
+        if status is not None:
+            query = query.where(ingests.c.status == status)
+        with self.engine.connect() as conn:
+            return [_ingest(row) for row in conn.execute(query).mappings()]
+
+    def straddling(self, tree_id: str, count: int) -> int | None:
+        """The first token of the earliest journaled append that the first ``count`` tokens
+        hold only part of (a reader's snapshot caught it running), or ``None``."""
+        query = sa.select(sa.func.min(ingests.c.start_index)).where(
+            ingests.c.tree_id == tree_id,
+            ingests.c.status != REMOVED,
+            ingests.c.start_index < count,
+            sa.or_(ingests.c.stop_index.is_(None), ingests.c.stop_index > count),
+        )
+        with self.engine.connect() as conn:
+            found = conn.execute(query).scalar()
+        return None if found is None else int(found)
+
+    def ingested_content(self, tree_id: str, content_hash: str) -> Ingest | None:
+        """The complete ingest of content with this sha256 in the tree, if there is one."""
+        query = (
+            sa.select(ingests, *_SOURCE_COLUMNS)
+            .join(sources, ingests.c.source_id == sources.c.id)
+            .where(
+                ingests.c.tree_id == tree_id,
+                ingests.c.status == COMPLETE,
+                sources.c.content_hash == content_hash,
+            )
+            .order_by(ingests.c.id)
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return _ingest(row) if row is not None else None
+
     # -- queries ---------------------------------------------------------------------------------
 
     def provenance(self, tree_id: str, start: int, stop: int) -> list[Provenance]:
@@ -274,6 +536,15 @@ class MetadataDB:
         return check_block_size(int(row[0]))
 
 
+def _readonly_url(url: str) -> str:
+    """The URL of a read-only connection: SQLite opened with ``mode=ro`` (no file is created);
+    other databases as given (the reader simply never writes)."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or "mode=ro" in url:
+        return url
+    return f"{prefix}file:{url[len(prefix) :]}?mode=ro&uri=true"
+
+
 def _primary_key(result: sa.CursorResult[Any]) -> int:
     key = result.inserted_primary_key
     assert key is not None
@@ -293,6 +564,32 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 def _source(row: Any) -> Source:
     return Source(int(row["id"]), row["uri"], row["kind"], row["content_hash"], dict(row["meta"]))
+
+
+def _jsonable(row: SpanTuple) -> tuple[int, int, list[int] | None, list[int] | None]:
+    a, b, byte, line = row
+    return int(a), int(b), list(byte) if byte else None, list(line) if line else None
+
+
+def _span_tuple(row: list[Any]) -> SpanTuple:
+    a, b, byte, line = row
+    return int(a), int(b), tuple(byte) if byte else None, tuple(line) if line else None  # type: ignore[return-value]
+
+
+def _ingest(row: Any) -> Ingest:
+    planned = row["planned"]
+    return Ingest(
+        id=int(row["id"]),
+        source=Source(
+            int(row["source_id"]), row["uri"], row["kind"], row["content_hash"], dict(row["meta"])
+        ),
+        start=int(row["start_index"]),
+        stop=None if row["stop_index"] is None else int(row["stop_index"]),
+        status=row["status"],
+        planned=[_span_tuple(r) for r in planned] if planned else None,
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
 
 
 def _provenance(row: Any) -> Provenance:

@@ -11,7 +11,9 @@
 A sealed segment's sha256 is checked on its first read in a process. A bad or missing local
 copy is replaced from a good replica (read-repair, also of bad replicas) when the store is
 writable, and served from memory otherwise. The open segment is read through a map the writer
-drops whenever it changes that segment (:class:`~megacontext.store.state.LevelState`).
+drops whenever it changes that segment (:class:`~megacontext.store.state.LevelState`); records
+of a v2 open segment are checked against its checksum file before they are first returned
+(:meth:`megacontext.store.checksums.SumFile.verify`), each block once per process.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from megacontext.store.checksums import ChecksumMismatchError
 from megacontext.store.errors import InvalidInputError, StorageCorruptionError
 from megacontext.store.manifest import SegmentEntry
 from megacontext.store.segment import HEADER_BYTES, fsync_dir, os_error, segment_name
@@ -77,7 +80,10 @@ class Reader:
                 buffer = self._buffers.get((level, seq))
             elif seq == sealed and lv.open_view is not None:
                 buffer, mapped = lv.open_view
-                buffer = buffer if stop - seq * cap <= mapped else None
+                sums = lv.sums
+                checked = mapped if sums is None else min(mapped, sums.verified)
+                trusted = sums is not None or not lv.damage
+                buffer = buffer if stop - seq * cap <= checked and trusted else None
             if buffer is not None and stop <= (seq + 1) * cap:
                 width = lv.entry.width
                 offset = HEADER_BYTES + (start - seq * cap) * lv.record_bytes
@@ -123,7 +129,19 @@ class Reader:
         if seq < len(lv.sealed):
             buffer = self.sealed_buffer(lv, seq)
             return self._shape(lv, np.frombuffer(buffer, lv.dtype, items, offset))
+        if lv.damage and lv.sums is None:  # a bad header or no checksum file: not trusted
+            raise StorageCorruptionError(f"cannot read level {lv.entry.level}: {lv.damage}")
         assert lv.fd is not None
+        if lv.sums is not None:
+            try:
+                lv.sums.verify(lv.fd, lo, hi)
+            except ChecksumMismatchError as exc:
+                self.stats.corrupt_copies_found += 1
+                raise ChecksumMismatchError(
+                    f"{lv.open_path}: {exc}; {self.state.fix()}", exc.lo, exc.hi
+                ) from None
+            except OSError as exc:
+                raise os_error(exc, lv.open_path, "checking") from exc
         if lv.open_view is None or lv.open_view[1] < hi:
             size = HEADER_BYTES + lv.open_count * lv.record_bytes
             if os.fstat(lv.fd).st_size < size:

@@ -2,7 +2,9 @@
 
 Record ``i`` of a segment whose first record index is ``f`` lives at byte
 ``64 + (i - f) * record_bytes``. The header is checked by CRC32; a sealed segment as a whole is
-checked by the sha256 recorded in the manifest.
+checked by the sha256 recorded in the manifest; the records of an open segment of format v2 are
+checked by its checksum file (:mod:`megacontext.store.checksums`). The layout of the segment
+file itself is the same in v1 and v2: a v2 header only says that a checksum file goes with it.
 
 This module also holds the small, careful I/O helpers the store is built from: write everything
 or fail cleanly, fsync a directory, replace a file atomically. Every ``OSError`` is translated into
@@ -31,7 +33,8 @@ from megacontext.store.errors import (
 )
 
 MAGIC = b"MCSG"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what this version writes (manifest and new segments)
+READABLE_VERSIONS = (1, 2)  # what it reads; v1 stores are migrated by their next writer
 HEADER_BYTES = 64
 _HEADER = struct.Struct("<4sHHHHIIIQ16s12s")  # bytes 0-59; CRC32 of them follows at 60
 assert _HEADER.size == 60
@@ -109,10 +112,10 @@ class SegmentHeader:
         magic, version, level, code, _r, width, K, capacity, first, fp, _pad = _HEADER.unpack(body)
         if magic != MAGIC:
             raise StorageCorruptionError(f"{path}: not a segment file (magic {magic!r}); {fix}")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise StorageCorruptionError(
                 f"{path}: segment format version {version} is not supported by this version of "
-                f"MegaContext (it reads version {FORMAT_VERSION}); upgrade megacontext"
+                f"MegaContext (it reads versions {READABLE_VERSIONS}); upgrade megacontext"
             )
         if code not in DTYPE_NAMES:
             raise StorageCorruptionError(f"{path}: unknown dtype code {code} in header; {fix}")
@@ -122,6 +125,19 @@ class SegmentHeader:
 def segment_name(level: int, seq: int) -> str:
     """Relative path of segment number ``seq`` of ``level``: ``L{level}/{seq:08d}.seg``."""
     return f"L{level}/{seq:08d}.seg"
+
+
+def sums_name(level: int, seq: int) -> str:
+    """Relative path of the checksum file of segment ``seq``: ``L{level}/{seq:08d}.sum``."""
+    return f"L{level}/{seq:08d}.sum"
+
+
+def segment_seq(path: Path) -> int | None:
+    """The segment number of a ``{seq:08d}.seg`` / ``.sum`` file name, else ``None``."""
+    stem, dot, suffix = path.name.partition(".")
+    if dot and suffix in ("seg", "sum") and len(stem) == 8 and stem.isdigit():
+        return int(stem)
+    return None
 
 
 # -- careful I/O --------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ writer, except ``open_view``: the reader maps the open segment lazily, and the w
 map whenever the open segment is cut, replaced or sealed.
 
 The header rules live here too, because the writer (new segments, recovery) and admin (verify,
-re-gisting) both check segment files against the manifest.
+re-gisting) both check segment files against the manifest; so do the paths and layouts of
+segment and checksum files.
 """
 
 from __future__ import annotations
@@ -26,10 +27,18 @@ from typing import Any
 
 import numpy as np
 
+from megacontext.store.checksums import SumFile, SumsLayout, block_records
 from megacontext.store.errors import StorageCorruptionError, StoreError, StorePermissionError
 from megacontext.store.manifest import LevelEntry, Manifest, SegmentEntry
 from megacontext.store.replicas import ReplicaSet
-from megacontext.store.segment import HEADER_BYTES, SegmentHeader, numpy_dtype
+from megacontext.store.segment import (
+    FORMAT_VERSION,
+    HEADER_BYTES,
+    SegmentHeader,
+    numpy_dtype,
+    segment_name,
+    sums_name,
+)
 
 
 @dataclass
@@ -42,6 +51,17 @@ class LevelState:
     fd: int | None = None  # open segment, when it exists
     open_count: int = 0
     dirty: bool = False
+    # The open segment's checksum file (format v2; ``None`` for a v1 open segment, whose
+    # records are unchecked until sealed) and its header's format version.
+    sums: SumFile | None = None
+    version: int = FORMAT_VERSION
+    # Why the open segment cannot be appended to or read (a bad header, a lost checksum file,
+    # records the durable marker says were flushed that fail their checksum); "" when healthy.
+    # ``megacontext store repair`` clears it.
+    damage: str = ""
+    # A reader's snapshot may cap the count below what the files hold, so that no gist is seen
+    # without its children (levels are snapshotted one after the other while a writer runs).
+    visible: int | None = None
     # A read-only map of the open segment's first records: (map, records). Replaced (never
     # closed) when reads need more, so arrays that view an older map stay valid.
     open_view: tuple[mmap.mmap, int] | None = None
@@ -67,8 +87,13 @@ class LevelState:
         return self.entry.capacity
 
     @property
-    def count(self) -> int:
+    def stored(self) -> int:
+        """Records in the files (a reader's :attr:`count` may show fewer)."""
         return len(self.entry.segments) * self.entry.capacity + self.open_count
+
+    @property
+    def count(self) -> int:
+        return self.stored if self.visible is None else min(self.stored, self.visible)
 
     @property
     def segment_size(self) -> int:
@@ -96,6 +121,8 @@ class StoreState:
         # Sealed segments whose sha256 is known good in this process: the writer adds the ones
         # it hashed while sealing, the reader the ones it checked on first read.
         self.verified: set[tuple[int, int]] = set()
+        # What opening did to finish a crash or drop damaged derived records (for callers).
+        self.recovered: list[str] = []
 
     @property
     def K(self) -> int:
@@ -112,6 +139,37 @@ class StoreState:
     def count(self, level: int) -> int:
         return self.levels[level].count if 0 <= level < len(self.levels) else 0
 
+    def derivable(self, level: int) -> bool:
+        """Whether ``level``'s records can be recomputed: gists (from the level below) in a
+        tree; everything in a key store (from the tree). Tokens cannot."""
+        return self.manifest.role == "keys" or level >= 1
+
+    def fix(self) -> str:
+        """What to tell a user who met damage."""
+        return (
+            f"run `megacontext store verify {self.root}` then "
+            f"`megacontext store repair {self.root}`"
+        )
+
+    def segment_path(self, level: LevelState, seq: int) -> Path:
+        return self.root / segment_name(level.entry.level, seq)
+
+    def sums_path(self, level: LevelState, seq: int) -> Path:
+        return self.root / sums_name(level.entry.level, seq)
+
+    def sums_layout(self, level: LevelState, seq: int) -> SumsLayout:
+        """The checksum file segment ``seq`` of ``level`` must have (format v2)."""
+        return SumsLayout(
+            level=level.entry.level,
+            record_bytes=level.record_bytes,
+            # a v1 manifest has none yet: the block size its migration gives it
+            block_records=level.entry.block_records
+            or block_records(self.manifest.block_bytes, level.record_bytes, level.capacity),
+            capacity=level.capacity,
+            first_index=seq * level.capacity,
+            tree_fingerprint=self.manifest.tree_fingerprint,
+        )
+
     def check_open(self, write: bool) -> None:
         if self.closed:
             raise StoreError(f"the store at {self.root} is closed; open it again")
@@ -123,7 +181,7 @@ class StoreState:
 
     # -- segment headers -------------------------------------------------------------------------
 
-    def header(self, level: LevelState, seq: int) -> SegmentHeader:
+    def header(self, level: LevelState, seq: int, version: int = FORMAT_VERSION) -> SegmentHeader:
         """The header segment ``seq`` of ``level`` must carry, according to the manifest."""
         return SegmentHeader(
             level=level.entry.level,
@@ -133,17 +191,20 @@ class StoreState:
             capacity=level.capacity,
             first_index=seq * level.capacity,
             tree_fingerprint=self.manifest.tree_fingerprint,
+            version=version,
         )
 
-    def check_header(self, data: bytes, level: LevelState, seq: int, path: Path) -> None:
-        root = self.root
-        fix = f"run `megacontext store verify {root}` then `megacontext store repair {root}`"
+    def check_header(self, data: bytes, level: LevelState, seq: int, path: Path) -> SegmentHeader:
+        """Decode a segment header and check it against the manifest. Its format version may be
+        1 or 2: segments sealed under v1 keep their v1 header (sealed bytes never change)."""
+        fix = self.fix()
         header = SegmentHeader.unpack(data, path, fix)
-        expected = self.header(level, seq)
+        expected = self.header(level, seq, header.version)
         if header != expected:
             raise StorageCorruptionError(
                 f"{path}: header {header} does not match the manifest (expected {expected}); {fix}"
             )
+        return header
 
     def header_ok(self, path: Path, level: LevelState, seq: int) -> bool:
         try:
