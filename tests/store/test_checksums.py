@@ -1,21 +1,21 @@
-"""Storage format v2: every record of an open segment is checked by a CRC32 of its block."""
+"""Storage format v2: every record of an open segment is checked by a CRC32C of its block."""
 
 from __future__ import annotations
 
 import json
 import os
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from crc32c import crc32c
 from typer.testing import CliRunner
 
 from megacontext.cli.store import app
 from megacontext.core.tree import MegaContextTree, MemoryBackend
 from megacontext.errors import StorageCorruptionError
-from megacontext.store import LocalStore
+from megacontext.store import LocalStore, checksums
 from megacontext.store.checksums import SLOT, SLOTS, SumFile, read_marker
 from megacontext.store.segment import HEADER_BYTES, SegmentHeader
 
@@ -48,7 +48,7 @@ def test_a_flipped_bit_in_the_open_token_segment_is_caught(tmp_path: Path) -> No
         assert np.array_equal(store.read(0, 16384, 20000), stream(16384, 20000))  # next block
         with pytest.raises(
             StorageCorruptionError,
-            match=r"00000000\.seg: records \[0, 1235\) of level 0 fail their CRC32 checksum "
+            match=r"00000000\.seg: records \[0, 1235\) of level 0 fail their CRC32C checksum "
             r".*00000000\.sum.*megacontext store repair",
         ):
             store.read(0, 1230, 1235)
@@ -72,8 +72,8 @@ def test_layout_of_the_checksum_file(tmp_path: Path) -> None:
         for s in (0, 1):
             position = SLOTS + 2 * SLOT * b + SLOT * s
             end, crc, _tag, check = struct.unpack_from("<IIII", sums, position)
-            assert (end, crc) == (hi - lo, zlib.crc32(stream(lo, hi).tobytes()))
-            assert check == zlib.crc32(sums[position : position + 12], position)
+            assert (end, crc) == (hi - lo, crc32c(stream(lo, hi).tobytes()))
+            assert check == crc32c(sums[position : position + 12], position)
     assert sums[SLOTS + 2 * SLOT * 3 :] == bytes(2 * SLOT * 4)  # blocks not written yet
     fd = os.open(path / "L0" / "00000000.sum", os.O_RDONLY)
     assert read_marker(fd)[0] == 25  # the durable marker: records flushed
@@ -91,11 +91,13 @@ def test_single_token_appends_cost_one_slot_write_each(
     size = sums.stat().st_size
     writes: list[int] = []
     crc_bytes: list[int] = []
-    real_pwrite, real_crc = os.pwrite, zlib.crc32
+    real_pwrite, real_crc = os.pwrite, checksums.crc32c
     monkeypatch.setattr(
         os, "pwrite", lambda fd, d, o: writes.append(len(d)) or real_pwrite(fd, d, o)
     )
-    monkeypatch.setattr(zlib, "crc32", lambda d, *a: crc_bytes.append(len(d)) or real_crc(d, *a))
+    monkeypatch.setattr(
+        checksums, "crc32c", lambda d, *a: crc_bytes.append(len(d)) or real_crc(d, *a)
+    )
     for i in range(1, 101):
         store.append(0, stream(i, i + 1))
     monkeypatch.undo()

@@ -263,7 +263,7 @@ class OpenCheck:
                     Problem(
                         "error",
                         path,
-                        f"{self.what} {rng} of level {self.level} fail their CRC32 checksums",
+                        f"{self.what} {rng} of level {self.level} fail their CRC32C checksums",
                         "open-checksum",
                     )
                 )

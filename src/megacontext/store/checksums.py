@@ -1,24 +1,25 @@
-"""The checksum file of an open segment (storage format v2): a CRC32 per block of records.
+"""The checksum file of an open segment (storage format v2): a CRC32C per block of records.
 
 A sealed segment is checked by the sha256 the manifest records for it; the records of the
 *open* segment of a level are checked by a checksum file beside it, ``L{level}/{seq:08d}.sum``,
-modelled on LevelDB's log (a CRC per block). The segment file keeps its v1 layout, so records
-stay memory-mappable at deterministic offsets; only the checksums live apart.
+modelled on LevelDB's log (a CRC32C per block, computed by the CPU's ``crc32`` instruction).
+The segment file keeps its v1 layout, so records stay memory-mappable at deterministic offsets;
+only the checksums live apart.
 
 The records of a segment are cut into blocks of ``block_records`` records (about 64 KiB; at
 least one record). Each block has **two slots**; a slot says "the first ``end`` records of this
-block have CRC32 ``crc``" (the CRC of their bytes, computed incrementally as records arrive, so
+block have CRC32C ``crc``" (the CRC of their bytes, computed incrementally as records arrive, so
 an append costs the CRC of its own bytes and one small write, never a re-hash). Layout
 (little-endian)::
 
     offset        size  field
     0             64    header: magic "MCCK", version u16 (2), level u16, record bytes u32,
                         block records u32, capacity u32, reserved u32, first record index u64,
-                        tree fingerprint 16 bytes, reserved 12 bytes, CRC32 of bytes 0-59 u32
+                        tree fingerprint 16 bytes, reserved 12 bytes, CRC32C of bytes 0-59 u32
     64            2×16  durable markers: count u32, epoch u32, tag u32, check u32
     96 + 32·b     2×16  the two slots of block b: end u32, crc u32, tag u32, check u32
 
-``check`` is the CRC32 of the slot's first 12 bytes seeded with its position, so a torn, zeroed
+``check`` is the CRC32C of the slot's first 12 bytes seeded with its position, so a torn, zeroed
 or misplaced slot is never taken for a valid one. The file has a fixed size (allocated when the
 segment starts), so writing a slot never needs disk space.
 
@@ -49,9 +50,10 @@ import contextlib
 import os
 import struct
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from crc32c import crc32c
 
 from megacontext.store.errors import StorageCorruptionError
 from megacontext.store.segment import HEADER_BYTES, os_error
@@ -101,7 +103,7 @@ class SumsLayout:
             self.tree_fingerprint,
             bytes(12),
         )
-        return body + struct.pack("<I", zlib.crc32(body))
+        return body + struct.pack("<I", crc32c(body))
 
     def check(self, data: bytes, path: Path, fix: str) -> None:
         """Raise :class:`StorageCorruptionError` unless ``data`` is this layout's header."""
@@ -111,7 +113,7 @@ class SumsLayout:
             )
         if data[:HEADER_BYTES] != self.pack():
             body, (crc,) = data[:60], struct.unpack("<I", data[60:64])
-            what = "fails its CRC32 check" if zlib.crc32(body) != crc else "does not match"
+            what = "fails its CRC32C check" if crc32c(body) != crc else "does not match"
             raise StorageCorruptionError(
                 f"{path}: checksum file header {what} the manifest's segment layout; {fix}"
             )
@@ -125,7 +127,7 @@ def block_records(block_bytes: int, record_bytes: int, capacity: int) -> int:
 
 def _slot_bytes(position: int, end: int, crc: int, tag: int = _TAG_SLOT) -> bytes:
     body = _SLOT.pack(end, crc, tag)
-    return body + struct.pack("<I", zlib.crc32(body, position))
+    return body + struct.pack("<I", crc32c(body, position))
 
 
 def _parse_slot(data: bytes, position: int, tag: int = _TAG_SLOT) -> tuple[int, int] | None:
@@ -134,7 +136,7 @@ def _parse_slot(data: bytes, position: int, tag: int = _TAG_SLOT) -> tuple[int, 
         return None
     end, crc, got_tag = _SLOT.unpack_from(data)
     (check,) = struct.unpack_from("<I", data, 12)
-    if got_tag != tag or check != zlib.crc32(data[:12], position):
+    if got_tag != tag or check != crc32c(data[:12], position):
         return None
     return end, crc
 
@@ -318,7 +320,7 @@ class SumFile:
             for end, want in candidates:
                 offset = HEADER_BYTES + (b * B + done) * rb
                 data = os.pread(data_fd, (end - done) * rb, offset)
-                if len(data) == (end - done) * rb and zlib.crc32(data, crc) == want:
+                if len(data) == (end - done) * rb and crc32c(data, crc) == want:
                     self._checked[b] = (end, want)
                     return
             if candidates or known is not None:
@@ -326,7 +328,7 @@ class SumFile:
             time.sleep(0.001 * (attempt + 1))  # a slot being rewritten: read it again
         first = self.layout.first_index + b * B
         reason = (
-            "fail their CRC32 checksum"
+            "fail their CRC32C checksum"
             if candidates
             else "have no valid checksum (their checksum slot is missing or damaged)"
         )
@@ -374,7 +376,7 @@ class SumFile:
             for end, expected in pair:
                 if end > have:
                     break
-                crc = zlib.crc32(data[pos * rb : end * rb], crc)
+                crc = crc32c(data[pos * rb : end * rb], crc)
                 pos = end
                 if crc == expected:
                     good = end
@@ -401,7 +403,7 @@ class SumFile:
             self._tail = (b, 0, 0)
             return
         data = os.pread(data_fd, end * rb, HEADER_BYTES + b * B * rb)
-        crc = zlib.crc32(data)
+        crc = crc32c(data)
         self._tail = (b, end, crc)
         raw = os.pread(self.fd, 2 * SLOT, SLOTS + 2 * SLOT * b)
         for s in (0, 1):
@@ -412,7 +414,7 @@ class SumFile:
         if self._protected is None:
             first = self.layout.first_index + b * B
             raise ChecksumMismatchError(
-                f"records [{first}, {first + end}) of level {self.layout.level} fail their CRC32 "
+                f"records [{first}, {first + end}) of level {self.layout.level} fail their CRC32C "
                 f"checksum ({self.path})",
                 b * B,
                 b * B + end,
@@ -429,7 +431,7 @@ class SumFile:
         o = start - tail_b * B
         if o > 0 and o + n < B:  # the common case (decoding): inside the tail block
             assert o == tail_end, "appends must continue the tail block"
-            crc = zlib.crc32(data, tail_crc)
+            crc = crc32c(data, tail_crc)
             slot = 0 if self._protected is None else 1 - self._protected
             position = SLOTS + 2 * SLOT * tail_b + SLOT * slot
             self._pwrite(_slot_bytes(position, o + n, crc), position)
@@ -443,7 +445,7 @@ class SumFile:
         if o > 0:  # finish the tail block first
             assert o == tail_end, "appends must continue the tail block"
             take = min(B - o, n)
-            crc = zlib.crc32(data[: take * rb], tail_crc)
+            crc = crc32c(data[: take * rb], tail_crc)
             slots = (0,) if protected is None else (1 - protected,)
             updates.append((tail_b, slots, o + take, crc))
             tail_end, tail_crc = o + take, crc
@@ -452,7 +454,7 @@ class SumFile:
         while pos < stop:  # new blocks: nothing in them to protect, both slots get the value
             b = pos // B
             take = min(B, stop - pos)
-            crc = zlib.crc32(data[off : off + take * rb])
+            crc = crc32c(data[off : off + take * rb])
             updates.append((b, (0, 1), take, crc))
             tail_b, tail_end, tail_crc = b, take, crc
             pos += take
@@ -521,7 +523,7 @@ class SumFile:
             os.fsync(self.fd)
         crc = 0
         if end:
-            crc = zlib.crc32(os.pread(data_fd, end * rb, HEADER_BYTES + b * B * rb))
+            crc = crc32c(os.pread(data_fd, end * rb, HEADER_BYTES + b * B * rb))
             self._write_slots([(b, (0, 1), end, crc)])
             os.fsync(self.fd)
         first_zero = b + 1 if end else b
@@ -551,7 +553,7 @@ class SumFile:
         for b in range(-(-count // B)):
             end = min(B, count - b * B)
             data = os.pread(data_fd, end * rb, HEADER_BYTES + b * B * rb)
-            updates.append((b, (0, 1), end, zlib.crc32(data)))
+            updates.append((b, (0, 1), end, crc32c(data)))
         self._write_slots(updates)
         span = SLOTS + 2 * SLOT * len(updates)
         if span < self.layout.file_bytes:
@@ -579,7 +581,7 @@ class SumFile:
         while len(view):
             into = fed % block_bytes
             take = min(len(view), block_bytes - into)
-            crc = zlib.crc32(view[:take], crc)
+            crc = crc32c(view[:take], crc)
             view = view[take:]
             fed += take
             if fed % block_bytes == 0:

@@ -16,7 +16,7 @@ writing, the open segment of each level is cut back to its checksummed records, 
 past the last committed one are sealed, and a gist level is cut back to the nodes whose children
 survived. Sealed segments never change; their first read in a process checks their sha256 (a bad
 local copy is replaced from a good replica and counted); records of an open segment are checked
-against their CRC32 on their first read. A v1 store is migrated by its next writer
+against their CRC32C on their first read. A v1 store is migrated by its next writer
 (:mod:`megacontext.store.migrate`).
 
 Readers (``readonly=True``) take no lock and see a snapshot: the records each level held (and
@@ -160,7 +160,7 @@ class LocalStore:
             role: ``"tree"`` (tokens at level 0, gists above), or ``"keys"`` for the key store
                 of a tree (``MegaContextTree(..., key_backend=...)``, D7): retrieval keys per
                 gist level, level 0 unused, so levels are not checked against the level below.
-            block_bytes: bytes of records per CRC32 of an open segment (at least one record).
+            block_bytes: bytes of records per CRC32C of an open segment (at least one record).
                 Smaller blocks cost more checksum slots; a damaged block loses at most this much.
         """
         root = Path(path)
@@ -520,7 +520,7 @@ class LocalStore:
 
     def verify(self) -> list[Problem]:
         """Check everything: manifest copies, every segment's header, size and sha256, every
-        open-segment record against its CRC32, replicas, and the levels against each other.
+        open-segment record against its CRC32C, replicas, and the levels against each other.
 
         Returns the problems found (empty when the store is healthy); :meth:`repair` fixes each
         kind. Reads every byte.
