@@ -166,9 +166,10 @@ def test_suite_reports_every_result_finite_and_named(
         "refocus_apply_ms",
         "refocus_kv_recompute_ms",
         "rss_ratio_4k_vs_2k",
+        "ask_process_s",
         "ask_load_s",
         "ask_focus_ms",
-        "ask_decode_ms_per_token",
+        "ask_answer_ms",
     }
     assert set(by_name) == expected
     for result in results:
