@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import random
+import re
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from megacontext.data import Filler
 from megacontext.errors import BudgetError, InvalidInputError
@@ -46,6 +49,32 @@ def test_tasks_hide_the_answer_in_the_history(world, task: str) -> None:  # type
     assert sample.answer_text in history_text  # the answer is somewhere in the history
     again = make_sample(task, random.Random(1), encode, filler, 300)
     assert np.array_equal(again.history, sample.history)  # seeded
+
+
+STOPWORDS = {"the", "that", "is", "which", "a", "of"}
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z]+", text.lower()) if w not in STOPWORDS}
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10**6))
+def test_paraphrase_questions_share_no_content_word_with_any_needle(world, seed: int) -> None:  # type: ignore[no-untyped-def]
+    """NoLiMa's point: word overlap must not lead to the evidence. Neither the asked needle nor
+    a distractor shares a content word with the question or its cue; the evidence is the asked
+    needle, and the four codes differ in the history."""
+    base, _, _, filler = world
+    encode = lambda t: base.encode(t, add_bos=False)  # noqa: E731
+    sample = make_sample("paraphrase", random.Random(seed), encode, filler, 200)
+    asked = _content_words(f"{sample.question} {sample.cue}")
+    history = base.decode(sample.history.tolist())
+    needles = re.findall(r"The combination that unlocks the ([a-z ]+) is (\d+)\.", history)
+    assert len(needles) == 4 and len({code for _, code in needles}) >= 3
+    for lock, code in needles:
+        assert not _content_words(f"The combination that unlocks the {lock} is {code}.") & asked
+    ((start, end),) = sample.evidence
+    assert sample.answer_text in base.decode(sample.history[start:end].tolist())
 
 
 def test_token_systems_respect_the_budget_and_keep_what_they_promise(world) -> None:  # type: ignore[no-untyped-def]

@@ -35,6 +35,7 @@ import torch
 
 from megacontext.bench import BenchOptions, Progress, Result
 from megacontext.errors import InvalidInputError
+from megacontext.eval.tasks import TASKS
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class Grid:
 
 QUICK = Grid(("passkey", "needle", "longdoc"), (4096,), (512,), 5)
 FULL = Grid(
-    ("passkey", "needle", "vartrack", "lines", "facts", "longdoc"),
+    TASKS,
     (4096, 16384, 65536, 100_000),
     (256, 512, 1024),
     20,
@@ -81,8 +82,6 @@ def _env_ints(field: str) -> tuple[int, ...] | None:
 def select_grid(grid: Grid) -> tuple[Grid, list[str] | None]:
     """``grid`` narrowed by the ``MEGACONTEXT_LONGCTX_*`` variables, and the systems to run
     (``None``: all). Unknown task names are refused here; unknown systems once they are known."""
-    from megacontext.eval.tasks import TASKS
-
     tasks = _env_list("TASKS")
     if tasks is not None:
         unknown = sorted(set(tasks) - set(TASKS))

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from megacontext.errors import InvalidInputError
+from megacontext.eval.tasks import TASKS
 
 SUITE = "longctx"
 # The structured fields of a result that place it in the grid (its name is only a label).
@@ -242,7 +243,7 @@ class Ranking:
 
 
 def _tasks(cells: Iterable[Cell]) -> list[str]:
-    order = ["passkey", "needle", "vartrack", "lines", "facts", "longdoc"]
+    order = list(TASKS)
     names = {c.task for c in cells}
 
     def key(task: str) -> tuple[int, str, bool]:

@@ -17,6 +17,8 @@ needle     RULER-style multi-key: several "magic number for WORD is N" lines; on
 vartrack   chains VAR A = N, VAR B = VAR A, …; asked for the value at the end of a chain
 lines      LongEval-style numbered lines "line 17: REGISTER_CONTENT is <N>"; one asked
 facts      bAbI-style movements of people spread through filler; asked where one is
+paraphrase NoLiMa-style: "the combination that unlocks the cobalt gate is N" among three
+           others; asked "which number opens the blue door?" — no content word shared
 longdoc    a long real document; NLL of its next tokens (no question)
 ========== ==========================================================================
 """
@@ -34,9 +36,25 @@ import numpy as np
 from megacontext.data import Filler, random_digits
 from megacontext.errors import InvalidInputError
 
-TASKS = ("passkey", "needle", "vartrack", "lines", "facts", "longdoc")
+TASKS = ("passkey", "needle", "vartrack", "lines", "facts", "paraphrase", "longdoc")
 PEOPLE = ("Mary", "John", "Sandra", "Daniel", "Fred", "Bill", "Julie", "Emma")
 PLACES = ("kitchen", "garden", "hallway", "bathroom", "office", "bedroom", "cellar", "library")
+# The paraphrase task's locks: how a needle names one (left) and how the question names it
+# (right). The two names share no word; the question can only be answered by knowing that a
+# cobalt gate is a blue door, so word overlap (BM25, lexical LensNet features) cannot find it.
+LOCKS = (
+    ("cobalt gate", "blue door"),
+    ("crimson vault", "red safe"),
+    ("emerald hatch", "green trapdoor"),
+    ("ivory cupboard", "white closet"),
+    ("golden chest", "yellow box"),
+    ("onyx cabinet", "black cupboard"),
+    ("scarlet shed", "red hut"),
+    ("azure locker", "blue cabinet"),
+)
+PARAPHRASE_NEEDLE = "\nThe combination that unlocks the {lock} is {code}.\n"
+PARAPHRASE_QUESTION = "Which number opens the {lock}?"
+PARAPHRASE_CUE = "The number that opens the {lock} is"
 
 
 Span = tuple[int, int]
@@ -95,7 +113,7 @@ def _scatter(
     return out + filler.take(rng, sizes[-1]), spans
 
 
-def make_sample(
+def make_sample(  # noqa: PLR0911  (one return per task, each a few lines)
     task: str, rng: random.Random, encode: Encode, filler: Filler, length: int
 ) -> EvalSample:
     """One sample of ``task`` with a history of about ``length`` tokens."""
@@ -183,6 +201,8 @@ def make_sample(
             where[asked],
             [spans[last_move[asked]]],  # the asked person's last move decides the answer
         )
+    if task == "paraphrase":
+        return _paraphrase(rng, encode, filler, length)
     if task == "longdoc":
         ids = filler.take(rng, length + 64)
         return EvalSample(
@@ -193,6 +213,33 @@ def make_sample(
             "",
         )
     raise InvalidInputError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+
+
+def _paraphrase(rng: random.Random, encode: Encode, filler: Filler, length: int) -> EvalSample:
+    """Four locks, each with its code; the question names one with other words. The other
+    three are chosen so that no two of the four share a colour or an object with the asked one
+    in either naming (a lone shared word would let overlap pick the right needle out)."""
+    asked = rng.choice(LOCKS)
+    taken = set(asked[0].split()) | set(asked[1].split())
+    others: list[tuple[str, str]] = []
+    for lock in rng.sample(LOCKS, len(LOCKS)):
+        words = set(lock[0].split()) | set(lock[1].split())
+        if lock != asked and len(others) < 3 and not words & taken:
+            others.append(lock)
+    locks = [asked, *others]
+    rng.shuffle(locks)
+    codes = {lock: random_digits(rng, 5) for lock in locks}
+    needles = [encode(PARAPHRASE_NEEDLE.format(lock=lock[0], code=codes[lock])) for lock in locks]
+    history, spans = _scatter(rng, filler, needles, length)
+    return _qa(
+        "paraphrase",
+        encode,
+        history,
+        PARAPHRASE_QUESTION.format(lock=asked[1]),
+        PARAPHRASE_CUE.format(lock=asked[1]),
+        codes[asked],
+        [spans[locks.index(asked)]],
+    )
 
 
 def _qa(
