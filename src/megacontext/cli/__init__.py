@@ -15,6 +15,7 @@ from megacontext.cli import bench as _bench_cli
 from megacontext.cli import demo as _demo_cli
 from megacontext.cli import demo_tree as _demo_tree_cli
 from megacontext.cli import leaderboard as _leaderboard_cli
+from megacontext.cli import lmeval as _lmeval_cli
 from megacontext.cli import models as _models_cli
 from megacontext.cli import session as _session_cli
 from megacontext.cli import sources as _sources_cli
@@ -49,6 +50,11 @@ app.command("demo")(_demo_cli.demo)
 app.command("demo-tree")(_demo_tree_cli.demo_tree)
 app.command("port-model")(_models_cli.port_model)
 app.command("leaderboard")(_leaderboard_cli.leaderboard)
+app.command(
+    "lm-eval",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,  # --help goes to lm-eval, which knows its own options
+)(_lmeval_cli.lm_eval)
 app.add_typer(_models_cli.app, name="models")
 app.add_typer(_store_cli.app, name="store")
 app.add_typer(_train_cli.app, name="train")
