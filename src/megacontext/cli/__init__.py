@@ -17,6 +17,7 @@ from megacontext.cli import demo_tree as _demo_tree_cli
 from megacontext.cli import leaderboard as _leaderboard_cli
 from megacontext.cli import lmeval as _lmeval_cli
 from megacontext.cli import models as _models_cli
+from megacontext.cli import serve as _serve_cli
 from megacontext.cli import session as _session_cli
 from megacontext.cli import sources as _sources_cli
 from megacontext.cli import store as _store_cli
@@ -64,6 +65,8 @@ app.command()(_session_cli.chat)
 app.add_typer(_sources_cli.app, name="sources")
 app.command()(_session_cli.generate)
 app.add_typer(_trace_cli.app, name="trace")
+app.command()(_serve_cli.serve)
+app.add_typer(_serve_cli.keys_app, name="keys")
 
 
 def main() -> None:

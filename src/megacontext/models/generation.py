@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -61,7 +61,7 @@ def cut_at_stop(text: str, stop_text: Sequence[str]) -> tuple[str, bool]:
 
 
 @torch.no_grad()
-def decode(
+def decode(  # noqa: PLR0913  (the sampling settings, all keyword-only)
     base: BaseAdapter,
     inputs: torch.Tensor,
     max_new_tokens: int,
@@ -71,12 +71,57 @@ def decode(
     temperature: float = 0.0,
     top_k: int = 0,
     generator: torch.Generator | None = None,
+    on_text: Callable[[str], None] | None = None,
 ) -> Decoded:
     """Decode after ``inputs`` ``(T, d)`` (entry vectors at compact positions 0..T-1).
 
     Stops at a token in ``stop_ids`` (EOS, end of turn; not part of the answer), at the first
-    stop string in the decoded text (cut there), or after ``max_new_tokens``.
+    stop string in the decoded text (cut there), or after ``max_new_tokens``. ``on_text``
+    receives the answer as it grows, in pieces that add up to ``Decoded.text`` (text that could
+    still turn out to begin a stop string is held back until it cannot).
     """
+    streamed = _Streamed(stop_text, on_text)
+    decoded = _decode(
+        base, inputs, max_new_tokens, stop_ids, stop_text, temperature, top_k, generator, streamed
+    )
+    streamed.finish(decoded.text)
+    return decoded
+
+
+class _Streamed:
+    """Hands ``on_text`` the new part of the answer after every token."""
+
+    def __init__(self, stop_text: Sequence[str], on_text: Callable[[str], None] | None):
+        self.hold = max((len(s) for s in stop_text if s), default=1) - 1
+        self.on_text, self.sent = on_text, 0
+
+    def update(self, text: str) -> None:
+        if self.on_text is not None:
+            # A token may decode to a partial character ("\ufffd") until the next completes it.
+            self._send(text[: max(self.sent, len(text) - self.hold)].rstrip("\ufffd"))
+
+    def finish(self, text: str) -> None:
+        if self.on_text is not None:
+            self._send(text)
+
+    def _send(self, safe: str) -> None:
+        if len(safe) > self.sent:
+            assert self.on_text is not None
+            self.on_text(safe[self.sent :])
+            self.sent = len(safe)
+
+
+def _decode(  # noqa: PLR0913, PLR0917  (decode's arguments, passed on)
+    base: BaseAdapter,
+    inputs: torch.Tensor,
+    max_new_tokens: int,
+    stop_ids: Collection[int],
+    stop_text: Sequence[str],
+    temperature: float,
+    top_k: int,
+    generator: torch.Generator | None,
+    streamed: _Streamed,
+) -> Decoded:
     if max_new_tokens < 0:
         raise InvalidInputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if inputs.dim() != 2 or not len(inputs):
@@ -95,6 +140,7 @@ def decode(
         text, stopped = cut_at_stop(base.decode(ids), stop_text)
         if stopped:
             return Decoded(ids, text, "text")
+        streamed.update(text)
         if step == max_new_tokens - 1:
             break
         pos = torch.tensor([[length + step]], device=base.device)

@@ -674,6 +674,7 @@ class Session:
         max_new_tokens: int = 64,
         remember: bool = False,
         focus_steps: int | None = None,
+        on_text: Callable[[str], None] | None = None,
     ) -> Answer:
         """Answer ``question`` from the whole history, with citations.
 
@@ -687,6 +688,7 @@ class Session:
         unless ``remember``, in which case the question and the answer are appended afterwards
         (on disk, as a source of kind ``conversation``). A read-only session can ask, but not
         remember. ``cue`` starts the answer in the ``raw`` and ``chat-cue`` styles.
+        ``on_text`` receives the answer as it is decoded, piece by piece (for streaming).
         """
         self._check_open()
         if not isinstance(question, str) or not question.strip():
@@ -726,6 +728,7 @@ class Session:
             temperature=self.config.temperature,
             top_k=self.config.top_k,
             generator=self._rng,
+            on_text=on_text,
         )
         seconds = {"focus": focused - started, "decode": time.perf_counter() - focused}
         self._query = None

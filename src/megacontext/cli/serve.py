@@ -1,0 +1,101 @@
+"""``megacontext serve`` and ``megacontext keys``: the HTTP service and its API keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from megacontext.cli.output import console
+
+RootOpt = Annotated[
+    Path,
+    typer.Option(
+        "--root",
+        help="The service's directory: its trees (ROOT/tenants/T/trees/NAME) and keys.sqlite.",
+    ),
+]
+DEFAULT_ROOT = Path("runs/service")
+
+keys_app = typer.Typer(
+    help=(
+        "Create, list and revoke the service's API keys. A key belongs to a tenant (who sees "
+        "only its own trees) and has scopes: read (ask, list), write (ingest, generate, remove, "
+        "create and delete trees), admin (everything). Only a hash of each key is stored: a new "
+        "key is printed once.\n\n"
+        "Example: megacontext keys create --tenant acme --scopes read,write"
+    ),
+    no_args_is_help=True,
+)
+
+
+def serve(
+    root: RootOpt = DEFAULT_ROOT,
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    base: Annotated[str, typer.Option(help="Base model every tree uses.")] = "default",
+    focus: Annotated[str, typer.Option(help="Focus bundle (GistNet, LensNet).")] = "default",
+    w_max: Annotated[
+        int | None, typer.Option("--w-max", min=1, help="Working-context budget of every tree.")
+    ] = None,
+) -> None:
+    """Serve trees over HTTP: REST (/v1/trees/...), OpenAI-compatible (/v1/chat/completions,
+    /v1/completions, /v1/models; the model names the tree) and the OpenAPI document (/docs,
+    /openapi.json). Requests carry an API key (`megacontext keys create`).
+
+    Example: megacontext serve --root runs/service --port 8000
+    """
+    import uvicorn
+
+    from megacontext.runtime import SessionConfig
+    from megacontext.server import create_app
+
+    config = (
+        SessionConfig(trace=False) if w_max is None else SessionConfig(W_max=w_max, trace=False)
+    )
+    app = create_app(root, base=base, focus=focus, config=config)
+    console.print(f"serving {root} on http://{host}:{port} (OpenAPI: http://{host}:{port}/docs)")
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+@keys_app.command("create")
+def create_key(
+    tenant: Annotated[str, typer.Option(help="The tenant the key acts for.")],
+    scopes: Annotated[str, typer.Option(help="Comma-separated: read, write, admin.")] = "read",
+    name: Annotated[str, typer.Option(help="A note to recognise the key by.")] = "",
+    root: RootOpt = DEFAULT_ROOT,
+) -> None:
+    """Create a key and print it (once: only its hash is stored)."""
+    from megacontext.server.keys import KeyStore
+
+    key, info = KeyStore(root / "keys.sqlite").create(tenant, scopes, name)
+    console.print(f"key {info.id} for tenant {info.tenant} ({', '.join(info.scopes)}):")
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def list_keys(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
+    root: RootOpt = DEFAULT_ROOT,
+) -> None:
+    """List keys (ids, tenants, scopes; never secrets)."""
+    from megacontext.server.keys import KeyStore
+
+    for info in KeyStore(root / "keys.sqlite").list(tenant):
+        state = "revoked" if info.revoked_at else "active"
+        typer.echo(f"{info.id}  {info.tenant}  {','.join(info.scopes)}  {state}  {info.name}")
+
+
+@keys_app.command("revoke")
+def revoke_key(
+    key_id: Annotated[str, typer.Argument(help="The key's id (the 12 hex digits after mck_).")],
+    root: RootOpt = DEFAULT_ROOT,
+) -> None:
+    """Revoke a key: requests with it get 401 from now on."""
+    from megacontext.server.keys import KeyStore
+
+    KeyStore(root / "keys.sqlite").revoke(key_id)
+    console.print(f"revoked {key_id}")

@@ -1,0 +1,545 @@
+"""The HTTP service: trees, sources, ask and generate, and OpenAI-compatible endpoints.
+
+``create_app`` loads the base and the focus bundle once; every request opens the tree's session
+(read-only for questions, so any number run at once beside one writer) with them. Every error
+body is ``{"error": {"type", "message", "code"}}``. Authentication: ``Authorization: Bearer
+mck_…`` (see :mod:`megacontext.server.keys`); a tenant sees only its own trees.
+
+(No ``from __future__ import annotations`` here: FastAPI reads the routes' annotations at
+run time, and the caller's type is local to :func:`_routes`.)
+"""
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from megacontext._version import __version__
+from megacontext.errors import BudgetError, InvalidInputError, MegaContextError
+from megacontext.runtime import SessionConfig
+from megacontext.runtime.session import Session
+from megacontext.server import schemas as s
+from megacontext.server.keys import AuthError, KeyStore, Principal, ScopeError
+from megacontext.server.trees import ConflictError, NotFoundError, Trees
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+ERROR_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
+    (AuthError, 401, "unauthorized"),
+    (ScopeError, 403, "forbidden"),
+    (NotFoundError, 404, "not_found"),
+    (ConflictError, 409, "conflict"),
+    (BudgetError, 400, "invalid_request"),
+    (InvalidInputError, 400, "invalid_request"),
+)
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": s.ErrorResponse, "description": what}
+    for code, what in (
+        (400, "Bad input (the message names it)"),
+        (401, "Missing, unknown or revoked API key"),
+        (403, "The key's scopes do not allow the call"),
+        (404, "No such tree or source in this tenant"),
+        (409, "Another request is writing this tree, or it exists"),
+        (413, "Body larger than the service's limit"),
+        (422, "A field has the wrong type or value"),
+    )
+}
+
+
+class Service:
+    """What the routes share: the key store and the trees."""
+
+    def __init__(self, root: Path, trees: Trees, keys: KeyStore, max_body_bytes: int):
+        self.root, self.trees, self.keys, self.max_body_bytes = root, trees, keys, max_body_bytes
+
+
+def create_app(
+    root: str | Path,
+    base: Any = "default",
+    focus: Any = "default",
+    config: SessionConfig | None = None,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
+    """The service over the trees in ``root`` (``base``/``focus``: names, or loaded objects)."""
+    from megacontext.models.bundle import Bundle, load_bundle, resolve_focus
+    from megacontext.models.loading import load_base
+
+    root = Path(root)
+    adapter = load_base(base) if isinstance(base, str) else base
+    bundle = (
+        focus
+        if isinstance(focus, Bundle)
+        else load_bundle(
+            resolve_focus(focus, adapter.fingerprints, adapter.source),
+            fingerprints=adapter.fingerprints,
+        )
+    )
+    service = Service(
+        root,
+        Trees(root, adapter, bundle, config or SessionConfig(trace=False)),
+        KeyStore(root / "keys.sqlite"),
+        max_body_bytes,
+    )
+    return _app(service)
+
+
+def _app(service: Service) -> FastAPI:
+    app = FastAPI(
+        title="MegaContext",
+        version=__version__,
+        summary="Unbounded memory for language models: trees, sources, questions with citations.",
+        responses=ERRORS,
+    )
+    app.state.service = service
+    _errors(app)
+    _limits(app, service)
+    _routes(app, service)
+    return app
+
+
+def openapi_document() -> dict[str, Any]:
+    """The service's OpenAPI 3.1 document (built without loading any model)."""
+    unloaded = Service(Path("."), None, None, MAX_BODY_BYTES)  # type: ignore[arg-type]
+    return _app(unloaded).openapi()
+
+
+# ----------------------------------------------------------------------------- errors, limits
+
+
+def _error(code: int, kind: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    body = {"error": {"type": kind, "message": message, "code": code}}
+    return JSONResponse(body, status_code=code, headers=headers)
+
+
+def _errors(app: FastAPI) -> None:
+    @app.exception_handler(MegaContextError)
+    async def megacontext_error(_: Request, exc: MegaContextError) -> Response:
+        for cls, code, kind in ERROR_STATUS:
+            if isinstance(exc, cls):
+                headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
+                if code == 409:
+                    headers = {"Retry-After": "1"}
+                return _error(code, kind, str(exc), headers)
+        return _error(500, "server_error", f"{type(exc).__name__}: {exc}")
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
+            for e in exc.errors()
+        )
+        return _error(422, "invalid_request", problems or "the request body is not valid")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = str(exc.detail)
+        if exc.status_code == 400:  # starlette could not read the body
+            kind, message = "invalid_request", "the request body is not UTF-8 JSON; send JSON"
+        return _error(exc.status_code, kind, message)
+
+
+def _limits(app: FastAPI, service: Service) -> None:
+    @app.middleware("http")
+    async def body_limit(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > service.max_body_bytes:
+            return _error(
+                413,
+                "payload_too_large",
+                f"the body has {int(declared):,} bytes; the limit is {service.max_body_bytes:,} "
+                "(send a large source in several ingests)",
+            )
+        response: Response = await call_next(request)
+        return response
+
+
+# ----------------------------------------------------------------------------- routes
+
+
+def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (the route table)
+    bearer = HTTPBearer(auto_error=False, description="An API key: mck_<id>_<secret>")
+
+    def principal(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> Principal:
+        return service.keys.verify(credentials.credentials if credentials else None)
+
+    Caller = Annotated[Principal, Depends(principal)]
+    trees = service.trees
+
+    @app.get("/v1/health", tags=["service"])
+    def health() -> dict[str, str]:
+        """Liveness: the service is up and its base is loaded (no key needed)."""
+        return {"status": "ok", "version": __version__, "base": service.trees.base.source}
+
+    @app.get("/v1/trees", tags=["trees"])
+    def list_trees(caller: Caller) -> s.TreeList:
+        caller.require("read")
+        found = []
+        for name in trees.names(caller.tenant):
+            with trees.reader(caller.tenant, name) as session:
+                found.append(_tree(name, session))
+        return s.TreeList(trees=found)
+
+    @app.post("/v1/trees", status_code=201, tags=["trees"])
+    def create_tree(body: s.TreeCreate, caller: Caller) -> s.Tree:
+        caller.require("write")
+        trees.create(caller.tenant, body.name)
+        with trees.reader(caller.tenant, body.name) as session:
+            return _tree(body.name, session)
+
+    @app.get("/v1/trees/{tree}", tags=["trees"])
+    def get_tree(tree: str, caller: Caller) -> s.Tree:
+        caller.require("read")
+        with trees.reader(caller.tenant, tree) as session:
+            return _tree(tree, session)
+
+    @app.delete("/v1/trees/{tree}", status_code=204, tags=["trees"])
+    def delete_tree(tree: str, caller: Caller) -> Response:
+        caller.require("write")
+        trees.delete(caller.tenant, tree)
+        return Response(status_code=204)
+
+    @app.post("/v1/trees/{tree}/sources", tags=["sources"])
+    def ingest(tree: str, body: s.Ingest, caller: Caller) -> s.Ingested:
+        """Append text to the tree's history (journaled: a crash rolls it back)."""
+        caller.require("write")
+        with trees.writer(caller.tenant, tree) as session:
+            done = session.ingest(
+                body.text, source=body.source, metadata=body.metadata, force=body.force
+            )
+        return s.Ingested(
+            tokens=done.tokens, start=done.start, stop=done.stop, duplicate_of=done.duplicate_of
+        )
+
+    @app.get("/v1/trees/{tree}/sources", tags=["sources"])
+    def list_sources(tree: str, caller: Caller) -> s.SourceList:
+        caller.require("read")
+        with trees.reader(caller.tenant, tree) as session:
+            return s.SourceList(sources=[_source(i) for i in _journal(session)])
+
+    @app.delete("/v1/trees/{tree}/sources/{source_id}", tags=["sources"])
+    def remove_source(tree: str, source_id: int, caller: Caller) -> s.Removed:
+        """Erase a source: its tokens, the gists above them, its keys and lexical rows."""
+        from megacontext.runtime.journal import remove_sources
+
+        caller.require("write")
+        with trees.writer(caller.tenant, tree) as session:
+            found = [i for i in _journal(session) if i.id == source_id]
+            if not found:
+                raise NotFoundError(f"tree {tree!r} has no source with id {source_id}")
+            return s.Removed(removed_tokens=remove_sources(session, found))
+
+    @app.post(
+        "/v1/trees/{tree}/ask",
+        tags=["questions"],
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    def ask(tree: str, body: s.Ask, caller: Caller) -> Any:
+        """Answer from the whole history, with citations; the question is not kept unless
+        ``remember``. With ``stream``: events ``text`` ({"text"}) then ``answer`` (the Answer)."""
+        caller.require("write" if body.remember else "read")
+        question = body.model_dump(exclude={"stream"})
+        if not body.stream:
+            return _answer_body(*_asked(trees, caller, tree, question, None))
+
+        def events(send: Callable[[str], None]) -> str:
+            answer, session_usage = _asked(trees, caller, tree, question, send)
+            return _answer_body(answer, session_usage).model_dump_json()
+
+        return _sse(events, lambda piece: _event("text", {"text": piece}), "answer")
+
+    @app.post("/v1/trees/{tree}/generate", tags=["questions"])
+    def generate(tree: str, body: s.Generate, caller: Caller) -> s.Generated:
+        """Continue the history (after appending ``prompt``); what is generated is kept."""
+        caller.require("write")
+        with trees.writer(caller.tenant, tree) as session:
+            pieces = list(session.generate(body.prompt, body.max_new_tokens, body.stop))
+        text = "".join(pieces)
+        return s.Generated(text=text, tokens=len(pieces))
+
+    # -- OpenAI-compatible -------------------------------------------------------------------
+
+    @app.get("/v1/models", tags=["openai"])
+    def models(caller: Caller) -> dict[str, Any]:
+        """The caller's trees, as OpenAI models: ``model`` in a completion names the tree."""
+        caller.require("read")
+        return {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": 0, "owned_by": caller.tenant}
+                for name in trees.names(caller.tenant)
+            ],
+        }
+
+    @app.post("/v1/chat/completions", tags=["openai"])
+    def chat_completions(body: s.ChatRequest, caller: Caller) -> Any:
+        """OpenAI's chat completion over a tree: the last user message is asked of the tree
+        (earlier messages are not re-read: the tree is the memory; ``remember`` keeps the turn).
+        ``usage`` is in every response, and in a last streamed chunk with
+        ``stream_options.include_usage``."""
+        caller.require("write" if body.remember else "read")
+        question = _last_user_message(body.messages)
+        limit = body.max_completion_tokens or body.max_tokens or 256
+        asked = {"question": question, "max_new_tokens": limit, "remember": body.remember}
+        return _openai(trees, caller, body.model, asked, body.stream, body.stream_options, True)
+
+    @app.post("/v1/completions", tags=["openai"])
+    def completions(body: s.CompletionRequest, caller: Caller) -> Any:
+        """OpenAI's legacy completion over a tree: ``prompt`` is asked of the tree."""
+        caller.require("read")
+        asked = {"question": body.prompt, "max_new_tokens": body.max_tokens or 16}
+        return _openai(trees, caller, body.model, asked, body.stream, body.stream_options, False)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _tree(name: str, session: Session) -> s.Tree:
+    return s.Tree(
+        name=name,
+        tokens=session.tree.num_tokens,
+        levels=session.tree.num_levels,
+        sources=len(_journal(session)),
+    )
+
+
+def _journal(session: Session) -> list[Any]:
+    from megacontext.store.metadata import COMPLETE
+
+    if session.metadata is None:
+        return []
+    return session.metadata.ingests_of(session.tree_id, COMPLETE)
+
+
+def _source(ingest: Any) -> s.Source:
+    from megacontext.runtime.journal import label
+
+    stop = ingest.stop if ingest.stop is not None else ingest.start
+    return s.Source(
+        id=ingest.id,
+        source=label(ingest),
+        kind=ingest.source.kind,
+        start=ingest.start,
+        stop=stop,
+        tokens=stop - ingest.start,
+    )
+
+
+def _asked(
+    trees: Trees,
+    caller: Principal,
+    tree: str,
+    question: dict[str, Any],
+    on_text: Callable[[str], None] | None,
+) -> tuple[Any, s.Usage]:
+    """Ask ``question`` of the tree; the answer and what the base read and wrote."""
+    opened = trees.writer if question.get("remember") else trees.reader
+    with opened(caller.tenant, tree) as session:
+        answer = session.ask(**question, on_text=on_text)
+        read = (
+            len(session.prompt.prefix)
+            + len(session.wc)
+            + len(session.prompt.question_ids(session.base, question["question"], ""))
+        )
+    usage = s.Usage(
+        prompt_tokens=read,
+        completion_tokens=len(answer.ids),
+        total_tokens=read + len(answer.ids),
+    )
+    return answer, usage
+
+
+def _answer_body(answer: Any, usage: s.Usage) -> s.Answer:
+    return s.Answer(
+        answer=answer.text,
+        citations=[
+            s.Citation(
+                source=c.source,
+                lines=c.lines,
+                tokens=c.tokens,
+                score=c.score,
+                text=c.text,
+                label=c.label(),
+            )
+            for c in answer.citations
+        ],
+        spans=[tuple(span) for span in answer.spans],
+        focus_steps=answer.focus_steps,
+        usage=usage,
+        seconds=answer.seconds,
+    )
+
+
+def _last_user_message(messages: list[s.ChatMessage]) -> str:
+    last = messages[-1]
+    if last.role != "user":
+        raise InvalidInputError("the last message must be the user's question (role 'user')")
+    content = last.content
+    if isinstance(content, list):  # content parts: keep the text ones
+        content = "".join(str(p.get("text", "")) for p in content if p.get("type") == "text")
+    if not content or not content.strip():
+        raise InvalidInputError("the last user message is empty; ask something")
+    return content
+
+
+def _event(name: str, data: dict[str, Any]) -> str:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n"
+
+
+def _sse(
+    work: Callable[[Callable[[str], None]], str],
+    piece: Callable[[str], str],
+    final: str | None,
+) -> StreamingResponse:
+    """Run ``work`` in a thread; stream what it sends (through ``piece``) as server-sent
+    events, then its result (as event ``final``, or raw when ``final`` is None)."""
+
+    async def stream() -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+        def run() -> None:
+            try:
+
+                def send(text: str) -> None:
+                    loop.call_soon_threadsafe(queue.put_nowait, ("t", text))
+
+                result = work(send)
+                loop.call_soon_threadsafe(queue.put_nowait, ("done", result))
+            except Exception as exc:  # noqa: BLE001  (reported to the client as an error event)
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
+
+        threading.Thread(target=run, daemon=True).start()
+        while True:
+            kind, value = await queue.get()
+            if kind == "t":
+                yield piece(value)
+            elif kind == "done":
+                yield _event(final, json.loads(value)) if final else value
+                return
+            else:
+                status = next((c for t, c, _ in ERROR_STATUS if isinstance(value, t)), 500)
+                body = {"type": type(value).__name__, "message": str(value), "code": status}
+                yield _event("error", {"error": body})
+                return
+
+    return StreamingResponse(stream(), media_type="text/event-stream")
+
+
+class _Completion:
+    """One OpenAI-style completion (chat or legacy) of a question asked of a tree."""
+
+    def __init__(self, tree: str, question: dict[str, Any], chat: bool, usage: bool):
+        self.tree, self.question, self.chat, self.with_usage = tree, question, chat, usage
+        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.role_sent = False
+
+    def finish_reason(self, answer: Any) -> str:
+        return "length" if len(answer.ids) >= self.question["max_new_tokens"] else "stop"
+
+    def whole(self, answer: Any, usage: s.Usage) -> dict[str, Any]:
+        choice: dict[str, Any] = {
+            "index": 0,
+            "finish_reason": self.finish_reason(answer),
+            "logprobs": None,
+        }
+        if self.chat:
+            choice["message"] = {"role": "assistant", "content": answer.text}
+        else:
+            choice["text"] = answer.text
+        return {
+            "id": self.id,
+            "object": "chat.completion" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.tree,
+            "choices": [choice],
+            "usage": usage.model_dump(),
+            "citations": _answer_body(answer, usage).model_dump()["citations"],
+        }
+
+    def chunk(self, choices: list[dict[str, Any]], usage: s.Usage | None = None) -> str:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.tree,
+            "choices": choices,
+        }
+        if self.with_usage:  # null in every chunk but the last, as OpenAI sends it
+            body["usage"] = usage.model_dump() if usage is not None else None
+        return f"data: {json.dumps(body)}\n\n"
+
+    def piece(self, text: str) -> str:
+        if not self.chat:
+            return self.chunk([{"index": 0, "text": text, "finish_reason": None}])
+        delta: dict[str, Any] = {"content": text}
+        if not self.role_sent:
+            delta["role"] = "assistant"
+            self.role_sent = True
+        return self.chunk([{"index": 0, "delta": delta, "finish_reason": None}])
+
+    def ending(self, answer: Any, usage: s.Usage) -> str:
+        last: dict[str, Any] = {"index": 0, "finish_reason": self.finish_reason(answer)}
+        if self.chat:
+            last["delta"] = {}
+        else:
+            last["text"] = ""
+        out = self.chunk([last])
+        if self.with_usage:
+            out += self.chunk([], usage)
+        return out + "data: [DONE]\n\n"
+
+
+def _openai(
+    trees: Trees,
+    caller: Principal,
+    tree: str,
+    question: dict[str, Any],
+    stream: bool,
+    options: s.StreamOptions | None,
+    chat: bool,
+) -> Any:
+    completion = _Completion(tree, question, chat, bool(options and options.include_usage))
+    if not stream:
+        return completion.whole(*_asked(trees, caller, tree, question, None))
+
+    def work(send: Callable[[str], None]) -> str:
+        if chat:
+            send("")  # the role comes first, as OpenAI sends it
+
+        def text(piece: str) -> None:
+            if piece:
+                send(piece)
+
+        return completion.ending(*_asked(trees, caller, tree, question, text))
+
+    return _sse(work, completion.piece, None)
+
+
+def iter_sse(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(event, data)`` of a server-sent event stream of this service (for clients and tests)."""
+    event, data = "message", ""
+    for line in lines:
+        if line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data += line[5:].strip()
+        elif not line.strip() and data:
+            yield event, json.loads(data)
+            event, data = "message", ""
+
+
+__all__ = ["MAX_BODY_BYTES", "create_app", "iter_sse", "openapi_document"]

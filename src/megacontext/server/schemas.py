@@ -1,0 +1,156 @@
+"""Request and response bodies of the service (pydantic: the OpenAPI document is made of them)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_NEW_TOKENS = 1024  # the most tokens one answer may decode
+
+
+class ErrorBody(BaseModel):
+    type: str = Field(description="The error's class, e.g. not_found, invalid_request.")
+    message: str = Field(description="What was wrong and what to do.")
+    code: int = Field(description="The HTTP status.")
+
+
+class ErrorResponse(BaseModel):
+    """Every error the service returns has this body."""
+
+    error: ErrorBody
+
+
+class TreeCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="1-100 letters, digits, '.', '_' or '-'.", examples=["notes"])
+
+
+class Tree(BaseModel):
+    name: str
+    tokens: int
+    levels: int
+    sources: int
+
+
+class TreeList(BaseModel):
+    trees: list[Tree]
+
+
+class Ingest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(description="The text to append to the tree's history (UTF-8).")
+    source: str | None = Field(
+        None, description="A URI naming the source (default: an inline: URI of its hash)."
+    )
+    metadata: dict[str, Any] | None = Field(
+        None, description='JSON metadata; "path" names the source in citations.'
+    )
+    force: bool = Field(False, description="Append even when the same content is already in.")
+
+
+class Ingested(BaseModel):
+    tokens: int = Field(description="Tokens appended (0 when the content was already in).")
+    start: int
+    stop: int
+    duplicate_of: str | None = None
+
+
+class Source(BaseModel):
+    id: int = Field(description="The journal id (what DELETE takes).")
+    source: str = Field(description="The source's path or URI.")
+    kind: str
+    start: int
+    stop: int
+    tokens: int
+
+
+class SourceList(BaseModel):
+    sources: list[Source]
+
+
+class Removed(BaseModel):
+    removed_tokens: int
+
+
+class Ask(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    question: str = Field(min_length=1, examples=["What is the pass key?"])
+    max_new_tokens: int = Field(64, ge=1, le=MAX_NEW_TOKENS)
+    focus_steps: int | None = Field(None, ge=0, le=64)
+    remember: bool = Field(False, description="Also append the question and answer.")
+    stream: bool = Field(False, description="Answer as server-sent events.")
+
+
+class Citation(BaseModel):
+    source: str | None
+    lines: tuple[int, int] | None
+    tokens: tuple[int, int]
+    score: float
+    text: str
+    label: str
+
+
+class Answer(BaseModel):
+    answer: str
+    citations: list[Citation]
+    spans: list[tuple[int, int]]
+    focus_steps: int
+    usage: Usage
+    seconds: dict[str, float]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = Field(description="Positions the base read: prompt, context, question.")
+    completion_tokens: int
+    total_tokens: int
+
+
+class Generate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: str | None = Field(None, description="Appended to the history before continuing.")
+    max_new_tokens: int = Field(64, ge=0, le=MAX_NEW_TOKENS)
+    stop: list[str] = Field(default_factory=list)
+
+
+class Generated(BaseModel):
+    text: str
+    tokens: int
+
+
+# ----------------------------------------------------------------------------- OpenAI
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """OpenAI's chat completion request; ``model`` names the tree. Unknown fields are ignored,
+    as OpenAI-compatible servers do."""
+
+    model: str = Field(description="The tree to answer from.")
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    remember: bool = Field(False, description="MegaContext: append the question and answer.")
+
+
+class CompletionRequest(BaseModel):
+    """OpenAI's (legacy) completion request; ``model`` names the tree, ``prompt`` is asked."""
+
+    model: str
+    prompt: str = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+Answer.model_rebuild()

@@ -1,0 +1,108 @@
+"""The service's trees: one session directory per tree, in its tenant's own namespace.
+
+``ROOT/tenants/{tenant}/trees/{tree}`` is a session directory like any other (the CLI can open
+it). A tenant never names a path: a tree name is checked, and another tenant's trees are simply
+not in its namespace, so they cannot be read, listed or learnt of (404, never 403). The base and
+the focus bundle are loaded once and shared by every session.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from megacontext.errors import InvalidInputError, MegaContextError
+from megacontext.runtime import SessionConfig, open_session
+from megacontext.runtime.opening import is_session
+from megacontext.runtime.session import Session
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class NotFoundError(MegaContextError):
+    """A tree (or source) that does not exist in the caller's namespace (HTTP 404)."""
+
+
+class ConflictError(MegaContextError):
+    """The request conflicts with the state: the tree exists, or another writer holds it (409)."""
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name) or name in {".", ".."}:
+        raise InvalidInputError(
+            f"tree name {name!r} is not valid: 1-100 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+class Trees:
+    """Trees per tenant under ``root``, opened with one shared base and focus bundle."""
+
+    def __init__(self, root: Path, base: Any, bundle: Any, config: SessionConfig):
+        self.root, self.base, self.bundle, self.config = root, base, bundle, config
+
+    def path(self, tenant: str, name: str) -> Path:
+        return self.root / "tenants" / tenant / "trees" / check_name(name)
+
+    def names(self, tenant: str) -> list[str]:
+        home = self.root / "tenants" / tenant / "trees"
+        return sorted(p.name for p in home.iterdir() if is_session(p)) if home.is_dir() else []
+
+    def create(self, tenant: str, name: str) -> Path:
+        path = self.path(tenant, name)
+        if path.exists():
+            raise ConflictError(f"tree {name!r} already exists")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._open(path, readonly=False, create=True):
+            pass
+        return path
+
+    def delete(self, tenant: str, name: str) -> None:
+        path = self.found(tenant, name)
+        with self._open(path, readonly=False):  # no other writer may be at work
+            pass
+        shutil.rmtree(path)
+
+    def found(self, tenant: str, name: str) -> Path:
+        path = self.path(tenant, name)
+        if not is_session(path):
+            raise NotFoundError(f"no tree named {name!r}")
+        return path
+
+    @contextmanager
+    def reader(self, tenant: str, name: str) -> Iterator[Session]:
+        with self._open(self.found(tenant, name), readonly=True) as session:
+            yield session
+
+    @contextmanager
+    def writer(self, tenant: str, name: str) -> Iterator[Session]:
+        with self._open(self.found(tenant, name), readonly=False) as session:
+            yield session
+
+    @contextmanager
+    def _open(self, path: Path, *, readonly: bool, create: bool = False) -> Iterator[Session]:
+        from megacontext.store.errors import StoreLockedError
+
+        try:
+            session = open_session(
+                path,
+                base=self.base,
+                focus=self.bundle,
+                config=self.config,
+                readonly=readonly,
+                create=create,
+            )
+        except StoreLockedError:
+            raise ConflictError(
+                f"tree {path.name!r} is being written by another request; retry shortly"
+            ) from None
+        with session:
+            yield session
+
+
+__all__ = ["ConflictError", "NotFoundError", "Trees", "check_name"]

@@ -1,0 +1,58 @@
+"""A service over a temporary root with the tiny test world, keys for two tenants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from megacontext.runtime import SessionConfig
+from megacontext.server import create_app
+
+TEXT = "".join(f"line {i}: the lighthouse keeper logs ship {i * 7} at dusk\n" for i in range(1, 61))
+
+
+@dataclass
+class World:
+    root: Path
+    client: TestClient
+    writer: str  # tenant acme, read + write
+    reader: str  # tenant acme, read
+    other: str  # tenant globex, read + write
+
+    def headers(self, key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+
+def config() -> SessionConfig:
+    return SessionConfig(W_max=48, protected_recent=12, query_tokens=8, focus_steps=4, trace=False)
+
+
+@pytest.fixture()
+def world(tiny_world, tmp_path: Path) -> World:  # type: ignore[no-untyped-def]
+    app = create_app(
+        tmp_path / "service",
+        base=tiny_world.base,
+        focus=tiny_world.bundle,
+        config=config(),
+        max_body_bytes=64 * 1024,
+    )
+    keys = app.state.service.keys
+    writer, _ = keys.create("acme", "read,write")
+    reader, _ = keys.create("acme", "read")
+    other, _ = keys.create("globex", "read,write")
+    return World(tmp_path / "service", TestClient(app), writer, reader, other)
+
+
+def tree_with_text(world: World, name: str = "notes") -> None:
+    h = world.headers(world.writer)
+    assert world.client.post("/v1/trees", json={"name": name}, headers=h).status_code == 201
+    done = world.client.post(
+        f"/v1/trees/{name}/sources",
+        json={"text": TEXT, "source": "file:///logbook.txt", "metadata": {"path": "logbook.txt"}},
+        headers=h,
+    )
+    assert done.status_code == 200, done.text
+    assert done.json()["tokens"] > 0

@@ -1,0 +1,157 @@
+"""The HTTP service: trees, sources, ask (with citations, streamed), tenants, scopes, bad input."""
+
+from __future__ import annotations
+
+import json
+
+from megacontext.server.app import iter_sse, openapi_document
+
+from .conftest import TEXT, World, tree_with_text
+
+
+def _error(response, code: int) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    assert response.status_code == code, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"type", "message", "code"}
+    assert body["error"]["code"] == code and body["error"]["message"]
+    return dict(body["error"])
+
+
+def test_ingest_ask_with_citations_and_sources(world: World) -> None:
+    tree_with_text(world)
+    h = world.headers(world.writer)
+    tree = world.client.get("/v1/trees/notes", headers=h).json()
+    assert tree["sources"] == 1 and tree["tokens"] > 0
+    again = world.client.post(
+        "/v1/trees/notes/sources", json={"text": TEXT, "source": "file:///copy.txt"}, headers=h
+    ).json()
+    assert again["tokens"] == 0 and again["duplicate_of"]  # the same content is not added twice
+
+    asked = world.client.post(
+        "/v1/trees/notes/ask",
+        json={"question": "Which ship at dusk?", "max_new_tokens": 6},
+        headers=world.headers(world.reader),
+    )
+    assert asked.status_code == 200, asked.text
+    body = asked.json()
+    assert (
+        body["usage"]["completion_tokens"] == len(body["answer"])
+        or body["usage"]["completion_tokens"] <= 6
+    )
+    for citation in body["citations"]:
+        assert citation["source"] == "logbook.txt" and citation["label"].startswith("logbook.txt")
+    after = world.client.get("/v1/trees/notes", headers=h).json()
+    assert after["tokens"] == tree["tokens"]  # the question was not written into the history
+
+    sources = world.client.get("/v1/trees/notes/sources", headers=h).json()["sources"]
+    assert [s["source"] for s in sources] == ["logbook.txt"]
+    removed = world.client.delete(f"/v1/trees/notes/sources/{sources[0]['id']}", headers=h)
+    assert removed.json()["removed_tokens"] == tree["tokens"]
+    assert world.client.get("/v1/trees/notes", headers=h).json()["tokens"] == 0
+    _error(world.client.delete("/v1/trees/notes/sources/999", headers=h), 404)
+
+
+def test_a_streamed_answer_adds_up_to_the_answer(world: World) -> None:
+    tree_with_text(world)
+    question = {"question": "Which ship at dusk?", "max_new_tokens": 8}
+    whole = world.client.post(
+        "/v1/trees/notes/ask", json=question, headers=world.headers(world.reader)
+    ).json()
+    with world.client.stream(
+        "POST",
+        "/v1/trees/notes/ask",
+        json={**question, "stream": True},
+        headers=world.headers(world.reader),
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = list(iter_sse(response.iter_lines()))
+    texts = "".join(data["text"] for event, data in events if event == "text")
+    (final,) = [data for event, data in events if event == "answer"]
+    assert texts == final["answer"] == whole["answer"]
+
+
+def test_a_tenant_cannot_see_another_tenants_trees(world: World) -> None:
+    tree_with_text(world)
+    h = world.headers(world.other)
+    assert world.client.get("/v1/trees", headers=h).json() == {"trees": []}
+    assert world.client.get("/v1/models", headers=h).json()["data"] == []
+    for method, path, body in (
+        ("GET", "/v1/trees/notes", None),
+        ("GET", "/v1/trees/notes/sources", None),
+        ("POST", "/v1/trees/notes/sources", {"text": "x"}),
+        ("POST", "/v1/trees/notes/ask", {"question": "what?"}),
+        ("POST", "/v1/trees/notes/generate", {"max_new_tokens": 2}),
+        ("DELETE", "/v1/trees/notes", None),
+        ("DELETE", "/v1/trees/notes/sources/1", None),
+    ):
+        response = world.client.request(method, path, json=body, headers=h)
+        assert _error(response, 404)["type"] == "not_found", (method, path)
+    chat = world.client.post(
+        "/v1/chat/completions",
+        json={"model": "notes", "messages": [{"role": "user", "content": "hi"}]},
+        headers=h,
+    )
+    _error(chat, 404)
+    # the same name is free in the other tenant's namespace
+    assert world.client.post("/v1/trees", json={"name": "notes"}, headers=h).status_code == 201
+    mine = world.client.get("/v1/trees/notes", headers=world.headers(world.writer)).json()
+    assert mine["tokens"] > 0
+
+
+def test_keys_and_scopes(world: World) -> None:
+    tree_with_text(world)
+    assert world.client.get("/v1/health").json()["status"] == "ok"
+    assert _error(world.client.get("/v1/trees"), 401)["type"] == "unauthorized"
+    _error(world.client.get("/v1/trees", headers=world.headers("mck_nonsense")), 401)
+    forged = world.writer[:-4] + "AAAA"
+    _error(world.client.get("/v1/trees", headers=world.headers(forged)), 401)
+    reader = world.headers(world.reader)
+    _error(world.client.post("/v1/trees/notes/sources", json={"text": "x"}, headers=reader), 403)
+    remember = {"question": "what?", "remember": True}
+    _error(world.client.post("/v1/trees/notes/ask", json=remember, headers=reader), 403)
+    _error(world.client.post("/v1/trees", json={"name": "mine"}, headers=reader), 403)
+    keys = world.client.app.state.service.keys  # type: ignore[attr-defined]
+    key_id = world.reader.split("_")[1]
+    keys.revoke(key_id)
+    assert "revoked" in _error(world.client.get("/v1/trees", headers=reader), 401)["message"]
+
+
+def test_bad_input_gets_one_error_schema(world: World) -> None:
+    tree_with_text(world)
+    h = world.headers(world.writer)
+    as_json = {**h, "content-type": "application/json"}
+    raw = world.client.post("/v1/trees/notes/ask", content=b"{not json", headers=as_json)
+    _error(raw, 422)
+    _error(world.client.post("/v1/trees/notes/ask", json={"question": 5}, headers=h), 422)
+    wrong = world.client.post(
+        "/v1/trees/notes/ask", json={"question": "q", "max_new_tokens": -1}, headers=h
+    )
+    assert "max_new_tokens" in _error(wrong, 422)["message"]
+    _error(world.client.post("/v1/trees", json={"name": "../etc"}, headers=h), 400)
+    _error(world.client.post("/v1/trees", json={"name": "notes"}, headers=h), 409)
+    _error(world.client.get("/v1/trees/nowhere", headers=h), 404)
+    big = world.client.post("/v1/trees/notes/sources", json={"text": "x" * 100_000}, headers=h)
+    assert "limit" in _error(big, 413)["message"]
+    not_utf8 = world.client.post(
+        "/v1/trees/notes/sources",
+        content=b'{"text": "caf\xe9"}',
+        headers=as_json,
+    )
+    assert "UTF-8" in _error(not_utf8, 400)["message"]
+    chat = world.client.post(
+        "/v1/chat/completions",
+        json={"model": "notes", "messages": [{"role": "assistant", "content": "hi"}]},
+        headers=h,
+    )
+    assert "user" in _error(chat, 400)["message"]
+    assert world.client.get("/v1/trees/notes", headers=h).json()["sources"] == 1  # kept
+
+
+def test_the_committed_openapi_document_is_the_apps() -> None:
+    from pathlib import Path
+
+    committed = json.loads((Path(__file__).parents[2] / "docs" / "openapi.json").read_text())
+    assert committed == openapi_document(), (
+        "docs/openapi.json is stale: python -m megacontext.server openapi docs/openapi.json"
+    )
+    assert committed["openapi"].startswith("3.1")
