@@ -4,36 +4,13 @@ uvicorn server on loopback."""
 from __future__ import annotations
 
 import itertools
-import socket
-import threading
 import time
-from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from .conftest import World, tree_with_text
-
-
-@pytest.fixture()
-def live(world: World) -> Iterator[str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(world.client.app, host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
 
 
 def test_chat_completions_through_the_openai_client(world: World, live: str) -> None:

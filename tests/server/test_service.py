@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from megacontext.server.app import iter_sse, openapi_document
+from megacontext.client import parse_events
+from megacontext.server.app import openapi_document
 
 from .conftest import TEXT, World, tree_with_text
 
@@ -64,7 +65,7 @@ def test_a_streamed_answer_adds_up_to_the_answer(world: World) -> None:
         headers=world.headers(world.reader),
     ) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
-        events = list(iter_sse(response.iter_lines()))
+        events = list(parse_events(response.iter_lines()))
     texts = "".join(data["text"] for event, data in events if event == "text")
     (final,) = [data for event, data in events if event == "answer"]
     assert texts == final["answer"] == whole["answer"]

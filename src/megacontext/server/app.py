@@ -14,7 +14,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -244,6 +244,7 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
     @app.post(
         "/v1/trees/{tree}/ask",
         tags=["questions"],
+        response_model=s.Answer,
         responses={200: {"content": {"text/event-stream": {}}}},
     )
     def ask(tree: str, body: s.Ask, caller: Caller) -> Any:
@@ -529,17 +530,4 @@ def _openai(
     return _sse(work, completion.piece, None)
 
 
-def iter_sse(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``(event, data)`` of a server-sent event stream of this service (for clients and tests)."""
-    event, data = "message", ""
-    for line in lines:
-        if line.startswith("event:"):
-            event = line[6:].strip()
-        elif line.startswith("data:"):
-            data += line[5:].strip()
-        elif not line.strip() and data:
-            yield event, json.loads(data)
-            event, data = "message", ""
-
-
-__all__ = ["MAX_BODY_BYTES", "create_app", "iter_sse", "openapi_document"]
+__all__ = ["MAX_BODY_BYTES", "create_app", "openapi_document"]

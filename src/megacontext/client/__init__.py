@@ -1,0 +1,564 @@
+"""The Python SDK of the MegaContext service (httpx; imports neither torch nor the server).
+
+    >>> from megacontext.client import Client                             # doctest: +SKIP
+    >>> mc = Client("http://127.0.0.1:8000", api_key="mck_...")           # doctest: +SKIP
+    >>> mc.create_tree("notes"); mc.ingest("notes", open("notes.txt").read())  # doctest: +SKIP
+    >>> answer = mc.ask("notes", "What is the pass key?")                 # doctest: +SKIP
+    >>> for event in mc.ask_stream("notes", "What is the pass key?"):    # doctest: +SKIP
+    ...     print(event.text or "", end="")
+
+Errors mirror the server's (:class:`NotFoundError` for 404, …). Requests that may succeed when
+repeated — 408, 409 (another writer), 429, 5xx, a lost connection — are retried up to
+``max_retries`` times with exponential backoff and jitter, honouring ``Retry-After``. A stream
+is not retried once it has begun.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import httpx
+
+from megacontext.errors import MegaContextError
+
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_MAX_RETRIES = 2
+RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+BACKOFF_S = 0.5  # the first retry waits about this long (doubling, with jitter, at most 8 s)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+class APIError(MegaContextError):
+    """An error response of the service: ``status``, ``type`` and the server's ``message``."""
+
+    def __init__(self, status: int, type: str, message: str):
+        super().__init__(f"{status} {type}: {message}")
+        self.status, self.type, self.message = status, type, message
+
+
+class BadRequestError(APIError):
+    """400 or 422: the request was not valid (the message names the field)."""
+
+
+class AuthenticationError(APIError):
+    """401: the key is missing, malformed, unknown or revoked."""
+
+
+class PermissionDeniedError(APIError):
+    """403: the key's scopes do not allow the call."""
+
+
+class NotFoundError(APIError):
+    """404: no such tree or source for this key's tenant."""
+
+
+class ConflictError(APIError):
+    """409: the tree exists, or another request is writing it (retried)."""
+
+
+class PayloadTooLargeError(APIError):
+    """413: the body is over the service's limit; send a large source in parts."""
+
+
+class RateLimitError(APIError):
+    """429: too many requests (retried after ``Retry-After``)."""
+
+
+class ServerError(APIError):
+    """5xx: the service failed (retried)."""
+
+
+class APIConnectionError(MegaContextError):
+    """The service could not be reached (retried)."""
+
+
+class APITimeoutError(APIConnectionError):
+    """The service did not answer within the timeout."""
+
+
+_BY_STATUS: dict[int, type[APIError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    422: BadRequestError,
+    429: RateLimitError,
+}
+
+
+def _error(response: httpx.Response) -> APIError:
+    try:
+        body = response.json()["error"]
+        kind, message = str(body["type"]), str(body["message"])
+    except (ValueError, KeyError, TypeError):
+        kind, message = "http_error", response.text[:500] or response.reason_phrase
+    status = response.status_code
+    cls = _BY_STATUS.get(status, ServerError if status >= 500 else APIError)
+    return cls(status, kind, message)
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+@dataclass(frozen=True)
+class Citation:
+    source: str | None
+    lines: tuple[int, int] | None
+    tokens: tuple[int, int]
+    score: float
+    text: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    answer: str
+    citations: list[Citation]
+    spans: list[tuple[int, int]]
+    focus_steps: int
+    usage: Usage
+    seconds: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Tree:
+    name: str
+    tokens: int
+    levels: int
+    sources: int
+
+
+@dataclass(frozen=True)
+class Ingested:
+    tokens: int
+    start: int
+    stop: int
+    duplicate_of: str | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    id: int
+    source: str
+    kind: str
+    start: int
+    stop: int
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Generated:
+    text: str
+    tokens: int
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One event of :meth:`Client.ask_stream`: a piece of ``text``, or the final ``answer``."""
+
+    text: str | None = None
+    answer: Answer | None = field(default=None)
+
+
+def _answer(body: dict[str, Any]) -> Answer:
+    return Answer(
+        answer=body["answer"],
+        citations=[
+            Citation(
+                source=c["source"],
+                lines=tuple(c["lines"]) if c["lines"] is not None else None,  # type: ignore[arg-type]
+                tokens=tuple(c["tokens"]),  # type: ignore[arg-type]
+                score=c["score"],
+                text=c["text"],
+                label=c["label"],
+            )
+            for c in body["citations"]
+        ],
+        spans=[tuple(s) for s in body["spans"]],  # type: ignore[misc]
+        focus_steps=body["focus_steps"],
+        usage=Usage(**body["usage"]),
+        seconds=body["seconds"],
+    )
+
+
+def _of(cls: type[Any], body: dict[str, Any]) -> Any:
+    return cls(**{f.name: body[f.name] for f in fields(cls) if f.name in body})
+
+
+def _ask_body(
+    question: str, max_new_tokens: int, focus_steps: int | None, remember: bool, stream: bool
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"question": question, "max_new_tokens": max_new_tokens}
+    if focus_steps is not None:
+        body["focus_steps"] = focus_steps
+    if remember:
+        body["remember"] = True
+    if stream:
+        body["stream"] = True
+    return body
+
+
+class _EventParser:
+    """Server-sent events, one line at a time: ``(event, data)`` when an event is complete."""
+
+    def __init__(self) -> None:
+        self.event, self.data = "message", ""
+
+    def feed(self, line: str) -> tuple[str, dict[str, Any]] | None:
+        if line.startswith("event:"):
+            self.event = line[6:].strip()
+        elif line.startswith("data:"):
+            self.data += line[5:].strip()
+        elif not line.strip() and self.data:
+            done = (self.event, json.loads(self.data))
+            self.event, self.data = "message", ""
+            return done
+        return None
+
+
+def parse_events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(event, data)`` of each server-sent event of the service in ``lines``."""
+    parser = _EventParser()
+    for line in lines:
+        parsed = parser.feed(line)
+        if parsed is not None:
+            yield parsed
+
+
+def _stream_event(event: str, data: dict[str, Any]) -> StreamEvent:
+    if event == "error":
+        body = data["error"]
+        status = int(body.get("code", 500))
+        cls = _BY_STATUS.get(status, ServerError if status >= 500 else APIError)
+        raise cls(status, str(body.get("type")), str(body.get("message")))
+    if event == "answer":
+        return StreamEvent(answer=_answer(data))
+    return StreamEvent(text=str(data["text"]))
+
+
+def _delay(attempt: int, response: httpx.Response | None) -> float:
+    if response is not None:
+        after = response.headers.get("retry-after", "")
+        try:
+            return max(0.0, float(after))
+        except ValueError:
+            pass
+    return min(8.0, BACKOFF_S * 2**attempt) * (0.5 + random.random() / 2)
+
+
+# ----------------------------------------------------------------------------- clients
+
+
+class Client:
+    """A synchronous client of one service (see the module docstring)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        self.max_retries = max_retries
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        for attempt in range(self.max_retries + 1):
+            last = attempt == self.max_retries
+            try:
+                response = self._http.request(method, path, json=body)
+            except httpx.TimeoutException as exc:
+                if last:
+                    raise APITimeoutError(f"{method} {path} timed out: {exc}") from exc
+                time.sleep(_delay(attempt, None))
+                continue
+            except httpx.TransportError as exc:
+                if last:
+                    raise APIConnectionError(f"{method} {path} failed: {exc}") from exc
+                time.sleep(_delay(attempt, None))
+                continue
+            if response.status_code in RETRY_STATUS and not last:
+                time.sleep(_delay(attempt, response))
+                continue
+            if response.status_code >= 400:
+                raise _error(response)
+            return response.json() if response.content else None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def health(self) -> dict[str, str]:
+        return dict(self._request("GET", "/v1/health"))
+
+    def list_trees(self) -> list[Tree]:
+        return [_of(Tree, t) for t in self._request("GET", "/v1/trees")["trees"]]
+
+    def create_tree(self, name: str) -> Tree:
+        return _of(Tree, self._request("POST", "/v1/trees", {"name": name}))
+
+    def get_tree(self, name: str) -> Tree:
+        return _of(Tree, self._request("GET", f"/v1/trees/{name}"))
+
+    def delete_tree(self, name: str) -> None:
+        self._request("DELETE", f"/v1/trees/{name}")
+
+    def ingest(
+        self,
+        tree: str,
+        text: str,
+        *,
+        source: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        force: bool = False,
+    ) -> Ingested:
+        body = {"text": text, "source": source, "metadata": metadata, "force": force}
+        return _of(Ingested, self._request("POST", f"/v1/trees/{tree}/sources", body))
+
+    def list_sources(self, tree: str) -> list[Source]:
+        found = self._request("GET", f"/v1/trees/{tree}/sources")["sources"]
+        return [_of(Source, s) for s in found]
+
+    def remove_source(self, tree: str, source_id: int) -> int:
+        """Erase a source; returns the tokens removed."""
+        done = self._request("DELETE", f"/v1/trees/{tree}/sources/{source_id}")
+        return int(done["removed_tokens"])
+
+    def ask(
+        self,
+        tree: str,
+        question: str,
+        *,
+        max_new_tokens: int = 64,
+        focus_steps: int | None = None,
+        remember: bool = False,
+    ) -> Answer:
+        body = _ask_body(question, max_new_tokens, focus_steps, remember, False)
+        return _answer(self._request("POST", f"/v1/trees/{tree}/ask", body))
+
+    def ask_stream(
+        self,
+        tree: str,
+        question: str,
+        *,
+        max_new_tokens: int = 64,
+        focus_steps: int | None = None,
+        remember: bool = False,
+    ) -> Iterator[StreamEvent]:
+        """The answer as it is decoded: text pieces, then the whole :class:`Answer`."""
+        body = _ask_body(question, max_new_tokens, focus_steps, remember, True)
+        try:
+            with self._http.stream("POST", f"/v1/trees/{tree}/ask", json=body) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _error(response)
+                for event, data in parse_events(response.iter_lines()):
+                    yield _stream_event(event, data)
+        except httpx.TimeoutException as exc:
+            raise APITimeoutError(f"the answer stream timed out: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise APIConnectionError(f"the answer stream failed: {exc}") from exc
+
+    def generate(
+        self,
+        tree: str,
+        prompt: str | None = None,
+        *,
+        max_new_tokens: int = 64,
+        stop: list[str] | None = None,
+    ) -> Generated:
+        body = {"prompt": prompt, "max_new_tokens": max_new_tokens, "stop": stop or []}
+        return _of(Generated, self._request("POST", f"/v1/trees/{tree}/generate", body))
+
+    def models(self) -> list[str]:
+        """The trees, as the OpenAI-compatible endpoints name them."""
+        return [m["id"] for m in self._request("GET", "/v1/models")["data"]]
+
+
+class AsyncClient:
+    """The asynchronous twin of :class:`Client` (the same methods, awaited)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        self.max_retries = max_retries
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        for attempt in range(self.max_retries + 1):
+            last = attempt == self.max_retries
+            try:
+                response = await self._http.request(method, path, json=body)
+            except httpx.TimeoutException as exc:
+                if last:
+                    raise APITimeoutError(f"{method} {path} timed out: {exc}") from exc
+                await asyncio.sleep(_delay(attempt, None))
+                continue
+            except httpx.TransportError as exc:
+                if last:
+                    raise APIConnectionError(f"{method} {path} failed: {exc}") from exc
+                await asyncio.sleep(_delay(attempt, None))
+                continue
+            if response.status_code in RETRY_STATUS and not last:
+                await asyncio.sleep(_delay(attempt, response))
+                continue
+            if response.status_code >= 400:
+                raise _error(response)
+            return response.json() if response.content else None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def list_trees(self) -> list[Tree]:
+        return [_of(Tree, t) for t in (await self._request("GET", "/v1/trees"))["trees"]]
+
+    async def create_tree(self, name: str) -> Tree:
+        return _of(Tree, await self._request("POST", "/v1/trees", {"name": name}))
+
+    async def get_tree(self, name: str) -> Tree:
+        return _of(Tree, await self._request("GET", f"/v1/trees/{name}"))
+
+    async def delete_tree(self, name: str) -> None:
+        await self._request("DELETE", f"/v1/trees/{name}")
+
+    async def ingest(
+        self,
+        tree: str,
+        text: str,
+        *,
+        source: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        force: bool = False,
+    ) -> Ingested:
+        body = {"text": text, "source": source, "metadata": metadata, "force": force}
+        return _of(Ingested, await self._request("POST", f"/v1/trees/{tree}/sources", body))
+
+    async def list_sources(self, tree: str) -> list[Source]:
+        found = (await self._request("GET", f"/v1/trees/{tree}/sources"))["sources"]
+        return [_of(Source, s) for s in found]
+
+    async def remove_source(self, tree: str, source_id: int) -> int:
+        done = await self._request("DELETE", f"/v1/trees/{tree}/sources/{source_id}")
+        return int(done["removed_tokens"])
+
+    async def ask(
+        self,
+        tree: str,
+        question: str,
+        *,
+        max_new_tokens: int = 64,
+        focus_steps: int | None = None,
+        remember: bool = False,
+    ) -> Answer:
+        body = _ask_body(question, max_new_tokens, focus_steps, remember, False)
+        return _answer(await self._request("POST", f"/v1/trees/{tree}/ask", body))
+
+    async def ask_stream(
+        self,
+        tree: str,
+        question: str,
+        *,
+        max_new_tokens: int = 64,
+        focus_steps: int | None = None,
+        remember: bool = False,
+    ) -> AsyncIterator[StreamEvent]:
+        body = _ask_body(question, max_new_tokens, focus_steps, remember, True)
+        try:
+            async with self._http.stream("POST", f"/v1/trees/{tree}/ask", json=body) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise _error(response)
+                parser = _EventParser()
+                async for line in response.aiter_lines():
+                    parsed = parser.feed(line)
+                    if parsed is not None:
+                        yield _stream_event(*parsed)
+        except httpx.TimeoutException as exc:
+            raise APITimeoutError(f"the answer stream timed out: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise APIConnectionError(f"the answer stream failed: {exc}") from exc
+
+    async def generate(
+        self,
+        tree: str,
+        prompt: str | None = None,
+        *,
+        max_new_tokens: int = 64,
+        stop: list[str] | None = None,
+    ) -> Generated:
+        body = {"prompt": prompt, "max_new_tokens": max_new_tokens, "stop": stop or []}
+        return _of(Generated, await self._request("POST", f"/v1/trees/{tree}/generate", body))
+
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APITimeoutError",
+    "Answer",
+    "AsyncClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "Citation",
+    "Client",
+    "ConflictError",
+    "Generated",
+    "Ingested",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ServerError",
+    "Source",
+    "StreamEvent",
+    "Tree",
+    "Usage",
+    "parse_events",
+]
