@@ -41,6 +41,22 @@ def serve(
     w_max: Annotated[
         int | None, typer.Option("--w-max", min=1, help="Working-context budget of every tree.")
     ] = None,
+    rate_limit: Annotated[
+        str,
+        typer.Option(
+            help="Requests per minute per key and route class, e.g. read=600,write=120,ask=120."
+        ),
+    ] = "read=600,write=120,ask=120",
+    max_request_tokens: Annotated[
+        int, typer.Option(min=1, help="Tokens one request may add or generate.")
+    ] = 1_000_000,
+    tokens_per_day: Annotated[
+        int | None, typer.Option(min=1, help="Tokens a tenant may process per UTC day.")
+    ] = None,
+    usage: Annotated[
+        str | None,
+        typer.Option(help="Where usage events go: jsonl:PATH, or an http(s):// webhook URL."),
+    ] = None,
 ) -> None:
     """Serve trees over HTTP: REST (/v1/trees/...), OpenAI-compatible (/v1/chat/completions,
     /v1/completions, /v1/models; the model names the tree) and the OpenAPI document (/docs,
@@ -52,13 +68,30 @@ def serve(
 
     from megacontext.runtime import SessionConfig
     from megacontext.server import create_app
+    from megacontext.server.limits import Limits
 
     config = (
         SessionConfig(trace=False) if w_max is None else SessionConfig(W_max=w_max, trace=False)
     )
-    app = create_app(root, base=base, focus=focus, config=config)
+    limits = Limits(_per_minute(rate_limit), max_request_tokens, tokens_per_day)
+    app = create_app(root, base=base, focus=focus, config=config, limits=limits, usage=usage)
     console.print(f"serving {root} on http://{host}:{port} (OpenAPI: http://{host}:{port}/docs)")
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def _per_minute(spec: str) -> dict[str, int]:
+    from megacontext.server.limits import ROUTE_CLASSES
+
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, value = part.partition("=")
+        if name not in ROUTE_CLASSES or not value.isdigit() or int(value) < 1:
+            raise typer.BadParameter(
+                f"{part!r}: use CLASS=N with CLASS one of {', '.join(ROUTE_CLASSES)} and N >= 1",
+                param_hint="--rate-limit",
+            )
+        out[name] = int(value)
+    return out
 
 
 @keys_app.command("create")

@@ -10,7 +10,9 @@ run time, and the caller's type is local to :func:`_routes`.)
 """
 
 import asyncio
+import hashlib
 import json
+import math
 import threading
 import time
 import uuid
@@ -29,8 +31,22 @@ from megacontext.errors import BudgetError, InvalidInputError, MegaContextError
 from megacontext.runtime import SessionConfig
 from megacontext.runtime.session import Session
 from megacontext.server import schemas as s
+from megacontext.server.idempotency import (
+    IdempotencyConflictError,
+    IdempotencyMismatchError,
+    IdempotencyStore,
+    Stored,
+)
 from megacontext.server.keys import AuthError, KeyStore, Principal, ScopeError
+from megacontext.server.limits import (
+    DailyBudget,
+    Limits,
+    RateLimitedError,
+    RateLimiter,
+    check_request_tokens,
+)
 from megacontext.server.trees import ConflictError, NotFoundError, Trees
+from megacontext.server.usage import UsageSink, open_sink
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 ERROR_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
@@ -38,6 +54,9 @@ ERROR_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (ScopeError, 403, "forbidden"),
     (NotFoundError, 404, "not_found"),
     (ConflictError, 409, "conflict"),
+    (IdempotencyConflictError, 409, "conflict"),
+    (IdempotencyMismatchError, 422, "idempotency_key_reused"),
+    (RateLimitedError, 429, "rate_limited"),
     (BudgetError, 400, "invalid_request"),
     (InvalidInputError, 400, "invalid_request"),
 )
@@ -50,16 +69,44 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (404, "No such tree or source in this tenant"),
         (409, "Another request is writing this tree, or it exists"),
         (413, "Body larger than the service's limit"),
-        (422, "A field has the wrong type or value"),
+        (422, "A field has the wrong type or value, or an Idempotency-Key was reused"),
+        (429, "Rate limit or daily token budget reached (see Retry-After)"),
     )
 }
 
 
 class Service:
-    """What the routes share: the key store and the trees."""
+    """What the routes share: trees, keys, limits, idempotency and the usage meter."""
 
-    def __init__(self, root: Path, trees: Trees, keys: KeyStore, max_body_bytes: int):
+    def __init__(
+        self,
+        root: Path,
+        trees: Trees,
+        keys: KeyStore,
+        max_body_bytes: int,
+        limits: Limits,
+        usage: UsageSink | None,
+    ):
         self.root, self.trees, self.keys, self.max_body_bytes = root, trees, keys, max_body_bytes
+        self.limits, self.usage = limits, usage
+        self.limiter = RateLimiter(limits.per_minute)
+        self.budget = DailyBudget(root / "usage.sqlite", limits.tokens_per_day)
+        self.idempotency = IdempotencyStore(root / "idempotency.sqlite")
+
+    def meter(self, caller: Principal, tree: str, event: str, spent: int, **counts: int) -> None:
+        """Count ``spent`` tokens against the tenant's daily budget; emit a usage event."""
+        self.budget.add(caller.tenant, spent)
+        if self.usage is not None:
+            self.usage.emit(
+                {
+                    "event": event,
+                    "tenant": caller.tenant,
+                    "key_id": caller.key_id,
+                    "tree": tree,
+                    "time": time.time(),
+                    **counts,
+                }
+            )
 
 
 def create_app(
@@ -69,8 +116,14 @@ def create_app(
     config: SessionConfig | None = None,
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
+    limits: Limits | None = None,
+    usage: UsageSink | str | None = None,
 ) -> FastAPI:
-    """The service over the trees in ``root`` (``base``/``focus``: names, or loaded objects)."""
+    """The service over the trees in ``root`` (``base``/``focus``: names, or loaded objects).
+
+    ``limits``: rate limits and token budgets (:mod:`megacontext.server.limits`); ``usage``: a
+    usage sink, or its spec (``jsonl:PATH``, an ``http(s)://`` webhook).
+    """
     from megacontext.models.bundle import Bundle, load_bundle, resolve_focus
     from megacontext.models.loading import load_base
 
@@ -84,11 +137,14 @@ def create_app(
             fingerprints=adapter.fingerprints,
         )
     )
+    root.mkdir(parents=True, exist_ok=True)
     service = Service(
         root,
         Trees(root, adapter, bundle, config or SessionConfig(trace=False)),
         KeyStore(root / "keys.sqlite"),
         max_body_bytes,
+        limits or Limits(),
+        open_sink(usage) if isinstance(usage, str) or usage is None else usage,
     )
     return _app(service)
 
@@ -109,7 +165,8 @@ def _app(service: Service) -> FastAPI:
 
 def openapi_document() -> dict[str, Any]:
     """The service's OpenAPI 3.1 document (built without loading any model)."""
-    unloaded = Service(Path("."), None, None, MAX_BODY_BYTES)  # type: ignore[arg-type]
+    unloaded = object.__new__(Service)  # routes only, nothing loaded or opened
+    unloaded.trees, unloaded.max_body_bytes = None, MAX_BODY_BYTES  # type: ignore[assignment]
     return _app(unloaded).openapi()
 
 
@@ -129,6 +186,8 @@ def _errors(app: FastAPI) -> None:
                 headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
                 if code == 409:
                     headers = {"Retry-After": "1"}
+                if isinstance(exc, RateLimitedError):
+                    headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
                 return _error(code, kind, str(exc), headers)
         return _error(500, "server_error", f"{type(exc).__name__}: {exc}")
 
@@ -163,6 +222,61 @@ def _limits(app: FastAPI, service: Service) -> None:
         response: Response = await call_next(request)
         return response
 
+    @app.middleware("http")
+    async def idempotency(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        key = request.headers.get("idempotency-key")
+        if request.method != "POST" or key is None:
+            response: Response = await call_next(request)
+            return response
+        try:
+            who = service.keys.verify(_bearer(request))
+        except AuthError:
+            response = await call_next(request)  # the route answers 401
+            return response
+        body = await request.body()
+        fingerprint = hashlib.sha256(
+            request.method.encode() + b" " + request.url.path.encode() + b"\n" + body
+        ).hexdigest()
+        scope = f"{who.tenant}/{who.key_id}"
+        try:
+            stored = service.idempotency.begin(scope, key, fingerprint)
+        except (IdempotencyConflictError, IdempotencyMismatchError) as exc:
+            code, kind = (
+                (409, "conflict")
+                if isinstance(exc, IdempotencyConflictError)
+                else (
+                    422,
+                    "idempotency_key_reused",
+                )
+            )
+            return _error(code, kind, str(exc), {"Retry-After": "1"} if code == 409 else None)
+        if stored is not None:
+            return Response(
+                stored.body,
+                stored.status,
+                headers={"Idempotent-Replayed": "true"},
+                media_type=stored.content_type,
+            )
+        try:
+            response = await call_next(request)
+        except BaseException:
+            service.idempotency.abandon(scope, key)
+            raise
+        media = response.headers.get("content-type", "")
+        if response.status_code >= 500 or media.startswith("text/event-stream"):
+            service.idempotency.abandon(scope, key)  # not replayable: may be retried for real
+            return response
+        content = b"".join([chunk async for chunk in response.body_iterator])  # type: ignore[attr-defined]
+        service.idempotency.finish(scope, key, Stored(response.status_code, content, media))
+        return Response(
+            content, response.status_code, headers=dict(response.headers), media_type=None
+        )
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else None
+
 
 # ----------------------------------------------------------------------------- routes
 
@@ -170,12 +284,24 @@ def _limits(app: FastAPI, service: Service) -> None:
 def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (the route table)
     bearer = HTTPBearer(auto_error=False, description="An API key: mck_<id>_<secret>")
 
-    def principal(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> Principal:
-        return service.keys.verify(credentials.credentials if credentials else None)
+    def caller_of(route_class: str) -> Callable[..., Principal]:
+        """The key's principal, after its rate limit (and, for work, its daily budget)."""
 
-    Caller = Annotated[Principal, Depends(principal)]
+        def caller(
+            credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+            response: Response,
+        ) -> Principal:
+            who = service.keys.verify(credentials.credentials if credentials else None)
+            response.headers.update(service.limiter.take(who.key_id, route_class))
+            if route_class != "read":
+                service.budget.check(who.tenant)
+            return who
+
+        return caller
+
+    Reader = Annotated[Principal, Depends(caller_of("read"))]
+    Writer = Annotated[Principal, Depends(caller_of("write"))]
+    Asker = Annotated[Principal, Depends(caller_of("ask"))]
     trees = service.trees
 
     @app.get("/v1/health", tags=["service"])
@@ -184,7 +310,7 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
         return {"status": "ok", "version": __version__, "base": service.trees.base.source}
 
     @app.get("/v1/trees", tags=["trees"])
-    def list_trees(caller: Caller) -> s.TreeList:
+    def list_trees(caller: Reader) -> s.TreeList:
         caller.require("read")
         found = []
         for name in trees.names(caller.tenant):
@@ -193,44 +319,49 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
         return s.TreeList(trees=found)
 
     @app.post("/v1/trees", status_code=201, tags=["trees"])
-    def create_tree(body: s.TreeCreate, caller: Caller) -> s.Tree:
+    def create_tree(body: s.TreeCreate, caller: Writer) -> s.Tree:
         caller.require("write")
         trees.create(caller.tenant, body.name)
         with trees.reader(caller.tenant, body.name) as session:
             return _tree(body.name, session)
 
     @app.get("/v1/trees/{tree}", tags=["trees"])
-    def get_tree(tree: str, caller: Caller) -> s.Tree:
+    def get_tree(tree: str, caller: Reader) -> s.Tree:
         caller.require("read")
         with trees.reader(caller.tenant, tree) as session:
             return _tree(tree, session)
 
     @app.delete("/v1/trees/{tree}", status_code=204, tags=["trees"])
-    def delete_tree(tree: str, caller: Caller) -> Response:
+    def delete_tree(tree: str, caller: Writer) -> Response:
         caller.require("write")
         trees.delete(caller.tenant, tree)
         return Response(status_code=204)
 
     @app.post("/v1/trees/{tree}/sources", tags=["sources"])
-    def ingest(tree: str, body: s.Ingest, caller: Caller) -> s.Ingested:
+    def ingest(tree: str, body: s.Ingest, caller: Writer) -> s.Ingested:
         """Append text to the tree's history (journaled: a crash rolls it back)."""
         caller.require("write")
         with trees.writer(caller.tenant, tree) as session:
+            tokens = len(session.base.encode(body.text, add_bos=False))
+            check_request_tokens(tokens, service.limits.max_request_tokens, "the text")
+            gists = _gists(session)
             done = session.ingest(
                 body.text, source=body.source, metadata=body.metadata, force=body.force
             )
+            gists = _gists(session) - gists
+        service.meter(caller, tree, "ingest", done.tokens, tokens=done.tokens, gists=gists)
         return s.Ingested(
             tokens=done.tokens, start=done.start, stop=done.stop, duplicate_of=done.duplicate_of
         )
 
     @app.get("/v1/trees/{tree}/sources", tags=["sources"])
-    def list_sources(tree: str, caller: Caller) -> s.SourceList:
+    def list_sources(tree: str, caller: Reader) -> s.SourceList:
         caller.require("read")
         with trees.reader(caller.tenant, tree) as session:
             return s.SourceList(sources=[_source(i) for i in _journal(session)])
 
     @app.delete("/v1/trees/{tree}/sources/{source_id}", tags=["sources"])
-    def remove_source(tree: str, source_id: int, caller: Caller) -> s.Removed:
+    def remove_source(tree: str, source_id: int, caller: Writer) -> s.Removed:
         """Erase a source: its tokens, the gists above them, its keys and lexical rows."""
         from megacontext.runtime.journal import remove_sources
 
@@ -247,33 +378,40 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
         response_model=s.Answer,
         responses={200: {"content": {"text/event-stream": {}}}},
     )
-    def ask(tree: str, body: s.Ask, caller: Caller) -> Any:
+    def ask(tree: str, body: s.Ask, caller: Asker) -> Any:
         """Answer from the whole history, with citations; the question is not kept unless
         ``remember``. With ``stream``: events ``text`` ({"text"}) then ``answer`` (the Answer)."""
         caller.require("write" if body.remember else "read")
         question = body.model_dump(exclude={"stream"})
         if not body.stream:
-            return _answer_body(*_asked(trees, caller, tree, question, None))
+            return _answer_body(*_asked(service, caller, tree, question, None))
 
         def events(send: Callable[[str], None]) -> str:
-            answer, session_usage = _asked(trees, caller, tree, question, send)
+            answer, session_usage = _asked(service, caller, tree, question, send)
             return _answer_body(answer, session_usage).model_dump_json()
 
         return _sse(events, lambda piece: _event("text", {"text": piece}), "answer")
 
     @app.post("/v1/trees/{tree}/generate", tags=["questions"])
-    def generate(tree: str, body: s.Generate, caller: Caller) -> s.Generated:
+    def generate(tree: str, body: s.Generate, caller: Writer) -> s.Generated:
         """Continue the history (after appending ``prompt``); what is generated is kept."""
         caller.require("write")
+        check_request_tokens(
+            body.max_new_tokens, service.limits.max_request_tokens, "max_new_tokens"
+        )
         with trees.writer(caller.tenant, tree) as session:
+            before, gists = session.tree.num_tokens, _gists(session)
             pieces = list(session.generate(body.prompt, body.max_new_tokens, body.stop))
-        text = "".join(pieces)
-        return s.Generated(text=text, tokens=len(pieces))
+            added, gists = session.tree.num_tokens - before, _gists(session) - gists
+        service.meter(
+            caller, tree, "generate", added, tokens=added, generated=len(pieces), gists=gists
+        )
+        return s.Generated(text="".join(pieces), tokens=len(pieces))
 
     # -- OpenAI-compatible -------------------------------------------------------------------
 
     @app.get("/v1/models", tags=["openai"])
-    def models(caller: Caller) -> dict[str, Any]:
+    def models(caller: Reader) -> dict[str, Any]:
         """The caller's trees, as OpenAI models: ``model`` in a completion names the tree."""
         caller.require("read")
         return {
@@ -285,7 +423,7 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
         }
 
     @app.post("/v1/chat/completions", tags=["openai"])
-    def chat_completions(body: s.ChatRequest, caller: Caller) -> Any:
+    def chat_completions(body: s.ChatRequest, caller: Asker) -> Any:
         """OpenAI's chat completion over a tree: the last user message is asked of the tree
         (earlier messages are not re-read: the tree is the memory; ``remember`` keeps the turn).
         ``usage`` is in every response, and in a last streamed chunk with
@@ -294,14 +432,14 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
         question = _last_user_message(body.messages)
         limit = body.max_completion_tokens or body.max_tokens or 256
         asked = {"question": question, "max_new_tokens": limit, "remember": body.remember}
-        return _openai(trees, caller, body.model, asked, body.stream, body.stream_options, True)
+        return _openai(service, caller, body.model, asked, body.stream, body.stream_options, True)
 
     @app.post("/v1/completions", tags=["openai"])
-    def completions(body: s.CompletionRequest, caller: Caller) -> Any:
+    def completions(body: s.CompletionRequest, caller: Asker) -> Any:
         """OpenAI's legacy completion over a tree: ``prompt`` is asked of the tree."""
         caller.require("read")
         asked = {"question": body.prompt, "max_new_tokens": body.max_tokens or 16}
-        return _openai(trees, caller, body.model, asked, body.stream, body.stream_options, False)
+        return _openai(service, caller, body.model, asked, body.stream, body.stream_options, False)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -314,6 +452,11 @@ def _tree(name: str, session: Session) -> s.Tree:
         levels=session.tree.num_levels,
         sources=len(_journal(session)),
     )
+
+
+def _gists(session: Session) -> int:
+    tree = session.tree
+    return sum(tree.count(level) for level in range(1, tree.num_levels))
 
 
 def _journal(session: Session) -> list[Any]:
@@ -339,13 +482,17 @@ def _source(ingest: Any) -> s.Source:
 
 
 def _asked(
-    trees: Trees,
+    service: Service,
     caller: Principal,
     tree: str,
     question: dict[str, Any],
     on_text: Callable[[str], None] | None,
 ) -> tuple[Any, s.Usage]:
-    """Ask ``question`` of the tree; the answer and what the base read and wrote."""
+    """Ask ``question`` of the tree (metered); the answer and what the base read and wrote."""
+    check_request_tokens(
+        question["max_new_tokens"], service.limits.max_request_tokens, "max_new_tokens"
+    )
+    trees = service.trees
     opened = trees.writer if question.get("remember") else trees.reader
     with opened(caller.tenant, tree) as session:
         answer = session.ask(**question, on_text=on_text)
@@ -358,6 +505,14 @@ def _asked(
         prompt_tokens=read,
         completion_tokens=len(answer.ids),
         total_tokens=read + len(answer.ids),
+    )
+    service.meter(
+        caller,
+        tree,
+        "ask",
+        usage.total_tokens,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
     )
     return answer, usage
 
@@ -505,7 +660,7 @@ class _Completion:
 
 
 def _openai(
-    trees: Trees,
+    service: Service,
     caller: Principal,
     tree: str,
     question: dict[str, Any],
@@ -515,7 +670,7 @@ def _openai(
 ) -> Any:
     completion = _Completion(tree, question, chat, bool(options and options.include_usage))
     if not stream:
-        return completion.whole(*_asked(trees, caller, tree, question, None))
+        return completion.whole(*_asked(service, caller, tree, question, None))
 
     def work(send: Callable[[str], None]) -> str:
         if chat:
@@ -525,7 +680,7 @@ def _openai(
             if piece:
                 send(piece)
 
-        return completion.ending(*_asked(trees, caller, tree, question, text))
+        return completion.ending(*_asked(service, caller, tree, question, text))
 
     return _sse(work, completion.piece, None)
 
