@@ -75,6 +75,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+_STREAMED: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}}, "description": "JSON, or events when streamed"}
+}
+
+
 class Service:
     """What the routes share: trees, keys, limits, idempotency and the usage meter."""
 
@@ -376,13 +381,14 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
         "/v1/trees/{tree}/ask",
         tags=["questions"],
         response_model=s.Answer,
-        responses={200: {"content": {"text/event-stream": {}}}},
+        responses=_STREAMED,
     )
     def ask(tree: str, body: s.Ask, caller: Asker) -> Any:
         """Answer from the whole history, with citations; the question is not kept unless
         ``remember``. With ``stream``: events ``text`` ({"text"}) then ``answer`` (the Answer)."""
         caller.require("write" if body.remember else "read")
         question = body.model_dump(exclude={"stream"})
+        _check_ask(service, caller, tree, question)  # before a stream starts: errors are statuses
         if not body.stream:
             return _answer_body(*_asked(service, caller, tree, question, None))
 
@@ -422,7 +428,7 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
             ],
         }
 
-    @app.post("/v1/chat/completions", tags=["openai"])
+    @app.post("/v1/chat/completions", tags=["openai"], responses=_STREAMED)
     def chat_completions(body: s.ChatRequest, caller: Asker) -> Any:
         """OpenAI's chat completion over a tree: the last user message is asked of the tree
         (earlier messages are not re-read: the tree is the memory; ``remember`` keeps the turn).
@@ -434,7 +440,7 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
         asked = {"question": question, "max_new_tokens": limit, "remember": body.remember}
         return _openai(service, caller, body.model, asked, body.stream, body.stream_options, True)
 
-    @app.post("/v1/completions", tags=["openai"])
+    @app.post("/v1/completions", tags=["openai"], responses=_STREAMED)
     def completions(body: s.CompletionRequest, caller: Asker) -> Any:
         """OpenAI's legacy completion over a tree: ``prompt`` is asked of the tree."""
         caller.require("read")
@@ -489,9 +495,6 @@ def _asked(
     on_text: Callable[[str], None] | None,
 ) -> tuple[Any, s.Usage]:
     """Ask ``question`` of the tree (metered); the answer and what the base read and wrote."""
-    check_request_tokens(
-        question["max_new_tokens"], service.limits.max_request_tokens, "max_new_tokens"
-    )
     trees = service.trees
     opened = trees.writer if question.get("remember") else trees.reader
     with opened(caller.tenant, tree) as session:
@@ -515,6 +518,14 @@ def _asked(
         completion_tokens=usage.completion_tokens,
     )
     return answer, usage
+
+
+def _check_ask(service: Service, caller: Principal, tree: str, question: dict[str, Any]) -> None:
+    """What can be refused before answering: the token budget and a tree that is not there."""
+    check_request_tokens(
+        question["max_new_tokens"], service.limits.max_request_tokens, "max_new_tokens"
+    )
+    service.trees.found(caller.tenant, tree)
 
 
 def _answer_body(answer: Any, usage: s.Usage) -> s.Answer:
@@ -669,6 +680,7 @@ def _openai(
     chat: bool,
 ) -> Any:
     completion = _Completion(tree, question, chat, bool(options and options.include_usage))
+    _check_ask(service, caller, tree, question)  # before a stream starts: errors are statuses
     if not stream:
         return completion.whole(*_asked(service, caller, tree, question, None))
 
