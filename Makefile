@@ -8,7 +8,7 @@ export NO_MKDOCS_2_WARNING := 1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint typecheck docs pytest bench-core tiny-base focus-models clean
+.PHONY: install demo test lint typecheck docs pytest sdk-ts bench-core tiny-base focus-models clean
 
 # torch is pinned in the same pip command as everything that depends on it: an unpinned torch
 # resolves to a multi-GB CUDA build on our machines (docs/development.md). The real bases' GGUF
@@ -48,7 +48,12 @@ pytest: install
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-test: lint typecheck docs pytest
+# The TypeScript SDK (sdk/typescript): build it, then test it against a live `megacontext serve`
+# (its tests start one from this venv) and against the committed OpenAPI document.
+sdk-ts: install
+	cd sdk/typescript && npm ci && npm run build && MEGACONTEXT_BIN=$(abspath $(VENV))/bin/megacontext npm test
+
+test: lint typecheck docs pytest sdk-ts
 
 bench-core: install
 	$(VENV)/bin/megacontext bench core --json results/core.json

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 from megacontext.client import parse_events
@@ -129,7 +130,9 @@ def test_bad_input_gets_one_error_schema(world: World) -> None:
     )
     assert "max_new_tokens" in _error(wrong, 422)["message"]
     _error(world.client.post("/v1/trees", json={"name": "../etc"}, headers=h), 400)
-    _error(world.client.post("/v1/trees", json={"name": "notes"}, headers=h), 409)
+    exists = world.client.post("/v1/trees", json={"name": "notes"}, headers=h)
+    assert _error(exists, 409)["type"] == "already_exists"
+    assert "Retry-After" not in exists.headers  # retrying will not help
     _error(world.client.get("/v1/trees/nowhere", headers=h), 404)
     big = world.client.post("/v1/trees/notes/sources", json={"text": "x" * 100_000}, headers=h)
     assert "limit" in _error(big, 413)["message"]
@@ -156,3 +159,33 @@ def test_the_committed_openapi_document_is_the_apps() -> None:
         "docs/openapi.json is stale: python -m megacontext.server openapi docs/openapi.json"
     )
     assert committed["openapi"].startswith("3.1")
+
+
+def test_the_working_context_and_provenance_can_be_looked_at(world: World) -> None:
+    tree_with_text(world)
+    h = world.headers(world.reader)
+    tokens = world.client.get("/v1/trees/notes", headers=h).json()["tokens"]
+    plain = world.client.post("/v1/trees/notes/context", json={}, headers=h).json()
+    assert plain["size"] <= plain["W_max"] == 48
+    covered = [(e["start"], e["end"]) for e in plain["entries"]]
+    assert covered[0][0] == 0 and covered[-1][1] == tokens  # the whole history, in order
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(covered))  # contiguous
+    assert sum(e["entries"] for e in plain["entries"]) == plain["size"]
+    pinned = world.client.post(
+        "/v1/trees/notes/context", json={"pins": [[40, 44]], "W_max": 128}, headers=h
+    ).json()
+    assert "entries" in pinned, pinned
+    raw = [e for e in pinned["entries"] if e["level"] == 0]
+    assert any(e["start"] <= 40 and e["end"] >= 44 for e in raw), pinned  # pinned tokens raw
+    assert pinned["W_max"] == 128 and pinned["size"] <= 128
+    asked = world.client.post(
+        "/v1/trees/notes/context", json={"question": "Which ship at dusk?"}, headers=h
+    )
+    assert asked.status_code == 200 and asked.json()["size"] <= 48
+    too_big = world.client.post("/v1/trees/notes/context", json={"W_max": 10**6}, headers=h)
+    assert "W_max" in _error(too_big, 400)["message"]
+    spans = world.client.get("/v1/trees/notes/provenance?start=0&stop=5", headers=h).json()
+    rows = spans["spans"]  # one row per LOD1 block of the source
+    assert rows[0]["start"] == 0 and rows[-1]["stop"] >= 5 and rows[0]["lines"][0] == 1
+    assert {r["source"] for r in rows} == {"logbook.txt"}
+    _error(world.client.get("/v1/trees/notes/provenance?start=5&stop=5", headers=h), 400)

@@ -61,7 +61,8 @@ class NotFoundError(APIError):
 
 
 class ConflictError(APIError):
-    """409: the tree exists, or another request is writing it (retried)."""
+    """409: the tree exists (``already_exists``), or another request is writing it
+    (``conflict``, retried after ``Retry-After``)."""
 
 
 class PayloadTooLargeError(APIError):
@@ -253,6 +254,14 @@ def _stream_event(event: str, data: dict[str, Any]) -> StreamEvent:
     return StreamEvent(text=str(data["text"]))
 
 
+def _retryable(response: httpx.Response) -> bool:
+    """A status worth retrying; a 409 only for a ``conflict`` (another request is writing the
+    tree), not for a tree that ``already_exists``."""
+    if response.status_code == 409:
+        return _error(response).type != "already_exists"
+    return response.status_code in RETRY_STATUS
+
+
 def _delay(attempt: int, response: httpx.Response | None) -> float:
     if response is not None:
         after = response.headers.get("retry-after", "")
@@ -310,7 +319,7 @@ class Client:
                     raise APIConnectionError(f"{method} {path} failed: {exc}") from exc
                 time.sleep(_delay(attempt, None))
                 continue
-            if response.status_code in RETRY_STATUS and not last:
+            if _retryable(response) and not last:
                 time.sleep(_delay(attempt, response))
                 continue
             if response.status_code >= 400:
@@ -449,7 +458,7 @@ class AsyncClient:
                     raise APIConnectionError(f"{method} {path} failed: {exc}") from exc
                 await asyncio.sleep(_delay(attempt, None))
                 continue
-            if response.status_code in RETRY_STATUS and not last:
+            if _retryable(response) and not last:
                 await asyncio.sleep(_delay(attempt, response))
                 continue
             if response.status_code >= 400:

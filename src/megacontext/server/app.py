@@ -20,7 +20,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -45,14 +46,16 @@ from megacontext.server.limits import (
     RateLimiter,
     check_request_tokens,
 )
-from megacontext.server.trees import ConflictError, NotFoundError, Trees
+from megacontext.server.trees import ConflictError, NotFoundError, TreeExistsError, Trees
 from megacontext.server.usage import UsageSink, open_sink
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_TOKEN_INDEX = 2**53  # token positions in queries (the store's indices are far below)
 ERROR_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (AuthError, 401, "unauthorized"),
     (ScopeError, 403, "forbidden"),
     (NotFoundError, 404, "not_found"),
+    (TreeExistsError, 409, "already_exists"),
     (ConflictError, 409, "conflict"),
     (IdempotencyConflictError, 409, "conflict"),
     (IdempotencyMismatchError, 422, "idempotency_key_reused"),
@@ -67,7 +70,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (401, "Missing, unknown or revoked API key"),
         (403, "The key's scopes do not allow the call"),
         (404, "No such tree or source in this tenant"),
-        (409, "Another request is writing this tree, or it exists"),
+        (409, "The tree exists (already_exists), or another request is writing it (conflict)"),
         (413, "Body larger than the service's limit"),
         (422, "A field has the wrong type or value, or an Idempotency-Key was reused"),
         (429, "Rate limit or daily token budget reached (see Retry-After)"),
@@ -189,12 +192,16 @@ def _errors(app: FastAPI) -> None:
         for cls, code, kind in ERROR_STATUS:
             if isinstance(exc, cls):
                 headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
-                if code == 409:
-                    headers = {"Retry-After": "1"}
+                if isinstance(exc, ConflictError | IdempotencyConflictError):
+                    headers = {"Retry-After": "1"}  # transient: another request is at work
                 if isinstance(exc, RateLimitedError):
                     headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
                 return _error(code, kind, str(exc), headers)
         return _error(500, "server_error", f"{type(exc).__name__}: {exc}")
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> Response:
+        return _error(500, "server_error", f"the service failed ({type(exc).__name__}); retry")
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> Response:
@@ -366,7 +373,9 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
             return s.SourceList(sources=[_source(i) for i in _journal(session)])
 
     @app.delete("/v1/trees/{tree}/sources/{source_id}", tags=["sources"])
-    def remove_source(tree: str, source_id: int, caller: Writer) -> s.Removed:
+    def remove_source(
+        tree: str, source_id: Annotated[int, PathParam(ge=0, le=MAX_TOKEN_INDEX)], caller: Writer
+    ) -> s.Removed:
         """Erase a source: its tokens, the gists above them, its keys and lexical rows."""
         from megacontext.runtime.journal import remove_sources
 
@@ -397,6 +406,56 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
             return _answer_body(answer, session_usage).model_dump_json()
 
         return _sse(events, lambda piece: _event("text", {"text": piece}), "answer")
+
+    @app.post("/v1/trees/{tree}/context", tags=["focus"])
+    def context(tree: str, body: s.FocusRequest, caller: Asker) -> s.WorkingContext:
+        """The working context the base would read: at ``W_max``, after the manual edits
+        (pins, expand, collapse) and focusing for ``question``. Nothing is kept."""
+        caller.require("read")
+        with trees.reader(caller.tenant, tree) as session:
+            if body.W_max is not None:
+                _check_budget(session, body.W_max)
+                session.resize(body.W_max)
+            for level, index in body.collapse:
+                session.focus.collapse(level, index)
+            for level, index in body.expand:
+                session.focus.expand(level, index)
+            for start, end in body.pins:
+                session.focus.pin(start, end)
+            steps = 0
+            if body.question:
+                query = session.base.encode(body.question, add_bos=False)
+                steps = session.focus_for(query, steps=body.focus_steps)
+            return _context(session, steps)
+
+    @app.get("/v1/trees/{tree}/provenance", tags=["focus"])
+    def provenance(
+        tree: str,
+        start: Annotated[int, Query(ge=0, le=MAX_TOKEN_INDEX)],
+        stop: Annotated[int, Query(ge=1, le=MAX_TOKEN_INDEX)],
+        caller: Reader,
+    ) -> s.ProvenanceList:
+        """Where the tokens ``[start, stop)`` come from: source, lines and bytes per span."""
+        caller.require("read")
+        if not 0 <= start < stop:
+            raise InvalidInputError(f"need 0 <= start < stop, got start={start} stop={stop}")
+        with trees.reader(caller.tenant, tree) as session:
+            if session.metadata is None:
+                return s.ProvenanceList(spans=[])
+            rows = session.metadata.provenance(session.tree_id, start, stop)
+        return s.ProvenanceList(
+            spans=[
+                s.ProvenanceSpan(
+                    source=str(r.source.meta.get("path") or r.source.uri),
+                    kind=r.source.kind,
+                    start=r.start_index,
+                    stop=r.stop_index,
+                    lines=r.line_range,
+                    bytes=r.byte_range,
+                )
+                for r in rows
+            ]
+        )
 
     @app.post("/v1/trees/{tree}/generate", tags=["questions"])
     def generate(tree: str, body: s.Generate, caller: Writer) -> s.Generated:
@@ -457,6 +516,40 @@ def _tree(name: str, session: Session) -> s.Tree:
         tokens=session.tree.num_tokens,
         levels=session.tree.num_levels,
         sources=len(_journal(session)),
+    )
+
+
+def _check_budget(session: Session, W_max: int) -> None:
+    from megacontext.runtime.opening import check_positions
+
+    check_positions(session.config.resized(W_max), session.base)
+
+
+def _context(session: Session, steps: int) -> s.WorkingContext:
+    entries: list[s.ContextEntry] = []
+    for view in session.working_context():
+        last = entries[-1] if entries else None
+        if view.level == 0 and last is not None and last.level == 0 and last.end == view.start:
+            entries[-1] = last.model_copy(
+                update={
+                    "end": view.end,
+                    "entries": last.entries + 1,
+                    "text": last.text + view.preview,
+                }
+            )
+        else:
+            entries.append(
+                s.ContextEntry(
+                    level=view.level,
+                    index=view.index,
+                    start=view.start,
+                    end=view.end,
+                    entries=1,
+                    text=view.preview,
+                )
+            )
+    return s.WorkingContext(
+        W_max=session.wc.W_max, size=session.wc.size, entries=entries, focus_steps=steps
     )
 
 
@@ -597,8 +690,11 @@ def _sse(
                 yield _event(final, json.loads(value)) if final else value
                 return
             else:
-                status = next((c for t, c, _ in ERROR_STATUS if isinstance(value, t)), 500)
-                body = {"type": type(value).__name__, "message": str(value), "code": status}
+                status, kind = next(
+                    ((c, k) for t, c, k in ERROR_STATUS if isinstance(value, t)),
+                    (500, "server_error"),
+                )
+                body = {"type": kind, "message": str(value), "code": status}
                 yield _event("error", {"error": body})
                 return
 

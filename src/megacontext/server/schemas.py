@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_NEW_TOKENS = 1024  # the most tokens one answer may decode
+Index = Annotated[int, Field(ge=0, le=2**53)]  # a token position, level or node index
 
 
 class ErrorBody(BaseModel):
@@ -104,6 +105,59 @@ class Usage(BaseModel):
     prompt_tokens: int = Field(description="Positions the base read: prompt, context, question.")
     completion_tokens: int
     total_tokens: int
+
+
+class FocusRequest(BaseModel):
+    """Build a working context (nothing is kept: each request starts from the tree's default)."""
+
+    model_config = ConfigDict(extra="forbid")
+    question: str | None = Field(None, description="Focus for this question, as ask does.")
+    W_max: int | None = Field(
+        None, ge=1, le=2**31, description="The budget (default: the service's)."
+    )
+    focus_steps: int | None = Field(None, ge=0, le=64)
+    pins: list[tuple[Index, Index]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Token ranges [start, end) to bring back raw and keep.",
+    )
+    expand: list[tuple[Index, Index]] = Field(
+        default_factory=list, max_length=64, description="Gists (level, index) to open."
+    )
+    collapse: list[tuple[Index, Index]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Nodes (level, index) whose children to close.",
+    )
+
+
+class ContextEntry(BaseModel):
+    level: int = Field(description="0: raw tokens (a run of them); 1+: one gist.")
+    index: int = Field(description="The node's index on its level (a run's first token).")
+    start: int = Field(description="First token of the history the entry covers.")
+    end: int = Field(description="One past its last token.")
+    entries: int = Field(description="Positions the entry takes in the working context.")
+    text: str = Field(description="The raw text (empty for a gist).")
+
+
+class WorkingContext(BaseModel):
+    W_max: int
+    size: int = Field(description="Positions used.")
+    entries: list[ContextEntry] = Field(description="Oldest first; raw tokens merged into runs.")
+    focus_steps: int
+
+
+class ProvenanceSpan(BaseModel):
+    source: str = Field(description="The source's path or URI.")
+    kind: str
+    start: int
+    stop: int
+    lines: tuple[int, int] | None
+    bytes: tuple[int, int] | None
+
+
+class ProvenanceList(BaseModel):
+    spans: list[ProvenanceSpan]
 
 
 class Generate(BaseModel):

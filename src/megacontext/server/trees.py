@@ -28,7 +28,11 @@ class NotFoundError(MegaContextError):
 
 
 class ConflictError(MegaContextError):
-    """The request conflicts with the state: the tree exists, or another writer holds it (409)."""
+    """Another request is writing the tree (HTTP 409 with Retry-After: retry shortly)."""
+
+
+class TreeExistsError(MegaContextError):
+    """A tree of that name exists (HTTP 409, ``already_exists``: retrying will not help)."""
 
 
 def check_name(name: str) -> str:
@@ -56,7 +60,7 @@ class Trees:
     def create(self, tenant: str, name: str) -> Path:
         path = self.path(tenant, name)
         if path.exists():
-            raise ConflictError(f"tree {name!r} already exists")
+            raise TreeExistsError(f"tree {name!r} already exists; choose another name")
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._open(path, readonly=False, create=True):
             pass
@@ -105,4 +109,4 @@ class Trees:
             yield session
 
 
-__all__ = ["ConflictError", "NotFoundError", "Trees", "check_name"]
+__all__ = ["ConflictError", "NotFoundError", "TreeExistsError", "Trees", "check_name"]

@@ -1,0 +1,530 @@
+/**
+ * @megacontext/client: a fetch-based client for the MegaContext HTTP service (`megacontext
+ * serve`). No runtime dependencies; Node 20+ (global fetch) or any runtime with fetch.
+ */
+
+import {
+  ConnectionError,
+  InvalidRequestError,
+  MegaContextError,
+  TimeoutError,
+  errorFromResponse,
+} from "./errors.js";
+import { parseEventStream, type ServerSentEvent } from "./sse.js";
+import type {
+  Answer,
+  Ask,
+  AskStreamEvent,
+  Generate,
+  Generated,
+  Health,
+  Ingest,
+  Ingested,
+  ModelList,
+  Removed,
+  SourceList,
+  Tree,
+  TreeCreate,
+  TreeList,
+} from "./types.js";
+
+export * from "./errors.js";
+export * from "./types.js";
+export { parseEventStream, type ServerSentEvent } from "./sse.js";
+
+export const VERSION = "0.1.0";
+
+/** Every route the client calls: method and path template, as in docs/openapi.json. */
+export const ENDPOINTS = {
+  health: ["GET", "/v1/health"],
+  listTrees: ["GET", "/v1/trees"],
+  createTree: ["POST", "/v1/trees"],
+  getTree: ["GET", "/v1/trees/{tree}"],
+  deleteTree: ["DELETE", "/v1/trees/{tree}"],
+  ingest: ["POST", "/v1/trees/{tree}/sources"],
+  listSources: ["GET", "/v1/trees/{tree}/sources"],
+  removeSource: ["DELETE", "/v1/trees/{tree}/sources/{source_id}"],
+  ask: ["POST", "/v1/trees/{tree}/ask"],
+  generate: ["POST", "/v1/trees/{tree}/generate"],
+  models: ["GET", "/v1/models"],
+} as const satisfies Record<string, readonly [string, string]>;
+
+export type EndpointName = keyof typeof ENDPOINTS;
+
+export interface MegaContextClientOptions {
+  /** The service's address, e.g. "http://127.0.0.1:8000" (a trailing "/v1" is accepted). */
+  baseUrl: string;
+  /** An API key, `mck_<id>_<secret>` (`megacontext keys create`); health() needs none. */
+  apiKey?: string | undefined;
+  /** Per attempt: until the whole response is read; while streaming, between two chunks. */
+  timeoutMs?: number | undefined;
+  /** Retries of a request after 408, 409, 429, 5xx or a network failure. */
+  maxRetries?: number | undefined;
+  /** A fetch to use instead of the global one. */
+  fetch?: typeof fetch | undefined;
+}
+
+/** Options of one call, overriding the client's. */
+export interface CallOptions {
+  /** Aborts the call (and its retries); the call rejects with the signal's reason. */
+  signal?: AbortSignal | undefined;
+  timeoutMs?: number | undefined;
+  maxRetries?: number | undefined;
+}
+
+export interface IngestParams {
+  text: string;
+  /** A URI naming the source (default: an inline: URI of the text's hash). */
+  source?: string | undefined;
+  /** JSON metadata; "path" names the source in citations. */
+  metadata?: Record<string, unknown> | undefined;
+  /** Append even when the same content is already in the tree. */
+  force?: boolean | undefined;
+}
+
+export interface AskParams {
+  question: string;
+  /** The most tokens the answer may have (1-1024; the service's default is 64). */
+  maxNewTokens?: number | undefined;
+  /** Refocusing steps (0-64; by default until focus converges). */
+  focusSteps?: number | undefined;
+  /** Also append the question and answer to the tree (needs the write scope). */
+  remember?: boolean | undefined;
+}
+
+export interface GenerateParams {
+  /** Appended to the history before continuing. */
+  prompt?: string | undefined;
+  /** 0-1024 (the service's default is 64). */
+  maxNewTokens?: number | undefined;
+  /** Strings that end the generation. */
+  stop?: string[] | undefined;
+}
+
+interface Attempt {
+  controller: AbortController;
+  /** (Re)start the timeout. */
+  arm(): void;
+  disarm(): void;
+  timedOut(): boolean;
+  /** Stop following the caller's signal (when the response is done with). */
+  release(): void;
+}
+
+interface Send<T> {
+  endpoint: EndpointName;
+  params?: Record<string, string | number>;
+  body?: unknown;
+  accept?: string;
+  /** Whether a 409 is worth retrying (not when it means "already exists"). */
+  retryConflict?: boolean;
+  /** Reads a successful response; its errors are retried like the response's. */
+  read(response: Response, attempt: Attempt): Promise<T>;
+}
+
+const RETRY_AFTER_CAP_MS = 60_000;
+
+export class MegaContextClient {
+  readonly baseUrl: string;
+  readonly timeoutMs: number;
+  readonly maxRetries: number;
+  readonly #apiKey: string | undefined;
+  readonly #fetch: typeof fetch;
+
+  constructor(options: MegaContextClientOptions) {
+    if (!options || typeof options.baseUrl !== "string" || options.baseUrl === "") {
+      throw new TypeError("MegaContextClient needs a baseUrl, e.g. http://127.0.0.1:8000");
+    }
+    this.baseUrl = options.baseUrl.replace(/\/+$/, "").replace(/\/v1$/, "");
+    this.#apiKey = options.apiKey;
+    this.timeoutMs = options.timeoutMs ?? 60_000;
+    this.maxRetries = options.maxRetries ?? 2;
+    if (!(this.timeoutMs > 0)) throw new TypeError("timeoutMs must be a positive number");
+    if (!Number.isInteger(this.maxRetries) || this.maxRetries < 0) {
+      throw new TypeError("maxRetries must be an integer >= 0");
+    }
+    const found = options.fetch ?? globalThis.fetch;
+    if (typeof found !== "function") {
+      throw new TypeError("no fetch: use Node 20+ or pass options.fetch");
+    }
+    this.#fetch = found;
+  }
+
+  // ----------------------------------------------------------------------------- service
+
+  /** Liveness: the service is up and its base is loaded (no key needed). */
+  health(options?: CallOptions): Promise<Health> {
+    return this.#json({ endpoint: "health" }, options);
+  }
+
+  /** The caller's trees as OpenAI models (`model` in an OpenAI completion names the tree). */
+  models(options?: CallOptions): Promise<ModelList> {
+    return this.#json({ endpoint: "models" }, options);
+  }
+
+  // ----------------------------------------------------------------------------- trees
+
+  listTrees(options?: CallOptions): Promise<TreeList> {
+    return this.#json({ endpoint: "listTrees" }, options);
+  }
+
+  /** Create a tree; ConflictError when it exists (never retried: it would exist again). */
+  createTree(name: string, options?: CallOptions): Promise<Tree> {
+    const body: TreeCreate = { name };
+    return this.#json({ endpoint: "createTree", body, retryConflict: false }, options);
+  }
+
+  getTree(name: string, options?: CallOptions): Promise<Tree> {
+    return this.#json({ endpoint: "getTree", params: { tree: name } }, options);
+  }
+
+  async deleteTree(name: string, options?: CallOptions): Promise<void> {
+    await this.#json({ endpoint: "deleteTree", params: { tree: name } }, options);
+  }
+
+  // ----------------------------------------------------------------------------- sources
+
+  /** Append text to the tree's history (the same content twice is a no-op unless force). */
+  ingest(tree: string, params: IngestParams, options?: CallOptions): Promise<Ingested> {
+    const body: Ingest = { text: params.text };
+    if (params.source !== undefined) body.source = params.source;
+    if (params.metadata !== undefined) body.metadata = params.metadata;
+    if (params.force !== undefined) body.force = params.force;
+    return this.#json({ endpoint: "ingest", params: { tree }, body }, options);
+  }
+
+  listSources(tree: string, options?: CallOptions): Promise<SourceList> {
+    return this.#json({ endpoint: "listSources", params: { tree } }, options);
+  }
+
+  /** Erase a source: its tokens, the gists above them, its keys and lexical rows. */
+  removeSource(tree: string, id: number, options?: CallOptions): Promise<Removed> {
+    if (!Number.isInteger(id)) {
+      return Promise.reject(
+        new InvalidRequestError(`a source id is an integer (listSources), not ${String(id)}`, {
+          type: "invalid_request",
+        }),
+      );
+    }
+    return this.#json({ endpoint: "removeSource", params: { tree, source_id: id } }, options);
+  }
+
+  // ----------------------------------------------------------------------------- questions
+
+  /** Answer from the whole history, with citations (the question is kept only with remember). */
+  ask(tree: string, params: AskParams, options?: CallOptions): Promise<Answer> {
+    const body = askBody(params, false);
+    return this.#json({ endpoint: "ask", params: { tree }, body }, options);
+  }
+
+  /**
+   * Ask, streamed: yields `{type: "text", text}` for each piece as it is decoded, then one
+   * `{type: "answer", answer}` with the whole Answer. An error the service reports in the
+   * stream is thrown as its typed error. Breaking out of the loop closes the connection.
+   */
+  async *askStream(
+    tree: string,
+    params: AskParams,
+    options?: CallOptions,
+  ): AsyncGenerator<AskStreamEvent, Answer, undefined> {
+    const opened = await this.#send(
+      {
+        endpoint: "ask",
+        params: { tree },
+        body: askBody(params, true),
+        accept: "text/event-stream",
+        read: async (response, attempt) => {
+          if (response.body === null) {
+            throw new ConnectionError("the service sent no event stream", {
+              type: "connection_error",
+            });
+          }
+          const events = parseEventStream(response.body, attempt.arm);
+          // An error the service meets once the stream has begun (e.g. another request writing
+          // the tree, with remember) comes as an error event: one before any piece is read
+          // here, so that it is retried as the same HTTP error would be.
+          const first = await events.next();
+          if (!first.done && first.value.event === "error") streamError(first.value);
+          return { events, first, attempt };
+        },
+      },
+      options,
+    );
+    const { events, attempt } = opened;
+    let next = opened.first;
+    let answer: Answer | undefined;
+    try {
+      while (!next.done) {
+        const { event, data } = next.value;
+        if (event === "text") {
+          const piece = parseData(event, data) as { text?: unknown };
+          if (typeof piece.text !== "string") throw badStream(`a text event without text`);
+          yield { type: "text", text: piece.text };
+        } else if (event === "answer") {
+          answer = parseData(event, data) as Answer;
+          attempt.disarm();
+          yield { type: "answer", answer };
+          return answer;
+        } else if (event === "error") {
+          streamError(next.value);
+        }
+        next = await nextEvent(events, attempt, options?.signal);
+      }
+      throw new ConnectionError("the event stream ended before its answer event", {
+        type: "connection_error",
+      });
+    } finally {
+      attempt.disarm();
+      attempt.release();
+      if (answer === undefined) attempt.controller.abort();
+      await events.return(undefined).catch(() => {});
+    }
+  }
+
+  /** Continue the tree's history (after appending prompt); what is generated is kept. */
+  generate(tree: string, params: GenerateParams = {}, options?: CallOptions): Promise<Generated> {
+    const body: Generate = {};
+    if (params.prompt !== undefined) body.prompt = params.prompt;
+    if (params.maxNewTokens !== undefined) body.max_new_tokens = params.maxNewTokens;
+    if (params.stop !== undefined) body.stop = params.stop;
+    return this.#json({ endpoint: "generate", params: { tree }, body }, options);
+  }
+
+  // ----------------------------------------------------------------------------- transport
+
+  #json<T>(request: Omit<Send<T>, "read">, options?: CallOptions): Promise<T> {
+    return this.#send<T>(
+      {
+        ...request,
+        read: async (response, attempt) => {
+          const text = await response.text();
+          attempt.disarm();
+          attempt.release();
+          if (response.status === 204 || text === "") return undefined as T;
+          try {
+            return JSON.parse(text) as T;
+          } catch {
+            throw new MegaContextError(
+              `the service's response is not JSON: ${text.slice(0, 200)}`,
+              { status: response.status, type: "invalid_response" },
+            );
+          }
+        },
+      },
+      options,
+    );
+  }
+
+  #url(endpoint: EndpointName, params: Record<string, string | number> = {}): string {
+    const path = ENDPOINTS[endpoint][1].replace(/\{(\w+)\}/g, (_, name: string) => {
+      const value = String(params[name] ?? "");
+      // "." and ".." (even percent-encoded) are resolved away by URL parsing: never send them.
+      if (value === "" || value === "." || value === "..") {
+        throw new InvalidRequestError(`${name} ${JSON.stringify(value)} is not a valid name`, {
+          type: "invalid_request",
+        });
+      }
+      return encodeURIComponent(value);
+    });
+    return this.baseUrl + path;
+  }
+
+  async #send<T>(request: Send<T>, options: CallOptions = {}): Promise<T> {
+    const method = ENDPOINTS[request.endpoint][0];
+    const url = this.#url(request.endpoint, request.params);
+    const headers: Record<string, string> = { accept: request.accept ?? "application/json" };
+    if (this.#apiKey !== undefined) headers["authorization"] = `Bearer ${this.#apiKey}`;
+    // One key per call, the same on its retries: a service that keeps Idempotency-Keys answers
+    // a retried POST whose first try did go through with the first response, not a second run.
+    if (method === "POST") headers["idempotency-key"] = newIdempotencyKey();
+    let payload: string | undefined;
+    if (request.body !== undefined) {
+      headers["content-type"] = "application/json";
+      payload = JSON.stringify(request.body);
+    }
+    const maxRetries = options.maxRetries ?? this.maxRetries;
+    const timeoutMs = options.timeoutMs ?? this.timeoutMs;
+    const signal = options.signal;
+
+    for (let tries = 0; ; tries++) {
+      signal?.throwIfAborted();
+      const attempt = newAttempt(timeoutMs, signal);
+      try {
+        attempt.arm();
+        const response = await this.#fetch(url, {
+          method,
+          headers,
+          ...(payload === undefined ? {} : { body: payload }),
+          signal: attempt.controller.signal,
+        });
+        if (!response.ok) {
+          const text = await response.text();
+          attempt.disarm();
+          let parsed: unknown;
+          try {
+            parsed = JSON.parse(text);
+          } catch {
+            parsed = undefined;
+          }
+          const retryAfter = parseRetryAfter(response.headers.get("retry-after"));
+          throw errorFromResponse(response.status, parsed, text, retryAfter);
+        }
+        return await request.read(response, attempt);
+      } catch (caught) {
+        attempt.disarm();
+        attempt.release();
+        attempt.controller.abort(); // drop what is left of this response
+        if (signal?.aborted) throw signal.reason;
+        const error = asClientError(caught, attempt, timeoutMs);
+        if (tries >= maxRetries || !retryable(error, request.retryConflict ?? true)) throw error;
+        await sleep(retryDelay(error, tries), signal);
+      }
+    }
+  }
+}
+
+// ----------------------------------------------------------------------------- helpers
+
+function newIdempotencyKey(): string {
+  const random = globalThis.crypto?.randomUUID;
+  if (typeof random === "function") return random.call(globalThis.crypto);
+  return Array.from({ length: 32 }, () => Math.floor(Math.random() * 16).toString(16)).join("");
+}
+
+function askBody(params: AskParams, stream: boolean): Ask {
+  const body: Ask = { question: params.question };
+  if (params.maxNewTokens !== undefined) body.max_new_tokens = params.maxNewTokens;
+  if (params.focusSteps !== undefined) body.focus_steps = params.focusSteps;
+  if (params.remember !== undefined) body.remember = params.remember;
+  if (stream) body.stream = true;
+  return body;
+}
+
+function newAttempt(timeoutMs: number, signal: AbortSignal | undefined): Attempt {
+  const controller = new AbortController();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let expired = false;
+  const onAbort = () => controller.abort(signal?.reason);
+  signal?.addEventListener("abort", onAbort, { once: true });
+  return {
+    controller,
+    arm() {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        expired = true;
+        controller.abort();
+      }, timeoutMs);
+    },
+    disarm() {
+      clearTimeout(timer);
+    },
+    timedOut: () => expired,
+    release() {
+      signal?.removeEventListener("abort", onAbort);
+    },
+  };
+}
+
+async function nextEvent(
+  events: AsyncGenerator<ServerSentEvent, void, undefined>,
+  attempt: Attempt,
+  signal: AbortSignal | undefined,
+): Promise<IteratorResult<ServerSentEvent, void>> {
+  try {
+    return await events.next();
+  } catch (caught) {
+    attempt.disarm();
+    if (signal?.aborted) throw signal.reason;
+    throw asClientError(caught, attempt, undefined);
+  }
+}
+
+function asClientError(
+  caught: unknown,
+  attempt: Attempt,
+  timeoutMs: number | undefined,
+): MegaContextError {
+  if (caught instanceof MegaContextError) return caught;
+  if (attempt.timedOut()) {
+    const after = timeoutMs === undefined ? "" : ` after ${timeoutMs} ms`;
+    return new TimeoutError(`the service did not answer${after}`, {
+      type: "timeout",
+      cause: caught,
+    });
+  }
+  const reason = caught instanceof Error ? describe(caught) : String(caught);
+  return new ConnectionError(`could not reach the service: ${reason}`, {
+    type: "connection_error",
+    cause: caught,
+  });
+}
+
+function describe(error: Error): string {
+  const cause = (error as { cause?: unknown }).cause;
+  if (cause instanceof Error && cause.message) return `${error.message} (${cause.message})`;
+  return error.message;
+}
+
+function retryable(error: MegaContextError, retryConflict: boolean): boolean {
+  if (error instanceof ConnectionError || error instanceof TimeoutError) return true;
+  const status = error.status;
+  if (status === undefined) return false;
+  // A 409 "conflict" is transient (another request is writing the tree); "already_exists"
+  // will not change.
+  if (status === 409) return retryConflict && error.type !== "already_exists";
+  return status === 408 || status === 429 || status >= 500;
+}
+
+/** Retry-After when the service sent a usable one, else exponential backoff with jitter. */
+function retryDelay(error: MegaContextError, tries: number): number {
+  const asked = error.retryAfter;
+  if (asked !== undefined && asked * 1000 <= RETRY_AFTER_CAP_MS) return asked * 1000;
+  const ceiling = Math.min(8_000, 500 * 2 ** tries);
+  return ceiling / 2 + Math.random() * (ceiling / 2);
+}
+
+/** `Retry-After`: seconds, or an HTTP date; undefined when absent or unreadable. */
+export function parseRetryAfter(value: string | null): number | undefined {
+  if (value === null) return undefined;
+  const text = value.trim();
+  if (/^\d+(\.\d+)?$/.test(text)) return Number(text);
+  const when = Date.parse(text);
+  if (Number.isNaN(when)) return undefined;
+  return Math.max(0, (when - Date.now()) / 1000);
+}
+
+function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const done = () => {
+      signal?.removeEventListener("abort", stop);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    const stop = () => {
+      clearTimeout(timer);
+      reject(signal?.reason);
+    };
+    signal?.addEventListener("abort", stop, { once: true });
+  });
+}
+
+function parseData(event: string, data: string): unknown {
+  try {
+    return JSON.parse(data);
+  } catch {
+    throw badStream(`the data of a ${event} event is not JSON: ${data.slice(0, 200)}`);
+  }
+}
+
+function badStream(message: string): MegaContextError {
+  return new MegaContextError(message, { status: 200, type: "invalid_response" });
+}
+
+/** Throws the typed error of an `error` event ({"error": {"type", "message", "code"}}). */
+function streamError(event: ServerSentEvent): never {
+  const payload = parseData("error", event.data) as { error?: { code?: unknown } };
+  const code = payload?.error?.code;
+  const status = typeof code === "number" && code >= 400 ? code : 500;
+  throw errorFromResponse(status, payload, event.data);
+}

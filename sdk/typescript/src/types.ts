@@ -1,0 +1,222 @@
+/**
+ * Request and response bodies of the MegaContext service, named after the schemas of its
+ * OpenAPI document (docs/openapi.json). Field names are the wire names (snake_case); the
+ * client's methods take camelCase options and build these bodies.
+ */
+
+/** `GET /v1/health`. */
+export interface Health {
+  status: string;
+  version: string;
+  base: string;
+}
+
+/** The body of `POST /v1/trees`. */
+export interface TreeCreate {
+  /** 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit. */
+  name: string;
+}
+
+export interface Tree {
+  name: string;
+  tokens: number;
+  levels: number;
+  sources: number;
+}
+
+export interface TreeList {
+  trees: Tree[];
+}
+
+/** The body of `POST /v1/trees/{tree}/sources`. */
+export interface Ingest {
+  /** The text to append to the tree's history. */
+  text: string;
+  /** A URI naming the source (default: an inline: URI of its hash). */
+  source?: string | null;
+  /** JSON metadata; "path" names the source in citations. */
+  metadata?: Record<string, unknown> | null;
+  /** Append even when the same content is already in. */
+  force?: boolean;
+}
+
+export interface Ingested {
+  /** Tokens appended (0 when the content was already in). */
+  tokens: number;
+  start: number;
+  stop: number;
+  duplicate_of: string | null;
+}
+
+export interface Source {
+  /** The journal id (what removeSource takes). */
+  id: number;
+  /** The source's path or URI. */
+  source: string;
+  kind: string;
+  start: number;
+  stop: number;
+  tokens: number;
+}
+
+export interface SourceList {
+  sources: Source[];
+}
+
+export interface Removed {
+  removed_tokens: number;
+}
+
+/** The body of `POST /v1/trees/{tree}/ask`. */
+export interface Ask {
+  question: string;
+  /** 1-1024 (server default 64). */
+  max_new_tokens?: number;
+  /** 0-64 (server default: until focus converges). */
+  focus_steps?: number | null;
+  /** Also append the question and answer to the tree (needs the write scope). */
+  remember?: boolean;
+  /** Answer as server-sent events (use askStream). */
+  stream?: boolean;
+}
+
+export interface Citation {
+  source: string | null;
+  lines: [number, number] | null;
+  tokens: [number, number];
+  score: number;
+  text: string;
+  label: string;
+}
+
+export interface Usage {
+  /** Positions the base read: prompt, working context, question. */
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+}
+
+export interface Answer {
+  answer: string;
+  citations: Citation[];
+  spans: [number, number][];
+  focus_steps: number;
+  usage: Usage;
+  seconds: Record<string, number>;
+}
+
+/** The body of `POST /v1/trees/{tree}/generate`. */
+export interface Generate {
+  /** Appended to the history before continuing. */
+  prompt?: string | null;
+  /** 0-1024 (server default 64). */
+  max_new_tokens?: number;
+  stop?: string[];
+}
+
+export interface Generated {
+  text: string;
+  tokens: number;
+}
+
+export interface ErrorBody {
+  /** The error's class, e.g. not_found, invalid_request. */
+  type: string;
+  /** What was wrong and what to do. */
+  message: string;
+  /** The HTTP status. */
+  code: number;
+}
+
+/** Every error the service returns has this body. */
+export interface ErrorResponse {
+  error: ErrorBody;
+}
+
+/** One tree as an OpenAI model (`GET /v1/models`). */
+export interface Model {
+  id: string;
+  object: "model";
+  created: number;
+  owned_by: string;
+}
+
+export interface ModelList {
+  object: "list";
+  data: Model[];
+}
+
+/** What askStream yields: the answer's pieces as they are decoded, then the whole answer. */
+export type AskStreamEvent = { type: "text"; text: string } | { type: "answer"; answer: Answer };
+
+/**
+ * The fields of every type above that is named after a schema of the service, in the
+ * schema's order. A test compares them with docs/openapi.json; the compile-time check below
+ * keeps them equal to the interfaces.
+ */
+export const SCHEMA_FIELDS = {
+  TreeCreate: ["name"],
+  Tree: ["name", "tokens", "levels", "sources"],
+  TreeList: ["trees"],
+  Ingest: ["text", "source", "metadata", "force"],
+  Ingested: ["tokens", "start", "stop", "duplicate_of"],
+  Source: ["id", "source", "kind", "start", "stop", "tokens"],
+  SourceList: ["sources"],
+  Removed: ["removed_tokens"],
+  Ask: ["question", "max_new_tokens", "focus_steps", "remember", "stream"],
+  Citation: ["source", "lines", "tokens", "score", "text", "label"],
+  Usage: ["prompt_tokens", "completion_tokens", "total_tokens"],
+  Answer: ["answer", "citations", "spans", "focus_steps", "usage", "seconds"],
+  Generate: ["prompt", "max_new_tokens", "stop"],
+  Generated: ["text", "tokens"],
+  ErrorBody: ["type", "message", "code"],
+  ErrorResponse: ["error"],
+} as const;
+
+export type SchemaName = keyof typeof SCHEMA_FIELDS;
+
+interface SchemaTypes {
+  TreeCreate: TreeCreate;
+  Tree: Tree;
+  TreeList: TreeList;
+  Ingest: Ingest;
+  Ingested: Ingested;
+  Source: Source;
+  SourceList: SourceList;
+  Removed: Removed;
+  Ask: Ask;
+  Citation: Citation;
+  Usage: Usage;
+  Answer: Answer;
+  Generate: Generate;
+  Generated: Generated;
+  ErrorBody: ErrorBody;
+  ErrorResponse: ErrorResponse;
+}
+
+type SameKeys<T, K extends readonly PropertyKey[]> = [keyof T] extends [K[number]]
+  ? [K[number]] extends [keyof T]
+    ? true
+    : false
+  : false;
+
+// Compile-time: `true` is not assignable where an interface and its SCHEMA_FIELDS differ.
+const fieldsMatch: { [N in SchemaName]: SameKeys<SchemaTypes[N], (typeof SCHEMA_FIELDS)[N]> } = {
+  TreeCreate: true,
+  Tree: true,
+  TreeList: true,
+  Ingest: true,
+  Ingested: true,
+  Source: true,
+  SourceList: true,
+  Removed: true,
+  Ask: true,
+  Citation: true,
+  Usage: true,
+  Answer: true,
+  Generate: true,
+  Generated: true,
+  ErrorBody: true,
+  ErrorResponse: true,
+};
+void fieldsMatch;

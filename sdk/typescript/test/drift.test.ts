@@ -1,0 +1,72 @@
+/**
+ * The SDK against the committed OpenAPI document (docs/openapi.json): every route it calls
+ * exists there, and every type named after a schema has the schema's fields.
+ */
+
+import { readFileSync } from "node:fs";
+import { describe, expect, it } from "vitest";
+import { ENDPOINTS, type EndpointName, SCHEMA_FIELDS } from "../src/index.js";
+
+interface OpenAPI {
+  paths: Record<string, Record<string, unknown>>;
+  components: { schemas: Record<string, { properties?: Record<string, unknown> }> };
+}
+
+const document = JSON.parse(
+  readFileSync(new URL("../../../docs/openapi.json", import.meta.url), "utf8"),
+) as OpenAPI;
+const schemas = document.components.schemas;
+
+// What each method sends and returns (as its signature declares).
+const REQUEST_BODIES: Partial<Record<EndpointName, string>> = {
+  createTree: "TreeCreate",
+  ingest: "Ingest",
+  ask: "Ask",
+  generate: "Generate",
+};
+const RESPONSES: Partial<Record<EndpointName, string>> = {
+  listTrees: "TreeList",
+  createTree: "Tree",
+  getTree: "Tree",
+  ingest: "Ingested",
+  listSources: "SourceList",
+  removeSource: "Removed",
+  ask: "Answer",
+  generate: "Generated",
+};
+
+interface Operation {
+  requestBody?: { content: Record<string, { schema?: { $ref?: string } }> };
+  responses: Record<string, { content?: Record<string, { schema?: { $ref?: string } }> }>;
+}
+
+function operation(name: EndpointName): Operation {
+  const [method, path] = ENDPOINTS[name];
+  return document.paths[path]![method.toLowerCase()] as Operation;
+}
+
+describe("drift against docs/openapi.json", () => {
+  it.each(Object.entries(ENDPOINTS))("%s: the route exists", (_, [method, path]) => {
+    expect(Object.keys(document.paths)).toContain(path);
+    expect(Object.keys(document.paths[path]!)).toContain(method.toLowerCase());
+  });
+
+  it.each(Object.keys(SCHEMA_FIELDS))("%s: the fields are the schema's properties", (name) => {
+    const schema = schemas[name];
+    expect(schema, `no schema ${name} in docs/openapi.json`).toBeDefined();
+    const documented = Object.keys(schema!.properties ?? {}).sort();
+    const ours = [...SCHEMA_FIELDS[name as keyof typeof SCHEMA_FIELDS]].sort();
+    expect(ours).toEqual(documented);
+  });
+
+  it.each(Object.entries(REQUEST_BODIES))("%s: sends %s", (name, schema) => {
+    const body = operation(name as EndpointName).requestBody;
+    expect(body?.content["application/json"]?.schema?.$ref).toBe(`#/components/schemas/${schema}`);
+  });
+
+  it.each(Object.entries(RESPONSES))("%s: returns %s", (name, schema) => {
+    const { responses } = operation(name as EndpointName);
+    const ok = responses["200"] ?? responses["201"];
+    expect(ok?.content?.["application/json"]?.schema?.$ref).toBe(`#/components/schemas/${schema}`);
+  });
+});

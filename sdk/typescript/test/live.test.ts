@@ -1,0 +1,237 @@
+/** The client against a live `megacontext serve` (started by test/global-setup.ts). */
+
+import { describe, expect, inject, it } from "vitest";
+import {
+  type Answer,
+  type AskStreamEvent,
+  AuthenticationError,
+  ConflictError,
+  InvalidRequestError,
+  MegaContextClient,
+  MegaContextError,
+  NotFoundError,
+  PermissionDeniedError,
+  SCHEMA_FIELDS,
+} from "../src/index.js";
+
+const live = inject("live");
+const client = new MegaContextClient({ baseUrl: live.baseUrl, apiKey: live.keys.readWrite });
+const readOnly = new MegaContextClient({ baseUrl: live.baseUrl, apiKey: live.keys.readOnly });
+const otherTenant = new MegaContextClient({ baseUrl: live.baseUrl, apiKey: live.keys.other });
+
+const TREE = "sdk-notes";
+// Longer than the working context (--w-max 256), so that answers cite what focus expanded.
+const TEXT = Array.from(
+  { length: 60 },
+  (_, i) =>
+    `Line ${i}: the weather in town number ${i} was mild and the market sold ${i * 3} apples.`,
+);
+TEXT.splice(37, 0, "The secret pass key is 71432.");
+const QUESTION = { question: "What is the secret pass key?", maxNewTokens: 8 };
+
+function sortedKeys(value: object): string[] {
+  return Object.keys(value).sort();
+}
+
+function fields(name: keyof typeof SCHEMA_FIELDS): string[] {
+  return [...SCHEMA_FIELDS[name]].sort();
+}
+
+async function rejection(promise: Promise<unknown>): Promise<MegaContextError> {
+  try {
+    await promise;
+  } catch (error) {
+    expect(error).toBeInstanceOf(MegaContextError);
+    return error as MegaContextError;
+  }
+  throw new Error("expected the call to fail");
+}
+
+async function collect(events: AsyncIterable<AskStreamEvent>): Promise<AskStreamEvent[]> {
+  const seen: AskStreamEvent[] = [];
+  for await (const event of events) seen.push(event);
+  return seen;
+}
+
+describe("live service", () => {
+  let ingestedTokens = 0;
+  let asked: Answer;
+
+  it("reports its health without a key", async () => {
+    const health = await new MegaContextClient({ baseUrl: `${live.baseUrl}/v1/` }).health();
+    expect(health.status).toBe("ok");
+    expect(typeof health.version).toBe("string");
+  });
+
+  it("creates, gets and lists a tree", async () => {
+    const tree = await client.createTree(TREE);
+    expect(tree).toEqual({ name: TREE, tokens: 0, levels: 0, sources: 0 });
+    expect(sortedKeys(tree)).toEqual(fields("Tree"));
+    expect(await client.getTree(TREE)).toEqual(tree);
+    const list = await client.listTrees();
+    expect(list.trees.map((t) => t.name)).toContain(TREE);
+    const models = await client.models();
+    expect(models.object).toBe("list");
+    expect(models.data.map((m) => m.id)).toContain(TREE);
+  });
+
+  it("answers a second create with ConflictError, without retrying it", async () => {
+    let calls = 0;
+    const counting = new MegaContextClient({
+      baseUrl: live.baseUrl,
+      apiKey: live.keys.readWrite,
+      fetch: (input, init) => {
+        calls++;
+        return fetch(input, init);
+      },
+    });
+    const error = await rejection(counting.createTree(TREE));
+    expect(error).toBeInstanceOf(ConflictError);
+    expect(error.status).toBe(409);
+    expect(error.type).toBe("already_exists");
+    expect(error.retryAfter).toBeUndefined();
+    expect(calls).toBe(1);
+  });
+
+  it("ingests text and lists its source", async () => {
+    const done = await client.ingest(TREE, {
+      text: TEXT.join("\n"),
+      metadata: { path: "notes.txt" },
+    });
+    expect(sortedKeys(done)).toEqual(fields("Ingested"));
+    expect(done.tokens).toBeGreaterThan(256);
+    expect(done.stop - done.start).toBe(done.tokens);
+    expect(done.duplicate_of).toBeNull();
+    ingestedTokens = done.tokens;
+
+    const again = await client.ingest(TREE, {
+      text: TEXT.join("\n"),
+      metadata: { path: "notes.txt" },
+    });
+    expect(again.tokens).toBe(0);
+    expect(again.duplicate_of).toBe("notes.txt");
+
+    const { sources } = await client.listSources(TREE);
+    expect(sources).toHaveLength(1);
+    expect(sortedKeys(sources[0]!)).toEqual(fields("Source"));
+    expect(sources[0]).toMatchObject({ source: "notes.txt", kind: "text", tokens: done.tokens });
+    expect((await client.getTree(TREE)).tokens).toBe(done.tokens);
+  });
+
+  it("asks: a typed Answer with citations and usage", async () => {
+    asked = await client.ask(TREE, QUESTION);
+    expect(typeof asked.answer).toBe("string");
+    expect(asked.answer.length).toBeGreaterThan(0);
+    // What the service sends is what the SDK declares (drift.test.ts checks the document).
+    expect(sortedKeys(asked)).toEqual(fields("Answer"));
+    expect(sortedKeys(asked.usage)).toEqual(fields("Usage"));
+    expect(asked.usage.total_tokens).toBe(
+      asked.usage.prompt_tokens + asked.usage.completion_tokens,
+    );
+    expect(asked.usage.completion_tokens).toBeGreaterThan(0);
+    expect(asked.citations.length).toBeGreaterThan(0);
+    for (const citation of asked.citations) {
+      expect(sortedKeys(citation)).toEqual(fields("Citation"));
+      expect(citation.tokens).toHaveLength(2);
+    }
+  });
+
+  it("streams the same answer: pieces, then the whole Answer", async () => {
+    const events = await collect(client.askStream(TREE, QUESTION));
+    const last = events.at(-1);
+    expect(last?.type).toBe("answer");
+    const pieces = events.slice(0, -1);
+    expect(pieces.length).toBeGreaterThan(0);
+    expect(pieces.every((e) => e.type === "text")).toBe(true);
+    const text = pieces.map((e) => (e.type === "text" ? e.text : "")).join("");
+    const answer = last?.type === "answer" ? last.answer : undefined;
+    expect(text).toBe(answer?.answer);
+    expect(text).toBe(asked.answer);
+    expect(answer?.usage).toEqual(asked.usage);
+    expect(answer?.spans).toEqual(asked.spans);
+  });
+
+  it("stops a stream the caller breaks out of", async () => {
+    for await (const event of client.askStream(TREE, QUESTION)) {
+      expect(event.type).toBe("text");
+      break;
+    }
+    expect((await client.ask(TREE, QUESTION)).answer).toBe(asked.answer);
+  });
+
+  it("lets a read-only key ask but not ingest (PermissionDeniedError)", async () => {
+    expect((await readOnly.ask(TREE, QUESTION)).answer).toBe(asked.answer);
+    const error = await rejection(readOnly.ingest(TREE, { text: "not allowed" }));
+    expect(error).toBeInstanceOf(PermissionDeniedError);
+    expect(error.status).toBe(403);
+    expect(error.type).toBe("forbidden");
+    expect(error.message).toContain("write");
+  });
+
+  it("hides a tree from another tenant (NotFoundError)", async () => {
+    const error = await rejection(otherTenant.getTree(TREE));
+    expect(error).toBeInstanceOf(NotFoundError);
+    expect(error.status).toBe(404);
+    expect(error.body).toEqual({ type: "not_found", message: error.message, code: 404 });
+    expect((await otherTenant.listTrees()).trees).toEqual([]);
+    // Streamed: the same typed error (a 404 before the stream, or an error event in it).
+    const streamed = await rejection(collect(otherTenant.askStream(TREE, QUESTION)));
+    expect(streamed).toBeInstanceOf(NotFoundError);
+    expect(streamed.status).toBe(404);
+  });
+
+  it("rejects a bad key (AuthenticationError)", async () => {
+    const bad = new MegaContextClient({
+      baseUrl: live.baseUrl,
+      apiKey: "mck_000000000000_notarealsecretnotarealsecret",
+    });
+    const error = await rejection(bad.listTrees());
+    expect(error).toBeInstanceOf(AuthenticationError);
+    expect(error.status).toBe(401);
+    expect(error.type).toBe("unauthorized");
+    const none = await rejection(new MegaContextClient({ baseUrl: live.baseUrl }).listTrees());
+    expect(none).toBeInstanceOf(AuthenticationError);
+  });
+
+  it("rejects bad input (InvalidRequestError, 422 and 400)", async () => {
+    const empty = await rejection(client.ask(TREE, { question: "" }));
+    expect(empty).toBeInstanceOf(InvalidRequestError);
+    expect(empty.status).toBe(422);
+    expect(empty.type).toBe("invalid_request");
+    expect(empty.message).toContain("question");
+    const tooFew = await rejection(client.ask(TREE, { question: "?", maxNewTokens: 0 }));
+    expect(tooFew.status).toBe(422);
+    const badName = await rejection(client.getTree("bad name"));
+    expect(badName).toBeInstanceOf(InvalidRequestError);
+    expect(badName.status).toBe(400);
+    // ".." cannot travel in a URL's path: refused before any request.
+    const dots = await rejection(client.getTree(".."));
+    expect(dots).toBeInstanceOf(InvalidRequestError);
+    expect(dots.status).toBeUndefined();
+  });
+
+  it("generates", async () => {
+    const generated = await client.generate(TREE, { prompt: "Line 61:", maxNewTokens: 4 });
+    expect(sortedKeys(generated)).toEqual(fields("Generated"));
+    expect(typeof generated.text).toBe("string");
+    expect(generated.tokens).toBeLessThanOrEqual(4);
+  });
+
+  it("removes a source", async () => {
+    const { sources } = await client.listSources(TREE);
+    const source = sources.find((s) => s.source === "notes.txt");
+    expect(source).toBeDefined();
+    const removed = await client.removeSource(TREE, source!.id);
+    expect(removed).toEqual({ removed_tokens: ingestedTokens });
+    expect((await client.listSources(TREE)).sources.map((s) => s.id)).not.toContain(source!.id);
+    const again = await rejection(client.removeSource(TREE, source!.id));
+    expect(again).toBeInstanceOf(NotFoundError);
+  });
+
+  it("deletes the tree", async () => {
+    await expect(client.deleteTree(TREE)).resolves.toBeUndefined();
+    const error = await rejection(client.getTree(TREE));
+    expect(error).toBeInstanceOf(NotFoundError);
+    expect((await client.listTrees()).trees.map((t) => t.name)).not.toContain(TREE);
+  });
+});
