@@ -57,6 +57,10 @@ def serve(
         str | None,
         typer.Option(help="Where usage events go: jsonl:PATH, or an http(s):// webhook URL."),
     ] = None,
+    grpc_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Also serve gRPC (megacontext.proto) on this port."),
+    ] = None,
 ) -> None:
     """Serve trees over HTTP: REST (/v1/trees/...), OpenAI-compatible (/v1/chat/completions,
     /v1/completions, /v1/models; the model names the tree) and the OpenAPI document (/docs,
@@ -76,7 +80,17 @@ def serve(
     limits = Limits(_per_minute(rate_limit), max_request_tokens, tokens_per_day)
     app = create_app(root, base=base, focus=focus, config=config, limits=limits, usage=usage)
     console.print(f"serving {root} on http://{host}:{port} (OpenAPI: http://{host}:{port}/docs)")
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    grpc = None
+    if grpc_port is not None:
+        from megacontext.server.grpc_service import grpc_server
+
+        grpc = grpc_server(app.state.service, f"{host}:{grpc_port}")
+        console.print(f"gRPC (megacontext.v1.MegaContext) on {host}:{grpc_port}")
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        if grpc is not None:
+            grpc.stop(grace=10).wait()  # in-flight calls finish
 
 
 def _per_minute(spec: str) -> dict[str, int]:

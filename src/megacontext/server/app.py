@@ -352,19 +352,7 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
     @app.post("/v1/trees/{tree}/sources", tags=["sources"])
     def ingest(tree: str, body: s.Ingest, caller: Writer) -> s.Ingested:
         """Append text to the tree's history (journaled: a crash rolls it back)."""
-        caller.require("write")
-        with trees.writer(caller.tenant, tree) as session:
-            tokens = len(session.base.encode(body.text, add_bos=False))
-            check_request_tokens(tokens, service.limits.max_request_tokens, "the text")
-            gists = _gists(session)
-            done = session.ingest(
-                body.text, source=body.source, metadata=body.metadata, force=body.force
-            )
-            gists = _gists(session) - gists
-        service.meter(caller, tree, "ingest", done.tokens, tokens=done.tokens, gists=gists)
-        return s.Ingested(
-            tokens=done.tokens, start=done.start, stop=done.stop, duplicate_of=done.duplicate_of
-        )
+        return ingest_text(service, caller, tree, body)
 
     @app.get("/v1/trees/{tree}/sources", tags=["sources"])
     def list_sources(tree: str, caller: Reader) -> s.SourceList:
@@ -411,22 +399,7 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
     def context(tree: str, body: s.FocusRequest, caller: Asker) -> s.WorkingContext:
         """The working context the base would read: at ``W_max``, after the manual edits
         (pins, expand, collapse) and focusing for ``question``. Nothing is kept."""
-        caller.require("read")
-        with trees.reader(caller.tenant, tree) as session:
-            if body.W_max is not None:
-                _check_budget(session, body.W_max)
-                session.resize(body.W_max)
-            for level, index in body.collapse:
-                session.focus.collapse(level, index)
-            for level, index in body.expand:
-                session.focus.expand(level, index)
-            for start, end in body.pins:
-                session.focus.pin(start, end)
-            steps = 0
-            if body.question:
-                query = session.base.encode(body.question, add_bos=False)
-                steps = session.focus_for(query, steps=body.focus_steps)
-            return _context(session, steps)
+        return focused_context(service, caller, tree, body)
 
     @app.get("/v1/trees/{tree}/provenance", tags=["focus"])
     def provenance(
@@ -436,26 +409,7 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
         caller: Reader,
     ) -> s.ProvenanceList:
         """Where the tokens ``[start, stop)`` come from: source, lines and bytes per span."""
-        caller.require("read")
-        if not 0 <= start < stop:
-            raise InvalidInputError(f"need 0 <= start < stop, got start={start} stop={stop}")
-        with trees.reader(caller.tenant, tree) as session:
-            if session.metadata is None:
-                return s.ProvenanceList(spans=[])
-            rows = session.metadata.provenance(session.tree_id, start, stop)
-        return s.ProvenanceList(
-            spans=[
-                s.ProvenanceSpan(
-                    source=str(r.source.meta.get("path") or r.source.uri),
-                    kind=r.source.kind,
-                    start=r.start_index,
-                    stop=r.stop_index,
-                    lines=r.line_range,
-                    bytes=r.byte_range,
-                )
-                for r in rows
-            ]
-        )
+        return provenance_of(service, caller, tree, start, stop)
 
     @app.post("/v1/trees/{tree}/generate", tags=["questions"])
     def generate(tree: str, body: s.Generate, caller: Writer) -> s.Generated:
@@ -505,6 +459,89 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
         caller.require("read")
         asked = {"question": body.prompt, "max_new_tokens": body.max_tokens or 16}
         return _openai(service, caller, body.model, asked, body.stream, body.stream_options, False)
+
+
+# ----------------------------------------------------------------------------- operations
+# What a route does, apart from how its request arrives: HTTP and gRPC share these.
+
+
+def ingest_text(service: Service, caller: Principal, tree: str, body: s.Ingest) -> s.Ingested:
+    """Append ``body.text`` to the tree (metered, within the request's token budget)."""
+    caller.require("write")
+    with service.trees.writer(caller.tenant, tree) as session:
+        tokens = len(session.base.encode(body.text, add_bos=False))
+        check_request_tokens(tokens, service.limits.max_request_tokens, "the text")
+        gists = _gists(session)
+        done = session.ingest(
+            body.text, source=body.source, metadata=body.metadata, force=body.force
+        )
+        gists = _gists(session) - gists
+    service.meter(caller, tree, "ingest", done.tokens, tokens=done.tokens, gists=gists)
+    return s.Ingested(
+        tokens=done.tokens, start=done.start, stop=done.stop, duplicate_of=done.duplicate_of
+    )
+
+
+def focused_context(
+    service: Service, caller: Principal, tree: str, body: s.FocusRequest
+) -> s.WorkingContext:
+    """The working context after ``body``'s budget, manual edits and question."""
+    caller.require("read")
+    with service.trees.reader(caller.tenant, tree) as session:
+        if body.W_max is not None:
+            _check_budget(session, body.W_max)
+            session.resize(body.W_max)
+        for level, index in body.collapse:
+            session.focus.collapse(level, index)
+        for level, index in body.expand:
+            session.focus.expand(level, index)
+        for start, end in body.pins:
+            session.focus.pin(start, end)
+        steps = 0
+        if body.question:
+            query = session.base.encode(body.question, add_bos=False)
+            steps = session.focus_for(query, steps=body.focus_steps)
+        return _context(session, steps)
+
+
+def provenance_of(
+    service: Service, caller: Principal, tree: str, start: int, stop: int
+) -> s.ProvenanceList:
+    """Where the tokens ``[start, stop)`` of the tree come from."""
+    caller.require("read")
+    if not 0 <= start < stop:
+        raise InvalidInputError(f"need 0 <= start < stop, got start={start} stop={stop}")
+    with service.trees.reader(caller.tenant, tree) as session:
+        if session.metadata is None:
+            return s.ProvenanceList(spans=[])
+        rows = session.metadata.provenance(session.tree_id, start, stop)
+    return s.ProvenanceList(
+        spans=[
+            s.ProvenanceSpan(
+                source=str(r.source.meta.get("path") or r.source.uri),
+                kind=r.source.kind,
+                start=r.start_index,
+                stop=r.stop_index,
+                lines=r.line_range,
+                bytes=r.byte_range,
+            )
+            for r in rows
+        ]
+    )
+
+
+def ask_tree(
+    service: Service,
+    caller: Principal,
+    tree: str,
+    question: dict[str, Any],
+    on_text: Callable[[str], None] | None = None,
+) -> s.Answer:
+    """Ask ``question`` (the fields of :class:`schemas.Ask`) of the tree, streaming through
+    ``on_text``: every check first, then the answer (metered)."""
+    caller.require("write" if question.get("remember") else "read")
+    _check_ask(service, caller, tree, question)
+    return _answer_body(*_asked(service, caller, tree, question, on_text))
 
 
 # ----------------------------------------------------------------------------- helpers
