@@ -57,6 +57,12 @@ def serve(
         str | None,
         typer.Option(help="Where usage events go: jsonl:PATH, or an http(s):// webhook URL."),
     ] = None,
+    metadata_url: Annotated[
+        str | None,
+        typer.Option(
+            help="PostgreSQL URL where new trees keep metadata (several serve processes)."
+        ),
+    ] = None,
     grpc_port: Annotated[
         int | None,
         typer.Option(min=1, max=65535, help="Also serve gRPC (megacontext.proto) on this port."),
@@ -78,7 +84,15 @@ def serve(
         SessionConfig(trace=False) if w_max is None else SessionConfig(W_max=w_max, trace=False)
     )
     limits = Limits(_per_minute(rate_limit), max_request_tokens, tokens_per_day)
-    app = create_app(root, base=base, focus=focus, config=config, limits=limits, usage=usage)
+    app = create_app(
+        root,
+        base=base,
+        focus=focus,
+        config=config,
+        limits=limits,
+        usage=usage,
+        metadata_url=metadata_url,
+    )
     console.print(f"serving {root} on http://{host}:{port} (OpenAPI: http://{host}:{port}/docs)")
     grpc = None
     if grpc_port is not None:

@@ -126,11 +126,14 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     limits: Limits | None = None,
     usage: UsageSink | str | None = None,
+    metadata_url: str | None = None,
 ) -> FastAPI:
     """The service over the trees in ``root`` (``base``/``focus``: names, or loaded objects).
 
     ``limits``: rate limits and token budgets (:mod:`megacontext.server.limits`); ``usage``: a
-    usage sink, or its spec (``jsonl:PATH``, an ``http(s)://`` webhook).
+    usage sink, or its spec (``jsonl:PATH``, an ``http(s)://`` webhook); ``metadata_url``: where
+    new trees keep their metadata and lexical index (a PostgreSQL URL lets several serving
+    processes share them; default: SQLite files in each tree).
     """
     from megacontext.models.bundle import Bundle, load_bundle, resolve_focus
     from megacontext.models.loading import load_base
@@ -148,7 +151,7 @@ def create_app(
     root.mkdir(parents=True, exist_ok=True)
     service = Service(
         root,
-        Trees(root, adapter, bundle, config or SessionConfig(trace=False)),
+        Trees(root, adapter, bundle, config or SessionConfig(trace=False), metadata_url),
         KeyStore(root / "keys.sqlite"),
         max_body_bytes,
         limits or Limits(),

@@ -47,8 +47,16 @@ def check_name(name: str) -> str:
 class Trees:
     """Trees per tenant under ``root``, opened with one shared base and focus bundle."""
 
-    def __init__(self, root: Path, base: Any, bundle: Any, config: SessionConfig):
+    def __init__(
+        self,
+        root: Path,
+        base: Any,
+        bundle: Any,
+        config: SessionConfig,
+        metadata_url: str | None = None,
+    ):
         self.root, self.base, self.bundle, self.config = root, base, bundle, config
+        self.metadata_url = metadata_url  # where new trees keep metadata (default: SQLite files)
 
     def path(self, tenant: str, name: str) -> Path:
         return self.root / "tenants" / tenant / "trees" / check_name(name)
@@ -98,6 +106,7 @@ class Trees:
                 base=self.base,
                 focus=self.bundle,
                 config=self.config,
+                metadata_url=self.metadata_url if create else None,
                 readonly=readonly,
                 create=create,
             )

@@ -1,0 +1,113 @@
+"""Two `megacontext serve` processes on one tree directory and one PostgreSQL metadata
+database: concurrent writes to one tree are serialised (409 + retry), reads run beside them,
+and every acknowledged ingest is in the tree afterwards, once, with its provenance."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from megacontext import client as sdk
+from megacontext.server.keys import KeyStore
+
+PIECE = "".join(
+    f"entry {i}: the tide tables list high water at {i}:{i % 60:02d}\n" for i in range(40)
+)
+
+
+def _port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _serve(root: Path, metadata_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = _port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "megacontext.cli",
+            "serve",
+            "--root",
+            str(root),
+            "--port",
+            str(port),
+            "--w-max",
+            "128",
+            "--metadata-url",
+            metadata_url,
+            "--rate-limit",
+            "read=6000,write=6000,ask=6000",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(process.stderr.read().decode() if process.stderr else "died")
+        time.sleep(0.3)
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_store_and_lose_nothing(tmp_path: Path, postgres_url: str) -> None:
+    root = tmp_path / "service"
+    root.mkdir()
+    key, _ = KeyStore(root / "keys.sqlite").create("acme", "read,write")
+    servers = [_serve(root, postgres_url) for _ in range(2)]
+    try:
+        clients = [sdk.Client(url, key, max_retries=30) for _, url in servers]
+        clients[0].create_tree("shared")
+        acknowledged: list[sdk.Ingested] = []
+        errors: list[BaseException] = []
+
+        def writer(number: int) -> None:
+            try:
+                for i in range(5):
+                    text = f"process {number} piece {i}\n" + PIECE
+                    acknowledged.append(
+                        clients[number].ingest("shared", text, source=f"p{number}/{i}")
+                    )
+                    clients[number].ask("shared", "When is high water?", max_new_tokens=2)
+            except BaseException as exc:  # noqa: BLE001  (reported below)
+                errors.append(exc)
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=600)
+        assert not errors, errors
+        assert len(acknowledged) == 10 and all(a.tokens > 0 for a in acknowledged)
+
+        tree = clients[1].get_tree("shared")
+        sources = clients[0].list_sources("shared")
+        assert sorted(s.source for s in sources) == sorted(
+            f"p{n}/{i}" for n in (0, 1) for i in range(5)
+        )
+        spans = sorted((s.start, s.stop) for s in sources)
+        assert spans[0][0] == 0 and spans[-1][1] == tree.tokens  # tiled: no gap, no overlap
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+        assert sorted((a.start, a.stop) for a in acknowledged) == spans  # what was acknowledged
+    finally:
+        for process, _ in servers:
+            process.terminate()
+            process.wait(timeout=30)
