@@ -30,6 +30,7 @@ SUITES: dict[str, str] = {
     "longctx": "megacontext.bench.longctx",
     "runtime": "megacontext.bench.runtime",
     "crash": "megacontext.bench.crash",
+    "service": "megacontext.bench.service",
 }
 
 Progress = Callable[[str], None]
