@@ -30,25 +30,15 @@ def _port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _serve(root: Path, metadata_url: str) -> tuple[subprocess.Popen[bytes], str]:
+def _serve(root: Path, metadata_url: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
     port = _port()
+    command = [sys.executable, "-m", "megacontext.cli", "serve", "--root", str(root)]
+    command += ["--port", str(port), "--w-max", "128"]
+    command += ["--rate-limit", "read=6000,write=6000,ask=6000"]
+    if metadata_url is not None:
+        command += ["--metadata-url", metadata_url]
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "megacontext.cli",
-            "serve",
-            "--root",
-            str(root),
-            "--port",
-            str(port),
-            "--w-max",
-            "128",
-            "--metadata-url",
-            metadata_url,
-            "--rate-limit",
-            "read=6000,write=6000,ask=6000",
-        ],
+        command,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -111,3 +101,43 @@ def test_two_processes_share_one_store_and_lose_nothing(tmp_path: Path, postgres
         for process, _ in servers:
             process.terminate()
             process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_terminated_server_finishes_the_ingest_it_acknowledges(tmp_path: Path) -> None:
+    """SIGTERM while an ingest is in flight: the server lets it finish before it exits; what
+    it acknowledged is in the tree after a restart, and nothing partial ever is."""
+    root = tmp_path / "service"
+    root.mkdir()
+    key, _ = KeyStore(root / "keys.sqlite").create("acme", "read,write")
+    process, url = _serve(root)
+    headers = {"Authorization": f"Bearer {key}"}
+    httpx.post(f"{url}/v1/trees", json={"name": "t"}, headers=headers).raise_for_status()
+    big = PIECE * 120  # a few seconds of gisting on the tiny base
+    outcome: dict[str, object] = {}
+
+    def ingest() -> None:
+        try:
+            response = httpx.post(
+                f"{url}/v1/trees/t/sources", json={"text": big}, headers=headers, timeout=300
+            )
+            outcome["status"], outcome["body"] = response.status_code, response.json()
+        except httpx.TransportError as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=ingest)
+    thread.start()
+    time.sleep(1.0)  # the request is being served
+    process.terminate()
+    thread.join(timeout=300)
+    process.wait(timeout=300)
+    assert outcome.get("status") == 200, outcome  # finished, not cut off
+    acknowledged = outcome["body"]
+    process, url = _serve(root)  # a new server over the same directory
+    try:
+        tree = httpx.get(f"{url}/v1/trees/t", headers=headers).json()
+        sources = httpx.get(f"{url}/v1/trees/t/sources", headers=headers).json()["sources"]
+        assert tree["tokens"] == acknowledged["stop"] and len(sources) == 1  # type: ignore[index]
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
