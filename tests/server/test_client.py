@@ -31,6 +31,10 @@ def test_the_client_round_trip_against_a_live_server(world: World, live: str) ->
         assert events[-1].answer is not None and events[-1].answer.answer == answer.answer
         assert "".join(e.text for e in events[:-1] if e.text) == answer.answer
         assert mc.models() == ["notes"]
+        view = mc.context("notes", "Which ship at dusk?", W_max=64, pins=[(4, 8)])
+        assert view.W_max == 64 and view.entries[-1].end == mc.get_tree("notes").tokens
+        (first, *_) = mc.provenance("notes", 0, 4)
+        assert first.source == "log.txt" and first.lines is not None
         assert mc.generate("notes", max_new_tokens=3).tokens <= 3
         (source,) = [s for s in mc.list_sources("notes") if s.source == "log.txt"]
         assert mc.remove_source("notes", source.id) == source.tokens
@@ -112,6 +116,9 @@ def test_retries_honour_retry_after_and_stop_at_errors_that_will_not_change() ->
         (sdk.Citation, "Citation"),
         (sdk.Usage, "Usage"),
         (sdk.Generated, "Generated"),
+        (sdk.WorkingContext, "WorkingContext"),
+        (sdk.ContextEntry, "ContextEntry"),
+        (sdk.ProvenanceSpan, "ProvenanceSpan"),
     ],
 )
 def test_the_sdk_types_match_the_openapi_document(cls: type, schema: str) -> None:

@@ -171,6 +171,34 @@ class Generated:
 
 
 @dataclass(frozen=True)
+class ContextEntry:
+    level: int
+    index: int
+    start: int
+    end: int
+    entries: int
+    text: str
+
+
+@dataclass(frozen=True)
+class WorkingContext:
+    W_max: int
+    size: int
+    entries: list[ContextEntry]
+    focus_steps: int
+
+
+@dataclass(frozen=True)
+class ProvenanceSpan:
+    source: str
+    kind: str
+    start: int
+    stop: int
+    lines: tuple[int, int] | None
+    bytes: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
 class StreamEvent:
     """One event of :meth:`Client.ask_stream`: a piece of ``text``, or the final ``answer``."""
 
@@ -201,6 +229,50 @@ def _answer(body: dict[str, Any]) -> Answer:
 
 def _of(cls: type[Any], body: dict[str, Any]) -> Any:
     return cls(**{f.name: body[f.name] for f in fields(cls) if f.name in body})
+
+
+def _context(body: dict[str, Any]) -> WorkingContext:
+    return WorkingContext(
+        W_max=body["W_max"],
+        size=body["size"],
+        entries=[_of(ContextEntry, e) for e in body["entries"]],
+        focus_steps=body["focus_steps"],
+    )
+
+
+def _spans(body: dict[str, Any]) -> list[ProvenanceSpan]:
+    def pair(value: Any) -> tuple[int, int] | None:
+        return None if value is None else (int(value[0]), int(value[1]))
+
+    return [
+        ProvenanceSpan(
+            source=p["source"],
+            kind=p["kind"],
+            start=p["start"],
+            stop=p["stop"],
+            lines=pair(p["lines"]),
+            bytes=pair(p["bytes"]),
+        )
+        for p in body["spans"]
+    ]
+
+
+def _focus_body(
+    question: str | None,
+    W_max: int | None,
+    focus_steps: int | None,
+    pins: list[tuple[int, int]] | None,
+    expand: list[tuple[int, int]] | None,
+    collapse: list[tuple[int, int]] | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"pins": pins or [], "expand": expand or [], "collapse": collapse or []}
+    if question is not None:
+        body["question"] = question
+    if W_max is not None:
+        body["W_max"] = W_max
+    if focus_steps is not None:
+        body["focus_steps"] = focus_steps
+    return body
 
 
 def _ask_body(
@@ -409,6 +481,26 @@ class Client:
         body = {"prompt": prompt, "max_new_tokens": max_new_tokens, "stop": stop or []}
         return _of(Generated, self._request("POST", f"/v1/trees/{tree}/generate", body))
 
+    def context(
+        self,
+        tree: str,
+        question: str | None = None,
+        *,
+        W_max: int | None = None,
+        focus_steps: int | None = None,
+        pins: list[tuple[int, int]] | None = None,
+        expand: list[tuple[int, int]] | None = None,
+        collapse: list[tuple[int, int]] | None = None,
+    ) -> WorkingContext:
+        """The working context the base would read, after the edits and the question."""
+        body = _focus_body(question, W_max, focus_steps, pins, expand, collapse)
+        return _context(self._request("POST", f"/v1/trees/{tree}/context", body))
+
+    def provenance(self, tree: str, start: int, stop: int) -> list[ProvenanceSpan]:
+        """Where tokens ``[start, stop)`` come from."""
+        path = f"/v1/trees/{tree}/provenance?start={int(start)}&stop={int(stop)}"
+        return _spans(self._request("GET", path))
+
     def models(self) -> list[str]:
         """The trees, as the OpenAI-compatible endpoints name them."""
         return [m["id"] for m in self._request("GET", "/v1/models")["data"]]
@@ -535,6 +627,24 @@ class AsyncClient:
         except httpx.TransportError as exc:
             raise APIConnectionError(f"the answer stream failed: {exc}") from exc
 
+    async def context(
+        self,
+        tree: str,
+        question: str | None = None,
+        *,
+        W_max: int | None = None,
+        focus_steps: int | None = None,
+        pins: list[tuple[int, int]] | None = None,
+        expand: list[tuple[int, int]] | None = None,
+        collapse: list[tuple[int, int]] | None = None,
+    ) -> WorkingContext:
+        body = _focus_body(question, W_max, focus_steps, pins, expand, collapse)
+        return _context(await self._request("POST", f"/v1/trees/{tree}/context", body))
+
+    async def provenance(self, tree: str, start: int, stop: int) -> list[ProvenanceSpan]:
+        path = f"/v1/trees/{tree}/provenance?start={int(start)}&stop={int(stop)}"
+        return _spans(await self._request("GET", path))
+
     async def generate(
         self,
         tree: str,
@@ -558,16 +668,19 @@ __all__ = [
     "Citation",
     "Client",
     "ConflictError",
+    "ContextEntry",
     "Generated",
     "Ingested",
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "ProvenanceSpan",
     "RateLimitError",
     "ServerError",
     "Source",
     "StreamEvent",
     "Tree",
     "Usage",
+    "WorkingContext",
     "parse_events",
 ]
