@@ -15,17 +15,20 @@ import type {
   Answer,
   Ask,
   AskStreamEvent,
+  FocusRequest,
   Generate,
   Generated,
   Health,
   Ingest,
   Ingested,
   ModelList,
+  ProvenanceList,
   Removed,
   SourceList,
   Tree,
   TreeCreate,
   TreeList,
+  WorkingContext,
 } from "./types.js";
 
 export * from "./errors.js";
@@ -45,6 +48,8 @@ export const ENDPOINTS = {
   listSources: ["GET", "/v1/trees/{tree}/sources"],
   removeSource: ["DELETE", "/v1/trees/{tree}/sources/{source_id}"],
   ask: ["POST", "/v1/trees/{tree}/ask"],
+  context: ["POST", "/v1/trees/{tree}/context"],
+  provenance: ["GET", "/v1/trees/{tree}/provenance"],
   generate: ["POST", "/v1/trees/{tree}/generate"],
   models: ["GET", "/v1/models"],
 } as const satisfies Record<string, readonly [string, string]>;
@@ -92,6 +97,21 @@ export interface AskParams {
   remember?: boolean | undefined;
 }
 
+export interface ContextParams {
+  /** Focus for this question, as ask does (default: no focusing). */
+  question?: string | undefined;
+  /** The working context's budget in positions (default: the service's). */
+  wMax?: number | undefined;
+  /** Refocusing steps for the question (0-64; by default until focus converges). */
+  focusSteps?: number | undefined;
+  /** Token ranges [start, end) to bring back raw and keep. */
+  pins?: [number, number][] | undefined;
+  /** Gists [level, index] to open. */
+  expand?: [number, number][] | undefined;
+  /** Nodes [level, index] whose children to close. */
+  collapse?: [number, number][] | undefined;
+}
+
 export interface GenerateParams {
   /** Appended to the history before continuing. */
   prompt?: string | undefined;
@@ -114,6 +134,8 @@ interface Attempt {
 interface Send<T> {
   endpoint: EndpointName;
   params?: Record<string, string | number>;
+  /** The query string's parameters. */
+  query?: Record<string, string | number>;
   body?: unknown;
   accept?: string;
   /** Whether a 409 is worth retrying (not when it means "already exists"). */
@@ -200,11 +222,7 @@ export class MegaContextClient {
   /** Erase a source: its tokens, the gists above them, its keys and lexical rows. */
   removeSource(tree: string, id: number, options?: CallOptions): Promise<Removed> {
     if (!Number.isInteger(id)) {
-      return Promise.reject(
-        new InvalidRequestError(`a source id is an integer (listSources), not ${String(id)}`, {
-          type: "invalid_request",
-        }),
-      );
+      return Promise.reject(refused(`a source id is an integer (listSources), not ${String(id)}`));
     }
     return this.#json({ endpoint: "removeSource", params: { tree, source_id: id } }, options);
   }
@@ -290,6 +308,46 @@ export class MegaContextClient {
     return this.#json({ endpoint: "generate", params: { tree }, body }, options);
   }
 
+  // ----------------------------------------------------------------------------- focus
+
+  /**
+   * The working context the base would read: at wMax, after the manual edits (collapse, then
+   * expand, then pins) and focusing for the question. Nothing is kept between calls.
+   */
+  context(
+    tree: string,
+    params: ContextParams = {},
+    options?: CallOptions,
+  ): Promise<WorkingContext> {
+    const problem = focusProblem(params);
+    if (problem !== undefined) return Promise.reject(refused(problem));
+    const body: FocusRequest = {};
+    if (params.question !== undefined) body.question = params.question;
+    if (params.wMax !== undefined) body.W_max = params.wMax;
+    if (params.focusSteps !== undefined) body.focus_steps = params.focusSteps;
+    if (params.pins !== undefined) body.pins = params.pins;
+    if (params.expand !== undefined) body.expand = params.expand;
+    if (params.collapse !== undefined) body.collapse = params.collapse;
+    return this.#json({ endpoint: "context", params: { tree }, body }, options);
+  }
+
+  /** Where the tokens [start, stop) come from: source, kind, lines and bytes per span. */
+  provenance(
+    tree: string,
+    start: number,
+    stop: number,
+    options?: CallOptions,
+  ): Promise<ProvenanceList> {
+    const query = { start, stop };
+    for (const [name, value] of Object.entries(query)) {
+      if (!Number.isInteger(value)) {
+        const problem = `${name} is an integer (a token position), not ${String(value)}`;
+        return Promise.reject(refused(problem));
+      }
+    }
+    return this.#json({ endpoint: "provenance", params: { tree }, query }, options);
+  }
+
   // ----------------------------------------------------------------------------- transport
 
   #json<T>(request: Omit<Send<T>, "read">, options?: CallOptions): Promise<T> {
@@ -315,23 +373,28 @@ export class MegaContextClient {
     );
   }
 
-  #url(endpoint: EndpointName, params: Record<string, string | number> = {}): string {
+  #url(
+    endpoint: EndpointName,
+    params: Record<string, string | number> = {},
+    query?: Record<string, string | number>,
+  ): string {
     const path = ENDPOINTS[endpoint][1].replace(/\{(\w+)\}/g, (_, name: string) => {
       const value = String(params[name] ?? "");
       // "." and ".." (even percent-encoded) are resolved away by URL parsing: never send them.
       if (value === "" || value === "." || value === "..") {
-        throw new InvalidRequestError(`${name} ${JSON.stringify(value)} is not a valid name`, {
-          type: "invalid_request",
-        });
+        throw refused(`${name} ${JSON.stringify(value)} is not a valid name`);
       }
       return encodeURIComponent(value);
     });
-    return this.baseUrl + path;
+    if (query === undefined) return this.baseUrl + path;
+    const search = new URLSearchParams();
+    for (const [name, value] of Object.entries(query)) search.set(name, String(value));
+    return `${this.baseUrl}${path}?${search.toString()}`;
   }
 
   async #send<T>(request: Send<T>, options: CallOptions = {}): Promise<T> {
     const method = ENDPOINTS[request.endpoint][0];
-    const url = this.#url(request.endpoint, request.params);
+    const url = this.#url(request.endpoint, request.params, request.query);
     const headers: Record<string, string> = { accept: request.accept ?? "application/json" };
     if (this.#apiKey !== undefined) headers["authorization"] = `Bearer ${this.#apiKey}`;
     // One key per call, the same on its retries: a service that keeps Idempotency-Keys answers
@@ -389,6 +452,39 @@ function newIdempotencyKey(): string {
   const random = globalThis.crypto?.randomUUID;
   if (typeof random === "function") return random.call(globalThis.crypto);
   return Array.from({ length: 32 }, () => Math.floor(Math.random() * 16).toString(16)).join("");
+}
+
+/** An error found here, before any request (its status is undefined). */
+function refused(message: string): InvalidRequestError {
+  return new InvalidRequestError(message, { type: "invalid_request" });
+}
+
+/** What is wrong with context()'s integers, if anything. */
+function focusProblem(params: ContextParams): string | undefined {
+  for (const [name, value] of [
+    ["wMax", params.wMax],
+    ["focusSteps", params.focusSteps],
+  ] as const) {
+    if (value !== undefined && !Number.isInteger(value)) {
+      return `${name} is an integer, not ${String(value)}`;
+    }
+  }
+  for (const [name, shape] of [
+    ["pins", "[start, end]"],
+    ["expand", "[level, index]"],
+    ["collapse", "[level, index]"],
+  ] as const) {
+    const pairs: unknown = params[name];
+    if (pairs === undefined) continue;
+    if (!Array.isArray(pairs)) return `${name} is a list of ${shape} pairs, not ${String(pairs)}`;
+    for (const [i, pair] of pairs.entries()) {
+      if (!Array.isArray(pair) || pair.length !== 2 || !pair.every(Number.isInteger)) {
+        const shown = Array.isArray(pair) ? `[${pair.map(String).join(", ")}]` : String(pair);
+        return `${name}[${i}] is two integers ${shape}, not ${shown}`;
+      }
+    }
+  }
+  return undefined;
 }
 
 function askBody(params: AskParams, stream: boolean): Ask {

@@ -105,6 +105,61 @@ export interface Answer {
   seconds: Record<string, number>;
 }
 
+/** The body of `POST /v1/trees/{tree}/context` (nothing is kept between requests). */
+export interface FocusRequest {
+  /** Focus for this question, as ask does. */
+  question?: string | null;
+  /** The budget, >= 1 (default: the service's). */
+  W_max?: number | null;
+  /** 0-64 (server default: until focus converges). */
+  focus_steps?: number | null;
+  /** Token ranges [start, end) to bring back raw and keep (at most 64). */
+  pins?: [number, number][];
+  /** Gists [level, index] to open (at most 64). */
+  expand?: [number, number][];
+  /** Nodes [level, index] whose children to close (at most 64). */
+  collapse?: [number, number][];
+}
+
+export interface ContextEntry {
+  /** 0: raw tokens (a run of them); 1+: one gist. */
+  level: number;
+  /** The node's index on its level (a run's first token). */
+  index: number;
+  /** First token of the history the entry covers. */
+  start: number;
+  /** One past its last token. */
+  end: number;
+  /** Positions the entry takes in the working context. */
+  entries: number;
+  /** The raw text (empty for a gist). */
+  text: string;
+}
+
+export interface WorkingContext {
+  W_max: number;
+  /** Positions used. */
+  size: number;
+  /** Oldest first; raw tokens merged into runs. */
+  entries: ContextEntry[];
+  focus_steps: number;
+}
+
+export interface ProvenanceSpan {
+  /** The source's path or URI. */
+  source: string;
+  kind: string;
+  start: number;
+  stop: number;
+  lines: [number, number] | null;
+  bytes: [number, number] | null;
+}
+
+/** `GET /v1/trees/{tree}/provenance`. */
+export interface ProvenanceList {
+  spans: ProvenanceSpan[];
+}
+
 /** The body of `POST /v1/trees/{tree}/generate`. */
 export interface Generate {
   /** Appended to the history before continuing. */
@@ -167,6 +222,11 @@ export const SCHEMA_FIELDS = {
   Citation: ["source", "lines", "tokens", "score", "text", "label"],
   Usage: ["prompt_tokens", "completion_tokens", "total_tokens"],
   Answer: ["answer", "citations", "spans", "focus_steps", "usage", "seconds"],
+  FocusRequest: ["question", "W_max", "focus_steps", "pins", "expand", "collapse"],
+  ContextEntry: ["level", "index", "start", "end", "entries", "text"],
+  WorkingContext: ["W_max", "size", "entries", "focus_steps"],
+  ProvenanceSpan: ["source", "kind", "start", "stop", "lines", "bytes"],
+  ProvenanceList: ["spans"],
   Generate: ["prompt", "max_new_tokens", "stop"],
   Generated: ["text", "tokens"],
   ErrorBody: ["type", "message", "code"],
@@ -188,6 +248,11 @@ interface SchemaTypes {
   Citation: Citation;
   Usage: Usage;
   Answer: Answer;
+  FocusRequest: FocusRequest;
+  ContextEntry: ContextEntry;
+  WorkingContext: WorkingContext;
+  ProvenanceSpan: ProvenanceSpan;
+  ProvenanceList: ProvenanceList;
   Generate: Generate;
   Generated: Generated;
   ErrorBody: ErrorBody;
@@ -214,6 +279,11 @@ const fieldsMatch: { [N in SchemaName]: SameKeys<SchemaTypes[N], (typeof SCHEMA_
   Citation: true,
   Usage: true,
   Answer: true,
+  FocusRequest: true,
+  ContextEntry: true,
+  WorkingContext: true,
+  ProvenanceSpan: true,
+  ProvenanceList: true,
   Generate: true,
   Generated: true,
   ErrorBody: true,

@@ -22,6 +22,7 @@ const REQUEST_BODIES: Partial<Record<EndpointName, string>> = {
   createTree: "TreeCreate",
   ingest: "Ingest",
   ask: "Ask",
+  context: "FocusRequest",
   generate: "Generate",
 };
 const RESPONSES: Partial<Record<EndpointName, string>> = {
@@ -32,10 +33,17 @@ const RESPONSES: Partial<Record<EndpointName, string>> = {
   listSources: "SourceList",
   removeSource: "Removed",
   ask: "Answer",
+  context: "WorkingContext",
+  provenance: "ProvenanceList",
   generate: "Generated",
+};
+// The query parameters each method sends.
+const QUERIES: Partial<Record<EndpointName, string[]>> = {
+  provenance: ["start", "stop"],
 };
 
 interface Operation {
+  parameters?: { name: string; in: string; required?: boolean }[];
   requestBody?: { content: Record<string, { schema?: { $ref?: string } }> };
   responses: Record<string, { content?: Record<string, { schema?: { $ref?: string } }> }>;
 }
@@ -68,5 +76,11 @@ describe("drift against docs/openapi.json", () => {
     const { responses } = operation(name as EndpointName);
     const ok = responses["200"] ?? responses["201"];
     expect(ok?.content?.["application/json"]?.schema?.$ref).toBe(`#/components/schemas/${schema}`);
+  });
+
+  it.each(Object.entries(QUERIES))("%s: sends the query parameters %j", (name, sent) => {
+    const parameters = operation(name as EndpointName).parameters ?? [];
+    const documented = parameters.filter((p) => p.in === "query");
+    expect([...sent].sort()).toEqual(documented.map((p) => p.name).sort());
   });
 });

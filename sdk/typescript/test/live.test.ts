@@ -12,6 +12,7 @@ import {
   NotFoundError,
   PermissionDeniedError,
   SCHEMA_FIELDS,
+  type WorkingContext,
 } from "../src/index.js";
 
 const live = inject("live");
@@ -116,6 +117,65 @@ describe("live service", () => {
     expect(sortedKeys(sources[0]!)).toEqual(fields("Source"));
     expect(sources[0]).toMatchObject({ source: "notes.txt", kind: "text", tokens: done.tokens });
     expect((await client.getTree(TREE)).tokens).toBe(done.tokens);
+  });
+
+  it("builds a working context: budget, pins, entries covering the history", async () => {
+    const tokens = (await client.getTree(TREE)).tokens;
+    const covers = (context: WorkingContext, wMax: number) => {
+      expect(sortedKeys(context)).toEqual(fields("WorkingContext"));
+      expect(context.W_max).toBe(wMax);
+      expect(context.size).toBeLessThanOrEqual(wMax);
+      const { entries } = context;
+      expect(entries.length).toBeGreaterThan(0);
+      for (const entry of entries) expect(sortedKeys(entry)).toEqual(fields("ContextEntry"));
+      // Oldest first and contiguous: together they cover the whole history, [0, tokens).
+      expect(entries[0]!.start).toBe(0);
+      for (let i = 1; i < entries.length; i++) {
+        expect(entries[i]!.start).toBe(entries[i - 1]!.end);
+      }
+      expect(entries.at(-1)!.end).toBe(tokens);
+      expect(entries.reduce((sum, e) => sum + e.entries, 0)).toBe(context.size);
+      return entries;
+    };
+    covers(await client.context(TREE, { question: QUESTION.question, wMax: 128 }), 128);
+
+    // The pinned tokens come back raw. (Their 32-token block raw, the 32 gists of the level-2
+    // node above it and the raw tail need 140 positions in this tree: more than 128.)
+    const pinned = await client.context(TREE, {
+      question: QUESTION.question,
+      wMax: 192,
+      pins: [[4, 8]],
+    });
+    const holding = covers(pinned, 192).find((e) => e.start <= 4 && 8 <= e.end);
+    expect(holding?.level).toBe(0);
+    const tooSmall = await rejection(client.context(TREE, { wMax: 128, pins: [[4, 8]] }));
+    expect(tooSmall).toBeInstanceOf(InvalidRequestError);
+    expect(tooSmall.status).toBe(400);
+    expect(tooSmall.message).toContain("W_max");
+
+    // Nothing is kept, and the read scope suffices: the service's default budget again.
+    const plain = await readOnly.context(TREE);
+    covers(plain, 256);
+    expect(plain.focus_steps).toBe(0);
+  });
+
+  it("reports provenance: where tokens come from", async () => {
+    const { spans } = await client.provenance(TREE, 0, 8);
+    expect(spans.length).toBeGreaterThan(0);
+    for (const span of spans) expect(sortedKeys(span)).toEqual(fields("ProvenanceSpan"));
+    expect(spans[0]).toMatchObject({ source: "notes.txt", kind: "text", start: 0 });
+    expect(spans[0]!.stop).toBeGreaterThan(0);
+    const backwards = await rejection(client.provenance(TREE, 8, 4));
+    expect(backwards).toBeInstanceOf(InvalidRequestError);
+    expect(backwards.status).toBe(400);
+    expect(await rejection(client.provenance(TREE, 4, 4))).toBeInstanceOf(InvalidRequestError);
+    // Not integers: refused before any request.
+    const fraction = await rejection(client.provenance(TREE, 0.5, 8));
+    expect(fraction).toBeInstanceOf(InvalidRequestError);
+    expect(fraction.status).toBeUndefined();
+    const badPin = await rejection(client.context(TREE, { pins: [[4, Number.NaN]] }));
+    expect(badPin).toBeInstanceOf(InvalidRequestError);
+    expect(badPin.status).toBeUndefined();
   });
 
   it("asks: a typed Answer with citations and usage", async () => {

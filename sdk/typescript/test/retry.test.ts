@@ -259,6 +259,60 @@ describe("wire format", () => {
     expect(keys[3]).toBeUndefined();
   });
 
+  it("sends context's body and provenance's query, a key only on the POST", async () => {
+    const client = await serve((req, res) =>
+      req.url.includes("/provenance")
+        ? json(res, 200, { spans: [] })
+        : json(res, 200, { W_max: 64, size: 0, entries: [], focus_steps: 0 }),
+    );
+    await client.context("my notes", {
+      question: "q?",
+      wMax: 64,
+      focusSteps: 1,
+      pins: [[4, 8]],
+      expand: [[1, 0]],
+      collapse: [[2, 0]],
+    });
+    await client.context("t");
+    expect(await client.provenance("t", 0, 8)).toEqual({ spans: [] });
+    const [context, plain, provenance] = stub!.requests;
+    expect([context!.method, context!.url]).toEqual(["POST", "/v1/trees/my%20notes/context"]);
+    expect(JSON.parse(context!.body)).toEqual({
+      question: "q?",
+      W_max: 64,
+      focus_steps: 1,
+      pins: [[4, 8]],
+      expand: [[1, 0]],
+      collapse: [[2, 0]],
+    });
+    expect(context!.headers["idempotency-key"]).toMatch(/^[0-9a-f-]{32,36}$/);
+    expect(JSON.parse(plain!.body)).toEqual({});
+    expect([provenance!.method, provenance!.url]).toEqual([
+      "GET",
+      "/v1/trees/t/provenance?start=0&stop=8",
+    ]);
+    expect(provenance!.headers["idempotency-key"]).toBeUndefined();
+  });
+
+  it("refuses non-integers in context and provenance without a request", async () => {
+    const client = await serve((_, res) => json(res, 200, {}));
+    const refusals = await Promise.all([
+      rejection(client.provenance("t", 0, 8.5)),
+      rejection(client.provenance("t", Number.NaN, 8)),
+      rejection(client.context("t", { wMax: 1.5 })),
+      rejection(client.context("t", { focusSteps: Infinity })),
+      rejection(client.context("t", { pins: [[4, 8.5]] })),
+      rejection(client.context("t", { expand: [[1] as unknown as [number, number]] })),
+      rejection(client.provenance("..", 0, 8)),
+    ]);
+    for (const refused of refusals) {
+      expect(refused).toBeInstanceOf(InvalidRequestError);
+      expect(refused.status).toBeUndefined();
+    }
+    expect(refusals[4]!.message).toContain("pins[0]");
+    expect(stub!.requests).toHaveLength(0);
+  });
+
   it("refuses a source id that is not an integer without a request", async () => {
     const client = await serve((_, res) => json(res, 200, {}));
     expect(await rejection(client.removeSource("t", 1.5))).toBeInstanceOf(InvalidRequestError);
