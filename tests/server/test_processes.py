@@ -5,10 +5,7 @@ and every acknowledged ingest is in the tree afterwards, once, with its provenan
 from __future__ import annotations
 
 import itertools
-import os
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,6 +14,7 @@ import httpx
 import pytest
 
 from megacontext import client as sdk
+from megacontext.bench.service import start_server
 from megacontext.server.keys import KeyStore
 
 PIECE = "".join(
@@ -24,37 +22,9 @@ PIECE = "".join(
 )
 
 
-def _port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _serve(root: Path, metadata_url: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    port = _port()
-    command = [sys.executable, "-m", "megacontext.cli", "serve", "--root", str(root)]
-    command += ["--port", str(port), "--w-max", "128"]
-    command += ["--rate-limit", "read=6000,write=6000,ask=6000"]
-    if metadata_url is not None:
-        command += ["--metadata-url", metadata_url]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(process.stderr.read().decode() if process.stderr else "died")
-        time.sleep(0.3)
+    extra = ["--metadata-url", metadata_url] if metadata_url is not None else []
+    return start_server(root, "default", *extra, w_max=128)
 
 
 @pytest.mark.slow

@@ -46,13 +46,19 @@ def _port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start_server(root: Path, base: str) -> tuple[subprocess.Popen[bytes], str]:
-    """A ``megacontext serve`` process on a free loopback port, once it answers."""
+def start_server(
+    root: Path, base: str, *extra: str, w_max: int = W_MAX
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A ``megacontext serve`` process on a free loopback port (``extra``: more of its flags),
+    once it answers. Its log goes to ``ROOT/serve-PORT.log`` (a pipe nobody reads would fill up
+    and stall the server)."""
     port = _port()
     command = [sys.executable, "-m", "megacontext.cli", "serve", "--root", str(root)]
-    command += ["--port", str(port), "--base", base, "--w-max", str(W_MAX)]
-    command += ["--rate-limit", "read=100000,write=100000,ask=100000"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    command += ["--port", str(port), "--base", base, "--w-max", str(w_max)]
+    command += ["--rate-limit", "read=100000,write=100000,ask=100000", *extra]
+    log = root / f"serve-{port}.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while True:
@@ -63,8 +69,8 @@ def start_server(root: Path, base: str) -> tuple[subprocess.Popen[bytes], str]:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            err = process.stderr.read().decode() if process.stderr else ""
-            raise RuntimeError(f"megacontext serve did not start:\n{err[-3000:]}")
+            tail = log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"megacontext serve did not start:\n{tail}")
         time.sleep(0.3)
 
 
