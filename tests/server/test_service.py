@@ -189,3 +189,43 @@ def test_the_working_context_and_provenance_can_be_looked_at(world: World) -> No
     assert rows[0]["start"] == 0 and rows[-1]["stop"] >= 5 and rows[0]["lines"][0] == 1
     assert {r["source"] for r in rows} == {"logbook.txt"}
     _error(world.client.get("/v1/trees/notes/provenance?start=5&stop=5", headers=h), 400)
+
+
+def test_files_upload_in_any_encoding_with_progress_events(world: World) -> None:
+    h = world.headers(world.writer)
+    world.client.post("/v1/trees", json={"name": "docs"}, headers=h)
+    latin = "".join(f"ligne {i}: le café coûte {i} francs à Genève\n" for i in range(80))
+    done = world.client.post(
+        "/v1/trees/docs/uploads?name=prix.txt",
+        content=latin.encode("latin-1"),
+        headers={**h, "content-type": "application/octet-stream"},
+    )
+    assert done.status_code == 200, done.text
+    assert done.json()["tokens"] > 0
+    spans = world.client.get("/v1/trees/docs/provenance?start=0&stop=4", headers=h).json()
+    assert spans["spans"][0]["source"] == "prix.txt"
+    context = world.client.post("/v1/trees/docs/context", json={}, headers=h).json()
+    assert "café" in "".join(e["text"] for e in context["entries"])  # decoded, not mangled
+
+    text = "".join(f"row {i}: the gauge read {i * 3} bar\n" for i in range(200))
+    with world.client.stream(
+        "POST",
+        "/v1/trees/docs/uploads?name=gauges.txt&events=true",
+        content=text.encode(),
+        headers={**h, "content-type": "application/octet-stream"},
+    ) as response:
+        events = list(parse_events(response.iter_lines()))
+    progress = [data for event, data in events if event == "progress"]
+    (ingested,) = [data for event, data in events if event == "ingested"]
+    assert progress and progress[-1]["tokens"] == progress[-1]["total"] == ingested["tokens"]
+    assert [p["tokens"] for p in progress] == sorted(p["tokens"] for p in progress)
+
+    wrong = world.client.post(
+        "/v1/trees/docs/uploads?encoding=ascii",
+        content=latin.encode("latin-1"),
+        headers={**h, "content-type": "application/octet-stream"},
+    )
+    assert "not ascii text" in _error(wrong, 400)["message"]
+    binary = world.client.post("/v1/trees/docs/uploads", content=b"\x00\x01\x02" * 100, headers=h)
+    assert "binary" in _error(binary, 400)["message"]
+    _error(world.client.post("/v1/trees/none/uploads", content=b"text", headers=h), 404)

@@ -86,15 +86,26 @@ def discover(paths: list[Path]) -> tuple[list[SourceFile], list[Path]]:
     return found, repeats
 
 
-def read_text(  # noqa: PLR0911  (each way a file can turn out, in the order it is tried)
-    source: SourceFile, encoding: str | None = None
-) -> SourceText | None:
+def read_text(source: SourceFile, encoding: str | None = None) -> SourceText | None:
     """The text of ``source``, or ``None`` when it is binary or empty.
 
     Raises:
         InvalidInputError: ``encoding`` was given and the file is not in it.
     """
     data = sys.stdin.buffer.read() if source.path == STDIN else source.resolved.read_bytes()
+    return decode_text(data, encoding, str(source.path), "--encoding")
+
+
+def decode_text(  # noqa: PLR0911  (each way bytes can turn out, in the order it is tried)
+    data: bytes, encoding: str | None = None, name: str = "the text", flag: str = "encoding"
+) -> SourceText | None:
+    """``data`` as text: in ``encoding`` when given, else UTF-8, else the encoding
+    charset-normalizer detects; ``None`` when it is binary or empty. ``name`` and ``flag`` say,
+    in an error, what was read and how its encoding is given.
+
+    Raises:
+        InvalidInputError: ``encoding`` was given and ``data`` is not in it.
+    """
     if not data.strip():
         return None
     if encoding is not None:
@@ -102,8 +113,8 @@ def read_text(  # noqa: PLR0911  (each way a file can turn out, in the order it 
             return SourceText(_strip_bom(data.decode(encoding)), encoding)
         except UnicodeDecodeError as exc:
             raise InvalidInputError(
-                f"{source.path} is not {encoding} text (byte {exc.start}: {exc.reason}); give "
-                "its encoding with --encoding, or leave --encoding out to detect it"
+                f"{name} is not {encoding} text (byte {exc.start}: {exc.reason}); give its "
+                f"encoding with {flag}, or leave {flag} out to detect it"
             ) from None
     if not _utf16_bom(data):
         if b"\x00" in data:
@@ -131,4 +142,12 @@ def _strip_bom(text: str) -> str:
     return text[1:] if text.startswith("\ufeff") else text
 
 
-__all__ = ["STDIN", "SourceFile", "SourceText", "check_encoding", "discover", "read_text"]
+__all__ = [
+    "STDIN",
+    "SourceFile",
+    "SourceText",
+    "check_encoding",
+    "decode_text",
+    "discover",
+    "read_text",
+]

@@ -25,6 +25,7 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from megacontext._version import __version__
@@ -357,6 +358,52 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
         """Append text to the tree's history (journaled: a crash rolls it back)."""
         return ingest_text(service, caller, tree, body)
 
+    @app.post(
+        "/v1/trees/{tree}/uploads",
+        tags=["sources"],
+        response_model=s.Ingested,
+        responses=_STREAMED,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+            }
+        },
+    )
+    async def upload(
+        tree: str,
+        request: Request,
+        caller: Writer,
+        name: Annotated[str | None, Query(max_length=1000)] = None,
+        source: Annotated[str | None, Query(max_length=2000)] = None,
+        encoding: Annotated[str | None, Query(max_length=64)] = None,
+        force: bool = False,
+        events: bool = False,
+    ) -> Any:
+        """Ingest a file's bytes as the body (any text encoding: given as ``encoding``, else
+        UTF-8, else detected). ``name`` is the path citations show. With ``events``: server-sent
+        ``progress`` events ({"tokens", "total"}) while it is ingested, then ``ingested``."""
+        from megacontext.runtime.reading import check_encoding, decode_text
+
+        caller.require("write")
+        what = name or "the upload"
+        decoded = decode_text(await request.body(), check_encoding(encoding), what, "encoding=")
+        if decoded is None:
+            raise InvalidInputError(f"{what} is empty or binary, not text; nothing was ingested")
+        metadata = {"encoding": decoded.encoding, **({"path": name} if name else {})}
+        body = s.Ingest(text=decoded.text, source=source, metadata=metadata, force=force)
+        service.trees.found(caller.tenant, tree)  # before a stream starts: errors are statuses
+        if not events:
+            return await run_in_threadpool(ingest_text, service, caller, tree, body)
+
+        def work(send: Callable[[str], None]) -> str:
+            def progress(done: int, total: int) -> None:
+                send(json.dumps({"tokens": done, "total": total}))
+
+            return ingest_text(service, caller, tree, body, progress).model_dump_json()
+
+        return _sse(work, lambda data: _event("progress", json.loads(data)), "ingested")
+
     @app.get("/v1/trees/{tree}/sources", tags=["sources"])
     def list_sources(tree: str, caller: Reader) -> s.SourceList:
         caller.require("read")
@@ -468,15 +515,26 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
 # What a route does, apart from how its request arrives: HTTP and gRPC share these.
 
 
-def ingest_text(service: Service, caller: Principal, tree: str, body: s.Ingest) -> s.Ingested:
-    """Append ``body.text`` to the tree (metered, within the request's token budget)."""
+def ingest_text(
+    service: Service,
+    caller: Principal,
+    tree: str,
+    body: s.Ingest,
+    progress: Callable[[int, int], None] | None = None,
+) -> s.Ingested:
+    """Append ``body.text`` to the tree (metered, within the request's token budget);
+    ``progress(tokens done, tokens in all)`` as it goes."""
     caller.require("write")
     with service.trees.writer(caller.tenant, tree) as session:
         tokens = len(session.base.encode(body.text, add_bos=False))
         check_request_tokens(tokens, service.limits.max_request_tokens, "the text")
         gists = _gists(session)
         done = session.ingest(
-            body.text, source=body.source, metadata=body.metadata, force=body.force
+            body.text,
+            source=body.source,
+            metadata=body.metadata,
+            force=body.force,
+            progress=progress,
         )
         gists = _gists(session) - gists
     service.meter(caller, tree, "ingest", done.tokens, tokens=done.tokens, gists=gists)
@@ -566,28 +624,31 @@ def _check_budget(session: Session, W_max: int) -> None:
 
 
 def _context(session: Session, steps: int) -> s.WorkingContext:
-    entries: list[s.ContextEntry] = []
-    for view in session.working_context():
-        last = entries[-1] if entries else None
-        if view.level == 0 and last is not None and last.level == 0 and last.end == view.start:
-            entries[-1] = last.model_copy(
-                update={
-                    "end": view.end,
-                    "entries": last.entries + 1,
-                    "text": last.text + view.preview,
-                }
-            )
+    """The working context for people: consecutive raw tokens merged into runs, each run's
+    text decoded whole (a character may span several byte-level tokens)."""
+    starts, ends = session.wc.spans()
+    runs: list[list[int]] = []  # [level, index, start, end, entries]
+    for pos in range(session.wc.size):
+        level, index = int(session.wc.levels[pos]), int(session.wc.indices[pos])
+        start, end = int(starts[pos]), int(ends[pos])
+        last = runs[-1] if runs else None
+        if level == 0 and last is not None and last[0] == 0 and last[3] == start:
+            last[3], last[4] = end, last[4] + 1
         else:
-            entries.append(
-                s.ContextEntry(
-                    level=view.level,
-                    index=view.index,
-                    start=view.start,
-                    end=view.end,
-                    entries=1,
-                    text=view.preview,
-                )
-            )
+            runs.append([level, index, start, end, 1])
+    entries = [
+        s.ContextEntry(
+            level=level,
+            index=index,
+            start=start,
+            end=end,
+            entries=count,
+            text=session.base.decode(session.tree.tokens(start, end).tolist())
+            if level == 0
+            else "",
+        )
+        for level, index, start, end, count in runs
+    ]
     return s.WorkingContext(
         W_max=session.wc.W_max, size=session.wc.size, entries=entries, focus_steps=steps
     )
