@@ -229,3 +229,22 @@ def test_files_upload_in_any_encoding_with_progress_events(world: World) -> None
     binary = world.client.post("/v1/trees/docs/uploads", content=b"\x00\x01\x02" * 100, headers=h)
     assert "binary" in _error(binary, 400)["message"]
     _error(world.client.post("/v1/trees/none/uploads", content=b"text", headers=h), 404)
+
+
+def test_traces_a_session_wrote_can_be_read(world: World) -> None:
+    from megacontext.runtime import SessionConfig, open_session
+
+    tree_with_text(world)
+    path = world.root / "tenants" / "acme" / "trees" / "notes"
+    traced = SessionConfig(W_max=48, protected_recent=12, query_tokens=8, refocus_every=4)
+    with open_session(path, config=traced) as mc:  # a writer that records its focus
+        list(mc.generate("And then", max_new_tokens=12))
+    h = world.headers(world.reader)
+    (listed,) = world.client.get("/v1/trees/notes/traces", headers=h).json()["traces"]
+    assert listed["steps"] > 0 and listed["name"].startswith("session-")
+    trace = world.client.get(f"/v1/trees/notes/traces/{listed['name']}", headers=h).json()
+    assert len(trace["steps"]) == listed["steps"]
+    assert {"step", "tokens", "expands", "collapses"} <= set(trace["steps"][0])
+    _error(world.client.get("/v1/trees/notes/traces/nope.jsonl", headers=h), 404)
+    other = world.headers(world.other)
+    _error(world.client.get("/v1/trees/notes/traces", headers=other), 404)

@@ -2,49 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from megacontext.cli.output import console, emit_json
-from megacontext.errors import InvalidInputError
+from megacontext.runtime.traces import read_trace
 
 app = typer.Typer(
     help="Read focus telemetry traces (JSONL written by sessions).", no_args_is_help=True
 )
-
-# What every line of a focus trace holds (see Session.refocus).
-_REQUIRED = ("step", "tokens", "entries", "utilization", "expands", "collapses")
-
-
-def read_trace(path: Path) -> list[dict[str, Any]]:
-    """The steps of a trace file; a typed error naming the line for anything else."""
-    if not path.is_file():
-        raise InvalidInputError(
-            f"{path} is not a file; traces are written to SESSION/traces/session-*.jsonl"
-        )
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise InvalidInputError(
-                f"{path}:{number} is not JSON; is this a focus trace?"
-            ) from None
-        missing = [k for k in _REQUIRED if not isinstance(row, dict) or k not in row]
-        if missing:
-            raise InvalidInputError(
-                f"{path}:{number} is not a focus trace step (no {', '.join(missing)}); traces "
-                "are the SESSION/traces/session-*.jsonl files a session writes"
-            )
-        rows.append(row)
-    return rows
 
 
 @app.command("show")

@@ -461,6 +461,36 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
         """Where the tokens ``[start, stop)`` come from: source, lines and bytes per span."""
         return provenance_of(service, caller, tree, start, stop)
 
+    @app.get("/v1/trees/{tree}/traces", tags=["focus"])
+    def list_traces(tree: str, caller: Reader) -> s.TraceList:
+        """The tree's focus traces (written by sessions that record them, e.g. the CLI's)."""
+        from megacontext.runtime.traces import list_traces as traces_of
+
+        caller.require("read")
+        path = trees.found(caller.tenant, tree)
+        return s.TraceList(
+            traces=[
+                s.TraceFile(
+                    name=f.name,
+                    steps=sum(1 for line in f.open(encoding="utf-8") if line.strip()),
+                    bytes=f.stat().st_size,
+                )
+                for f in traces_of(path)
+            ]
+        )
+
+    @app.get("/v1/trees/{tree}/traces/{name}", tags=["focus"])
+    def get_trace(tree: str, name: str, caller: Reader) -> s.Trace:
+        """The refocus steps of one trace."""
+        from megacontext.runtime.traces import list_traces as traces_of
+        from megacontext.runtime.traces import read_trace
+
+        caller.require("read")
+        found = [f for f in traces_of(trees.found(caller.tenant, tree)) if f.name == name]
+        if not found:
+            raise NotFoundError(f"tree {tree!r} has no trace named {name!r}")
+        return s.Trace(name=name, steps=read_trace(found[0]))
+
     @app.post("/v1/trees/{tree}/generate", tags=["questions"])
     def generate(tree: str, body: s.Generate, caller: Writer) -> s.Generated:
         """Continue the history (after appending ``prompt``); what is generated is kept."""

@@ -160,6 +160,21 @@ class ProvenanceList(BaseModel):
     spans: list[ProvenanceSpan]
 
 
+class TraceFile(BaseModel):
+    name: str
+    steps: int
+    bytes: int
+
+
+class TraceList(BaseModel):
+    traces: list[TraceFile]
+
+
+class Trace(BaseModel):
+    name: str
+    steps: list[dict[str, Any]] = Field(description="One record per refocus step.")
+
+
 class Generate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: str | None = Field(None, description="Appended to the history before continuing.")

@@ -1,0 +1,51 @@
+"""Focus traces: the JSONL telemetry a session writes to ``SESSION/traces/`` (one file per
+session that refocused; see :meth:`megacontext.runtime.session.Session.refocus`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from megacontext.errors import InvalidInputError
+
+TRACES = "traces"
+
+
+# What every line of a focus trace holds (see Session.refocus).
+_REQUIRED = ("step", "tokens", "entries", "utilization", "expands", "collapses")
+
+
+def read_trace(path: Path) -> list[dict[str, Any]]:
+    """The steps of a trace file; a typed error naming the line for anything else."""
+    if not path.is_file():
+        raise InvalidInputError(
+            f"{path} is not a file; traces are written to SESSION/traces/session-*.jsonl"
+        )
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise InvalidInputError(
+                f"{path}:{number} is not JSON; is this a focus trace?"
+            ) from None
+        missing = [k for k in _REQUIRED if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise InvalidInputError(
+                f"{path}:{number} is not a focus trace step (no {', '.join(missing)}); traces "
+                "are the SESSION/traces/session-*.jsonl files a session writes"
+            )
+        rows.append(row)
+    return rows
+
+
+def list_traces(session_dir: Path) -> list[Path]:
+    """The trace files of a session directory, oldest first (their names sort by time)."""
+    folder = session_dir / TRACES
+    return sorted(folder.glob("session-*.jsonl")) if folder.is_dir() else []
+
+
+__all__ = ["TRACES", "list_traces", "read_trace"]
