@@ -433,15 +433,14 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
     def ask(tree: str, body: s.Ask, caller: Asker) -> Any:
         """Answer from the whole history, with citations; the question is not kept unless
         ``remember``. With ``stream``: events ``text`` ({"text"}) then ``answer`` (the Answer)."""
-        caller.require("write" if body.remember else "read")
         question = body.model_dump(exclude={"stream"})
-        _check_ask(service, caller, tree, question)  # before a stream starts: errors are statuses
         if not body.stream:
-            return _answer_body(*_asked(service, caller, tree, question, None))
+            return ask_tree(service, caller, tree, question)
+        caller.require("write" if body.remember else "read")
+        _check_ask(service, caller, tree, question)  # before a stream starts: errors are statuses
 
         def events(send: Callable[[str], None]) -> str:
-            answer, session_usage = _asked(service, caller, tree, question, send)
-            return _answer_body(answer, session_usage).model_dump_json()
+            return ask_tree(service, caller, tree, question, send).model_dump_json()
 
         return _sse(events, lambda piece: _event("text", {"text": piece}), "answer")
 
