@@ -131,7 +131,7 @@ class DailyBudget:
             )
 
     def add(self, tenant: str, tokens: int) -> None:
-        if tokens <= 0:
+        if tokens <= 0 or self.per_day is None:  # nothing to hold: no write per request
             return
         with self._connect() as db:
             db.execute(
