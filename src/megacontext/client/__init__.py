@@ -334,6 +334,31 @@ def _retryable(response: httpx.Response) -> bool:
     return response.status_code in RETRY_STATUS
 
 
+def _settle(
+    method: str,
+    path: str,
+    attempt: int,
+    retries: int,
+    response: httpx.Response | None,
+    failure: httpx.TransportError | None,
+) -> tuple[float | None, Any]:
+    """What one attempt comes to, for both clients: ``(seconds to wait, None)`` to retry, or
+    ``(None, the decoded body)``; the typed error when no retry is left or it would not help."""
+    last = attempt == retries
+    if failure is not None:
+        if not last:
+            return _delay(attempt, None), None
+        if isinstance(failure, httpx.TimeoutException):
+            raise APITimeoutError(f"{method} {path} timed out: {failure}") from failure
+        raise APIConnectionError(f"{method} {path} failed: {failure}") from failure
+    assert response is not None
+    if _retryable(response) and not last:
+        return _delay(attempt, response), None
+    if response.status_code >= 400:
+        raise _error(response)
+    return None, (response.json() if response.content else None)
+
+
 def _delay(attempt: int, response: httpx.Response | None) -> float:
     if response is not None:
         after = response.headers.get("retry-after", "")
@@ -378,25 +403,15 @@ class Client:
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         for attempt in range(self.max_retries + 1):
-            last = attempt == self.max_retries
+            response, failure = None, None
             try:
                 response = self._http.request(method, path, json=body)
-            except httpx.TimeoutException as exc:
-                if last:
-                    raise APITimeoutError(f"{method} {path} timed out: {exc}") from exc
-                time.sleep(_delay(attempt, None))
-                continue
-            except httpx.TransportError as exc:
-                if last:
-                    raise APIConnectionError(f"{method} {path} failed: {exc}") from exc
-                time.sleep(_delay(attempt, None))
-                continue
-            if _retryable(response) and not last:
-                time.sleep(_delay(attempt, response))
-                continue
-            if response.status_code >= 400:
-                raise _error(response)
-            return response.json() if response.content else None
+            except httpx.TransportError as exc:  # timeouts included
+                failure = exc
+            wait, value = _settle(method, path, attempt, self.max_retries, response, failure)
+            if wait is None:
+                return value
+            time.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def health(self) -> dict[str, str]:
@@ -537,25 +552,15 @@ class AsyncClient:
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         for attempt in range(self.max_retries + 1):
-            last = attempt == self.max_retries
+            response, failure = None, None
             try:
                 response = await self._http.request(method, path, json=body)
-            except httpx.TimeoutException as exc:
-                if last:
-                    raise APITimeoutError(f"{method} {path} timed out: {exc}") from exc
-                await asyncio.sleep(_delay(attempt, None))
-                continue
-            except httpx.TransportError as exc:
-                if last:
-                    raise APIConnectionError(f"{method} {path} failed: {exc}") from exc
-                await asyncio.sleep(_delay(attempt, None))
-                continue
-            if _retryable(response) and not last:
-                await asyncio.sleep(_delay(attempt, response))
-                continue
-            if response.status_code >= 400:
-                raise _error(response)
-            return response.json() if response.content else None
+            except httpx.TransportError as exc:  # timeouts included
+                failure = exc
+            wait, value = _settle(method, path, attempt, self.max_retries, response, failure)
+            if wait is None:
+                return value
+            await asyncio.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def list_trees(self) -> list[Tree]:

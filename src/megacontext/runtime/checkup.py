@@ -25,12 +25,12 @@ from typing import Any
 from megacontext.core import span_tokens
 from megacontext.errors import StorageCorruptionError
 from megacontext.runtime.journal import journal_path, label
-from megacontext.runtime.opening import SESSION_FILE, NotASessionError, is_session
+from megacontext.runtime.opening import SESSION_FILE, NotASessionError, is_session, metadata_reader
 from megacontext.store.admin import Problem
 from megacontext.store.errors import NotAStoreError
 from megacontext.store.lexical import open_lexical_index
 from megacontext.store.local import LocalStore
-from megacontext.store.metadata import COMPLETE, RUNNING, MetadataDB, default_url
+from megacontext.store.metadata import COMPLETE, RUNNING, default_url
 from megacontext.store.repair import RepairReport
 
 REBUILT = "rebuilt from the tree by the next open for writing or `megacontext store repair`"
@@ -57,7 +57,7 @@ def session_info(root: str | Path) -> dict[str, Any]:
         document["keys"] = _key_counts(root)
         document["lexical_blocks"] = _lexical_blocks(root, store)
         document["tree_blocks"] = blocks
-        db = _metadata(store)
+        db = metadata_reader(store)
     if db is None:
         document["sources"], document["journal"] = 0, {}
         return document
@@ -244,19 +244,10 @@ def _check_lexical(root: Path, store: LocalStore, problems: list[Problem]) -> No
         )
 
 
-def _metadata(store: LocalStore) -> MetadataDB | None:
-    url = store.manifest.metadata_url
-    if url is None:
-        if not (store.root / "meta.sqlite").is_file():
-            return None
-        url = default_url(str(store.root))
-    return MetadataDB(url, readonly=True)
-
-
 def _check_metadata(root: Path, store: LocalStore, problems: list[Problem]) -> None:
     n = store.count(0)
     where = store.manifest.metadata_url or str(store.root / "meta.sqlite")
-    db = _metadata(store)
+    db = metadata_reader(store)
     if db is None:
         if n:
             problems.append(

@@ -303,7 +303,7 @@ def _open_reader(
         raise NotASessionError(
             f"{root} has no key store; open it once for writing to rebuild it"
         ) from None
-    db = _metadata_reader(store)
+    db = metadata_reader(store)
     tree_backend, key_backend = _cached(store, cfg), _cached(keys, cfg)
     n = consistent_tokens(tree_backend, K, key_backend)
     if db is not None:  # nothing of an append that was still running
@@ -329,7 +329,8 @@ def _open_reader(
     )
 
 
-def _metadata_reader(store: LocalStore) -> MetadataDB | None:
+def metadata_reader(store: LocalStore) -> MetadataDB | None:
+    """The store's metadata database opened read-only, or ``None`` when nothing was recorded."""
     url = store.manifest.metadata_url
     if url is None:
         if not (store.root / "meta.sqlite").is_file():
