@@ -248,3 +248,44 @@ def test_traces_a_session_wrote_can_be_read(world: World) -> None:
     _error(world.client.get("/v1/trees/notes/traces/nope.jsonl", headers=h), 404)
     other = world.headers(world.other)
     _error(world.client.get("/v1/trees/notes/traces", headers=other), 404)
+
+
+def test_concurrent_requests_run_every_model_on_one_thread(world: World, live: str) -> None:
+    """Torch must only ever run on the service's model lane (server/lane.py): a forward pass
+    on any other thread would give that thread an OpenMP team of its own."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    tree_with_text(world)
+    trees = world.client.app.state.service.trees
+    modules = [trees.base.model, trees.bundle.get("gistnet"), trees.bundle.get("lensnet")]
+    threads: set[int] = set()
+    hooks = [
+        m.register_forward_pre_hook(lambda *_: threads.add(threading.get_ident())) for m in modules
+    ]
+    h = world.headers(world.writer)
+
+    def ask(i: int) -> int:
+        question = {"question": f"Which ship at dusk, {i}?", "max_new_tokens": 3}
+        return httpx.post(
+            f"{live}/v1/trees/notes/ask", json=question, headers=h, timeout=120
+        ).status_code
+
+    def ingest(i: int) -> int:
+        text = {"text": f"note {i}: " + TEXT[:400], "source": f"file:///n{i}.txt"}
+        return httpx.post(
+            f"{live}/v1/trees/notes/sources", json=text, headers=h, timeout=120
+        ).status_code
+
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            asked = [pool.submit(ask, i) for i in range(4)]
+            ingested = [pool.submit(ingest, i) for i in range(2)]
+            codes = [f.result() for f in asked + ingested]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert codes == [200] * 6
+    assert len(threads) == 1 and threading.get_ident() not in threads

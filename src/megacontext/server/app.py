@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import json
 import math
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -25,7 +24,6 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from megacontext._version import __version__
@@ -40,6 +38,7 @@ from megacontext.server.idempotency import (
     Stored,
 )
 from megacontext.server.keys import AuthError, KeyStore, Principal, ScopeError
+from megacontext.server.lane import ModelLane
 from megacontext.server.limits import (
     DailyBudget,
     Limits,
@@ -85,7 +84,8 @@ _STREAMED: dict[int | str, dict[str, Any]] = {
 
 
 class Service:
-    """What the routes share: trees, keys, limits, idempotency and the usage meter."""
+    """What the routes share: trees, keys, limits, idempotency, the usage meter, and the lane
+    (:mod:`megacontext.server.lane`) on which every session is opened and used."""
 
     def __init__(
         self,
@@ -95,9 +95,10 @@ class Service:
         max_body_bytes: int,
         limits: Limits,
         usage: UsageSink | None,
+        lane: ModelLane,
     ):
         self.root, self.trees, self.keys, self.max_body_bytes = root, trees, keys, max_body_bytes
-        self.limits, self.usage = limits, usage
+        self.limits, self.usage, self.lane = limits, usage, lane
         self.limiter = RateLimiter(limits.per_minute)
         self.budget = DailyBudget(root / "usage.sqlite", limits.tokens_per_day)
         self.idempotency = IdempotencyStore(root / "idempotency.sqlite")
@@ -139,16 +140,16 @@ def create_app(
     from megacontext.models.bundle import Bundle, load_bundle, resolve_focus
     from megacontext.models.loading import load_base
 
+    def loaded() -> tuple[Any, Bundle]:
+        adapter = load_base(base) if isinstance(base, str) else base
+        if isinstance(focus, Bundle):
+            return adapter, focus
+        found = resolve_focus(focus, adapter.fingerprints, adapter.source)
+        return adapter, load_bundle(found, fingerprints=adapter.fingerprints)
+
     root = Path(root)
-    adapter = load_base(base) if isinstance(base, str) else base
-    bundle = (
-        focus
-        if isinstance(focus, Bundle)
-        else load_bundle(
-            resolve_focus(focus, adapter.fingerprints, adapter.source),
-            fingerprints=adapter.fingerprints,
-        )
-    )
+    lane = ModelLane()
+    adapter, bundle = lane.call(loaded)  # on the lane too: no torch on any other thread
     root.mkdir(parents=True, exist_ok=True)
     service = Service(
         root,
@@ -157,6 +158,7 @@ def create_app(
         max_body_bytes,
         limits or Limits(),
         open_sink(usage) if isinstance(usage, str) or usage is None else usage,
+        lane,
     )
     return _app(service)
 
@@ -179,6 +181,7 @@ def openapi_document() -> dict[str, Any]:
     """The service's OpenAPI 3.1 document (built without loading any model)."""
     unloaded = object.__new__(Service)  # routes only, nothing loaded or opened
     unloaded.trees, unloaded.max_body_bytes = None, MAX_BODY_BYTES  # type: ignore[assignment]
+    unloaded.lane = None  # type: ignore[assignment]
     return _app(unloaded).openapi()
 
 
@@ -318,7 +321,7 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
     Reader = Annotated[Principal, Depends(caller_of("read"))]
     Writer = Annotated[Principal, Depends(caller_of("write"))]
     Asker = Annotated[Principal, Depends(caller_of("ask"))]
-    trees = service.trees
+    trees, lane = service.trees, service.lane
 
     @app.get("/v1/health", tags=["service"])
     def health() -> dict[str, str]:
@@ -326,37 +329,34 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
         return {"status": "ok", "version": __version__, "base": service.trees.base.source}
 
     @app.get("/v1/trees", tags=["trees"])
-    def list_trees(caller: Reader) -> s.TreeList:
+    async def list_trees(caller: Reader) -> s.TreeList:
         caller.require("read")
-        found = []
-        for name in trees.names(caller.tenant):
-            with trees.reader(caller.tenant, name) as session:
-                found.append(_tree(name, session))
-        return s.TreeList(trees=found)
+
+        def described() -> list[s.Tree]:
+            return [tree_info(service, caller, name) for name in trees.names(caller.tenant)]
+
+        return s.TreeList(trees=await lane.run(described))
 
     @app.post("/v1/trees", status_code=201, tags=["trees"])
-    def create_tree(body: s.TreeCreate, caller: Writer) -> s.Tree:
+    async def create_tree(body: s.TreeCreate, caller: Writer) -> s.Tree:
         caller.require("write")
-        trees.create(caller.tenant, body.name)
-        with trees.reader(caller.tenant, body.name) as session:
-            return _tree(body.name, session)
+        await lane.run(trees.create, caller.tenant, body.name)
+        return await lane.run(tree_info, service, caller, body.name)
 
     @app.get("/v1/trees/{tree}", tags=["trees"])
-    def get_tree(tree: str, caller: Reader) -> s.Tree:
-        caller.require("read")
-        with trees.reader(caller.tenant, tree) as session:
-            return _tree(tree, session)
+    async def get_tree(tree: str, caller: Reader) -> s.Tree:
+        return await lane.run(tree_info, service, caller, tree)
 
     @app.delete("/v1/trees/{tree}", status_code=204, tags=["trees"])
-    def delete_tree(tree: str, caller: Writer) -> Response:
+    async def delete_tree(tree: str, caller: Writer) -> Response:
         caller.require("write")
-        trees.delete(caller.tenant, tree)
+        await lane.run(trees.delete, caller.tenant, tree)
         return Response(status_code=204)
 
     @app.post("/v1/trees/{tree}/sources", tags=["sources"])
-    def ingest(tree: str, body: s.Ingest, caller: Writer) -> s.Ingested:
+    async def ingest(tree: str, body: s.Ingest, caller: Writer) -> s.Ingested:
         """Append text to the tree's history (journaled: a crash rolls it back)."""
-        return ingest_text(service, caller, tree, body)
+        return await lane.run(ingest_text, service, caller, tree, body)
 
     @app.post(
         "/v1/trees/{tree}/uploads",
@@ -394,7 +394,7 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
         body = s.Ingest(text=decoded.text, source=source, metadata=metadata, force=force)
         service.trees.found(caller.tenant, tree)  # before a stream starts: errors are statuses
         if not events:
-            return await run_in_threadpool(ingest_text, service, caller, tree, body)
+            return await lane.run(ingest_text, service, caller, tree, body)
 
         def work(send: Callable[[str], None]) -> str:
             def progress(done: int, total: int) -> None:
@@ -402,27 +402,35 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
 
             return ingest_text(service, caller, tree, body, progress).model_dump_json()
 
-        return _sse(work, lambda data: _event("progress", json.loads(data)), "ingested")
+        return _sse(lane, work, lambda data: _event("progress", json.loads(data)), "ingested")
 
     @app.get("/v1/trees/{tree}/sources", tags=["sources"])
-    def list_sources(tree: str, caller: Reader) -> s.SourceList:
+    async def list_sources(tree: str, caller: Reader) -> s.SourceList:
         caller.require("read")
-        with trees.reader(caller.tenant, tree) as session:
-            return s.SourceList(sources=[_source(i) for i in _journal(session)])
+
+        def listed() -> s.SourceList:
+            with trees.reader(caller.tenant, tree) as session:
+                return s.SourceList(sources=[_source(i) for i in _journal(session)])
+
+        return await lane.run(listed)
 
     @app.delete("/v1/trees/{tree}/sources/{source_id}", tags=["sources"])
-    def remove_source(
+    async def remove_source(
         tree: str, source_id: Annotated[int, PathParam(ge=0, le=MAX_TOKEN_INDEX)], caller: Writer
     ) -> s.Removed:
         """Erase a source: its tokens, the gists above them, its keys and lexical rows."""
         from megacontext.runtime.journal import remove_sources
 
         caller.require("write")
-        with trees.writer(caller.tenant, tree) as session:
-            found = [i for i in _journal(session) if i.id == source_id]
-            if not found:
-                raise NotFoundError(f"tree {tree!r} has no source with id {source_id}")
-            return s.Removed(removed_tokens=remove_sources(session, found))
+
+        def removed() -> s.Removed:
+            with trees.writer(caller.tenant, tree) as session:
+                found = [i for i in _journal(session) if i.id == source_id]
+                if not found:
+                    raise NotFoundError(f"tree {tree!r} has no source with id {source_id}")
+                return s.Removed(removed_tokens=remove_sources(session, found))
+
+        return await lane.run(removed)
 
     @app.post(
         "/v1/trees/{tree}/ask",
@@ -430,35 +438,35 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
         response_model=s.Answer,
         responses=_STREAMED,
     )
-    def ask(tree: str, body: s.Ask, caller: Asker) -> Any:
+    async def ask(tree: str, body: s.Ask, caller: Asker) -> Any:
         """Answer from the whole history, with citations; the question is not kept unless
         ``remember``. With ``stream``: events ``text`` ({"text"}) then ``answer`` (the Answer)."""
         question = body.model_dump(exclude={"stream"})
         if not body.stream:
-            return ask_tree(service, caller, tree, question)
+            return await lane.run(ask_tree, service, caller, tree, question)
         caller.require("write" if body.remember else "read")
         _check_ask(service, caller, tree, question)  # before a stream starts: errors are statuses
 
         def events(send: Callable[[str], None]) -> str:
             return ask_tree(service, caller, tree, question, send).model_dump_json()
 
-        return _sse(events, lambda piece: _event("text", {"text": piece}), "answer")
+        return _sse(lane, events, lambda piece: _event("text", {"text": piece}), "answer")
 
     @app.post("/v1/trees/{tree}/context", tags=["focus"])
-    def context(tree: str, body: s.FocusRequest, caller: Asker) -> s.WorkingContext:
+    async def context(tree: str, body: s.FocusRequest, caller: Asker) -> s.WorkingContext:
         """The working context the base would read: at ``W_max``, after the manual edits
         (pins, expand, collapse) and focusing for ``question``. Nothing is kept."""
-        return focused_context(service, caller, tree, body)
+        return await lane.run(focused_context, service, caller, tree, body)
 
     @app.get("/v1/trees/{tree}/provenance", tags=["focus"])
-    def provenance(
+    async def provenance(
         tree: str,
         start: Annotated[int, Query(ge=0, le=MAX_TOKEN_INDEX)],
         stop: Annotated[int, Query(ge=1, le=MAX_TOKEN_INDEX)],
         caller: Reader,
     ) -> s.ProvenanceList:
         """Where the tokens ``[start, stop)`` come from: source, lines and bytes per span."""
-        return provenance_of(service, caller, tree, start, stop)
+        return await lane.run(provenance_of, service, caller, tree, start, stop)
 
     @app.get("/v1/trees/{tree}/traces", tags=["focus"])
     def list_traces(tree: str, caller: Reader) -> s.TraceList:
@@ -491,20 +499,24 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
         return s.Trace(name=name, steps=read_trace(found[0]))
 
     @app.post("/v1/trees/{tree}/generate", tags=["questions"])
-    def generate(tree: str, body: s.Generate, caller: Writer) -> s.Generated:
+    async def generate(tree: str, body: s.Generate, caller: Writer) -> s.Generated:
         """Continue the history (after appending ``prompt``); what is generated is kept."""
         caller.require("write")
         check_request_tokens(
             body.max_new_tokens, service.limits.max_request_tokens, "max_new_tokens"
         )
-        with trees.writer(caller.tenant, tree) as session:
-            before, gists = session.tree.num_tokens, _gists(session)
-            pieces = list(session.generate(body.prompt, body.max_new_tokens, body.stop))
-            added, gists = session.tree.num_tokens - before, _gists(session) - gists
-        service.meter(
-            caller, tree, "generate", added, tokens=added, generated=len(pieces), gists=gists
-        )
-        return s.Generated(text="".join(pieces), tokens=len(pieces))
+
+        def generated() -> s.Generated:
+            with trees.writer(caller.tenant, tree) as session:
+                before, gists = session.tree.num_tokens, _gists(session)
+                pieces = list(session.generate(body.prompt, body.max_new_tokens, body.stop))
+                added, gists = session.tree.num_tokens - before, _gists(session) - gists
+            service.meter(
+                caller, tree, "generate", added, tokens=added, generated=len(pieces), gists=gists
+            )
+            return s.Generated(text="".join(pieces), tokens=len(pieces))
+
+        return await lane.run(generated)
 
     # -- OpenAI-compatible -------------------------------------------------------------------
 
@@ -521,7 +533,7 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
         }
 
     @app.post("/v1/chat/completions", tags=["openai"], responses=_STREAMED)
-    def chat_completions(body: s.ChatRequest, caller: Asker) -> Any:
+    async def chat_completions(body: s.ChatRequest, caller: Asker) -> Any:
         """OpenAI's chat completion over a tree: the last user message is asked of the tree
         (earlier messages are not re-read: the tree is the memory; ``remember`` keeps the turn).
         ``usage`` is in every response, and in a last streamed chunk with
@@ -530,14 +542,18 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
         question = _last_user_message(body.messages)
         limit = body.max_completion_tokens or body.max_tokens or 256
         asked = {"question": question, "max_new_tokens": limit, "remember": body.remember}
-        return _openai(service, caller, body.model, asked, body.stream, body.stream_options, True)
+        return await _openai(
+            service, caller, body.model, asked, body.stream, body.stream_options, True
+        )
 
     @app.post("/v1/completions", tags=["openai"], responses=_STREAMED)
-    def completions(body: s.CompletionRequest, caller: Asker) -> Any:
+    async def completions(body: s.CompletionRequest, caller: Asker) -> Any:
         """OpenAI's legacy completion over a tree: ``prompt`` is asked of the tree."""
         caller.require("read")
         asked = {"question": body.prompt, "max_new_tokens": body.max_tokens or 16}
-        return _openai(service, caller, body.model, asked, body.stream, body.stream_options, False)
+        return await _openai(
+            service, caller, body.model, asked, body.stream, body.stream_options, False
+        )
 
 
 # ----------------------------------------------------------------------------- operations
@@ -637,13 +653,16 @@ def ask_tree(
 # ----------------------------------------------------------------------------- helpers
 
 
-def _tree(name: str, session: Session) -> s.Tree:
-    return s.Tree(
-        name=name,
-        tokens=session.tree.num_tokens,
-        levels=session.tree.num_levels,
-        sources=len(_journal(session)),
-    )
+def tree_info(service: Service, caller: Principal, name: str) -> s.Tree:
+    """What the tree ``name`` holds."""
+    caller.require("read")
+    with service.trees.reader(caller.tenant, name) as session:
+        return s.Tree(
+            name=name,
+            tokens=session.tree.num_tokens,
+            levels=session.tree.num_levels,
+            sources=len(_journal(session)),
+        )
 
 
 def _check_budget(session: Session, W_max: int) -> None:
@@ -789,11 +808,12 @@ def _event(name: str, data: dict[str, Any]) -> str:
 
 
 def _sse(
+    lane: ModelLane,
     work: Callable[[Callable[[str], None]], str],
     piece: Callable[[str], str],
     final: str | None,
 ) -> StreamingResponse:
-    """Run ``work`` in a thread; stream what it sends (through ``piece``) as server-sent
+    """Run ``work`` on the lane; stream what it sends (through ``piece``) as server-sent
     events, then its result (as event ``final``, or raw when ``final`` is None)."""
 
     async def stream() -> AsyncIterator[str]:
@@ -811,7 +831,7 @@ def _sse(
             except Exception as exc:  # noqa: BLE001  (reported to the client as an error event)
                 loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
 
-        threading.Thread(target=run, daemon=True).start()
+        lane.submit(run)
         while True:
             kind, value = await queue.get()
             if kind == "t":
@@ -896,7 +916,7 @@ class _Completion:
         return out + "data: [DONE]\n\n"
 
 
-def _openai(
+async def _openai(
     service: Service,
     caller: Principal,
     tree: str,
@@ -908,7 +928,8 @@ def _openai(
     completion = _Completion(tree, question, chat, bool(options and options.include_usage))
     _check_ask(service, caller, tree, question)  # before a stream starts: errors are statuses
     if not stream:
-        return completion.whole(*_asked(service, caller, tree, question, None))
+        asked = await service.lane.run(_asked, service, caller, tree, question, None)
+        return completion.whole(*asked)
 
     def work(send: Callable[[str], None]) -> str:
         if chat:
@@ -920,7 +941,7 @@ def _openai(
 
         return completion.ending(*_asked(service, caller, tree, question, text))
 
-    return _sse(work, completion.piece, None)
+    return _sse(service.lane, work, completion.piece, None)
 
 
 __all__ = ["MAX_BODY_BYTES", "create_app", "openapi_document"]

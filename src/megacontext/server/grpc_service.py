@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import queue
 import sys
-import threading
 from collections.abc import Iterator
 from concurrent import futures
 from contextlib import contextmanager
@@ -107,7 +106,7 @@ class _Servicer:
                 metadata=metadata,
                 force=first.force,
             )
-            done = ingest_text(self.service, caller, first.tree, body)
+            done = self.service.lane.call(ingest_text, self.service, caller, first.tree, body)
             return self.pb.IngestReply(
                 tokens=done.tokens,
                 start=done.start,
@@ -136,7 +135,7 @@ class _Servicer:
             except BaseException as exc:  # noqa: BLE001  (handed to the caller's thread)
                 events.put(("error", exc))
 
-        threading.Thread(target=work, daemon=True).start()
+        self.service.lane.submit(work)
         while True:
             kind, value = events.get()
             if kind == "t":
@@ -159,7 +158,7 @@ class _Servicer:
                 expand=[(n.level, n.index) for n in request.expand],
                 collapse=[(n.level, n.index) for n in request.collapse],
             )
-            wc = focused_context(self.service, caller, request.tree, body)
+            wc = self.service.lane.call(focused_context, self.service, caller, request.tree, body)
             return self.pb.WorkingContext(
                 w_max=wc.W_max,
                 size=wc.size,
@@ -170,7 +169,9 @@ class _Servicer:
     def Provenance(self, request: Any, context: grpc.ServicerContext) -> Any:
         with self._errors(context):
             caller = self._caller(context, "read")
-            found = provenance_of(self.service, caller, request.tree, request.start, request.stop)
+            found = self.service.lane.call(
+                provenance_of, self.service, caller, request.tree, request.start, request.stop
+            )
             return self.pb.ProvenanceReply(
                 spans=[
                     self.pb.ProvenanceSpan(
