@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import ClassVar
 
+import pytest
 from fastapi.testclient import TestClient
 
 from megacontext.server import create_app
@@ -146,3 +148,97 @@ def test_serve_names_a_bad_rate_limit_flag() -> None:
 
     result = CliRunner().invoke(app, ["serve", "--rate-limit", "reads=5"])
     assert result.exit_code != 0 and "--rate-limit" in result.output
+
+
+def _tree_size(path: Path) -> int:  # what is stored, not SQLite's shared-memory scratch
+    files = [f for f in path.rglob("*") if f.is_file() and not f.is_symlink()]
+    return sum(f.stat().st_size for f in files if not f.name.endswith("-shm"))
+
+
+def test_storage_is_billed_in_byte_hours_from_creation_to_deletion(
+    tiny_world, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    sink = JsonlSink(tmp_path / "usage.jsonl")
+    client, key = _app(tiny_world, tmp_path / "svc", usage=sink, storage_interval_s=None)
+    service = client.app.state.service  # type: ignore[attr-defined]
+    now = [1000.0]
+    service.storage.clock = lambda: now[0]
+    h = {"Authorization": f"Bearer {key}"}
+    assert client.post("/v1/trees", json={"name": "t"}, headers=h).status_code == 201
+    assert client.post("/v1/trees", json={"name": "kept"}, headers=h).status_code == 201
+    path = service.trees.path("acme", "t")
+    created = _tree_size(path)
+    client.post("/v1/trees/t/sources", json={"text": TEXT}, headers=h).raise_for_status()
+    grown = _tree_size(path)
+    assert grown > created
+
+    now[0] += 1800  # half an hour
+    ticked = {e["tree"]: e for e in service.storage.tick()}
+    assert set(ticked) == {"t", "kept"}
+    first = ticked["t"]
+    assert first["tenant"] == "acme" and first["bytes"] == grown
+    assert (first["start"], first["end"], first["hours"]) == (1000.0, 2800.0, 0.5)
+    assert first["byte_hours"] == (created + grown) / 2 * 0.5  # the mean size over the interval
+
+    now[0] += 900
+    assert client.delete("/v1/trees/t", headers=h).status_code == 204
+    now[0] += 3600
+    service.close()  # the last tick: "kept" up to now, and nothing more for the deleted tree
+
+    storage = [
+        e for e in map(json.loads, sink.path.read_text().splitlines()) if e["event"] == "storage"
+    ]
+    billed_t = [e for e in storage if e["tree"] == "t"]
+    assert [(e["start"], e["end"]) for e in billed_t] == [(1000.0, 2800.0), (2800.0, 3700.0)]
+    assert billed_t[-1]["byte_hours"] == grown * 0.25
+    billed_kept = [e for e in storage if e["tree"] == "kept"]
+    assert [(e["start"], e["end"]) for e in billed_kept] == [(1000.0, 2800.0), (2800.0, 7300.0)]
+
+
+def test_a_metered_interval_is_billed_once_across_processes(tmp_path: Path) -> None:
+    """Two meters over one ledger (two serving processes): whatever order and clocks they
+    tick with, each tree's billed intervals tile time from its first sighting, never overlap
+    and never run backwards."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from megacontext.server.usage import StorageMeter
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "blob").write_bytes(b"x" * 3600)
+
+    class Collect:
+        def __init__(self) -> None:
+            self.events: list[dict[str, object]] = []
+
+        def emit(self, event: dict[str, object]) -> None:
+            self.events.append(event)
+
+        def close(self) -> None:
+            pass
+
+    ticks = st.lists(st.tuples(st.integers(0, 1), st.floats(0, 1e5)), min_size=1, max_size=20)
+
+    @settings(max_examples=60, deadline=None)
+    @given(ticks)
+    def check(plan: list[tuple[int, float]]) -> None:
+        ledger = tmp_path / "ledger.sqlite"
+        ledger.unlink(missing_ok=True)
+        sink, clocks = Collect(), [0.0, 0.0]
+        meters = [
+            StorageMeter(ledger, lambda: [("acme", "t", tree)], sink, lambda i=i: clocks[i])
+            for i in (0, 1)
+        ]
+        meters[0].tick()  # first sighting at time 0
+        for which, when in plan:
+            clocks[which] = when
+            meters[which].tick()
+        spans = [(e["start"], e["end"]) for e in sink.events]
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))  # tiled, in order
+        assert all(start < end for start, end in spans)
+        billed_to = max([0.0, *(when for _, when in plan)])
+        assert (spans[-1][1] if spans else 0.0) == billed_to
+        assert sum(e["byte_hours"] for e in sink.events) == pytest.approx(billed_to)  # 3600 B
+
+    check()

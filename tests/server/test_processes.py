@@ -5,6 +5,7 @@ and every acknowledged ingest is in the tree afterwards, once, with its provenan
 from __future__ import annotations
 
 import itertools
+import json
 import subprocess
 import threading
 import time
@@ -111,3 +112,37 @@ def test_a_terminated_server_finishes_the_ingest_it_acknowledges(tmp_path: Path)
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_a_served_tree_is_billed_for_storage_until_it_is_deleted(tmp_path: Path) -> None:
+    """`serve --usage jsonl:… --storage-interval`: storage events tile a tree's life from its
+    creation to its deletion, and the ingest is metered beside them; a SIGTERM flushes."""
+    root = tmp_path / "service"
+    root.mkdir()
+    usage = tmp_path / "usage.jsonl"
+    key, _ = KeyStore(root / "keys.sqlite").create("acme", "read,write")
+    process, url = start_server(
+        root, "default", "--usage", f"jsonl:{usage}", "--storage-interval", "0.5", w_max=128
+    )
+    try:
+        with sdk.Client(url, key) as mc:
+            before = time.time()
+            mc.create_tree("billed")
+            mc.ingest("billed", PIECE)
+            time.sleep(2.0)  # several ticks
+            mc.delete_tree("billed")
+            deleted = time.time()
+            mc.create_tree("kept")
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    events = [json.loads(line) for line in usage.read_text().splitlines()]
+    assert [e["event"] for e in events if e["event"] != "storage"] == ["ingest"]
+    billed = [e for e in events if e["event"] == "storage" and e["tree"] == "billed"]
+    assert len(billed) >= 3
+    assert all(a["end"] == b["start"] for a, b in itertools.pairwise(billed))
+    assert before <= billed[0]["start"] and billed[-1]["end"] <= deleted
+    assert all(e["bytes"] > 0 and e["byte_hours"] > 0 and e["tenant"] == "acme" for e in billed)
+    # the last tick at shutdown billed the tree still there
+    assert any(e["tree"] == "kept" for e in events if e["event"] == "storage")

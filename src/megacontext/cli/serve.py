@@ -57,6 +57,13 @@ def serve(
         str | None,
         typer.Option(help="Where usage events go: jsonl:PATH, or an http(s):// webhook URL."),
     ] = None,
+    storage_interval: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            help="Seconds between storage metering ticks (byte-hours per tree, with --usage).",
+        ),
+    ] = 3600.0,
     metadata_url: Annotated[
         str | None,
         typer.Option(
@@ -91,20 +98,19 @@ def serve(
         config=config,
         limits=limits,
         usage=usage,
+        storage_interval_s=storage_interval,
         metadata_url=metadata_url,
     )
     console.print(f"serving {root} on http://{host}:{port} (OpenAPI: http://{host}:{port}/docs)")
-    grpc = None
     if grpc_port is not None:
         from megacontext.server.grpc_service import grpc_server
 
         grpc = grpc_server(app.state.service, f"{host}:{grpc_port}")
+        app.state.service.on_close.append(lambda: grpc.stop(grace=10).wait())  # calls finish
         console.print(f"gRPC (megacontext.v1.MegaContext) on {host}:{grpc_port}")
-    try:
-        uvicorn.run(app, host=host, port=port, log_level="info")
-    finally:
-        if grpc is not None:
-            grpc.stop(grace=10).wait()  # in-flight calls finish
+    # On shutdown (SIGINT, SIGTERM) the app waits for in-flight requests, then closes the
+    # service: gRPC stops, storage is billed up to that moment and usage events are flushed.
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 def _per_minute(spec: str) -> dict[str, int]:

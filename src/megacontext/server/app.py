@@ -16,6 +16,7 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -47,7 +48,7 @@ from megacontext.server.limits import (
     check_request_tokens,
 )
 from megacontext.server.trees import ConflictError, NotFoundError, TreeExistsError, Trees
-from megacontext.server.usage import UsageSink, open_sink
+from megacontext.server.usage import StorageMeter, UsageSink, open_sink
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_TOKEN_INDEX = 2**53  # token positions in queries (the store's indices are far below)
@@ -102,6 +103,35 @@ class Service:
         self.limiter = RateLimiter(limits.per_minute)
         self.budget = DailyBudget(root / "usage.sqlite", limits.tokens_per_day)
         self.idempotency = IdempotencyStore(root / "idempotency.sqlite")
+        self.storage = (
+            StorageMeter(root / "storage.sqlite", trees.all, usage) if usage is not None else None
+        )
+        self.on_close: list[Callable[[], None]] = []
+        self.closed = False
+
+    def create_tree(self, tenant: str, name: str) -> None:
+        path = self.trees.create(tenant, name)
+        if self.storage is not None:
+            self.storage.started(tenant, name, path)
+
+    def delete_tree(self, tenant: str, name: str) -> None:
+        ended = self.storage.ended if self.storage is not None else None
+        self.trees.delete(tenant, name, (lambda path: ended(tenant, name, path)) if ended else None)
+
+    def close(self) -> None:
+        """Stop serving (the app's shutdown calls it, once no HTTP request is in flight): run
+        ``on_close`` (e.g. stop gRPC), bill storage up to now, finish queued model work, flush
+        usage events."""
+        if self.closed:
+            return
+        self.closed = True
+        for hook in self.on_close:
+            hook()
+        if self.storage is not None:
+            self.storage.close()
+        self.lane.close()
+        if self.usage is not None:
+            self.usage.close()
 
     def meter(self, caller: Principal, tree: str, event: str, spent: int, **counts: int) -> None:
         """Count ``spent`` tokens against the tenant's daily budget; emit a usage event."""
@@ -119,7 +149,7 @@ class Service:
             )
 
 
-def create_app(
+def create_app(  # noqa: PLR0913  (the service's settings, keyword-only past config)
     root: str | Path,
     base: Any = "default",
     focus: Any = "default",
@@ -128,14 +158,18 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     limits: Limits | None = None,
     usage: UsageSink | str | None = None,
+    storage_interval_s: float | None = 3600.0,
     metadata_url: str | None = None,
 ) -> FastAPI:
     """The service over the trees in ``root`` (``base``/``focus``: names, or loaded objects).
 
     ``limits``: rate limits and token budgets (:mod:`megacontext.server.limits`); ``usage``: a
-    usage sink, or its spec (``jsonl:PATH``, an ``http(s)://`` webhook); ``metadata_url``: where
-    new trees keep their metadata and lexical index (a PostgreSQL URL lets several serving
-    processes share them; default: SQLite files in each tree).
+    usage sink, or its spec (``jsonl:PATH``, an ``http(s)://`` webhook); with a sink, storage
+    is billed in byte-hours every ``storage_interval_s`` seconds (``None``: only on
+    ``app.state.service.storage.tick()`` and at close); ``metadata_url``: where new trees keep
+    their metadata and lexical index (a PostgreSQL URL lets several serving processes share
+    them; default: SQLite files in each tree). Call ``app.state.service.close()`` once the app
+    has stopped taking requests.
     """
     from megacontext.models.bundle import Bundle, load_bundle, resolve_focus
     from megacontext.models.loading import load_base
@@ -160,15 +194,25 @@ def create_app(
         open_sink(usage) if isinstance(usage, str) or usage is None else usage,
         lane,
     )
+    if service.storage is not None and storage_interval_s is not None:
+        service.storage.start(storage_interval_s)
     return _app(service)
 
 
 def _app(service: Service) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        # In the shutdown itself: uvicorn re-raises SIGTERM once it returns, so code after
+        # uvicorn.run would never run.
+        await asyncio.get_running_loop().run_in_executor(None, service.close)
+
     app = FastAPI(
         title="MegaContext",
         version=__version__,
         summary="Unbounded memory for language models: trees, sources, questions with citations.",
         responses=ERRORS,
+        lifespan=lifespan,
     )
     app.state.service = service
     _errors(app)
@@ -340,7 +384,7 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
     @app.post("/v1/trees", status_code=201, tags=["trees"])
     async def create_tree(body: s.TreeCreate, caller: Writer) -> s.Tree:
         caller.require("write")
-        await lane.run(trees.create, caller.tenant, body.name)
+        await lane.run(service.create_tree, caller.tenant, body.name)
         return await lane.run(tree_info, service, caller, body.name)
 
     @app.get("/v1/trees/{tree}", tags=["trees"])
@@ -350,7 +394,7 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
     @app.delete("/v1/trees/{tree}", status_code=204, tags=["trees"])
     async def delete_tree(tree: str, caller: Writer) -> Response:
         caller.require("write")
-        await lane.run(trees.delete, caller.tenant, tree)
+        await lane.run(service.delete_tree, caller.tenant, tree)
         return Response(status_code=204)
 
     @app.post("/v1/trees/{tree}/sources", tags=["sources"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -74,11 +74,20 @@ class Trees:
             pass
         return path
 
-    def delete(self, tenant: str, name: str) -> None:
+    def delete(self, tenant: str, name: str, before: Callable[[Path], None] | None = None) -> None:
+        """Delete the tree; ``before(path)`` runs first, while no writer can change it."""
         path = self.found(tenant, name)
         with self._open(path, readonly=False):  # no other writer may be at work
-            pass
+            if before is not None:
+                before(path)
         shutil.rmtree(path)
+
+    def all(self) -> Iterator[tuple[str, str, Path]]:
+        """Every tenant's trees: ``(tenant, name, path)``."""
+        tenants = self.root / "tenants"
+        for home in sorted(tenants.iterdir()) if tenants.is_dir() else []:
+            for name in self.names(home.name):
+                yield home.name, name, home / "trees" / name
 
     def found(self, tenant: str, name: str) -> Path:
         path = self.path(tenant, name)
