@@ -166,3 +166,35 @@ def test_bad_configs_and_data() -> None:
         WindowSampler({"text": np.zeros(0)})
     with pytest.raises(InvalidInputError, match="shorter than a window"):
         WindowSampler({"text": np.arange(10)}).sample(0, 2, 50, 0.5)
+
+
+def test_the_content_free_controls_tell_content_from_a_placeholder(base) -> None:  # type: ignore[no-untyped-def]
+    """A GistNet whose gists differ per span is told apart from its shuffled and constant
+    controls; one that writes the same vector for every span closes exactly what they close,
+    and its content gap closure is 0."""
+    cfg = config()
+    windows = val(cfg)[1]
+    gistnet = make_gistnet(base, cfg, K=K)
+    varied = evaluate_gists(base, gistnet, windows, cfg, level=1)
+    assert varied.nll_shuffled != pytest.approx(varied.nll_gist, abs=1e-6)
+    assert varied.nll_constant != pytest.approx(varied.nll_gist, abs=1e-6)
+    assert varied.own_minus_shuffled == pytest.approx(
+        varied.gap_closure - varied.shuffled_gap_closure
+    )
+    lo, hi = varied.content_gap_closure_ci
+    assert lo <= varied.content_gap_closure <= hi
+
+    placeholder = torch.randn(base.d_model, generator=torch.Generator().manual_seed(3))
+    real_forward = gistnet.forward
+
+    def constant(inputs: torch.Tensor, level: int | torch.Tensor):  # type: ignore[no-untyped-def]
+        _, keys = real_forward(inputs, level)
+        return placeholder.expand(inputs.shape[0], -1).clone(), keys
+
+    gistnet.forward = constant  # type: ignore[method-assign]
+    for level in (1, 2):
+        flat = evaluate_gists(base, gistnet, val(cfg)[level][:8], cfg, level=level)
+        assert flat.nll_shuffled == pytest.approx(flat.nll_gist, abs=1e-5)
+        assert flat.nll_constant == pytest.approx(flat.nll_gist, abs=1e-5)
+        assert flat.content_gap_closure == pytest.approx(0.0, abs=1e-4)
+        assert flat.own_minus_shuffled == pytest.approx(0.0, abs=1e-4)

@@ -3,7 +3,11 @@
 Results (goals in parentheses):
 
 * ``lod1_gap_closure`` (≥ 0.8), ``lod2_gap_closure`` (≥ 0.5), ``lod1_delta_nll``,
-  ``lod2_delta_nll`` — every prefix block gisted (many gists in context);
+  ``lod2_delta_nll`` — every prefix block gisted (many gists in context); beside each level the
+  content-free controls (``…_shuffled_gap_closure``: another window's gists;
+  ``…_constant_gap_closure``: the mean gist everywhere), ``…_content_gap_closure`` (≥ 0.75 at
+  LOD1: the gap the constant gist leaves, closed by the gists' content) and
+  ``…_own_minus_shuffled`` (≥ 0.5 at LOD1);
 * retrieval tasks: ``lens_spearman_retrieval`` (≥ 0.5), ``lens_top1_retrieval`` (≥ 0.9),
   ``focus_gain_retrieval`` (≥ 0.8); natural text: ``lens_spearman_text`` (≥ 0.3),
   ``focus_gain_text`` (≥ 0.3);
@@ -99,6 +103,8 @@ def gist_results(
             "lead_tokens": cfg.lead_tokens,
             "windows": report.windows,
             "ci95": list(report.gap_closure_ci),
+            "nll_shuffled": report.nll_shuffled,
+            "nll_constant": report.nll_constant,
         }
         results.append(
             Result(
@@ -114,6 +120,30 @@ def gist_results(
             )
         )
         results.append(Result(f"lod{level}_delta_nll{suffix}", report.delta_nll, "nats"))
+        # The content-free controls: what a placeholder closes, and what the content adds.
+        low, high = report.content_gap_closure_ci
+        results += [
+            Result(
+                f"lod{level}_content_gap_closure{suffix}",
+                report.content_gap_closure,
+                "fraction",
+                note=f"against the mean gist; 95% CI {low:.3f}–{high:.3f}; "
+                + _goal_note(f"lod{level}_content_gap_closure{suffix}"),
+            ),
+            Result(
+                f"lod{level}_own_minus_shuffled{suffix}",
+                report.own_minus_shuffled,
+                "fraction",
+                note="gap closure of own gists minus another window's; "
+                + _goal_note(f"lod{level}_own_minus_shuffled{suffix}"),
+            ),
+            Result(
+                f"lod{level}_shuffled_gap_closure{suffix}", report.shuffled_gap_closure, "fraction"
+            ),
+            Result(
+                f"lod{level}_constant_gap_closure{suffix}", report.constant_gap_closure, "fraction"
+            ),
+        ]
     return results
 
 

@@ -23,6 +23,14 @@ level 2 the full reference is, by default, the one the teacher used (``lod2_teac
 longer than a small base's context and its token-level "full" NLL is then *worse* than deleting
 the prefix; the token-level NLL is reported beside it (``nll_full_tokens``).
 
+Gap closure alone cannot tell a gist that carries its span from a good placeholder for the
+splice (issue 16 found one GistNet at 0.355 whose gists of *other* spans closed 0.352). So every
+report carries two content-free controls — each window read with another window's gists
+(``shuffled_gap_closure``) and with the mean gist everywhere (``constant_gap_closure``) — and the
+**content gap closure** ``(NLL_constant − NLL_gist) / (NLL_constant − NLL_full)``: how much of
+what the placeholder leaves the gists' content closes. ``own_minus_shuffled`` is their content's
+share of the gap closure.
+
 The base's weights never change (D1): only GistNet has an optimizer.
 """
 
@@ -157,16 +165,27 @@ def lod1_student(
     chosen = torch.as_tensor(np.flatnonzero(gisted), device=embeds.device)
     gists, _ = gistnet(blocks[:, chosen].reshape(-1, K, d), 1)
     gists = gists.reshape(b, len(chosen), d).to(embeds.dtype)
+    return splice_gists(embeds, gists, K, prefix_blocks, gisted), gists
+
+
+def splice_gists(
+    embeds: torch.Tensor, gists: torch.Tensor, K: int, prefix_blocks: int, gisted: np.ndarray
+) -> torch.Tensor:
+    """``embeds`` with its ``gisted`` prefix blocks replaced, in order, by ``gists``
+    ``(B, n_gisted, d)``: whose gists they are is up to the caller (the evaluation's
+    content-free controls splice another window's, or a constant)."""
+    b, _, d = embeds.shape
+    blocks = embeds[:, : prefix_blocks * K].reshape(b, prefix_blocks, K, d)
     parts: list[torch.Tensor] = []
     g = 0
     for block in range(prefix_blocks):
         if gisted[block]:
-            parts.append(gists[:, g : g + 1])
+            parts.append(gists[:, g : g + 1].to(embeds.dtype))
             g += 1
         else:
             parts.append(blocks[:, block])
     parts.append(embeds[:, prefix_blocks * K :])
-    return torch.cat(parts, dim=1), gists
+    return torch.cat(parts, dim=1)
 
 
 def lod2_student(
@@ -219,6 +238,22 @@ class LevelReport:
     gap_closure_ci: tuple[float, float]
     reference: str = "tokens"  # what NLL_full read: the prefix as "tokens" or as LOD1 "gists"
     nll_full_tokens: float = float("nan")  # the prefix as tokens (equals nll_full at level 1)
+    # Content-free controls: each window read with another window's gists (``shuffled``), and
+    # with the mean gist of all windows in every gist's place (``constant``). A gist that
+    # carries its span's content beats both; a good placeholder closes as much as they do.
+    nll_shuffled: float = float("nan")
+    nll_constant: float = float("nan")
+    shuffled_gap_closure: float = float("nan")
+    constant_gap_closure: float = float("nan")
+    content_gap_closure: float = float(
+        "nan"
+    )  # (NLL_constant − NLL_gist) / (NLL_constant − NLL_full)
+    content_gap_closure_ci: tuple[float, float] = (float("nan"), float("nan"))
+
+    @property
+    def own_minus_shuffled(self) -> float:
+        """Gap closure the window's own gists add over another window's: their content."""
+        return self.gap_closure - self.shuffled_gap_closure
 
 
 def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -248,8 +283,17 @@ def evaluate_gists(
     K, H = gistnet.config.K, cfg.horizon
     prefix = cfg.prefix_blocks * K if level == 1 else K * K
     hierarchical = level == 2 and cfg.lod2_teacher == "gists"
-    tokens, drop, gist, hier = [], [], [], []
-    for lo in range(0, len(windows), batch_size):
+    every = np.ones(cfg.prefix_blocks, bool)
+
+    def read(embeds: torch.Tensor, gists: torch.Tensor) -> torch.Tensor:
+        """The student sequence: the prefix read as ``gists`` (B, n, d)."""
+        if level == 1:
+            return splice_gists(embeds, gists, K, cfg.prefix_blocks, every)
+        return torch.cat([gists.to(embeds.dtype), embeds[:, prefix:]], dim=1)
+
+    tokens, drop, own, hier, made = [], [], [], [], []
+    batches = range(0, len(windows), batch_size)
+    for lo in batches:
         ids = torch.as_tensor(windows[lo : lo + batch_size], device=base.device)
         targets = ids[:, -H:]
         embeds = base.embed(ids)
@@ -257,24 +301,41 @@ def evaluate_gists(
             tokens.append(_nll(_scored_logits(base, embeds, H), targets))
             drop.append(_nll(_scored_logits(base, embeds[:, prefix:], H), targets))
         if level == 1:
-            seq, _ = lod1_student(
-                gistnet, embeds, cfg.prefix_blocks, np.ones(cfg.prefix_blocks, bool)
-            )
+            seq, gists = lod1_student(gistnet, embeds, cfg.prefix_blocks, every)
         else:
             seq, lod1_seq, _ = lod2_student(gistnet, embeds)
+            gists = seq[:, :1]
             if hierarchical:
                 with teacher():
                     hier.append(_nll(_scored_logits(base, lod1_seq, H), targets))
-        gist.append(_nll(_scored_logits(base, seq, H), targets))
-    t, d, g = (torch.cat(x).cpu().numpy().astype(np.float64) for x in (tokens, drop, gist))
+        own.append(_nll(_scored_logits(base, seq, H), targets))
+        made.append(gists.float())
+    # The controls, in a second pass once every window's gists are known: window i reads the
+    # gists of window i + 1, then the mean gist in every gist's place.
+    all_gists = torch.cat(made)
+    shuffled_gists = all_gists.roll(-1, dims=0)
+    mean_gist = all_gists.mean(dim=(0, 1))
+    shuffled, constant = [], []
+    for lo in batches:
+        ids = torch.as_tensor(windows[lo : lo + batch_size], device=base.device)
+        targets, embeds = ids[:, -H:], base.embed(ids)
+        chunk = shuffled_gists[lo : lo + batch_size]
+        shuffled.append(_nll(_scored_logits(base, read(embeds, chunk), H), targets))
+        flat = mean_gist.expand_as(chunk)
+        constant.append(_nll(_scored_logits(base, read(embeds, flat), H), targets))
+    t, d, g, sh, c = (
+        torch.cat(x).cpu().numpy().astype(np.float64)
+        for x in (tokens, drop, own, shuffled, constant)
+    )
     f = torch.cat(hier).cpu().numpy().astype(np.float64) if hierarchical else t
-    closure = _closure(f, d, g)
     rng = np.random.default_rng(seed)
-    boots = []
+    boots, content_boots = [], []
     for _ in range(1000):
         idx = rng.integers(0, len(f), len(f))
         boots.append(_closure(f[idx], d[idx], g[idx]))
+        content_boots.append(_closure(f[idx], c[idx], g[idx]))
     low, high = np.percentile(boots, [2.5, 97.5])
+    content_low, content_high = np.percentile(content_boots, [2.5, 97.5])
     return LevelReport(
         level=level,
         windows=len(f),
@@ -282,10 +343,16 @@ def evaluate_gists(
         nll_drop=float(d.mean()),
         nll_gist=float(g.mean()),
         delta_nll=float(g.mean() - f.mean()),
-        gap_closure=closure,
+        gap_closure=_closure(f, d, g),
         gap_closure_ci=(float(low), float(high)),
         reference="gists" if hierarchical else "tokens",
         nll_full_tokens=float(t.mean()),
+        nll_shuffled=float(sh.mean()),
+        nll_constant=float(c.mean()),
+        shuffled_gap_closure=_closure(f, d, sh),
+        constant_gap_closure=_closure(f, d, c),
+        content_gap_closure=_closure(f, c, g),  # the constant gist in place of the drop
+        content_gap_closure_ci=(float(content_low), float(content_high)),
     )
 
 
@@ -431,6 +498,8 @@ def train_gistnet(  # noqa: PLR0913, PLR0917, PLR0915  (the distillation loop; c
                     base, gistnet, windows[: cfg.eval_windows], cfg, lvl, teacher=teacher
                 )
                 row[f"lod{lvl}_gap_closure"] = report.gap_closure
+                row[f"lod{lvl}_content_gap_closure"] = report.content_gap_closure
+                row[f"lod{lvl}_own_minus_shuffled"] = report.own_minus_shuffled
                 row[f"lod{lvl}_delta_nll"] = report.delta_nll
                 row[f"lod{lvl}_nll_gist"] = report.nll_gist
             evals.append(row)
@@ -554,11 +623,15 @@ def run_gist(run: GistRunConfig, log: Callable[[str], None] = print) -> dict[str
     for level, report in result.reports.items():
         summary[f"lod{level}_gap_closure"] = report.gap_closure
         summary[f"lod{level}_gap_closure_ci"] = report.gap_closure_ci
+        summary[f"lod{level}_content_gap_closure"] = report.content_gap_closure
+        summary[f"lod{level}_own_minus_shuffled"] = report.own_minus_shuffled
         summary[f"lod{level}_delta_nll"] = report.delta_nll
         summary[f"lod{level}_nll"] = {
             "full": report.nll_full,
             "drop": report.nll_drop,
             "gist": report.nll_gist,
+            "shuffled": report.nll_shuffled,
+            "constant": report.nll_constant,
         }
     (Path(run.out_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
