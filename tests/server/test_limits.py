@@ -44,6 +44,25 @@ def test_a_retried_ingest_with_an_idempotency_key_changes_nothing(world: World) 
     assert world.client.post("/v1/trees", json={"name": "x"}, headers=theirs).status_code == 201
 
 
+def test_a_retry_after_a_conflict_runs_for_real_under_the_same_idempotency_key(
+    world: World,
+) -> None:
+    """A 409 (another writer) says "not now": it is not stored under the key, so the SDKs'
+    retry with the same key ingests, once."""
+    tree_with_text(world)
+    h = {**world.headers(world.writer), "Idempotency-Key": "retried-7"}
+    body = {"text": "a line written while another writer held the tree\n"}
+    service = world.client.app.state.service  # type: ignore[attr-defined]
+    with service.trees.writer("acme", "notes"):
+        busy = world.client.post("/v1/trees/notes/sources", json=body, headers=h)
+    assert busy.status_code == 409 and busy.json()["error"]["type"] == "conflict"
+    done = world.client.post("/v1/trees/notes/sources", json=body, headers=h)
+    assert done.status_code == 200 and "Idempotent-Replayed" not in done.headers
+    assert done.json()["tokens"] > 0
+    again = world.client.post("/v1/trees/notes/sources", json=body, headers=h)
+    assert again.headers["Idempotent-Replayed"] == "true" and again.json() == done.json()
+
+
 def test_rate_limits_answer_429_with_retry_after_and_ratelimit_headers(
     tiny_world, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]

@@ -25,6 +25,8 @@ import type {
   ProvenanceList,
   Removed,
   SourceList,
+  Trace,
+  TraceList,
   Tree,
   TreeCreate,
   TreeList,
@@ -45,11 +47,14 @@ export const ENDPOINTS = {
   getTree: ["GET", "/v1/trees/{tree}"],
   deleteTree: ["DELETE", "/v1/trees/{tree}"],
   ingest: ["POST", "/v1/trees/{tree}/sources"],
+  upload: ["POST", "/v1/trees/{tree}/uploads"],
   listSources: ["GET", "/v1/trees/{tree}/sources"],
   removeSource: ["DELETE", "/v1/trees/{tree}/sources/{source_id}"],
   ask: ["POST", "/v1/trees/{tree}/ask"],
   context: ["POST", "/v1/trees/{tree}/context"],
   provenance: ["GET", "/v1/trees/{tree}/provenance"],
+  listTraces: ["GET", "/v1/trees/{tree}/traces"],
+  getTrace: ["GET", "/v1/trees/{tree}/traces/{name}"],
   generate: ["POST", "/v1/trees/{tree}/generate"],
   models: ["GET", "/v1/models"],
 } as const satisfies Record<string, readonly [string, string]>;
@@ -86,6 +91,25 @@ export interface IngestParams {
   /** Append even when the same content is already in the tree. */
   force?: boolean | undefined;
 }
+
+export interface UploadParams {
+  /** The path citations show (default: a File's name). */
+  name?: string | undefined;
+  /** A URI naming the source (default: an inline: URI of the text's hash). */
+  source?: string | undefined;
+  /**
+   * The bytes' text encoding, a Python codec name (latin-1, cp1252, utf-16, …); by default
+   * UTF-8, else detected. A string is sent as UTF-8: no other encoding goes with one.
+   */
+  encoding?: string | undefined;
+  /** Append even when the same content is already in the tree. */
+  force?: boolean | undefined;
+  /** Called as the text is ingested, with the tokens appended so far and in all. */
+  onProgress?: ((tokens: number, total: number) => void) | undefined;
+}
+
+/** What upload() takes: a file's bytes, or text (sent as UTF-8). */
+export type UploadData = Uint8Array | ArrayBuffer | Blob | string;
 
 export interface AskParams {
   question: string;
@@ -137,6 +161,8 @@ interface Send<T> {
   /** The query string's parameters. */
   query?: Record<string, string | number>;
   body?: unknown;
+  /** Raw bytes to send as the body (application/octet-stream) instead of a JSON one. */
+  content?: Uint8Array<ArrayBuffer>;
   accept?: string;
   /** Whether a 409 is worth retrying (not when it means "already exists"). */
   retryConflict?: boolean;
@@ -215,6 +241,74 @@ export class MegaContextClient {
     return this.#json({ endpoint: "ingest", params: { tree }, body }, options);
   }
 
+  /**
+   * Ingest a file's bytes, in any text encoding (params.encoding, else UTF-8, else detected);
+   * `name` is the path citations show. With onProgress, the service reports the tokens
+   * appended as it goes (server-sent events) and onProgress is called for each report; the
+   * result is the same Ingested. Binary or undecodable bytes: InvalidRequestError.
+   */
+  async upload(
+    tree: string,
+    data: UploadData,
+    params: UploadParams = {},
+    options?: CallOptions,
+  ): Promise<Ingested> {
+    const problem = uploadProblem(data, params);
+    if (problem !== undefined) throw refused(problem);
+    const content = await bytesOf(data);
+    const query: Record<string, string> = {};
+    const name = params.name ?? fileName(data);
+    if (name !== undefined) query["name"] = name;
+    if (params.source !== undefined) query["source"] = params.source;
+    if (params.encoding !== undefined) query["encoding"] = params.encoding;
+    if (params.force) query["force"] = "true";
+    const onProgress = params.onProgress;
+    if (onProgress === undefined) {
+      return this.#json({ endpoint: "upload", params: { tree }, query, content }, options);
+    }
+    query["events"] = "true";
+    const opened = await this.#send(
+      {
+        endpoint: "upload",
+        params: { tree },
+        query,
+        content,
+        accept: "text/event-stream",
+        read: openEvents,
+      },
+      options,
+    );
+    const { events, attempt } = opened;
+    let next = opened.first;
+    let ingested: Ingested | undefined;
+    try {
+      while (!next.done) {
+        const { event, data } = next.value;
+        if (event === "progress") {
+          const { tokens, total } = parseData(event, data) as { tokens?: unknown; total?: unknown };
+          if (typeof tokens !== "number" || typeof total !== "number") {
+            throw badStream("a progress event without tokens and total");
+          }
+          onProgress(tokens, total);
+        } else if (event === "ingested") {
+          ingested = parseData(event, data) as Ingested;
+          return ingested;
+        } else if (event === "error") {
+          streamError(next.value);
+        }
+        next = await nextEvent(events, attempt, options?.signal);
+      }
+      throw new ConnectionError("the event stream ended before its ingested event", {
+        type: "connection_error",
+      });
+    } finally {
+      attempt.disarm();
+      attempt.release();
+      if (ingested === undefined) attempt.controller.abort();
+      await events.return(undefined).catch(() => {});
+    }
+  }
+
   listSources(tree: string, options?: CallOptions): Promise<SourceList> {
     return this.#json({ endpoint: "listSources", params: { tree } }, options);
   }
@@ -251,20 +345,7 @@ export class MegaContextClient {
         params: { tree },
         body: askBody(params, true),
         accept: "text/event-stream",
-        read: async (response, attempt) => {
-          if (response.body === null) {
-            throw new ConnectionError("the service sent no event stream", {
-              type: "connection_error",
-            });
-          }
-          const events = parseEventStream(response.body, attempt.arm);
-          // An error the service meets once the stream has begun (e.g. another request writing
-          // the tree, with remember) comes as an error event: one before any piece is read
-          // here, so that it is retried as the same HTTP error would be.
-          const first = await events.next();
-          if (!first.done && first.value.event === "error") streamError(first.value);
-          return { events, first, attempt };
-        },
+        read: openEvents,
       },
       options,
     );
@@ -348,6 +429,16 @@ export class MegaContextClient {
     return this.#json({ endpoint: "provenance", params: { tree }, query }, options);
   }
 
+  /** The tree's focus traces, oldest first (written by sessions that record their focus). */
+  listTraces(tree: string, options?: CallOptions): Promise<TraceList> {
+    return this.#json({ endpoint: "listTraces", params: { tree } }, options);
+  }
+
+  /** The refocus steps of one trace (a name listTraces gave); NotFoundError for another. */
+  getTrace(tree: string, name: string, options?: CallOptions): Promise<Trace> {
+    return this.#json({ endpoint: "getTrace", params: { tree, name } }, options);
+  }
+
   // ----------------------------------------------------------------------------- transport
 
   #json<T>(request: Omit<Send<T>, "read">, options?: CallOptions): Promise<T> {
@@ -400,8 +491,11 @@ export class MegaContextClient {
     // One key per call, the same on its retries: a service that keeps Idempotency-Keys answers
     // a retried POST whose first try did go through with the first response, not a second run.
     if (method === "POST") headers["idempotency-key"] = newIdempotencyKey();
-    let payload: string | undefined;
-    if (request.body !== undefined) {
+    let payload: string | Uint8Array<ArrayBuffer> | undefined;
+    if (request.content !== undefined) {
+      headers["content-type"] = "application/octet-stream";
+      payload = request.content;
+    } else if (request.body !== undefined) {
       headers["content-type"] = "application/json";
       payload = JSON.stringify(request.body);
     }
@@ -485,6 +579,65 @@ function focusProblem(params: ContextParams): string | undefined {
     }
   }
   return undefined;
+}
+
+/** What is wrong with upload()'s data and encoding, if anything. */
+function uploadProblem(data: unknown, params: UploadParams): string | undefined {
+  const bytes =
+    data instanceof Uint8Array ||
+    data instanceof ArrayBuffer ||
+    (typeof Blob !== "undefined" && data instanceof Blob);
+  if (!bytes && typeof data !== "string") {
+    return `upload takes a Uint8Array, ArrayBuffer, Blob or string, not ${describeValue(data)}`;
+  }
+  const encoding = params.encoding;
+  if (typeof data === "string" && encoding !== undefined && !/^utf-?8$/i.test(encoding)) {
+    return `a string is sent as UTF-8, not ${encoding}: upload its bytes in ${encoding} instead`;
+  }
+  return undefined;
+}
+
+function describeValue(value: unknown): string {
+  if (value === null || typeof value !== "object") return String(value);
+  return value.constructor?.name ?? "an object";
+}
+
+/** The bytes of upload()'s data, copied (the caller may change theirs while it retries). */
+async function bytesOf(data: UploadData): Promise<Uint8Array<ArrayBuffer>> {
+  if (typeof data === "string") return copy(new TextEncoder().encode(data));
+  if (data instanceof Uint8Array) return copy(data);
+  if (data instanceof ArrayBuffer) return copy(new Uint8Array(data));
+  return new Uint8Array(await data.arrayBuffer());
+}
+
+function copy(bytes: Uint8Array): Uint8Array<ArrayBuffer> {
+  const copied = new Uint8Array(bytes.byteLength);
+  copied.set(bytes);
+  return copied;
+}
+
+/** A File's name (a File is a Blob with a name). */
+function fileName(data: UploadData): string | undefined {
+  if (typeof File !== "undefined" && data instanceof File && data.name !== "") return data.name;
+  return undefined;
+}
+
+/**
+ * Opens a response's event stream and reads its first event: an error the service meets once
+ * the stream has begun (e.g. another request writing the tree) comes as an error event, and
+ * one before anything is passed on is thrown here, so that it is retried as the same HTTP
+ * error would be.
+ */
+async function openEvents(response: Response, attempt: Attempt) {
+  if (response.body === null) {
+    throw new ConnectionError("the service sent no event stream", {
+      type: "connection_error",
+    });
+  }
+  const events = parseEventStream(response.body, attempt.arm);
+  const first = await events.next();
+  if (!first.done && first.value.event === "error") streamError(first.value);
+  return { events, first, attempt };
 }
 
 function askBody(params: AskParams, stream: boolean): Ask {

@@ -160,6 +160,28 @@ export interface ProvenanceList {
   spans: ProvenanceSpan[];
 }
 
+/** One focus trace of a tree (written by sessions that record their refocusing). */
+export interface TraceFile {
+  /** The file's name, `session-*.jsonl` (what getTrace takes). */
+  name: string;
+  /** Refocus steps recorded. */
+  steps: number;
+  /** The file's size. */
+  bytes: number;
+}
+
+/** `GET /v1/trees/{tree}/traces`: oldest first. */
+export interface TraceList {
+  traces: TraceFile[];
+}
+
+/** `GET /v1/trees/{tree}/traces/{name}`. */
+export interface Trace {
+  name: string;
+  /** One record per refocus step. */
+  steps: Record<string, unknown>[];
+}
+
 /** The body of `POST /v1/trees/{tree}/generate`. */
 export interface Generate {
   /** Appended to the history before continuing. */
@@ -227,6 +249,9 @@ export const SCHEMA_FIELDS = {
   WorkingContext: ["W_max", "size", "entries", "focus_steps"],
   ProvenanceSpan: ["source", "kind", "start", "stop", "lines", "bytes"],
   ProvenanceList: ["spans"],
+  TraceFile: ["name", "steps", "bytes"],
+  TraceList: ["traces"],
+  Trace: ["name", "steps"],
   Generate: ["prompt", "max_new_tokens", "stop"],
   Generated: ["text", "tokens"],
   ErrorBody: ["type", "message", "code"],
@@ -253,6 +278,9 @@ interface SchemaTypes {
   WorkingContext: WorkingContext;
   ProvenanceSpan: ProvenanceSpan;
   ProvenanceList: ProvenanceList;
+  TraceFile: TraceFile;
+  TraceList: TraceList;
+  Trace: Trace;
   Generate: Generate;
   Generated: Generated;
   ErrorBody: ErrorBody;
@@ -284,6 +312,9 @@ const fieldsMatch: { [N in SchemaName]: SameKeys<SchemaTypes[N], (typeof SCHEMA_
   WorkingContext: true,
   ProvenanceSpan: true,
   ProvenanceList: true,
+  TraceFile: true,
+  TraceList: true,
+  Trace: true,
   Generate: true,
   Generated: true,
   ErrorBody: true,

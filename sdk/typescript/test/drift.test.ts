@@ -30,16 +30,25 @@ const RESPONSES: Partial<Record<EndpointName, string>> = {
   createTree: "Tree",
   getTree: "Tree",
   ingest: "Ingested",
+  upload: "Ingested",
   listSources: "SourceList",
   removeSource: "Removed",
   ask: "Answer",
   context: "WorkingContext",
   provenance: "ProvenanceList",
+  listTraces: "TraceList",
+  getTrace: "Trace",
   generate: "Generated",
 };
 // The query parameters each method sends.
 const QUERIES: Partial<Record<EndpointName, string[]>> = {
   provenance: ["start", "stop"],
+  // retry.test.ts checks that upload sends exactly these.
+  upload: ["name", "source", "encoding", "force", "events"],
+};
+// What each method sends as raw bytes (instead of a JSON body).
+const RAW_BODIES: Partial<Record<EndpointName, string>> = {
+  upload: "application/octet-stream",
 };
 
 interface Operation {
@@ -70,6 +79,11 @@ describe("drift against docs/openapi.json", () => {
   it.each(Object.entries(REQUEST_BODIES))("%s: sends %s", (name, schema) => {
     const body = operation(name as EndpointName).requestBody;
     expect(body?.content["application/json"]?.schema?.$ref).toBe(`#/components/schemas/${schema}`);
+  });
+
+  it.each(Object.entries(RAW_BODIES))("%s: sends %s", (name, media) => {
+    const body = operation(name as EndpointName).requestBody;
+    expect(Object.keys(body?.content ?? {})).toEqual([media]);
   });
 
   it.each(Object.entries(RESPONSES))("%s: returns %s", (name, schema) => {

@@ -13,6 +13,7 @@ import {
   PermissionDeniedError,
   SCHEMA_FIELDS,
   type WorkingContext,
+  parseEventStream,
 } from "../src/index.js";
 
 const live = inject("live");
@@ -293,5 +294,120 @@ describe("live service", () => {
     const error = await rejection(client.getTree(TREE));
     expect(error).toBeInstanceOf(NotFoundError);
     expect((await client.listTrees()).trees.map((t) => t.name)).not.toContain(TREE);
+  });
+});
+
+describe("live uploads and traces", () => {
+  const UPLOADS = "sdk-uploads";
+  const RAW = "sdk-uploads-raw";
+  // Not UTF-8 as bytes: "ä", "ü", "é" are single bytes in latin-1.
+  const LATIN1 = Array.from(
+    { length: 12 },
+    (_, i) => `Zeile ${i}: der Hafenmeister zählt ${i * 2} Schiffe über Nacht, café au lait\n`,
+  ).join("");
+  const latin1Bytes = Uint8Array.from(LATIN1, (c) => c.charCodeAt(0));
+  const BINARY = Uint8Array.from({ length: 1024 }, (_, i) => i % 256);
+
+  /** The last 40 characters of the raw text ending the tree's working context. */
+  async function tail(tree: string): Promise<string> {
+    const { entries } = await client.context(tree);
+    const text = entries.at(-1)!.text;
+    expect(text.length).toBeGreaterThanOrEqual(40);
+    return text.slice(-40);
+  }
+
+  it("uploads latin-1 bytes with their encoding", async () => {
+    await client.createTree(UPLOADS);
+    await client.createTree(RAW);
+    const done = await client.upload(UPLOADS, latin1Bytes, {
+      name: "hafen.txt",
+      encoding: "latin-1",
+    });
+    expect(sortedKeys(done)).toEqual(fields("Ingested"));
+    expect(done.tokens).toBeGreaterThan(0);
+    expect([done.start, done.stop, done.duplicate_of]).toEqual([0, done.tokens, null]);
+    expect(LATIN1.endsWith(await tail(UPLOADS))).toBe(true); // decoded as latin-1, not mangled
+    const { sources } = await client.listSources(UPLOADS);
+    expect(sources.map((s) => s.source)).toEqual(["hafen.txt"]);
+    expect(sources[0]!.tokens).toBe(done.tokens);
+    const again = await client.upload(UPLOADS, latin1Bytes, { encoding: "latin-1" });
+    expect([again.tokens, again.duplicate_of]).toEqual([0, "hafen.txt"]);
+  });
+
+  it("reports progress, ending with the same Ingested as the final event", async () => {
+    const calls: [number, number][] = [];
+    const bytes = new TextEncoder().encode(TEXT.join("\n"));
+    const done = await client.upload(UPLOADS, bytes, {
+      name: "notes.txt",
+      onProgress: (tokens, total) => calls.push([tokens, total]),
+    });
+    expect(done.tokens).toBeGreaterThan(0);
+    expect(done.stop - done.start).toBe(done.tokens);
+    expect(calls.length).toBeGreaterThan(0);
+    const tokens = calls.map(([t]) => t);
+    expect(tokens).toEqual([...tokens].sort((a, b) => a - b));
+    expect(calls.at(-1)).toEqual([done.tokens, done.tokens]);
+    expect(new Set(calls.map(([, total]) => total))).toEqual(new Set([done.tokens]));
+    expect((await client.getTree(UPLOADS)).tokens).toBe(done.stop);
+    expect((await client.listSources(UPLOADS)).sources.map((s) => s.source)).toEqual([
+      "hafen.txt",
+      "notes.txt",
+    ]);
+
+    // The same bytes to a fresh tree, its events read raw: the last one is what upload gave
+    // there (that tree starts empty, so start is 0).
+    const response = await fetch(`${live.baseUrl}/v1/trees/${RAW}/uploads?events=true`, {
+      method: "POST",
+      headers: {
+        authorization: `Bearer ${live.keys.readWrite}`,
+        "content-type": "application/octet-stream",
+      },
+      body: bytes,
+    });
+    expect(response.headers.get("content-type")).toContain("text/event-stream");
+    const events = [];
+    for await (const event of parseEventStream(response.body!)) events.push(event);
+    expect(events.map((e) => e.event)).toEqual([...calls.map(() => "progress"), "ingested"]);
+    expect(JSON.parse(events.at(-1)!.data)).toEqual({ ...done, start: 0, stop: done.tokens });
+  });
+
+  it("rejects binary bytes with InvalidRequestError, streamed or not", async () => {
+    for (const onProgress of [undefined, () => {}]) {
+      const error = await rejection(
+        client.upload(UPLOADS, BINARY, { name: "blob.bin", onProgress }),
+      );
+      expect(error).toBeInstanceOf(InvalidRequestError);
+      expect(error.status).toBe(400);
+      expect(error.type).toBe("invalid_request");
+      expect(error.message).toContain("blob.bin is empty or binary");
+    }
+    const wrong = await rejection(client.upload(UPLOADS, latin1Bytes, { encoding: "utf-8" }));
+    expect(wrong).toBeInstanceOf(InvalidRequestError);
+    expect(wrong.message).toContain("not utf-8 text");
+    const denied = await rejection(readOnly.upload(UPLOADS, latin1Bytes));
+    expect(denied).toBeInstanceOf(PermissionDeniedError);
+    expect((await client.listSources(UPLOADS)).sources).toHaveLength(2);
+  });
+
+  it("lists no traces, and a missing trace is NotFoundError", async () => {
+    // `megacontext serve` opens its sessions without tracing (SessionConfig(trace=False)), and
+    // global-setup gives the tests no way to run a traced session on the service's root, so
+    // no tree here has a trace: tests/server/test_client.py reads real ones.
+    const list = await client.listTraces(UPLOADS);
+    expect(list).toEqual({ traces: [] });
+    expect(sortedKeys(list)).toEqual(fields("TraceList"));
+    const missing = await rejection(client.getTrace(UPLOADS, "session-0.jsonl"));
+    expect(missing).toBeInstanceOf(NotFoundError);
+    expect(missing.status).toBe(404);
+    expect(missing.message).toContain("session-0.jsonl");
+    expect(await rejection(otherTenant.listTraces(UPLOADS))).toBeInstanceOf(NotFoundError);
+  });
+
+  it("deletes the upload trees", async () => {
+    await client.deleteTree(UPLOADS);
+    await client.deleteTree(RAW);
+    const names = (await client.listTrees()).trees.map((t) => t.name);
+    expect(names).not.toContain(UPLOADS);
+    expect(names).not.toContain(RAW);
   });
 });

@@ -320,18 +320,18 @@ describe("wire format", () => {
   });
 });
 
-describe("askStream", () => {
-  function streaming(...chunks: string[]): Handler {
-    return async (_, res) => {
-      res.writeHead(200, { "content-type": "text/event-stream" });
-      for (const chunk of chunks) {
-        res.write(chunk);
-        await new Promise((resolve) => setTimeout(resolve, 5));
-      }
-      res.end();
-    };
-  }
+function streaming(...chunks: string[]): Handler {
+  return async (_, res) => {
+    res.writeHead(200, { "content-type": "text/event-stream" });
+    for (const chunk of chunks) {
+      res.write(chunk);
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    res.end();
+  };
+}
 
+describe("askStream", () => {
   it("yields text pieces then the answer, whatever the chunking", async () => {
     const body =
       `: comment\r\n${event("text", { text: " 4" })}${event("text", { text: "2" })}`.replace(
@@ -417,5 +417,135 @@ describe("askStream", () => {
     const seen = [];
     for await (const e of client.askStream("t", { question: "q" })) seen.push(e);
     expect(seen).toEqual([{ type: "answer", answer: ANSWER }]);
+  });
+});
+
+describe("upload", () => {
+  const INGESTED = { tokens: 9, start: 0, stop: 9, duplicate_of: null };
+  const BUSY = { error: { type: "conflict", message: "busy", code: 409 } };
+  const LATIN1 = new Uint8Array([0x63, 0x61, 0x66, 0xe9, 0x0a]); // "café\n" in latin-1
+
+  function query(url: string): Record<string, string> {
+    return Object.fromEntries(new URL(url, "http://stub").searchParams);
+  }
+
+  it("sends the bytes and the query, the same on a retry, with one Idempotency-Key", async () => {
+    const client = await serve((_, res, i) =>
+      i === 0 ? error(res, 503, "unavailable", { "retry-after": "0" }) : json(res, 200, INGESTED),
+    );
+    const done = await client.upload("my notes", LATIN1, {
+      name: "café.txt",
+      source: "file:///café.txt",
+      encoding: "latin-1",
+      force: true,
+    });
+    expect(done).toEqual(INGESTED);
+    const [first, retry] = stub!.requests;
+    expect(stub!.requests).toHaveLength(2);
+    for (const request of [first!, retry!]) {
+      expect(request.method).toBe("POST");
+      expect(request.url.split("?")[0]).toBe("/v1/trees/my%20notes/uploads");
+      // Exactly the query parameters drift.test.ts checks against the OpenAPI document.
+      expect(query(request.url)).toEqual({
+        name: "café.txt",
+        source: "file:///café.txt",
+        encoding: "latin-1",
+        force: "true",
+      });
+      expect(request.headers["content-type"]).toBe("application/octet-stream");
+      expect([...request.bytes]).toEqual([...LATIN1]);
+    }
+    expect(first!.headers["idempotency-key"]).toMatch(/^[0-9a-f-]{32,36}$/);
+    expect(retry!.headers["idempotency-key"]).toBe(first!.headers["idempotency-key"]);
+  });
+
+  it("sends an ArrayBuffer, a Blob, a File (its name) and a string (UTF-8)", async () => {
+    const client = await serve((_, res) => json(res, 200, INGESTED));
+    await client.upload("t", LATIN1.buffer);
+    await client.upload("t", new Blob([LATIN1]));
+    await client.upload("t", new File([LATIN1], "cafe.txt"), { encoding: "latin-1" });
+    await client.upload("t", new File([LATIN1], "cafe.txt"), { name: "other.txt" });
+    await client.upload("t", "café\n", { encoding: "UTF-8" });
+    const [buffer, blob, file, named, text] = stub!.requests;
+    for (const request of [buffer!, blob!, file!, named!]) {
+      expect([...request.bytes]).toEqual([...LATIN1]);
+    }
+    expect(query(buffer!.url)).toEqual({});
+    expect(query(file!.url)).toEqual({ name: "cafe.txt", encoding: "latin-1" });
+    expect(query(named!.url)).toEqual({ name: "other.txt" });
+    expect(text!.body).toBe("café\n");
+    expect(query(text!.url)).toEqual({ encoding: "UTF-8" });
+  });
+
+  it("refuses a string in another encoding, and what is not bytes, without a request", async () => {
+    const client = await serve((_, res) => json(res, 200, INGESTED));
+    const refusals = await Promise.all([
+      rejection(client.upload("t", "café", { encoding: "latin-1" })),
+      rejection(client.upload("t", 42 as unknown as string)),
+      rejection(client.upload("..", LATIN1)),
+    ]);
+    for (const refused of refusals) {
+      expect(refused).toBeInstanceOf(InvalidRequestError);
+      expect(refused.status).toBeUndefined();
+    }
+    expect(refusals[0]!.message).toContain("UTF-8");
+    expect(stub!.requests).toHaveLength(0);
+  });
+
+  it("reports progress, then resolves with the ingested event's body", async () => {
+    const client = await serve(
+      streaming(
+        event("progress", { tokens: 4, total: 9 }),
+        event("progress", { tokens: 9, total: 9 }),
+        event("ingested", INGESTED),
+      ),
+    );
+    const calls: [number, number][] = [];
+    const done = await client.upload("t", LATIN1, {
+      onProgress: (tokens, total) => calls.push([tokens, total]),
+    });
+    expect(done).toEqual(INGESTED);
+    expect(calls).toEqual([
+      [4, 9],
+      [9, 9],
+    ]);
+    const request = stub!.requests[0]!;
+    expect(query(request.url)).toEqual({ events: "true" });
+    expect(request.headers.accept).toBe("text/event-stream");
+  });
+
+  it("retries an error event before any progress, never one after", async () => {
+    const retried = await serve((req, res, i) =>
+      i === 0
+        ? streaming(event("error", BUSY))(req, res, i)
+        : streaming(event("progress", { tokens: 9, total: 9 }), event("ingested", INGESTED))(
+            req,
+            res,
+            i,
+          ),
+    );
+    const calls: number[] = [];
+    expect(await retried.upload("t", LATIN1, { onProgress: (t) => calls.push(t) })).toEqual(
+      INGESTED,
+    );
+    expect(calls).toEqual([9]);
+    expect(stub!.requests).toHaveLength(2);
+    await stub!.close();
+
+    const client = await serve(
+      streaming(event("progress", { tokens: 4, total: 9 }), event("error", BUSY)),
+    );
+    const failed = await rejection(client.upload("t", LATIN1, { onProgress: () => {} }));
+    expect(failed).toBeInstanceOf(ConflictError);
+    expect(failed.message).toBe("busy");
+    expect(stub!.requests).toHaveLength(1);
+  });
+
+  it("throws ConnectionError when the stream ends before its ingested event", async () => {
+    const client = await serve(streaming(event("progress", { tokens: 4, total: 9 })), {
+      maxRetries: 0,
+    });
+    const failed = await rejection(client.upload("t", LATIN1, { onProgress: () => {} }));
+    expect(failed).toBeInstanceOf(ConnectionError);
   });
 });

@@ -8,6 +8,8 @@ export interface Recorded {
   url: string;
   headers: IncomingMessage["headers"];
   body: string;
+  /** The body's bytes, as sent. */
+  bytes: Buffer;
 }
 
 export type Handler = (
@@ -27,11 +29,13 @@ export async function startStub(handler: Handler): Promise<Stub> {
   const server = createServer(async (req, res) => {
     const chunks: Buffer[] = [];
     for await (const chunk of req) chunks.push(chunk as Buffer);
+    const bytes = Buffer.concat(chunks);
     const recorded: Recorded = {
       method: req.method ?? "",
       url: req.url ?? "",
       headers: req.headers,
-      body: Buffer.concat(chunks).toString("utf8"),
+      body: bytes.toString("utf8"),
+      bytes,
     };
     requests.push(recorded);
     await handler(recorded, res, requests.length - 1);

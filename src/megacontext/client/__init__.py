@@ -6,21 +6,26 @@
     >>> answer = mc.ask("notes", "What is the pass key?")                 # doctest: +SKIP
     >>> for event in mc.ask_stream("notes", "What is the pass key?"):    # doctest: +SKIP
     ...     print(event.text or "", end="")
+    >>> mc.upload("notes", Path("notes.txt"), on_progress=print)          # doctest: +SKIP
 
 Errors mirror the server's (:class:`NotFoundError` for 404, …). Requests that may succeed when
 repeated — 408, 409 (another writer), 429, 5xx, a lost connection — are retried up to
 ``max_retries`` times with exponential backoff and jitter, honouring ``Retry-After``. A stream
-is not retried once it has begun.
+is not retried once it has begun. Each POST carries an ``Idempotency-Key``, the same on its
+retries, so a retried write whose first try did go through is not applied twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import time
-from collections.abc import AsyncIterator, Iterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -199,6 +204,23 @@ class ProvenanceSpan:
 
 
 @dataclass(frozen=True)
+class TraceFile:
+    """One focus trace of a tree (:meth:`Client.list_traces`): ``steps`` records, ``bytes``."""
+
+    name: str
+    steps: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Trace:
+    """The refocus steps of one trace, a JSON object each (:meth:`Client.get_trace`)."""
+
+    name: str
+    steps: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class StreamEvent:
     """One event of :meth:`Client.ask_stream`: a piece of ``text``, or the final ``answer``."""
 
@@ -315,23 +337,123 @@ def parse_events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
             yield parsed
 
 
+def _event_error(data: dict[str, Any]) -> APIError:
+    """The typed error of an ``error`` event (``{"error": {"type", "message", "code"}}``)."""
+    body = data["error"]
+    status = int(body.get("code", 500))
+    cls = _BY_STATUS.get(status, ServerError if status >= 500 else APIError)
+    return cls(status, str(body.get("type")), str(body.get("message")))
+
+
 def _stream_event(event: str, data: dict[str, Any]) -> StreamEvent:
     if event == "error":
-        body = data["error"]
-        status = int(body.get("code", 500))
-        cls = _BY_STATUS.get(status, ServerError if status >= 500 else APIError)
-        raise cls(status, str(body.get("type")), str(body.get("message")))
+        raise _event_error(data)
     if event == "answer":
         return StreamEvent(answer=_answer(data))
     return StreamEvent(text=str(data["text"]))
 
 
-def _retryable(response: httpx.Response) -> bool:
+_OCTETS = {"Content-Type": "application/octet-stream"}
+
+
+def _headers(method: str, content: bytes | None) -> dict[str, str]:
+    """One ``Idempotency-Key`` per POST call, the same on each of its retries: a retry of a
+    request whose first try did go through gets the first response and changes nothing."""
+    headers = dict(_OCTETS) if content is not None else {}
+    if method == "POST":
+        headers["Idempotency-Key"] = uuid.uuid4().hex
+    return headers
+
+
+def _upload_body(
+    data: bytes | str | os.PathLike[str], name: str | None, encoding: str | None
+) -> tuple[bytes, str | None]:
+    """The bytes to upload and the name citations show: a path is read (its file name is the
+    default name); a ``str`` is text, sent in ``encoding`` (default UTF-8)."""
+    if isinstance(data, os.PathLike):
+        path = Path(data)
+        return path.read_bytes(), name if name is not None else path.name
+    if isinstance(data, str):
+        return data.encode(encoding or "utf-8"), name
+    return bytes(data), name
+
+
+def _upload_query(
+    name: str | None, source: str | None, encoding: str | None, force: bool, events: bool
+) -> dict[str, str]:
+    """The query parameters of ``POST /v1/trees/{tree}/uploads``."""
+    query: dict[str, str] = {}
+    if name is not None:
+        query["name"] = name
+    if source is not None:
+        query["source"] = source
+    if encoding is not None:
+        query["encoding"] = encoding
+    if force:
+        query["force"] = "true"
+    if events:
+        query["events"] = "true"
+    return query
+
+
+class _Upload:
+    """One attempt at an upload's event stream, for both clients: each ``progress`` event is
+    passed on, the ``ingested`` one kept, an ``error`` one raised as its typed error."""
+
+    def __init__(self, on_progress: Callable[[int, int], None]):
+        self.on_progress, self.parser = on_progress, _EventParser()
+        self.begun = False  # a progress event was passed on: no retry from here
+        self.done: Ingested | None = None
+
+    def feed(self, line: str) -> Ingested | None:
+        """The final :class:`Ingested` once its event is read (``None`` until then)."""
+        parsed = self.parser.feed(line)
+        if parsed is None:
+            return None
+        event, data = parsed
+        if event == "error":
+            raise _event_error(data)
+        if event == "ingested":
+            self.done = _of(Ingested, data)
+        elif event == "progress":
+            self.begun = True
+            self.on_progress(int(data["tokens"]), int(data["total"]))
+        return self.done
+
+    def ended(self, path: str) -> Ingested:
+        if self.done is None:
+            raise APIConnectionError(f"POST {path}: the event stream ended before its result")
+        return self.done
+
+    def failed(self, caught: Exception, path: str, attempt: int, retries: int) -> float:
+        """Seconds to wait before sending the upload again after ``caught``, as for any
+        request; the typed error instead once progress was passed on (a stream is not retried
+        once it has begun), on the last attempt, or when a retry would not help."""
+        if isinstance(caught, httpx.TransportError):
+            if self.begun:
+                if isinstance(caught, httpx.TimeoutException):
+                    raise APITimeoutError(f"the upload stream timed out: {caught}") from caught
+                raise APIConnectionError(f"the upload stream failed: {caught}") from caught
+            wait, _ = _settle("POST", path, attempt, retries, None, caught)
+            assert wait is not None
+            return wait
+        assert isinstance(caught, APIError)
+        if self.begun or attempt == retries or not _worth_retrying(caught.status, caught.type):
+            raise caught
+        return _delay(attempt, None)
+
+
+def _worth_retrying(status: int, kind: str) -> bool:
     """A status worth retrying; a 409 only for a ``conflict`` (another request is writing the
     tree), not for a tree that ``already_exists``."""
-    if response.status_code == 409:
-        return _error(response).type != "already_exists"
-    return response.status_code in RETRY_STATUS
+    if status == 409:
+        return kind != "already_exists"
+    return status in RETRY_STATUS
+
+
+def _retryable(response: httpx.Response) -> bool:
+    kind = _error(response).type if response.status_code == 409 else ""
+    return _worth_retrying(response.status_code, kind)
 
 
 def _settle(
@@ -401,11 +523,22 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        content: bytes | None = None,
+        params: dict[str, str] | None = None,
+    ) -> Any:
+        headers = _headers(method, content)
         for attempt in range(self.max_retries + 1):
             response, failure = None, None
             try:
-                response = self._http.request(method, path, json=body)
+                response = self._http.request(
+                    method, path, json=body, content=content, params=params, headers=headers
+                )
             except httpx.TransportError as exc:  # timeouts included
                 failure = exc
             wait, value = _settle(method, path, attempt, self.max_retries, response, failure)
@@ -440,6 +573,46 @@ class Client:
     ) -> Ingested:
         body = {"text": text, "source": source, "metadata": metadata, "force": force}
         return _of(Ingested, self._request("POST", f"/v1/trees/{tree}/sources", body))
+
+    def upload(
+        self,
+        tree: str,
+        data: bytes | str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        source: str | None = None,
+        encoding: str | None = None,
+        force: bool = False,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> Ingested:
+        """Ingest a file's bytes, in any text encoding (``encoding``, else UTF-8, else
+        detected). A path is read, and its file name is the default ``name`` (the path
+        citations show); a ``str`` is text. ``on_progress(tokens, total)`` as it is ingested."""
+        content, name = _upload_body(data, name, encoding)
+        query = _upload_query(name, source, encoding, force, on_progress is not None)
+        path = f"/v1/trees/{tree}/uploads"
+        if on_progress is None:
+            return _of(Ingested, self._request("POST", path, content=content, params=query))
+        headers = _headers("POST", content)
+        for attempt in range(self.max_retries + 1):
+            upload = _Upload(on_progress)
+            try:
+                with self._http.stream(
+                    "POST", path, content=content, params=query, headers=headers
+                ) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        wait, _ = _settle("POST", path, attempt, self.max_retries, response, None)
+                    else:
+                        for line in response.iter_lines():
+                            if upload.feed(line) is not None:
+                                break
+                        return upload.ended(path)
+            except (httpx.TransportError, APIError) as exc:
+                wait = upload.failed(exc, path, attempt, self.max_retries)
+            assert wait is not None
+            time.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def list_sources(self, tree: str) -> list[Source]:
         found = self._request("GET", f"/v1/trees/{tree}/sources")["sources"]
@@ -516,6 +689,15 @@ class Client:
         path = f"/v1/trees/{tree}/provenance?start={int(start)}&stop={int(stop)}"
         return _spans(self._request("GET", path))
 
+    def list_traces(self, tree: str) -> list[TraceFile]:
+        """The tree's focus traces, oldest first (written by sessions that record them)."""
+        found = self._request("GET", f"/v1/trees/{tree}/traces")["traces"]
+        return [_of(TraceFile, t) for t in found]
+
+    def get_trace(self, tree: str, name: str) -> Trace:
+        """The refocus steps of one trace (a name :meth:`list_traces` gave)."""
+        return _of(Trace, self._request("GET", f"/v1/trees/{tree}/traces/{name}"))
+
     def models(self) -> list[str]:
         """The trees, as the OpenAI-compatible endpoints name them."""
         return [m["id"] for m in self._request("GET", "/v1/models")["data"]]
@@ -550,11 +732,22 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        content: bytes | None = None,
+        params: dict[str, str] | None = None,
+    ) -> Any:
+        headers = _headers(method, content)
         for attempt in range(self.max_retries + 1):
             response, failure = None, None
             try:
-                response = await self._http.request(method, path, json=body)
+                response = await self._http.request(
+                    method, path, json=body, content=content, params=params, headers=headers
+                )
             except httpx.TransportError as exc:  # timeouts included
                 failure = exc
             wait, value = _settle(method, path, attempt, self.max_retries, response, failure)
@@ -562,6 +755,9 @@ class AsyncClient:
                 return value
             await asyncio.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def health(self) -> dict[str, str]:
+        return dict(await self._request("GET", "/v1/health"))
 
     async def list_trees(self) -> list[Tree]:
         return [_of(Tree, t) for t in (await self._request("GET", "/v1/trees"))["trees"]]
@@ -586,6 +782,43 @@ class AsyncClient:
     ) -> Ingested:
         body = {"text": text, "source": source, "metadata": metadata, "force": force}
         return _of(Ingested, await self._request("POST", f"/v1/trees/{tree}/sources", body))
+
+    async def upload(
+        self,
+        tree: str,
+        data: bytes | str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        source: str | None = None,
+        encoding: str | None = None,
+        force: bool = False,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> Ingested:
+        content, name = await asyncio.to_thread(_upload_body, data, name, encoding)
+        query = _upload_query(name, source, encoding, force, on_progress is not None)
+        path = f"/v1/trees/{tree}/uploads"
+        if on_progress is None:
+            return _of(Ingested, await self._request("POST", path, content=content, params=query))
+        headers = _headers("POST", content)
+        for attempt in range(self.max_retries + 1):
+            upload = _Upload(on_progress)
+            try:
+                async with self._http.stream(
+                    "POST", path, content=content, params=query, headers=headers
+                ) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        wait, _ = _settle("POST", path, attempt, self.max_retries, response, None)
+                    else:
+                        async for line in response.aiter_lines():
+                            if upload.feed(line) is not None:
+                                break
+                        return upload.ended(path)
+            except (httpx.TransportError, APIError) as exc:
+                wait = upload.failed(exc, path, attempt, self.max_retries)
+            assert wait is not None
+            await asyncio.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def list_sources(self, tree: str) -> list[Source]:
         found = (await self._request("GET", f"/v1/trees/{tree}/sources"))["sources"]
@@ -650,6 +883,13 @@ class AsyncClient:
         path = f"/v1/trees/{tree}/provenance?start={int(start)}&stop={int(stop)}"
         return _spans(await self._request("GET", path))
 
+    async def list_traces(self, tree: str) -> list[TraceFile]:
+        found = (await self._request("GET", f"/v1/trees/{tree}/traces"))["traces"]
+        return [_of(TraceFile, t) for t in found]
+
+    async def get_trace(self, tree: str, name: str) -> Trace:
+        return _of(Trace, await self._request("GET", f"/v1/trees/{tree}/traces/{name}"))
+
     async def generate(
         self,
         tree: str,
@@ -660,6 +900,9 @@ class AsyncClient:
     ) -> Generated:
         body = {"prompt": prompt, "max_new_tokens": max_new_tokens, "stop": stop or []}
         return _of(Generated, await self._request("POST", f"/v1/trees/{tree}/generate", body))
+
+    async def models(self) -> list[str]:
+        return [m["id"] for m in (await self._request("GET", "/v1/models"))["data"]]
 
 
 __all__ = [
@@ -684,6 +927,8 @@ __all__ = [
     "ServerError",
     "Source",
     "StreamEvent",
+    "Trace",
+    "TraceFile",
     "Tree",
     "Usage",
     "WorkingContext",

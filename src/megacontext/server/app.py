@@ -326,14 +326,26 @@ def _limits(app: FastAPI, service: Service) -> None:
             service.idempotency.abandon(scope, key)
             raise
         media = response.headers.get("content-type", "")
-        if response.status_code >= 500 or media.startswith("text/event-stream"):
-            service.idempotency.abandon(scope, key)  # not replayable: may be retried for real
+        if response.status_code in TRANSIENT or media.startswith("text/event-stream"):
+            # Not replayable: "not now" (another writer, a rate limit, a server error) must let
+            # the retry with this key run for real, or the SDKs' retries would replay it forever.
+            service.idempotency.abandon(scope, key)
             return response
         content = b"".join([chunk async for chunk in response.body_iterator])  # type: ignore[attr-defined]
         service.idempotency.finish(scope, key, Stored(response.status_code, content, media))
         return Response(
             content, response.status_code, headers=dict(response.headers), media_type=None
         )
+
+
+def _count_lines(path: Path) -> int:
+    with path.open(encoding="utf-8") as lines:
+        return sum(1 for line in lines if line.strip())
+
+
+# Statuses that say "not now", not "done": 408, 409 (another writer, or this key's first try
+# still running), 429 (rate limit or budget) and every 5xx.
+TRANSIENT = frozenset({408, 409, 429, *range(500, 600)})
 
 
 def _bearer(request: Request) -> str | None:
@@ -430,13 +442,13 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
         from megacontext.runtime.reading import check_encoding, decode_text
 
         caller.require("write")
+        service.trees.found(caller.tenant, tree)  # an unknown tree is a 404 whatever the body
         what = name or "the upload"
         decoded = decode_text(await request.body(), check_encoding(encoding), what, "encoding=")
         if decoded is None:
             raise InvalidInputError(f"{what} is empty or binary, not text; nothing was ingested")
         metadata = {"encoding": decoded.encoding, **({"path": name} if name else {})}
         body = s.Ingest(text=decoded.text, source=source, metadata=metadata, force=force)
-        service.trees.found(caller.tenant, tree)  # before a stream starts: errors are statuses
         if not events:
             return await lane.run(ingest_text, service, caller, tree, body)
 
@@ -523,7 +535,7 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
             traces=[
                 s.TraceFile(
                     name=f.name,
-                    steps=sum(1 for line in f.open(encoding="utf-8") if line.strip()),
+                    steps=_count_lines(f),
                     bytes=f.stat().st_size,
                 )
                 for f in traces_of(path)
