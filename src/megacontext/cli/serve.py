@@ -70,6 +70,12 @@ def serve(
             help="PostgreSQL URL where new trees keep metadata (several serve processes)."
         ),
     ] = None,
+    metrics_per_tree: Annotated[
+        bool,
+        typer.Option(
+            help="Label /metrics tree series by tenant and tree (one series per tree).",
+        ),
+    ] = False,
     grpc_port: Annotated[
         int | None,
         typer.Option(min=1, max=65535, help="Also serve gRPC (megacontext.proto) on this port."),
@@ -100,6 +106,7 @@ def serve(
         usage=usage,
         storage_interval_s=storage_interval,
         metadata_url=metadata_url,
+        metrics_per_tree=metrics_per_tree,
     )
     console.print(f"serving {root} on http://{host}:{port} (OpenAPI: http://{host}:{port}/docs)")
     if grpc_port is not None:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import re
+import time
 import unicodedata
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -72,17 +73,28 @@ def decode(  # noqa: PLR0913  (the sampling settings, all keyword-only)
     top_k: int = 0,
     generator: torch.Generator | None = None,
     on_text: Callable[[str], None] | None = None,
+    on_forward: Callable[[float, int, int], None] | None = None,
 ) -> Decoded:
     """Decode after ``inputs`` ``(T, d)`` (entry vectors at compact positions 0..T-1).
 
     Stops at a token in ``stop_ids`` (EOS, end of turn; not part of the answer), at the first
     stop string in the decoded text (cut there), or after ``max_new_tokens``. ``on_text``
     receives the answer as it grows, in pieces that add up to ``Decoded.text`` (text that could
-    still turn out to begin a stop string is held back until it cannot).
+    still turn out to begin a stop string is held back until it cannot). ``on_forward(seconds,
+    entries, cached)`` is told of every forward of the base (the prefill, then one per token).
     """
     streamed = _Streamed(stop_text, on_text)
     decoded = _decode(
-        base, inputs, max_new_tokens, stop_ids, stop_text, temperature, top_k, generator, streamed
+        base,
+        inputs,
+        max_new_tokens,
+        stop_ids,
+        stop_text,
+        temperature,
+        top_k,
+        generator,
+        streamed,
+        on_forward or (lambda *_: None),
     )
     streamed.finish(decoded.text)
     return decoded
@@ -121,6 +133,7 @@ def _decode(  # noqa: PLR0913, PLR0917  (decode's arguments, passed on)
     top_k: int,
     generator: torch.Generator | None,
     streamed: _Streamed,
+    on_forward: Callable[[float, int, int], None],
 ) -> Decoded:
     if max_new_tokens < 0:
         raise InvalidInputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -130,7 +143,9 @@ def _decode(  # noqa: PLR0913, PLR0917  (decode's arguments, passed on)
         )
     length = inputs.shape[0]
     positions = torch.arange(length, device=base.device)[None]
+    started = time.perf_counter()
     out = base.forward(inputs[None], positions)
+    on_forward(time.perf_counter() - started, length, 0)
     ids: list[int] = []
     for step in range(max_new_tokens):
         token = choose_token(out.logits[0, -1], temperature, top_k, generator)
@@ -144,7 +159,9 @@ def _decode(  # noqa: PLR0913, PLR0917  (decode's arguments, passed on)
         if step == max_new_tokens - 1:
             break
         pos = torch.tensor([[length + step]], device=base.device)
+        started = time.perf_counter()
         out = base.forward(base.embed(torch.tensor([[token]], device=base.device)), pos, out.cache)
+        on_forward(time.perf_counter() - started, 1, length + step)
     return Decoded(ids, base.decode(ids), "length")
 
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from megacontext.core import Edit, EditKind, EditPlan, WorkingContext
 from megacontext.errors import BudgetError, InvalidInputError
+from megacontext.runtime import metrics
 
 if TYPE_CHECKING:
     from megacontext.runtime.session import Session
@@ -36,6 +37,7 @@ class Focus:
         plan = s.engine.plan(s.wc, scores)
         wanted = Edit.expand(level, index)
         if wanted not in plan.edits:
+            metrics.FOCUS_EDITS_REFUSED.inc()
             raise BudgetError(
                 f"no legal collapse can pay for expanding (level {level}, index {index}) within "
                 f"W_max={s.wc.W_max}; unpin something or raise W_max"

@@ -47,6 +47,7 @@ from megacontext.models.context import GistNetGister, entry_vectors
 from megacontext.models.generation import choose_token, decode
 from megacontext.models.lensnet import LensNet
 from megacontext.models.prompting import PromptFormat
+from megacontext.runtime import metrics
 from megacontext.runtime.config import SessionConfig
 from megacontext.runtime.focus_control import Focus
 from megacontext.runtime.provenance import Citation, cite, plan_spans, raw_runs
@@ -158,6 +159,7 @@ class Session:
         self._kv_entries = 0  # cached positions, the prompt prefix included
         self._since_refocus = 0
         self._base_seconds = 0.0  # base forwards since the last refocus step (telemetry)
+        self._cache_seen = (0, 0)  # page-cache hits and misses already counted (metrics)
         self._focused: tuple[WorkingContext, int] | None = None  # the WC version last refocused
         # Where the latest input (an ingest call or a prompt) starts: LensNet's query is read
         # from there on, so a question is not diluted by the document text before it.
@@ -266,6 +268,8 @@ class Session:
         """Append a whole input: gisted, indexed, then the working context assembled anew."""
         first = self.tree.num_tokens
         total = len(ids)
+        started = time.perf_counter()
+        counts = {level: self.tree.count(level) for level in range(1, self.tree.num_levels)}
         for lo in range(0, total, INGEST_CHUNK):
             blocks_before = self.tree.blocks
             self.tree.append(ids[lo : lo + INGEST_CHUNK])
@@ -273,6 +277,12 @@ class Session:
             if progress is not None:
                 progress(min(total, lo + INGEST_CHUNK), total)
         self.tree.flush()
+        new_gists = {}  # per level: how many, and the latest (a bounded sample) for their norms
+        for level in range(1, self.tree.num_levels):
+            before, after = counts.get(level, 0), self.tree.count(level)
+            sample_from = max(before, after - metrics.GIST_SAMPLE)
+            new_gists[level] = (after - before, self.tree.gists(level, sample_from, after))
+        metrics.record_ingest(total, time.perf_counter() - started, new_gists)
         self._reassemble()
         self._query_start = first
 
@@ -578,6 +588,7 @@ class Session:
         position_ids = torch.as_tensor(ids, device=device)[None]
         out = self.base.forward(vectors, position_ids, self._kv, **extra)
         self._base_seconds += time.perf_counter() - fetched
+        metrics.record_forward(time.perf_counter() - fetched, P + wc.size - start, start)
         if self.timing_log is not None:
             self.timing_log.append(
                 ForwardTiming(
@@ -622,6 +633,13 @@ class Session:
             base_seconds=self._base_seconds,
         )
         self._base_seconds = 0.0
+        lens_scores = None if self.score_override is not None or not scores.any() else scores
+        metrics.record_refocus(step, self.wc.W_max, lens_scores)
+        cache = self.cache_stats
+        metrics.record_page_cache(
+            cache.hits - self._cache_seen[0], cache.misses - self._cache_seen[1]
+        )
+        self._cache_seen = (cache.hits, cache.misses)
         if self.trace_path is not None:
             self._trace(step, plan)
         if self.timing_log is not None:
@@ -729,6 +747,7 @@ class Session:
             top_k=self.config.top_k,
             generator=self._rng,
             on_text=on_text,
+            on_forward=metrics.record_forward,
         )
         seconds = {"focus": focused - started, "decode": time.perf_counter() - focused}
         self._query = None

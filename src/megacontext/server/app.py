@@ -41,14 +41,23 @@ from megacontext.server.idempotency import (
 from megacontext.server.keys import AuthError, KeyStore, Principal, ScopeError
 from megacontext.server.lane import ModelLane
 from megacontext.server.limits import (
+    BudgetExceededError,
     DailyBudget,
     Limits,
     RateLimitedError,
     RateLimiter,
     check_request_tokens,
 )
+from megacontext.server.metrics import (
+    LIMITED,
+    REQUEST_SECONDS,
+    REQUESTS,
+    TreeCollector,
+    register_trees,
+    unregister_trees,
+)
 from megacontext.server.trees import ConflictError, NotFoundError, TreeExistsError, Trees
-from megacontext.server.usage import StorageMeter, UsageSink, open_sink
+from megacontext.server.usage import StorageMeter, UsageSink, open_sink, tree_bytes
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_TOKEN_INDEX = 2**53  # token positions in queries (the store's indices are far below)
@@ -108,6 +117,7 @@ class Service:
         )
         self.on_close: list[Callable[[], None]] = []
         self.closed = False
+        self.tree_metrics = TreeCollector(trees.all, tree_bytes, per_tree=False)
 
     def create_tree(self, tenant: str, name: str) -> None:
         path = self.trees.create(tenant, name)
@@ -127,6 +137,7 @@ class Service:
         self.closed = True
         for hook in self.on_close:
             hook()
+        unregister_trees(self.tree_metrics)
         if self.storage is not None:
             self.storage.close()
         self.lane.close()
@@ -160,6 +171,7 @@ def create_app(  # noqa: PLR0913  (the service's settings, keyword-only past con
     usage: UsageSink | str | None = None,
     storage_interval_s: float | None = 3600.0,
     metadata_url: str | None = None,
+    metrics_per_tree: bool = False,
 ) -> FastAPI:
     """The service over the trees in ``root`` (``base``/``focus``: names, or loaded objects).
 
@@ -168,8 +180,9 @@ def create_app(  # noqa: PLR0913  (the service's settings, keyword-only past con
     is billed in byte-hours every ``storage_interval_s`` seconds (``None``: only on
     ``app.state.service.storage.tick()`` and at close); ``metadata_url``: where new trees keep
     their metadata and lexical index (a PostgreSQL URL lets several serving processes share
-    them; default: SQLite files in each tree). Call ``app.state.service.close()`` once the app
-    has stopped taking requests.
+    them; default: SQLite files in each tree); ``metrics_per_tree``: ``/metrics`` labels tree
+    series with tenant and tree (their number is then the number of trees). Call
+    ``app.state.service.close()`` once the app has stopped taking requests.
     """
     from megacontext.models.bundle import Bundle, load_bundle, resolve_focus
     from megacontext.models.loading import load_base
@@ -196,6 +209,8 @@ def create_app(  # noqa: PLR0913  (the service's settings, keyword-only past con
     )
     if service.storage is not None and storage_interval_s is not None:
         service.storage.start(storage_interval_s)
+    service.tree_metrics.per_tree = metrics_per_tree
+    register_trees(service.tree_metrics)
     return _app(service)
 
 
@@ -217,6 +232,7 @@ def _app(service: Service) -> FastAPI:
     app.state.service = service
     _errors(app)
     _limits(app, service)
+    _observed(app)  # added last: the outermost middleware, so it sees every answer
     _routes(app, service)
     return app
 
@@ -247,6 +263,8 @@ def _errors(app: FastAPI) -> None:
                     headers = {"Retry-After": "1"}  # transient: another request is at work
                 if isinstance(exc, RateLimitedError):
                     headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+                    reason = "budget" if isinstance(exc, BudgetExceededError) else "rate"
+                    LIMITED.labels(reason=reason).inc()
                 return _error(code, kind, str(exc), headers)
         return _error(500, "server_error", f"{type(exc).__name__}: {exc}")
 
@@ -269,6 +287,19 @@ def _errors(app: FastAPI) -> None:
         if exc.status_code == 400:  # starlette could not read the body
             kind, message = "invalid_request", "the request body is not UTF-8 JSON; send JSON"
         return _error(exc.status_code, kind, message)
+
+
+def _observed(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        started = time.perf_counter()
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")  # a template: names no tree
+        method = request.method
+        REQUESTS.labels(route=template, method=method, status=str(response.status_code)).inc()
+        REQUEST_SECONDS.labels(route=template, method=method).observe(time.perf_counter() - started)
+        return response
 
 
 def _limits(app: FastAPI, service: Service) -> None:
@@ -383,6 +414,15 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
     def health() -> dict[str, str]:
         """Liveness: the service is up and its base is loaded (no key needed)."""
         return {"status": "ok", "version": __version__, "base": service.trees.base.source}
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics(caller: Reader) -> Response:
+        """Prometheus's text format: the service's, the sessions' and the process's metrics
+        (an admin key: per-tree series name every tenant's trees)."""
+        from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+        caller.require("admin")
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/trees", tags=["trees"])
     async def list_trees(caller: Reader) -> s.TreeList:

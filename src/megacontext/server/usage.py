@@ -28,6 +28,8 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any, Protocol
 
+from megacontext.server.metrics import USAGE_FAILURES
+
 
 class UsageSink(Protocol):
     def emit(self, event: dict[str, Any]) -> None: ...
@@ -98,6 +100,7 @@ class WebhookSink:
                     time.sleep(self.backoff_s * 2**attempt)
             else:
                 self.failures += 1
+                USAGE_FAILURES.inc()
                 if self.dead_letter is not None:
                     self.dead_letter.emit(event)
 

@@ -1,0 +1,131 @@
+"""Prometheus metrics of the service: requests, limits, usage delivery, trees (issue 19).
+
+Served at ``GET /metrics`` (an admin key: with per-tree series it names tenants' trees) in
+Prometheus's text format, beside the sessions' metrics (:mod:`megacontext.runtime.metrics`) and
+the process's own (``process_resident_memory_bytes``, …). Routes are labelled by their template
+(``/v1/trees/{tree}/ask``), never by a tree's name; per-tree series (``tenant`` and ``tree``
+labels) only when the deployment opts in (``serve --metrics-per-tree``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.registry import Collector
+
+REQUESTS = Counter(
+    "megacontext_http_requests",
+    "HTTP requests answered, by route template, method and status code.",
+    ["route", "method", "status"],
+)
+REQUEST_SECONDS = Histogram(
+    "megacontext_http_request_duration_seconds",
+    "Seconds from a request's arrival to its response's start (a stream's first byte), by "
+    "route template and method.",
+    ["route", "method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+LIMITED = Counter(
+    "megacontext_requests_limited",
+    "Requests refused with 429: by a key's rate limit or a tenant's daily token budget.",
+    ["reason"],
+)
+USAGE_FAILURES = Counter(
+    "megacontext_usage_events_failed",
+    "Usage events a sink could not deliver after its retries (kept in its dead-letter file, if any).",
+)
+
+CATALOGUE: tuple[MetricWrapperBase, ...] = (REQUESTS, REQUEST_SECONDS, LIMITED, USAGE_FAILURES)
+
+# The series TreeCollector yields, described for the catalogue (name, type, labels, help).
+TREE_SERIES = (
+    ("megacontext_trees", "gauge", "", "Trees the service holds."),
+    (
+        "megacontext_tree_bytes",
+        "gauge",
+        "tenant, tree (opt-in)",
+        "Bytes on disk of the trees (all of them; per tree with --metrics-per-tree).",
+    ),
+)
+
+
+class TreeCollector(Collector):
+    """Trees and their bytes on disk, measured at each scrape."""
+
+    def __init__(
+        self,
+        trees: Callable[[], Iterable[tuple[str, str, Path]]],
+        size: Callable[[Path], int],
+        per_tree: bool,
+    ):
+        self.trees, self.size, self.per_tree = trees, size, per_tree
+
+    def collect(self) -> Iterator[Metric]:
+        found = [(tenant, tree, self.size(path)) for tenant, tree, path in self.trees()]
+        count = GaugeMetricFamily(TREE_SERIES[0][0], TREE_SERIES[0][3])
+        count.add_metric([], len(found))
+        yield count
+        labels = ["tenant", "tree"] if self.per_tree else []
+        sizes = GaugeMetricFamily(TREE_SERIES[1][0], TREE_SERIES[1][3], labels=labels)
+        if self.per_tree:
+            for tenant, tree, size in found:
+                sizes.add_metric([tenant, tree], size)
+        else:
+            sizes.add_metric([], sum(size for _, _, size in found))
+        yield sizes
+
+
+def catalogue_markdown() -> str:
+    """The metric catalogue of the docs (docs/observability.md), from the metrics themselves;
+    a test keeps the page in step with it."""
+    from megacontext.runtime.metrics import CATALOGUE as SESSION_METRICS
+
+    rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
+    for metric in (*SESSION_METRICS, *CATALOGUE):
+        (family,) = metric.describe()
+        name = f"{family.name}_total" if family.type == "counter" else family.name
+        labels = ", ".join(getattr(metric, "_labelnames", ()))
+        rows.append(f"| `{name}` | {family.type} | {labels} | {family.documentation} |")
+    for name, kind, labels, meaning in TREE_SERIES:
+        rows.append(f"| `{name}` | {kind} | {labels} | {meaning} |")
+    rows.append(
+        "| `process_resident_memory_bytes`, `process_cpu_seconds_total`, … | gauge, counter | "
+        "| The process (prometheus-client's process collector). |"
+    )
+    return "\n".join(rows) + "\n"
+
+
+_registered: list[TreeCollector] = []
+
+
+def register_trees(collector: TreeCollector) -> None:
+    """Make ``collector`` the registry's tree collector (one service per process serves; a
+    process that builds another, as tests do, replaces the previous one's)."""
+    while _registered:
+        REGISTRY.unregister(_registered.pop())
+    REGISTRY.register(collector)
+    _registered.append(collector)
+
+
+def unregister_trees(collector: TreeCollector) -> None:
+    if collector in _registered:
+        _registered.remove(collector)
+        REGISTRY.unregister(collector)
+
+
+__all__ = [
+    "CATALOGUE",
+    "LIMITED",
+    "REQUESTS",
+    "REQUEST_SECONDS",
+    "TREE_SERIES",
+    "USAGE_FAILURES",
+    "TreeCollector",
+    "catalogue_markdown",
+    "register_trees",
+    "unregister_trees",
+]

@@ -1,0 +1,158 @@
+"""`/metrics`: the sessions' and the service's Prometheus metrics, moved by real traffic,
+bounded labels, and a scrape that `promtool check metrics` passes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from megacontext.runtime.metrics import score_entropy
+from megacontext.server.usage import tree_bytes
+
+from .conftest import World, tree_with_text
+
+
+def _scrape(world: World) -> str:
+    admin, _ = world.client.app.state.service.keys.create("acme", "admin")  # type: ignore[attr-defined]
+    response = world.client.get("/metrics", headers=world.headers(admin))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    return response.text
+
+
+def _values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _value(values: dict, name: str, **labels: str) -> float:  # type: ignore[type-arg]
+    return float(values.get((name, tuple(sorted(labels.items()))), 0.0))
+
+
+def test_traffic_moves_the_metrics_and_no_label_names_a_tree(world: World) -> None:
+    before = _values(_scrape(world))
+    tree_with_text(world)
+    h = world.headers(world.writer)
+    asked = world.client.post(
+        "/v1/trees/notes/ask",
+        json={"question": "Which ship at dusk?", "max_new_tokens": 4},
+        headers=h,
+    )
+    assert asked.status_code == 200
+    missing = world.client.get("/v1/trees/nowhere", headers=h)
+    assert missing.status_code == 404
+    text = _scrape(world)
+    after = _values(text)
+
+    def moved(name: str, **labels: str) -> float:
+        return _value(after, name, **labels) - _value(before, name, **labels)
+
+    tokens = world.client.get("/v1/trees/notes", headers=h).json()["tokens"]
+    assert moved("megacontext_ingest_tokens_total") == tokens
+    K = world.client.app.state.service.trees.bundle.get("gistnet").config.K  # type: ignore[attr-defined]
+    assert moved("megacontext_gists_computed_total", level="1") == tokens // K
+    assert moved("megacontext_gists_computed_total", level="2") == tokens // K**2
+    assert _value(after, "megacontext_gist_norm_mean", level="1") > 0
+    assert moved("megacontext_ingest_seconds_total") > 0
+    assert moved("megacontext_refocus_steps_total") >= 1
+    assert moved("megacontext_decode_tokens_total") >= asked.json()["usage"]["completion_tokens"]
+    assert moved("megacontext_base_forward_seconds_count") >= 1
+    assert _value(after, "megacontext_focus_budget_violations_total") == 0
+    ask = {"route": "/v1/trees/{tree}/ask", "method": "POST", "status": "200"}
+    assert moved("megacontext_http_requests_total", **ask) == 1
+    lost = {"route": "/v1/trees/{tree}", "method": "GET", "status": "404"}
+    assert moved("megacontext_http_requests_total", **lost) == 1
+    assert _value(after, "megacontext_trees") == 1
+    path = world.root / "tenants" / "acme" / "trees" / "notes"
+    assert _value(after, "megacontext_tree_bytes") == pytest.approx(tree_bytes(path), rel=0.05)
+    assert _value(after, "process_resident_memory_bytes") > 0
+    # bounded labels: routes by template, trees by nothing unless the deployment opts in
+    assert "notes" not in text and "nowhere" not in text
+
+
+def test_metrics_need_an_admin_key(world: World) -> None:
+    assert world.client.get("/metrics").status_code == 401
+    assert world.client.get("/metrics", headers=world.headers(world.writer)).status_code == 403
+
+
+def test_per_tree_series_are_opt_in(tiny_world, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from megacontext.server import create_app
+
+    from .conftest import config
+
+    app = create_app(
+        tmp_path / "svc",
+        base=tiny_world.base,
+        focus=tiny_world.bundle,
+        config=config(),
+        metrics_per_tree=True,
+    )
+    client = TestClient(app)
+    admin, _ = app.state.service.keys.create("acme", "admin")
+    h = {"Authorization": f"Bearer {admin}"}
+    for name in ("alpha", "beta"):
+        assert client.post("/v1/trees", json={"name": name}, headers=h).status_code == 201
+    values = _values(client.get("/metrics", headers=h).text)
+    for name in ("alpha", "beta"):
+        path = tmp_path / "svc" / "tenants" / "acme" / "trees" / name
+        assert _value(values, "megacontext_tree_bytes", tenant="acme", tree=name) == tree_bytes(
+            path
+        )
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None and os.environ.get("CI", "").lower() != "true",
+    reason="no promtool (install the Debian package prometheus)",
+)
+def test_promtool_passes_the_scrape(world: World) -> None:
+    tree_with_text(world)
+    world.client.post(
+        "/v1/trees/notes/ask",
+        json={"question": "Which ship?", "max_new_tokens": 2},
+        headers=world.headers(world.writer),
+    )
+    assert shutil.which("promtool"), "CI must lint metrics: install the Debian package prometheus"
+    done = subprocess.run(
+        ["promtool", "check", "metrics"],
+        input=_scrape(world),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@given(st.lists(st.floats(-50, 50), min_size=2, max_size=64))
+def test_lens_score_entropy_is_a_ratio(scores: list[float]) -> None:
+    value = score_entropy(np.array(scores))
+    assert 0.0 <= value <= 1.0
+    assert score_entropy(np.zeros(len(scores))) == pytest.approx(1.0)  # all alike
+    peaked = np.zeros(len(scores))
+    peaked[0] = 100.0
+    assert score_entropy(peaked) < 0.01  # one entry stands out
+
+
+def test_the_docs_catalogue_is_the_codes() -> None:
+    from pathlib import Path
+
+    from megacontext.server.metrics import catalogue_markdown
+
+    page = (Path(__file__).parents[2] / "docs" / "observability.md").read_text("utf-8")
+    start, end = "<!-- catalogue:start -->\n", "<!-- catalogue:end -->"
+    documented = page[page.index(start) + len(start) : page.index(end)]
+    assert documented == catalogue_markdown(), (
+        "docs/observability.md's catalogue differs from the metrics: paste "
+        "megacontext.server.metrics.catalogue_markdown() between its markers"
+    )
