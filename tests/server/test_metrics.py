@@ -156,3 +156,93 @@ def test_the_docs_catalogue_is_the_codes() -> None:
         "docs/observability.md's catalogue differs from the metrics: paste "
         "megacontext.server.metrics.catalogue_markdown() between its markers"
     )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("prometheus") is None and os.environ.get("CI", "").lower() != "true",
+    reason="no prometheus (install the Debian package prometheus)",
+)
+def test_a_real_prometheus_scrapes_the_service(world: World, live: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Debian's Prometheus, on loopback with a generated config, scrapes the live service with
+    an admin key; its query API shows the series and how a focus-heavy ask moves them."""
+    import time
+
+    import httpx
+
+    assert shutil.which("prometheus"), "CI must run a real Prometheus: install Debian's prometheus"
+    admin, _ = world.client.app.state.service.keys.create("ops", "admin")  # type: ignore[attr-defined]
+    (tmp_path / "key").write_text(admin)
+    target = live.removeprefix("http://")
+    (tmp_path / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        "  - job_name: megacontext\n"
+        "    metrics_path: /metrics\n"
+        f"    authorization: {{type: Bearer, credentials_file: {tmp_path / 'key'}}}\n"
+        f"    static_configs: [{{targets: ['{target}']}}]\n"
+    )
+    port = _free_port()
+    log = (tmp_path / "prometheus.log").open("wb")
+    server = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    api = f"http://127.0.0.1:{port}/api/v1"
+
+    def query(promql: str) -> float | None:
+        try:
+            body = httpx.get(f"{api}/query", params={"query": promql}, timeout=5).json()
+        except httpx.TransportError:
+            return None
+        assert body["status"] == "success", body
+        found = body["data"]["result"]
+        return float(found[0]["value"][1]) if found else None
+
+    def settled(promql: str, done: object, seconds: float = 60) -> float:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            value = query(promql)
+            if value is not None and done(value):  # type: ignore[operator]
+                return value
+            time.sleep(0.5)
+        raise AssertionError(f"{promql} never satisfied the test (last {query(promql)})")
+
+    try:
+        assert settled('up{job="megacontext"}', lambda v: v == 1) == 1  # scraped, key accepted
+        tree_with_text(world)
+        steps = settled("sum(megacontext_refocus_steps_total)", lambda v: v >= 0)
+        expands = query('sum(megacontext_focus_edits_total{kind="expand"})') or 0.0
+        h = world.headers(world.writer)
+        for question in ("Which ship at dusk?", "What did the keeper log for line 40?"):
+            asked = httpx.post(
+                f"{live}/v1/trees/notes/ask",
+                json={"question": question, "max_new_tokens": 3, "focus_steps": 4},
+                headers=h,
+                timeout=120,
+            )
+            assert asked.status_code == 200, asked.text
+        settled("sum(megacontext_refocus_steps_total)", lambda v: v > steps)
+        settled('sum(megacontext_focus_edits_total{kind="expand"})', lambda v: v > expands)
+        ask_route = 'megacontext_http_requests_total{route="/v1/trees/{tree}/ask",status="200"}'
+        settled(f"sum({ask_route})", lambda v: v >= 2)
+        assert query("sum(megacontext_focus_budget_violations_total)") == 0
+        assert (query('megacontext_trees{job="megacontext"}') or 0) >= 1
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
