@@ -206,9 +206,12 @@ def test_a_real_prometheus_scrapes_the_service(world: World, live: str, tmp_path
 
     def query(promql: str) -> float | None:
         try:
-            body = httpx.get(f"{api}/query", params={"query": promql}, timeout=5).json()
+            reply = httpx.get(f"{api}/query", params={"query": promql}, timeout=5)
         except httpx.TransportError:
             return None
+        if "json" not in reply.headers.get("content-type", ""):  # still starting (503 text)
+            return None
+        body = reply.json()
         assert body["status"] == "success", body
         found = body["data"]["result"]
         return float(found[0]["value"][1]) if found else None
@@ -246,3 +249,88 @@ def test_a_real_prometheus_scrapes_the_service(world: World, live: str, tmp_path
         server.terminate()
         server.wait(timeout=30)
         log.close()
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None and os.environ.get("CI", "").lower() != "true",
+    reason="no promtool (install the Debian package prometheus)",
+)
+def test_the_shipped_alert_rules_pass_their_promtool_unit_tests() -> None:
+    from pathlib import Path
+
+    from megacontext.server.metrics import ALERT_RULES
+
+    assert shutil.which("promtool"), "CI must test the alert rules: install Debian's prometheus"
+    checked = subprocess.run(
+        ["promtool", "check", "rules", str(ALERT_RULES)], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    here = Path(__file__).parent
+    tested = subprocess.run(
+        ["promtool", "test", "rules", "alerts_test.yml"],
+        cwd=here,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "SUCCESS" in tested.stdout
+
+
+def test_the_quality_canary_is_deterministic_and_served(tiny_world, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from megacontext.runtime import SessionConfig
+    from megacontext.server import create_app
+    from megacontext.server.canary import Canary
+
+    config = SessionConfig(W_max=256, protected_recent=32, query_tokens=8, trace=False)
+    canary = Canary(tiny_world.base, tiny_world.bundle, config)
+    first = canary.measure()
+    assert np.isfinite(first) and first > 0
+    assert canary.measure() == first  # nothing but the models and settings moves it
+
+    app = create_app(
+        tmp_path / "svc",
+        base=tiny_world.base,
+        focus=tiny_world.bundle,
+        config=config,
+        canary_interval_s=3600,
+    )
+    admin, _ = app.state.service.keys.create("ops", "admin")
+    client = TestClient(app)
+    deadline = time.monotonic() + 120
+    while True:  # the first run starts with the service, on its model lane
+        values = _values(client.get("/metrics", headers={"Authorization": f"Bearer {admin}"}).text)
+        if _value(values, "megacontext_canary_duration_seconds") > 0:
+            break
+        assert time.monotonic() < deadline, "the canary never ran"
+        time.sleep(0.2)
+    assert _value(values, "megacontext_canary_answer_nll") == first
+    app.state.service.close()
+
+
+def test_a_failing_canary_is_counted_and_the_next_run_still_comes() -> None:
+    import threading
+
+    from prometheus_client import REGISTRY
+
+    from megacontext.server.canary import every
+
+    def failures() -> float:
+        return REGISTRY.get_sample_value("megacontext_canary_failures_total") or 0.0
+
+    before = failures()
+    runs: list[int] = []
+    stop = threading.Event()
+
+    def flaky() -> None:
+        runs.append(1)
+        if len(runs) == 3:
+            stop.set()
+        raise RuntimeError("the base is gone")
+
+    every(0.01, flaky, stop).join(timeout=10)
+    assert len(runs) == 3 and failures() - before == 3

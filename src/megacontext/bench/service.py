@@ -56,6 +56,8 @@ def start_server(
     command = [sys.executable, "-m", "megacontext.cli", "serve", "--root", str(root)]
     command += ["--port", str(port), "--base", base, "--w-max", str(w_max)]
     command += ["--rate-limit", "read=100000,write=100000,ask=100000", *extra]
+    # No quality canary: it runs on the model lane at start, and the suite measures requests.
+    command += ["--canary-interval", "0"]
     log = root / f"serve-{port}.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)

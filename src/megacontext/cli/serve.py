@@ -17,6 +17,8 @@ RootOpt = Annotated[
     ),
 ]
 DEFAULT_ROOT = Path("runs/service")
+# How often a served process runs the quality canary (megacontext.server.canary) by default.
+DEFAULT_CANARY_INTERVAL_S = 3600.0
 
 keys_app = typer.Typer(
     help=(
@@ -76,6 +78,13 @@ def serve(
             help="Label /metrics tree series by tenant and tree (one series per tree).",
         ),
     ] = False,
+    canary_interval: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds between quality-canary runs (megacontext_canary_answer_nll); 0: none.",
+        ),
+    ] = DEFAULT_CANARY_INTERVAL_S,
     grpc_port: Annotated[
         int | None,
         typer.Option(min=1, max=65535, help="Also serve gRPC (megacontext.proto) on this port."),
@@ -107,6 +116,7 @@ def serve(
         storage_interval_s=storage_interval,
         metadata_url=metadata_url,
         metrics_per_tree=metrics_per_tree,
+        canary_interval_s=canary_interval or None,
     )
     console.print(f"serving {root} on http://{host}:{port} (OpenAPI: http://{host}:{port}/docs)")
     if grpc_port is not None:

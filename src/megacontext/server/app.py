@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import math
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -172,6 +173,7 @@ def create_app(  # noqa: PLR0913  (the service's settings, keyword-only past con
     storage_interval_s: float | None = 3600.0,
     metadata_url: str | None = None,
     metrics_per_tree: bool = False,
+    canary_interval_s: float | None = None,
 ) -> FastAPI:
     """The service over the trees in ``root`` (``base``/``focus``: names, or loaded objects).
 
@@ -181,7 +183,9 @@ def create_app(  # noqa: PLR0913  (the service's settings, keyword-only past con
     ``app.state.service.storage.tick()`` and at close); ``metadata_url``: where new trees keep
     their metadata and lexical index (a PostgreSQL URL lets several serving processes share
     them; default: SQLite files in each tree); ``metrics_per_tree``: ``/metrics`` labels tree
-    series with tenant and tree (their number is then the number of trees). Call
+    series with tenant and tree (their number is then the number of trees);
+    ``canary_interval_s``: run the quality canary (:mod:`megacontext.server.canary`) at start
+    and then this often (``None``: never). Call
     ``app.state.service.close()`` once the app has stopped taking requests.
     """
     from megacontext.models.bundle import Bundle, load_bundle, resolve_focus
@@ -211,6 +215,13 @@ def create_app(  # noqa: PLR0913  (the service's settings, keyword-only past con
         service.storage.start(storage_interval_s)
     service.tree_metrics.per_tree = metrics_per_tree
     register_trees(service.tree_metrics)
+    if canary_interval_s is not None:
+        from megacontext.server.canary import Canary, every
+
+        canary = lane.call(Canary, adapter, bundle, service.trees.config)
+        stop = threading.Event()
+        every(canary_interval_s, lambda: lane.call(canary.measure), stop)
+        service.on_close.append(stop.set)
     return _app(service)
 
 

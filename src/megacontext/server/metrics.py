@@ -12,10 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
+
+# The alert rules shipped with the package (memory growth, gist drift, focus thrash, budget
+# violations, quality drift, the ask latency SLO); docs/observability.md is their runbook.
+ALERT_RULES = Path(__file__).with_name("alerts.yml")
 
 REQUESTS = Counter(
     "megacontext_http_requests",
@@ -36,10 +40,29 @@ LIMITED = Counter(
 )
 USAGE_FAILURES = Counter(
     "megacontext_usage_events_failed",
-    "Usage events a sink could not deliver after its retries (kept in its dead-letter file, if any).",
+    "Usage events a sink could not deliver after its retries (kept in its dead-letter file,"
+    " if any).",
 )
 
-CATALOGUE: tuple[MetricWrapperBase, ...] = (REQUESTS, REQUEST_SECONDS, LIMITED, USAGE_FAILURES)
+CANARY_NLL = Gauge(
+    "megacontext_canary_answer_nll",
+    "Mean NLL (nats per token) of the quality canary's expected answers, read after the "
+    "service's own focused working context (server/canary.py); rising means quality drift.",
+)
+CANARY_SECONDS = Gauge(
+    "megacontext_canary_duration_seconds", "Seconds the latest quality canary took."
+)
+CANARY_FAILURES = Counter("megacontext_canary_failures", "Quality canary runs that failed.")
+
+CATALOGUE: tuple[MetricWrapperBase, ...] = (
+    REQUESTS,
+    REQUEST_SECONDS,
+    LIMITED,
+    USAGE_FAILURES,
+    CANARY_NLL,
+    CANARY_SECONDS,
+    CANARY_FAILURES,
+)
 
 # The series TreeCollector yields, described for the catalogue (name, type, labels, help).
 TREE_SERIES = (
@@ -118,6 +141,10 @@ def unregister_trees(collector: TreeCollector) -> None:
 
 
 __all__ = [
+    "ALERT_RULES",
+    "CANARY_FAILURES",
+    "CANARY_NLL",
+    "CANARY_SECONDS",
     "CATALOGUE",
     "LIMITED",
     "REQUESTS",
