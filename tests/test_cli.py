@@ -100,3 +100,54 @@ def test_demo_tree_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "error:" in proc.stderr and "does not occur in the text" in proc.stderr
+
+
+def test_dashboards_write_is_the_committed_json(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["dashboards", "write", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    shipped = ROOT / "src/megacontext/server/dashboards"
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["focus.json", "overview.json", "service.json", "storage.json"]
+    for name in written:
+        assert (tmp_path / name).read_text() == (shipped / name).read_text()
+
+
+def test_dashboards_render_names_a_bad_prometheus(tmp_path: Path) -> None:
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+
+    class NotPrometheus(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>a web page</html>")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), NotPrometheus)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cases = {
+            f"http://127.0.0.1:{closed}": "cannot reach Prometheus",
+            f"http://127.0.0.1:{server.server_port}": "is not a Prometheus",
+        }
+        for url, message in cases.items():
+            args = ["dashboards", "render", "--prometheus", url, "--out", str(tmp_path / "png")]
+            proc = subprocess.run(
+                [sys.executable, "-m", "megacontext.cli", *args],
+                capture_output=True,
+                text=True,
+            )
+            said = " ".join(proc.stderr.split())  # the console wraps long lines
+            assert proc.returncode == 2, proc.stderr
+            assert message in said and "--prometheus" in said
+            assert "Traceback" not in said
+    finally:
+        server.shutdown()

@@ -57,7 +57,8 @@ def test_traffic_moves_the_metrics_and_no_label_names_a_tree(world: World) -> No
     def moved(name: str, **labels: str) -> float:
         return _value(after, name, **labels) - _value(before, name, **labels)
 
-    tokens = world.client.get("/v1/trees/notes", headers=h).json()["tokens"]
+    tree = world.client.get("/v1/trees/notes", headers=h).json()
+    tokens = tree["tokens"]
     assert moved("megacontext_ingest_tokens_total") == tokens
     K = world.client.app.state.service.trees.bundle.get("gistnet").config.K  # type: ignore[attr-defined]
     assert moved("megacontext_gists_computed_total", level="1") == tokens // K
@@ -75,6 +76,9 @@ def test_traffic_moves_the_metrics_and_no_label_names_a_tree(world: World) -> No
     assert _value(after, "megacontext_trees") == 1
     path = world.root / "tenants" / "acme" / "trees" / "notes"
     assert _value(after, "megacontext_tree_bytes") == pytest.approx(tree_bytes(path), rel=0.05)
+    assert _value(after, "megacontext_tree_tokens") == tokens
+    assert _value(after, "megacontext_tree_sources") == tree["sources"] == 1
+    assert _value(after, "megacontext_tree_levels") == tree["levels"] >= 2
     assert _value(after, "process_resident_memory_bytes") > 0
     # bounded labels: routes by template, trees by nothing unless the deployment opts in
     assert "notes" not in text and "nowhere" not in text
@@ -90,7 +94,7 @@ def test_per_tree_series_are_opt_in(tiny_world, tmp_path) -> None:  # type: igno
 
     from megacontext.server import create_app
 
-    from .conftest import config
+    from .conftest import TEXT, config
 
     app = create_app(
         tmp_path / "svc",
@@ -104,12 +108,41 @@ def test_per_tree_series_are_opt_in(tiny_world, tmp_path) -> None:  # type: igno
     h = {"Authorization": f"Bearer {admin}"}
     for name in ("alpha", "beta"):
         assert client.post("/v1/trees", json={"name": name}, headers=h).status_code == 201
+    for i in range(2):  # two sources into alpha; beta stays empty
+        body = {"text": TEXT * (i + 1), "source": f"file:///a{i}.txt"}
+        assert client.post("/v1/trees/alpha/sources", json=body, headers=h).status_code == 200
     values = _values(client.get("/metrics", headers=h).text)
     for name in ("alpha", "beta"):
         path = tmp_path / "svc" / "tenants" / "acme" / "trees" / name
-        assert _value(values, "megacontext_tree_bytes", tenant="acme", tree=name) == tree_bytes(
-            path
-        )
+        tree = client.get(f"/v1/trees/{name}", headers=h).json()
+        labels = {"tenant": "acme", "tree": name}
+        assert _value(values, "megacontext_tree_bytes", **labels) == tree_bytes(path)
+        assert _value(values, "megacontext_tree_tokens", **labels) == tree["tokens"]
+        assert _value(values, "megacontext_tree_sources", **labels) == tree["sources"]
+        assert _value(values, "megacontext_tree_levels", **labels) == tree["levels"]
+    assert _value(values, "megacontext_tree_sources", tenant="acme", tree="alpha") == 2
+    assert _value(values, "megacontext_tree_tokens", tenant="acme", tree="beta") == 0
+
+
+def test_a_tree_deleted_while_scraped_is_left_out(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from megacontext.server.metrics import TreeCollector, TreeStats
+    from megacontext.server.trees import tree_stats
+
+    gone = tmp_path / "gone"
+    assert tree_stats(gone) is None
+    here = TreeStats(bytes=10, tokens=64, sources=1, levels=2)
+    trees = [("acme", "here", tmp_path / "here"), ("acme", "gone", gone)]
+    collector = TreeCollector(
+        lambda: trees, lambda path: here if path.name == "here" else None, per_tree=False
+    )
+    samples = {f.name: [s.value for s in f.samples] for f in collector.collect()}
+    assert samples == {
+        "megacontext_trees": [1],
+        "megacontext_tree_bytes": [10],
+        "megacontext_tree_tokens": [64],
+        "megacontext_tree_sources": [1],
+        "megacontext_tree_levels": [2],
+    }
 
 
 @pytest.mark.skipif(
@@ -245,6 +278,7 @@ def test_a_real_prometheus_scrapes_the_service(world: World, live: str, tmp_path
         settled(f"sum({ask_route})", lambda v: v >= 2)
         assert query("sum(megacontext_focus_budget_violations_total)") == 0
         assert (query('megacontext_trees{job="megacontext"}') or 0) >= 1
+        _every_dashboard_query_answers(api, tmp_path)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -334,3 +368,52 @@ def test_a_failing_canary_is_counted_and_the_next_run_still_comes() -> None:
 
     every(0.01, flaky, stop).join(timeout=10)
     assert len(runs) == 3 and failures() - before == 3
+
+
+# Panels the test's traffic cannot feed: no request fails with a 5xx and none is rate limited.
+QUIET_PANELS = {"Errors per second (5xx) by route", "Requests refused with 429"}
+
+
+def _every_dashboard_query_answers(api: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Every dashboard query parses and, but for QUIET_PANELS, returns data; render draws."""
+    import time
+
+    import httpx
+
+    from megacontext.server.dashboards import DASHBOARDS, render
+
+    def answers(expr: str) -> bool:
+        body = httpx.get(f"{api}/query", params={"query": expr}, timeout=10).json()
+        assert body["status"] == "success", (expr, body)  # it parses and runs
+        return bool(body["data"]["result"])
+
+    empty = []
+    deadline = time.monotonic() + 30  # a rate needs two scrapes of a series the traffic made
+    for panels in DASHBOARDS.values():
+        for panel in panels:
+            for expr in panel.queries:
+                while not answers(expr) and panel.title not in QUIET_PANELS:
+                    if time.monotonic() > deadline:
+                        empty.append(panel.title)
+                        break
+                    time.sleep(0.5)
+    assert not empty, f"panels without data after the traffic: {empty}"
+    end = time.time()
+    drawn = render(api.removesuffix("/api/v1"), tmp_path / "png", end - 60, end, 2.0)
+    assert sorted(p.name for p in drawn) == sorted(f"{name}.png" for name in DASHBOARDS)
+    assert all(p.stat().st_size > 10_000 for p in drawn)
+
+
+def test_the_committed_dashboards_are_the_code() -> None:
+    import json
+
+    from megacontext.server.dashboards import DASHBOARD_DIR, DASHBOARDS, grafana_json
+
+    for name in DASHBOARDS:
+        committed = json.loads((DASHBOARD_DIR / f"{name}.json").read_text("utf-8"))
+        assert committed == grafana_json(name), (
+            f"{name}.json differs from megacontext/server/dashboards.py: run "
+            "`megacontext dashboards write`"
+        )
+        exprs = [t["expr"] for p in committed["panels"] for t in p["targets"]]
+        assert exprs == [q for panel in DASHBOARDS[name] for q in panel.queries]

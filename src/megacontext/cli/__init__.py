@@ -67,6 +67,7 @@ app.command()(_session_cli.generate)
 app.add_typer(_trace_cli.app, name="trace")
 app.command()(_serve_cli.serve)
 app.add_typer(_serve_cli.keys_app, name="keys")
+app.add_typer(_serve_cli.dashboards_app, name="dashboards")
 
 
 def main() -> None:

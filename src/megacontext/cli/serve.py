@@ -183,3 +183,56 @@ def revoke_key(
 
     KeyStore(root / "keys.sqlite").revoke(key_id)
     console.print(f"revoked {key_id}")
+
+
+dashboards_app = typer.Typer(
+    help=(
+        "Grafana dashboards of the service's metrics (overview, focus, storage, service), as "
+        "code. `write` writes their JSON for Grafana's import; `render` draws the same panels "
+        "from a Prometheus with matplotlib, where no Grafana runs.\n\n"
+        "Example: megacontext dashboards render --prometheus http://127.0.0.1:9090 --minutes 30"
+    ),
+    no_args_is_help=True,
+)
+
+
+@dashboards_app.command("write")
+def write_dashboards(
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Directory for NAME.json (default: the copies shipped in the package)."),
+    ] = None,
+) -> None:
+    """Write the dashboards' Grafana JSON (import with the Prometheus data source)."""
+    from megacontext.server.dashboards import DASHBOARD_DIR
+    from megacontext.server.dashboards import write_dashboards as write
+
+    for path in write(out or DASHBOARD_DIR):
+        console.print(f"wrote {path}")
+
+
+@dashboards_app.command("render")
+def render_dashboards(
+    prometheus: Annotated[
+        str,
+        typer.Option(help="The Prometheus that scrapes the service, e.g. http://127.0.0.1:9090."),
+    ],
+    minutes: Annotated[
+        float, typer.Option(min=0.5, help="How far back to draw, in minutes.")
+    ] = 15.0,
+    step: Annotated[float, typer.Option(min=1, help="Seconds between points.")] = 5.0,
+    out: Annotated[Path, typer.Option(help="Directory for NAME.png.")] = Path("runs/dashboards"),
+) -> None:
+    """Draw every dashboard from a Prometheus's query API into PNGs (matplotlib: a stand-in
+    for Grafana's own rendering)."""
+    import time
+
+    from megacontext.server.dashboards import PrometheusError, render
+
+    end = time.time()
+    try:
+        written = render(prometheus, out, end - minutes * 60, end, step)
+    except PrometheusError as exc:
+        raise PrometheusError(f"{exc}; check --prometheus") from None
+    for path in written:
+        console.print(f"wrote {path}")

@@ -57,8 +57,14 @@ from megacontext.server.metrics import (
     register_trees,
     unregister_trees,
 )
-from megacontext.server.trees import ConflictError, NotFoundError, TreeExistsError, Trees
-from megacontext.server.usage import StorageMeter, UsageSink, open_sink, tree_bytes
+from megacontext.server.trees import (
+    ConflictError,
+    NotFoundError,
+    TreeExistsError,
+    Trees,
+    tree_stats,
+)
+from megacontext.server.usage import StorageMeter, UsageSink, open_sink
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_TOKEN_INDEX = 2**53  # token positions in queries (the store's indices are far below)
@@ -118,7 +124,7 @@ class Service:
         )
         self.on_close: list[Callable[[], None]] = []
         self.closed = False
-        self.tree_metrics = TreeCollector(trees.all, tree_bytes, per_tree=False)
+        self.tree_metrics = TreeCollector(trees.all, tree_stats, per_tree=False)
 
     def create_tree(self, tenant: str, name: str) -> None:
         path = self.trees.create(tenant, name)

@@ -10,6 +10,7 @@ labels) only when the deployment opts in (``serve --metrics-per-tree``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
@@ -73,33 +74,70 @@ TREE_SERIES = (
         "tenant, tree (opt-in)",
         "Bytes on disk of the trees (all of them; per tree with --metrics-per-tree).",
     ),
+    (
+        "megacontext_tree_tokens",
+        "gauge",
+        "tenant, tree (opt-in)",
+        "Tokens the trees hold (all of them; per tree with --metrics-per-tree).",
+    ),
+    (
+        "megacontext_tree_sources",
+        "gauge",
+        "tenant, tree (opt-in)",
+        "Sources ingested into the trees (all of them; per tree with --metrics-per-tree).",
+    ),
+    (
+        "megacontext_tree_levels",
+        "gauge",
+        "tenant, tree (opt-in)",
+        "Gist levels of the deepest tree (per tree with --metrics-per-tree).",
+    ),
 )
 
 
+@dataclass(frozen=True)
+class TreeStats:
+    """What one tree holds, as ``/metrics`` reports it."""
+
+    bytes: int
+    tokens: int
+    sources: int
+    levels: int
+
+
 class TreeCollector(Collector):
-    """Trees and their bytes on disk, measured at each scrape."""
+    """Trees, their bytes on disk, tokens, sources and levels, measured at each scrape from
+    the stores alone (no model work: a scrape never waits for the model lane)."""
 
     def __init__(
         self,
         trees: Callable[[], Iterable[tuple[str, str, Path]]],
-        size: Callable[[Path], int],
+        measure: Callable[[Path], TreeStats | None],
         per_tree: bool,
     ):
-        self.trees, self.size, self.per_tree = trees, size, per_tree
+        self.trees, self.measure, self.per_tree = trees, measure, per_tree
 
     def collect(self) -> Iterator[Metric]:
-        found = [(tenant, tree, self.size(path)) for tenant, tree, path in self.trees()]
+        measured = [(tenant, tree, self.measure(path)) for tenant, tree, path in self.trees()]
+        found = [(tenant, tree, stats) for tenant, tree, stats in measured if stats is not None]
         count = GaugeMetricFamily(TREE_SERIES[0][0], TREE_SERIES[0][3])
         count.add_metric([], len(found))
         yield count
         labels = ["tenant", "tree"] if self.per_tree else []
-        sizes = GaugeMetricFamily(TREE_SERIES[1][0], TREE_SERIES[1][3], labels=labels)
-        if self.per_tree:
-            for tenant, tree, size in found:
-                sizes.add_metric([tenant, tree], size)
-        else:
-            sizes.add_metric([], sum(size for _, _, size in found))
-        yield sizes
+        for (name, _, _, meaning), field, overall in zip(
+            TREE_SERIES[1:],
+            ("bytes", "tokens", "sources", "levels"),
+            (sum, sum, sum, lambda levels: max(levels, default=0)),
+            strict=True,
+        ):
+            family = GaugeMetricFamily(name, meaning, labels=labels)
+            values = [(tenant, tree, getattr(stats, field)) for tenant, tree, stats in found]
+            if self.per_tree:
+                for tenant, tree, value in values:
+                    family.add_metric([tenant, tree], value)
+            else:
+                family.add_metric([], overall([value for _, _, value in values]))
+            yield family
 
 
 def catalogue_markdown() -> str:
@@ -152,6 +190,7 @@ __all__ = [
     "TREE_SERIES",
     "USAGE_FAILURES",
     "TreeCollector",
+    "TreeStats",
     "catalogue_markdown",
     "register_trees",
     "unregister_trees",

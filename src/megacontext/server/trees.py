@@ -19,6 +19,8 @@ from megacontext.errors import InvalidInputError, MegaContextError
 from megacontext.runtime import SessionConfig, open_session
 from megacontext.runtime.opening import is_session
 from megacontext.runtime.session import Session
+from megacontext.server.metrics import TreeStats
+from megacontext.server.usage import tree_bytes
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -42,6 +44,31 @@ def check_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+def tree_stats(path: Path) -> TreeStats | None:
+    """What the tree at ``path`` holds, read from its stores alone (read-only, no lock, no
+    model), or ``None`` when it went away meanwhile (deleted while a scrape listed it)."""
+    from megacontext.runtime.opening import metadata_reader
+    from megacontext.store.errors import NotAStoreError
+    from megacontext.store.local import LocalStore
+    from megacontext.store.metadata import COMPLETE
+
+    try:
+        store = LocalStore.open(path / "tree", readonly=True)
+    except (NotAStoreError, FileNotFoundError):
+        return None
+    with store:
+        levels = 0
+        while store.count(levels + 1) > 0:  # gist levels holding a node, as the tree counts
+            levels += 1
+        db = metadata_reader(store)
+        try:
+            sources = len(db.ingests_of(store.manifest.tree_id, COMPLETE)) if db else 0
+        finally:
+            if db is not None:
+                db.close()
+        return TreeStats(tree_bytes(path), store.count(0), sources, levels)
 
 
 class Trees:
@@ -127,4 +154,11 @@ class Trees:
             yield session
 
 
-__all__ = ["ConflictError", "NotFoundError", "TreeExistsError", "Trees", "check_name"]
+__all__ = [
+    "ConflictError",
+    "NotFoundError",
+    "TreeExistsError",
+    "Trees",
+    "check_name",
+    "tree_stats",
+]
