@@ -215,8 +215,11 @@ def test_a_real_prometheus_scrapes_the_service(world: World, live: str, tmp_path
     admin, _ = world.client.app.state.service.keys.create("ops", "admin")  # type: ignore[attr-defined]
     (tmp_path / "key").write_text(admin)
     target = live.removeprefix("http://")
+    from megacontext.server.metrics import ALERT_RULES
+
     (tmp_path / "prometheus.yml").write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"rule_files: ['{ALERT_RULES}']\n"
         "scrape_configs:\n"
         "  - job_name: megacontext\n"
         "    metrics_path: /metrics\n"
@@ -279,6 +282,12 @@ def test_a_real_prometheus_scrapes_the_service(world: World, live: str, tmp_path
         assert query("sum(megacontext_focus_budget_violations_total)") == 0
         assert (query('megacontext_trees{job="megacontext"}') or 0) >= 1
         _every_dashboard_query_answers(api, tmp_path)
+        # the shipped rules load and evaluate: recorded series appear, every rule is healthy
+        settled("count(megacontext:gist_norm_spread:ratio)", lambda v: v >= 1)
+        rules = httpx.get(f"{api}/rules", timeout=5).json()["data"]["groups"]
+        health = {r["name"]: r["health"] for g in rules for r in g["rules"]}
+        assert "MegaContextGistSpreadDrift" in health and len(health) == 10, health
+        assert set(health.values()) == {"ok"}, health
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -370,8 +379,13 @@ def test_a_failing_canary_is_counted_and_the_next_run_still_comes() -> None:
     assert len(runs) == 3 and failures() - before == 3
 
 
-# Panels the test's traffic cannot feed: no request fails with a 5xx and none is rate limited.
-QUIET_PANELS = {"Errors per second (5xx) by route", "Requests refused with 429"}
+# Panels the test's traffic cannot feed: no request fails with a 5xx and none is rate limited,
+# and drift compares with a day of history the test's Prometheus does not have.
+QUIET_PANELS = {
+    "Errors per second (5xx) by route",
+    "Requests refused with 429",
+    "Gist norm drift against the previous day",
+}
 
 
 def _every_dashboard_query_answers(api: str, tmp_path) -> None:  # type: ignore[no-untyped-def]

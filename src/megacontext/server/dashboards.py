@@ -118,6 +118,12 @@ DASHBOARDS: dict[str, tuple[Panel, ...]] = {
             legend="LOD{{level}}",
         ),
         Panel(
+            "Gist norm drift against the previous day",
+            ("megacontext:gist_norm_mean:drift_ratio", "megacontext:gist_norm_spread:drift"),
+            unit="percentunit",
+            legend="LOD{{level}}",
+        ),
+        Panel(
             "Page-cache hit ratio",
             (
                 "sum(rate(megacontext_page_cache_hits_total[5m])) / "
