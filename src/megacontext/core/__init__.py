@@ -43,6 +43,8 @@ from megacontext.core.working_context import (
     EditPlan,
     WorkingContext,
     default_protected_recent,
+    entries_of_runs,
+    layout_runs,
 )
 
 __all__ = [
@@ -73,7 +75,9 @@ __all__ = [
     "coarsest_size",
     "coarsest_tiling",
     "default_protected_recent",
+    "entries_of_runs",
     "entry_positions",
+    "layout_runs",
     "levels_needed",
     "node_end",
     "node_start",

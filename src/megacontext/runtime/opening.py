@@ -38,7 +38,7 @@ from megacontext.store.cache import CachedBackend, PageCache
 from megacontext.store.errors import NotAStoreError
 from megacontext.store.lexical import AnyLexicalIndex, open_lexical_index
 from megacontext.store.local import LocalStore
-from megacontext.store.manifest import Fingerprints
+from megacontext.store.manifest import Fingerprints, read_manifest
 from megacontext.store.metadata import MetadataDB, default_url
 
 SESSION_FILE = "session.json"
@@ -337,6 +337,13 @@ def metadata_reader(store: LocalStore) -> MetadataDB | None:
             return None  # nothing was ever recorded
         url = default_url(str(store.root))
     return MetadataDB(url, readonly=True)
+
+
+def metadata_url(root: Path) -> str:
+    """The URL of the metadata database of the session directory ``root`` (for what may be
+    written beside a writer, such as annotations: they never touch the tree)."""
+    store = root / "tree"
+    return read_manifest(store).metadata_url or default_url(str(store))
 
 
 def _record(

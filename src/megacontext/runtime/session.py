@@ -37,6 +37,7 @@ from megacontext.core import (
     MemoryBackend,
     WorkingContext,
     as_token_ids,
+    layout_runs,
     wc_positions,
 )
 from megacontext.errors import BudgetError, InvalidInputError
@@ -610,6 +611,7 @@ class Session:
         self._check_open()
         times: dict[str, float] = {}
         scores = self._with_pins(self._scores(times))
+        before = layout_runs(self.wc.levels, self.wc.indices) if self.trace_path else None
         start = time.perf_counter()
         plan = self._plan_with_room(scores) if make_room else self.engine.plan(self.wc, scores)
         times["allocator"] = time.perf_counter() - start
@@ -641,12 +643,15 @@ class Session:
         )
         self._cache_seen = (cache.hits, cache.misses)
         if self.trace_path is not None:
-            self._trace(step, plan)
+            assert before is not None
+            self._trace(step, plan, before, scores)
         if self.timing_log is not None:
             self.timing_log.append(step)
         return step
 
-    def _trace(self, step: StepTelemetry, plan: EditPlan) -> None:
+    def _trace(
+        self, step: StepTelemetry, plan: EditPlan, layout: list[list[int]], scores: np.ndarray
+    ) -> None:
         if self._trace_file is None:
             assert self.trace_path is not None
             self.trace_path.parent.mkdir(exist_ok=True)
@@ -659,7 +664,15 @@ class Session:
                 a, b = e.index * self.tree.K, (e.index + 1) * self.tree.K
                 text = self.base.decode(self.tree.tokens(a, b).tolist())
                 shown.append({"level": e.level, "index": e.index, "tokens": [a, b], "text": text})
-        record = {**asdict(step), "edits": edits, "expanded_text": shown}
+        # The context the step scored (runs of [level, first index, count]) and the scores the
+        # allocator planned with, one per entry: explorers replay focus from them.
+        record = {
+            **asdict(step),
+            "edits": edits,
+            "expanded_text": shown,
+            "layout": layout,
+            "scores": [round(float(v), 3) for v in scores],
+        }
         self._trace_file.write(json.dumps(record) + "\n")
         self._trace_file.flush()
 

@@ -91,6 +91,45 @@ ingests = sa.Table(
     sa.Index("ix_ingests_tree_status", "tree_id", "status"),
 )
 
+# Notes and tags people attach to spans of a tree (explorers write them; see
+# megacontext.store.annotations). A span is a token range at a level: level 0 any [start, stop),
+# level l >= 1 exactly one node. Rows are edited in place under a version number (an edit names
+# the version it read: concurrent edits conflict instead of overwriting); every change is also
+# appended to annotation_events with who made it and when. Deleting marks the row deleted.
+annotation_table = sa.Table(
+    "annotations",
+    schema,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("tree_id", sa.String(64), sa.ForeignKey("trees.id"), nullable=False),
+    sa.Column("level", sa.Integer, nullable=False),
+    sa.Column("start_index", sa.BigInteger, nullable=False),
+    sa.Column("stop_index", sa.BigInteger, nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+    sa.Column("tags", sa.JSON, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("deleted", sa.Boolean, nullable=False),
+    sa.Column("created_by", sa.String(200), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_by", sa.String(200), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.CheckConstraint("stop_index > start_index", name="ck_annotations_nonempty"),
+    sa.Index("ix_annotations_tree_start", "tree_id", "start_index"),
+)
+
+annotation_event_table = sa.Table(
+    "annotation_events",
+    schema,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("annotation_id", sa.Integer, sa.ForeignKey("annotations.id"), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),  # create, edit, delete
+    sa.Column("version", sa.Integer, nullable=False),  # the row's version after the change
+    sa.Column("note", sa.Text, nullable=False),
+    sa.Column("tags", sa.JSON, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_annotation_events_annotation", "annotation_id"),
+)
+
 _SOURCE_COLUMNS = (sources.c.uri, sources.c.kind, sources.c.content_hash, sources.c.meta)
 RUNNING, COMPLETE, ROLLED_BACK, REMOVED = "running", "complete", "rolled_back", "removed"
 SpanTuple = tuple[int, int, tuple[int, int] | None, tuple[int, int] | None]
@@ -476,8 +515,11 @@ class MetadataDB:
 
     # -- queries ---------------------------------------------------------------------------------
 
-    def provenance(self, tree_id: str, start: int, stop: int) -> list[Provenance]:
-        """Which sources (and bytes, lines) the tokens ``[start, stop)`` come from, in order."""
+    def provenance(
+        self, tree_id: str, start: int, stop: int, limit: int | None = None
+    ) -> list[Provenance]:
+        """Which sources (and bytes, lines) the tokens ``[start, stop)`` come from, in order
+        (the first ``limit`` spans)."""
         query = (
             sa.select(spans, sources)
             .join(sources, spans.c.source_id == sources.c.id)
@@ -488,6 +530,7 @@ class MetadataDB:
                 spans.c.stop_index > start,
             )
             .order_by(spans.c.start_index, spans.c.id)
+            .limit(limit)
         )
         with self.engine.connect() as conn:
             return [_provenance(row) for row in conn.execute(query).mappings()]
