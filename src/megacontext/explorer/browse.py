@@ -24,7 +24,7 @@ from megacontext.runtime import open_session
 from megacontext.runtime.journal import label
 from megacontext.runtime.opening import metadata_url
 from megacontext.runtime.session import Session
-from megacontext.runtime.traces import list_traces, read_trace
+from megacontext.runtime.traces import count_steps, list_traces, read_trace
 from megacontext.store.annotations import Annotation, Annotations
 from megacontext.store.metadata import COMPLETE, MetadataDB
 
@@ -168,7 +168,7 @@ class TreeBrowser:
         if self.session.path is None:
             return []
         return [
-            {"name": f.name, "bytes": f.stat().st_size, "steps": _lines(f)}
+            {"name": f.name, "bytes": f.stat().st_size, "steps": count_steps(f)}
             for f in list_traces(self.session.path)
         ]
 
@@ -301,8 +301,7 @@ def replay(steps: list[dict[str, Any]], K: int) -> list[dict[str, Any]]:
     carried layouts come back without ``layout`` and ``after``."""
     out = []
     for step in steps:
-        row = {k: v for k, v in step.items() if k != "scores"}
-        row["scores"] = step.get("scores")
+        row = {"scores": None, **step}
         if "layout" in step:
             entries = entries_of_runs(step["layout"])
             for kind, level, index in step.get("edits", []):
@@ -374,11 +373,6 @@ def _page(offset: int, limit: int) -> tuple[int, int]:
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidInputError(f"limit must be 1-{MAX_PAGE}, got {limit}")
     return offset, limit
-
-
-def _lines(path: Path) -> int:
-    with path.open("rb") as f:
-        return sum(1 for line in f if line.strip())
 
 
 def _iso(value: dt.datetime | None) -> str | None:

@@ -48,4 +48,10 @@ def list_traces(session_dir: Path) -> list[Path]:
     return sorted(folder.glob("session-*.jsonl")) if folder.is_dir() else []
 
 
-__all__ = ["TRACES", "list_traces", "read_trace"]
+def count_steps(path: Path) -> int:
+    """The steps a trace file holds (its non-blank lines), without parsing them."""
+    with path.open("rb") as lines:
+        return sum(1 for line in lines if line.strip())
+
+
+__all__ = ["TRACES", "count_steps", "list_traces", "read_trace"]

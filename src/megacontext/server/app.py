@@ -386,11 +386,6 @@ def _limits(app: FastAPI, service: Service) -> None:
         )
 
 
-def _count_lines(path: Path) -> int:
-    with path.open(encoding="utf-8") as lines:
-        return sum(1 for line in lines if line.strip())
-
-
 # Statuses that say "not now", not "done": 408, 409 (another writer, or this key's first try
 # still running), 429 (rate limit or budget) and every 5xx.
 TRANSIENT = frozenset({408, 409, 429, *range(500, 600)})
@@ -584,6 +579,7 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
     @app.get("/v1/trees/{tree}/traces", tags=["focus"])
     def list_traces(tree: str, caller: Reader) -> s.TraceList:
         """The tree's focus traces (written by sessions that record them, e.g. the CLI's)."""
+        from megacontext.runtime.traces import count_steps
         from megacontext.runtime.traces import list_traces as traces_of
 
         caller.require("read")
@@ -592,7 +588,7 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
             traces=[
                 s.TraceFile(
                     name=f.name,
-                    steps=_count_lines(f),
+                    steps=count_steps(f),
                     bytes=f.stat().st_size,
                 )
                 for f in traces_of(path)

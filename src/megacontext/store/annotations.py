@@ -22,7 +22,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from megacontext.store.errors import InvalidInputError, StoreError
-from megacontext.store.metadata import MetadataDB, annotation_event_table, annotation_table
+from megacontext.store.metadata import (
+    MetadataDB,
+    _now,
+    _primary_key,
+    annotation_event_table,
+    annotation_table,
+)
 
 MAX_NOTE_CHARS = 10_000
 MAX_TAGS = 20
@@ -121,9 +127,7 @@ class Annotations:
                     updated_at=now,
                 )
             )
-            key = result.inserted_primary_key
-            assert key is not None
-            annotation_id = int(key[0])
+            annotation_id = _primary_key(result)
             self._event(conn, annotation_id, "create", 1, note, tags, actor, now)
         return self.get(annotation_id)
 
@@ -257,10 +261,6 @@ def _annotation(row: Any) -> Annotation:
         updated_by=row["updated_by"],
         updated_at=_utc(row["updated_at"]),
     )
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
