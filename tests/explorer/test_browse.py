@@ -94,8 +94,15 @@ def test_playback_replays_every_step_to_the_context_the_session_had(tree) -> Non
         assert [s["after"] for s in steps] == afters
         for step in steps:
             entries = sum(count for _, _, count in step["layout"])
-            assert len(step["scores"]) == entries
+            assert len(step["scores"]) == len(step["lexical"]) == len(step["key_sim"]) == entries
+        # the query "pears ripen": lexical evidence lands on entries of the orchard source only
+        lexical = steps[0]["lexical"]
+        assert max(lexical) == 1.0 and min(lexical) == 0.0
         assert any(s["expands"] for s in steps)  # focus moved: playback has something to show
+        page = b.trace(trace["name"], first=1, limit=2)  # paged: a long trace is read in parts
+        assert (page["total"], page["first"]) == (4, 1)
+        assert [s["after"] for s in page["steps"]] == afters[1:3]
+        assert b.trace(trace["name"], first=9, limit=2)["steps"] == []
         with pytest.raises(TraceNotFoundError, match="no trace named 'nope'"):
             b.trace("nope")
 

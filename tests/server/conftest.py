@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
@@ -80,3 +81,32 @@ def live(world: World) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+HARBOUR = "".join(f"harbour log {i}: the ferry left pier {i % 7} at dawn\n" for i in range(60))
+ORCHARD = "".join(f"orchard note {i}: pears ripen in row {i * 3}\n" for i in range(60))
+
+
+@pytest.fixture(scope="session")
+def traced_session(tiny_world, tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    """A session with two sources and a focus trace of four steps (as the CLI writes them)."""
+    from megacontext.runtime import open_session
+
+    path = tmp_path_factory.mktemp("traced") / "logs"
+    traced = SessionConfig(
+        W_max=48, protected_recent=12, refocus_every=4, query_tokens=8, focus_steps=6
+    )
+    with open_session(path, tiny_world.base, tiny_world.bundle_dir, traced) as mc:
+        mc.ingest(HARBOUR, source="file:///harbour.txt", metadata={"path": "harbour.txt"})
+        mc.ingest(ORCHARD, source="file:///orchard.txt", metadata={"path": "orchard.txt"})
+        mc.focus_for(mc.base.encode(" pears ripen"), steps=0)
+        for _ in range(4):
+            mc.refocus()
+    return path
+
+
+@pytest.fixture()
+def logs(world: World, traced_session: Path) -> str:
+    """The traced session, as tenant acme's tree "logs" (a copy: tests may annotate it)."""
+    shutil.copytree(traced_session, world.root / "tenants" / "acme" / "trees" / "logs")
+    return "logs"

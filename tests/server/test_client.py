@@ -228,6 +228,28 @@ def test_the_async_client_uploads_with_progress_and_lists_traces(
     assert traces == [] and models == ["notes"]
 
 
+def test_notes_on_spans_through_both_clients(world: World, live: str, logs: str) -> None:
+    with sdk.Client(live, world.writer) as client:
+        note = client.annotate(logs, 0, 3, 9, "a phrase worth keeping", ["quote"])
+        assert (note.version, note.tags, note.created_by.split("/")[0]) == (1, ["quote"], "acme")
+        changed = client.edit_annotation(logs, note, "the phrase, checked")
+        with pytest.raises(sdk.ConflictError) as stale:  # at once: a version conflict is final
+            client.edit_annotation(logs, note, "an edit of what it no longer says")
+        assert stale.value.type == "version_conflict"
+        assert [a.note for a in client.annotations(logs, 0, 4)] == ["the phrase, checked"]
+        assert client.annotations(logs, 9) == []
+
+    async def from_async() -> list[str]:
+        async with sdk.AsyncClient(live, world.writer) as client:
+            (found,) = await client.annotations(logs)
+            await client.delete_annotation(logs, found)
+            history = await client.annotation_history(logs, found.id)
+            return [h["action"] for h in history]
+
+    assert changed.version == 2
+    assert asyncio.run(from_async()) == ["create", "edit", "delete"]
+
+
 def test_the_async_client_has_the_clients_methods() -> None:
     def public(cls: type) -> set[str]:
         return {name for name in vars(cls) if not name.startswith("_")}
@@ -235,14 +257,16 @@ def test_the_async_client_has_the_clients_methods() -> None:
     assert public(sdk.Client) - {"close"} == public(sdk.AsyncClient) - {"aclose"}
 
 
-def _scripted(*statuses: int) -> tuple[httpx.MockTransport, list[int]]:
-    """A transport answering with ``statuses`` in turn (the last one repeats)."""
+def _scripted(*statuses: int, kind: str = "conflict") -> tuple[httpx.MockTransport, list[int]]:
+    """A transport answering with ``statuses`` in turn (the last one repeats); a 409 is of
+    type ``kind``."""
     seen: list[int] = []
 
     def reply(request: httpx.Request) -> httpx.Response:
         status = statuses[min(len(seen), len(statuses) - 1)]
         seen.append(status)
-        body = {"error": {"type": "t", "message": f"status {status}", "code": status}}
+        error = kind if status == 409 else "t"
+        body = {"error": {"type": error, "message": f"status {status}", "code": status}}
         if status == 200:
             return httpx.Response(200, json={"trees": []})
         return httpx.Response(status, json=body, headers={"Retry-After": "0"})
@@ -258,6 +282,11 @@ def test_retries_honour_retry_after_and_stop_at_errors_that_will_not_change() ->
     with pytest.raises(sdk.ConflictError):
         sdk.Client("http://x", "k", transport=transport, max_retries=2).list_trees()
     assert seen == [409, 409, 409]
+    for final in ("already_exists", "version_conflict"):  # asking again will not change them
+        transport, seen = _scripted(409, kind=final)
+        with pytest.raises(sdk.ConflictError):
+            sdk.Client("http://x", "k", transport=transport, max_retries=2).list_trees()
+        assert seen == [409]
     transport, seen = _scripted(400, 200)
     with pytest.raises(sdk.BadRequestError, match="status 400"):
         sdk.Client("http://x", "k", transport=transport).list_trees()
@@ -364,6 +393,7 @@ def test_the_upload_sends_the_documented_query_parameters() -> None:
         (sdk.ProvenanceSpan, "ProvenanceSpan"),
         (sdk.TraceFile, "TraceFile"),
         (sdk.Trace, "Trace"),
+        (sdk.Annotation, "Annotation"),
     ],
 )
 def test_the_sdk_types_match_the_openapi_document(cls: type, schema: str) -> None:

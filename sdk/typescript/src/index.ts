@@ -719,8 +719,8 @@ function retryable(error: MegaContextError, retryConflict: boolean): boolean {
   const status = error.status;
   if (status === undefined) return false;
   // A 409 "conflict" is transient (another request is writing the tree); "already_exists"
-  // will not change.
-  if (status === 409) return retryConflict && error.type !== "already_exists";
+  // and an annotation's "version_conflict" will not change by asking again.
+  if (status === 409) return retryConflict && error.type === "conflict";
   return status === 408 || status === 429 || status >= 500;
 }
 

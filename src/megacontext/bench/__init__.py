@@ -31,6 +31,7 @@ SUITES: dict[str, str] = {
     "runtime": "megacontext.bench.runtime",
     "crash": "megacontext.bench.crash",
     "service": "megacontext.bench.service",
+    "explorer": "megacontext.bench.explorer",
 }
 
 Progress = Callable[[str], None]

@@ -1,9 +1,9 @@
 """The ``megacontext`` command line (Typer).
 
 One module per command or command group, named after it (``bench``, ``demo``, ``demo_tree``,
-``session`` for ingest/ask/chat/generate, ``sources``, ``trace``, ``models``, ``store``, ``train``,
-``leaderboard``), registered here. Heavy imports happen inside commands so that
-``megacontext --help`` stays fast.
+``session`` for ingest/ask/chat/generate, ``sources``, ``trace``, ``explore``, ``models``,
+``store``, ``train``, ``leaderboard``), registered here. Heavy imports happen inside commands
+so that ``megacontext --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from megacontext._version import __version__
 from megacontext.cli import bench as _bench_cli
 from megacontext.cli import demo as _demo_cli
 from megacontext.cli import demo_tree as _demo_tree_cli
+from megacontext.cli import explore as _explore_cli
 from megacontext.cli import leaderboard as _leaderboard_cli
 from megacontext.cli import lmeval as _lmeval_cli
 from megacontext.cli import models as _models_cli
@@ -66,6 +67,7 @@ app.add_typer(_sources_cli.app, name="sources")
 app.command()(_session_cli.generate)
 app.add_typer(_trace_cli.app, name="trace")
 app.command()(_serve_cli.serve)
+app.command()(_explore_cli.explore)
 app.add_typer(_serve_cli.keys_app, name="keys")
 app.add_typer(_serve_cli.dashboards_app, name="dashboards")
 

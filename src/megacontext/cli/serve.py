@@ -91,8 +91,9 @@ def serve(
     ] = None,
 ) -> None:
     """Serve trees over HTTP: REST (/v1/trees/...), OpenAI-compatible (/v1/chat/completions,
-    /v1/completions, /v1/models; the model names the tree) and the OpenAPI document (/docs,
-    /openapi.json). Requests carry an API key (`megacontext keys create`).
+    /v1/completions, /v1/models; the model names the tree), the OpenAPI document (/docs,
+    /openapi.json) and the web explorer (/explorer/). Requests carry an API key (`megacontext
+    keys create`).
 
     Example: megacontext serve --root runs/service --port 8000
     """
@@ -118,7 +119,10 @@ def serve(
         metrics_per_tree=metrics_per_tree,
         canary_interval_s=canary_interval or None,
     )
-    console.print(f"serving {root} on http://{host}:{port} (OpenAPI: http://{host}:{port}/docs)")
+    console.print(
+        f"serving {root} on http://{host}:{port} (OpenAPI: http://{host}:{port}/docs; "
+        f"web explorer: http://{host}:{port}/explorer/)"
+    )
     if grpc_port is not None:
         from megacontext.server.grpc_service import grpc_server
 

@@ -23,7 +23,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -221,6 +221,24 @@ class Trace:
 
 
 @dataclass(frozen=True)
+class Annotation:
+    """A note on a span (:meth:`Client.annotate`): tokens ``[start, stop)``, a node of ``level``
+    (level 0: any token range). ``version`` is what an edit or delete must name."""
+
+    id: int
+    level: int
+    start: int
+    stop: int
+    note: str
+    tags: list[str]
+    version: int
+    created_by: str
+    created_at: str
+    updated_by: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
 class StreamEvent:
     """One event of :meth:`Client.ask_stream`: a piece of ``text``, or the final ``answer``."""
 
@@ -277,6 +295,15 @@ def _spans(body: dict[str, Any]) -> list[ProvenanceSpan]:
         )
         for p in body["spans"]
     ]
+
+
+def _notes(tree: str, annotation_id: int | None = None) -> str:
+    path = f"/v1/trees/{tree}/explorer/annotations"
+    return path if annotation_id is None else f"{path}/{int(annotation_id)}"
+
+
+def _range(start: int, stop: int | None) -> dict[str, str]:
+    return {"start": str(int(start))} | ({} if stop is None else {"stop": str(int(stop))})
 
 
 def _focus_body(
@@ -445,9 +472,10 @@ class _Upload:
 
 def _worth_retrying(status: int, kind: str) -> bool:
     """A status worth retrying; a 409 only for a ``conflict`` (another request is writing the
-    tree), not for a tree that ``already_exists``."""
+    tree), not for a tree that ``already_exists`` or an annotation's ``version_conflict``
+    (someone changed it: reload it first)."""
     if status == 409:
-        return kind != "already_exists"
+        return kind == "conflict"
     return status in RETRY_STATUS
 
 
@@ -698,6 +726,35 @@ class Client:
         """The refocus steps of one trace (a name :meth:`list_traces` gave)."""
         return _of(Trace, self._request("GET", f"/v1/trees/{tree}/traces/{name}"))
 
+    def annotations(self, tree: str, start: int = 0, stop: int | None = None) -> list[Annotation]:
+        """The notes on spans overlapping tokens ``[start, stop)`` (all by default)."""
+        found = self._request("GET", _notes(tree), params=_range(start, stop))
+        return [_of(Annotation, a) for a in found]
+
+    def annotate(
+        self, tree: str, level: int, start: int, stop: int, note: str, tags: Sequence[str] = ()
+    ) -> Annotation:
+        """A note on tokens ``[start, stop)``: one node of ``level`` >= 1, or any range at 0."""
+        body = {"level": level, "start": start, "stop": stop, "note": note, "tags": list(tags)}
+        return _of(Annotation, self._request("POST", _notes(tree), body))
+
+    def edit_annotation(
+        self, tree: str, annotation: Annotation, note: str, tags: Sequence[str] = ()
+    ) -> Annotation:
+        """Change a note; :class:`ConflictError` (``version_conflict``) when someone changed it
+        since ``annotation`` was read."""
+        body = {"version": annotation.version, "note": note, "tags": list(tags)}
+        return _of(Annotation, self._request("PATCH", _notes(tree, annotation.id), body))
+
+    def delete_annotation(self, tree: str, annotation: Annotation) -> None:
+        """Delete a note (its history stays), if nobody changed it since it was read."""
+        params = {"version": str(annotation.version)}
+        self._request("DELETE", _notes(tree, annotation.id), params=params)
+
+    def annotation_history(self, tree: str, annotation_id: int) -> list[dict[str, Any]]:
+        """Every change of a note: action, version, note, tags, actor, at."""
+        return list(self._request("GET", f"{_notes(tree, annotation_id)}/history"))
+
     def models(self) -> list[str]:
         """The trees, as the OpenAI-compatible endpoints name them."""
         return [m["id"] for m in self._request("GET", "/v1/models")["data"]]
@@ -890,6 +947,31 @@ class AsyncClient:
     async def get_trace(self, tree: str, name: str) -> Trace:
         return _of(Trace, await self._request("GET", f"/v1/trees/{tree}/traces/{name}"))
 
+    async def annotations(
+        self, tree: str, start: int = 0, stop: int | None = None
+    ) -> list[Annotation]:
+        found = await self._request("GET", _notes(tree), params=_range(start, stop))
+        return [_of(Annotation, a) for a in found]
+
+    async def annotate(
+        self, tree: str, level: int, start: int, stop: int, note: str, tags: Sequence[str] = ()
+    ) -> Annotation:
+        body = {"level": level, "start": start, "stop": stop, "note": note, "tags": list(tags)}
+        return _of(Annotation, await self._request("POST", _notes(tree), body))
+
+    async def edit_annotation(
+        self, tree: str, annotation: Annotation, note: str, tags: Sequence[str] = ()
+    ) -> Annotation:
+        body = {"version": annotation.version, "note": note, "tags": list(tags)}
+        return _of(Annotation, await self._request("PATCH", _notes(tree, annotation.id), body))
+
+    async def delete_annotation(self, tree: str, annotation: Annotation) -> None:
+        params = {"version": str(annotation.version)}
+        await self._request("DELETE", _notes(tree, annotation.id), params=params)
+
+    async def annotation_history(self, tree: str, annotation_id: int) -> list[dict[str, Any]]:
+        return list(await self._request("GET", f"{_notes(tree, annotation_id)}/history"))
+
     async def generate(
         self,
         tree: str,
@@ -909,6 +991,7 @@ __all__ = [
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
+    "Annotation",
     "Answer",
     "AsyncClient",
     "AuthenticationError",

@@ -1,6 +1,7 @@
 """Explorers: see inside a tree — overview, drill-down to raw text, focus playback, search and
-annotations (:mod:`megacontext.explorer.browse`). The web and terminal explorers that draw it
-are still to come (issue 20)."""
+annotations. :mod:`megacontext.explorer.browse` answers them as JSON-ready data; the web
+explorer (``web/``, served by :mod:`megacontext.server.explore`) and the terminal explorer
+(:mod:`megacontext.explorer.tui`) draw them."""
 
 from megacontext.explorer.browse import TreeBrowser, browse
 

@@ -24,7 +24,7 @@ from megacontext.runtime import open_session
 from megacontext.runtime.journal import label
 from megacontext.runtime.opening import metadata_url
 from megacontext.runtime.session import Session
-from megacontext.runtime.traces import count_steps, list_traces, read_trace
+from megacontext.runtime.traces import count_steps, list_traces, read_steps
 from megacontext.store.annotations import Annotation, Annotations
 from megacontext.store.metadata import COMPLETE, MetadataDB
 
@@ -62,7 +62,7 @@ class TreeBrowser:
                 {"level": level, "nodes": tree.count(level), "span_tokens": tree.K**level}
             )
         return {
-            "path": str(self.session.path) if self.session.path else None,
+            "path": str(self.session.path.resolve()) if self.session.path else None,
             "tokens": tree.num_tokens,
             "K": tree.K,
             "levels": levels,
@@ -172,17 +172,27 @@ class TreeBrowser:
             for f in list_traces(self.session.path)
         ]
 
-    def trace(self, name: str) -> dict[str, Any]:
+    def trace(self, name: str, first: int = 0, limit: int | None = None) -> dict[str, Any]:
         """A focus trace ready for playback: for each refocus step, the working context before
-        it (runs of ``[level, first index, count]``), the scores it was planned with, the edits,
-        and the working context after them."""
+        it (runs of ``[level, first index, count]``), the scores and evidence it was planned
+        with, the edits, and the working context after them. Steps ``first`` to ``first +
+        limit`` (all from ``first`` when ``limit`` is ``None``); ``total``: how many there are."""
         found = [f for f in list_traces(self.session.path or Path("-")) if f.name == name]
         if not found:
             raise TraceNotFoundError(
                 f"no trace named {name!r} in this session; the traces: "
                 + (", ".join(t["name"] for t in self.traces()) or "none")
             )
-        return {"name": name, "K": self.tree.K, "steps": replay(read_trace(found[0]), self.tree.K)}
+        if limit is not None:
+            first, limit = _page(first, limit)
+        steps, total = read_steps(found[0], first, limit)
+        return {
+            "name": name,
+            "K": self.tree.K,
+            "total": total,
+            "first": first,
+            "steps": replay(steps, self.tree.K),
+        }
 
     # -- annotations ----------------------------------------------------------------------
 
@@ -348,7 +358,7 @@ def browse(path: Path, *, base: Any = None, writable: bool = True) -> Iterator[T
     if not is_session(path):
         raise InvalidInputError(
             f"{path} is not a session directory (no tree/manifest.json): give the directory "
-            "that `megacontext ingest --session DIR` or `megacontext serve` wrote"
+            "that `megacontext ingest --tree DIR` or `megacontext serve` wrote"
         )
     with open_session(path, base=base, readonly=True, create=False) as session:
         db = MetadataDB(metadata_url(path)) if writable else None

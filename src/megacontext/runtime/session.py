@@ -46,7 +46,7 @@ from megacontext.models.adapter import BaseAdapter
 from megacontext.models.bundle import Bundle
 from megacontext.models.context import GistNetGister, entry_vectors
 from megacontext.models.generation import choose_token, decode
-from megacontext.models.lensnet import LensNet
+from megacontext.models.lensnet import FEATURES, LensNet
 from megacontext.models.prompting import PromptFormat
 from megacontext.runtime import metrics
 from megacontext.runtime.config import SessionConfig
@@ -161,6 +161,8 @@ class Session:
         self._since_refocus = 0
         self._base_seconds = 0.0  # base forwards since the last refocus step (telemetry)
         self._cache_seen = (0, 0)  # page-cache hits and misses already counted (metrics)
+        # LensNet's lexical and key evidence per entry at the last scoring (for the trace).
+        self._evidence: dict[str, list[float]] = {}
         self._focused: tuple[WorkingContext, int] | None = None  # the WC version last refocused
         # Where the latest input (an ingest call or a prompt) starts: LensNet's query is read
         # from there on, so a question is not diluted by the document text before it.
@@ -664,14 +666,16 @@ class Session:
                 a, b = e.index * self.tree.K, (e.index + 1) * self.tree.K
                 text = self.base.decode(self.tree.tokens(a, b).tolist())
                 shown.append({"level": e.level, "index": e.index, "tokens": [a, b], "text": text})
-        # The context the step scored (runs of [level, first index, count]) and the scores the
-        # allocator planned with, one per entry: explorers replay focus from them.
+        # The context the step scored (runs of [level, first index, count]), the scores the
+        # allocator planned with and LensNet's lexical and key evidence, one per entry:
+        # explorers replay focus from them.
         record = {
             **asdict(step),
             "edits": edits,
             "expanded_text": shown,
             "layout": layout,
             "scores": [round(float(v), 3) for v in scores],
+            **self._evidence,
         }
         self._trace_file.write(json.dumps(record) + "\n")
         self._trace_file.flush()
@@ -812,6 +816,7 @@ class Session:
     def _scores(self, times: dict[str, float]) -> np.ndarray:
         """Scores of the entries: the override, LensNet's, or zeros (recency focus)."""
         start = time.perf_counter()
+        self._evidence = {}
         if self.score_override is not None:
             scores = self.score_override(self.wc)
             times["fetch"], times["lensnet"] = 0.0, time.perf_counter() - start
@@ -821,6 +826,12 @@ class Session:
             return np.zeros(self.wc.size)
         inputs = self.scorer.inputs(self.wc, self.focus_query())
         fetched = time.perf_counter()
+        if self.trace_path is not None:
+            features = inputs.features[0].cpu().numpy()
+            self._evidence = {
+                name: [round(float(v), 3) for v in features[:, FEATURES.index(name)]]
+                for name in ("lexical", "key_sim")
+            }
         with torch.no_grad():
             scores = self.lensnet(*inputs)[0].float().cpu().numpy()
         times["fetch"], times["lensnet"] = fetched - start, time.perf_counter() - fetched

@@ -30,9 +30,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from megacontext._version import __version__
 from megacontext.errors import BudgetError, InvalidInputError, MegaContextError
+from megacontext.explorer.browse import SpanNotFoundError, TraceNotFoundError
 from megacontext.runtime import SessionConfig
 from megacontext.runtime.session import Session
 from megacontext.server import schemas as s
+from megacontext.server.explore import explorer_routes
 from megacontext.server.idempotency import (
     IdempotencyConflictError,
     IdempotencyMismatchError,
@@ -65,6 +67,7 @@ from megacontext.server.trees import (
     tree_stats,
 )
 from megacontext.server.usage import StorageMeter, UsageSink, open_sink
+from megacontext.store.annotations import AnnotationConflictError, AnnotationNotFoundError
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_TOKEN_INDEX = 2**53  # token positions in queries (the store's indices are far below)
@@ -72,6 +75,10 @@ ERROR_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (AuthError, 401, "unauthorized"),
     (ScopeError, 403, "forbidden"),
     (NotFoundError, 404, "not_found"),
+    (SpanNotFoundError, 404, "not_found"),
+    (TraceNotFoundError, 404, "not_found"),
+    (AnnotationNotFoundError, 404, "not_found"),
+    (AnnotationConflictError, 409, "version_conflict"),
     (TreeExistsError, 409, "already_exists"),
     (ConflictError, 409, "conflict"),
     (IdempotencyConflictError, 409, "conflict"),
@@ -87,7 +94,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (401, "Missing, unknown or revoked API key"),
         (403, "The key's scopes do not allow the call"),
         (404, "No such tree or source in this tenant"),
-        (409, "The tree exists (already_exists), or another request is writing it (conflict)"),
+        (
+            409,
+            "The tree exists (already_exists), another request is writing it (conflict), or "
+            "an annotation changed since the version sent (version_conflict)",
+        ),
         (413, "Body larger than the service's limit"),
         (422, "A field has the wrong type or value, or an Idempotency-Key was reused"),
         (429, "Rate limit or daily token budget reached (see Retry-After)"),
@@ -123,6 +134,7 @@ class Service:
             StorageMeter(root / "storage.sqlite", trees.all, usage) if usage is not None else None
         )
         self.on_close: list[Callable[[], None]] = []
+        self.on_closed: list[Callable[[], None]] = []  # run once everything has closed
         self.closed = False
         self.tree_metrics = TreeCollector(trees.all, tree_stats, per_tree=False)
 
@@ -138,7 +150,7 @@ class Service:
     def close(self) -> None:
         """Stop serving (the app's shutdown calls it, once no HTTP request is in flight): run
         ``on_close`` (e.g. stop gRPC), bill storage up to now, finish queued model work, flush
-        usage events."""
+        usage events; then run ``on_closed``."""
         if self.closed:
             return
         self.closed = True
@@ -150,6 +162,8 @@ class Service:
         self.lane.close()
         if self.usage is not None:
             self.usage.close()
+        for hook in self.on_closed:
+            hook()
 
     def meter(self, caller: Principal, tree: str, event: str, spent: int, **counts: int) -> None:
         """Count ``spent`` tokens against the tenant's daily budget; emit a usage event."""
@@ -420,6 +434,7 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
     Reader = Annotated[Principal, Depends(caller_of("read"))]
     Writer = Annotated[Principal, Depends(caller_of("write"))]
     Asker = Annotated[Principal, Depends(caller_of("ask"))]
+    explorer_routes(app, service, Depends(caller_of("read")), Depends(caller_of("write")))
     trees, lane = service.trees, service.lane
 
     @app.get("/v1/health", tags=["service"])
