@@ -149,17 +149,44 @@ def _per_minute(spec: str) -> dict[str, int]:
     return out
 
 
+AuditUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--metadata-url",
+        help="The PostgreSQL URL the service was started with, if any: its audit chain is there.",
+    ),
+]
+
+
+def _audited(
+    root: Path, metadata_url: str | None, action: str, key_id: str, **detail: object
+) -> None:
+    """Put a key change on the service's audit chain, as the local user."""
+    from megacontext.runtime.session import default_actor
+    from megacontext.server.audit import service_audit
+
+    log = service_audit(root, metadata_url)
+    try:
+        log.record(action, default_actor(), key_id, dict(detail))
+    finally:
+        log.db.close()
+
+
 @keys_app.command("create")
 def create_key(
     tenant: Annotated[str, typer.Option(help="The tenant the key acts for.")],
     scopes: Annotated[str, typer.Option(help="Comma-separated: read, write, admin.")] = "read",
     name: Annotated[str, typer.Option(help="A note to recognise the key by.")] = "",
     root: RootOpt = DEFAULT_ROOT,
+    metadata_url: AuditUrlOpt = None,
 ) -> None:
     """Create a key and print it (once: only its hash is stored)."""
     from megacontext.server.keys import KeyStore
 
     key, info = KeyStore(root / "keys.sqlite").create(tenant, scopes, name)
+    _audited(
+        root, metadata_url, "key.create", info.id, tenant=info.tenant, scopes=list(info.scopes)
+    )
     console.print(f"key {info.id} for tenant {info.tenant} ({', '.join(info.scopes)}):")
     typer.echo(key)
 
@@ -181,11 +208,13 @@ def list_keys(
 def revoke_key(
     key_id: Annotated[str, typer.Argument(help="The key's id (the 12 hex digits after mck_).")],
     root: RootOpt = DEFAULT_ROOT,
+    metadata_url: AuditUrlOpt = None,
 ) -> None:
     """Revoke a key: requests with it get 401 from now on."""
     from megacontext.server.keys import KeyStore
 
     KeyStore(root / "keys.sqlite").revoke(key_id)
+    _audited(root, metadata_url, "key.revoke", key_id)
     console.print(f"revoked {key_id}")
 
 

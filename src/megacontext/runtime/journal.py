@@ -85,6 +85,8 @@ def recover(session: Session) -> list[Settled]:
             session.cut_history(min(ingest.start, n))
             db.set_ingest_status(ingest.id, ROLLED_BACK)
             settled.append(Settled(name, "rolled back", n - ingest.start))
+    for done in settled:  # what a crash left and this open settled, on the record
+        session.record("recover", done.source, {"outcome": done.action, "tokens": done.tokens})
     return settled
 
 
@@ -115,7 +117,18 @@ def remove_sources(session: Session, ingests: list[Ingest], progress: object = N
     }
     write_text_atomic(session.path / REMOVING, json.dumps(plan) + "\n")
     _finish_removal(session)
-    return n - cut - len(kept)
+    removed = n - cut - len(kept)
+    session.record(
+        "remove",
+        ", ".join(label(i) for i in ingests),
+        {
+            "ingests": [i.id for i in ingests],
+            "sources": [label(i) for i in ingests],
+            "ranges": [list(r) for r in ranges],
+            "tokens": removed,
+        },
+    )
+    return removed
 
 
 def _finish_removal(session: Session) -> Settled:

@@ -325,7 +325,16 @@ def _open_reader(
         readonly=True,
     )
     return Session(
-        root, adapter, bundle, tree, [store, keys], lexical, cfg, metadata=db, readonly=True
+        root,
+        adapter,
+        bundle,
+        tree,
+        [store, keys],
+        lexical,
+        cfg,
+        metadata=db,
+        readonly=True,
+        audit_url=metadata_url(root) if db is not None else None,
     )
 
 

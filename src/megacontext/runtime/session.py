@@ -17,8 +17,10 @@ never part of the tree and never collapsed.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import hashlib
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -52,6 +54,7 @@ from megacontext.runtime import metrics
 from megacontext.runtime.config import SessionConfig
 from megacontext.runtime.focus_control import Focus
 from megacontext.runtime.provenance import Citation, cite, plan_spans, raw_runs
+from megacontext.store.audit import AuditLog
 from megacontext.store.cache import CachedBackend, CacheStats
 from megacontext.store.lexical import AnyLexicalIndex, LexicalIndex
 from megacontext.store.local import LocalStore
@@ -133,11 +136,18 @@ class Session:
         *,
         metadata: MetadataDB | None = None,
         readonly: bool = False,
+        audit_url: str | None = None,
     ):
         self.path = path
         self.readonly = readonly
         # Sources, provenance and the append journal (None in memory).
         self.metadata = metadata
+        # Who the audit trail records as acting through this session (a service sets its
+        # caller); where a read-only session writes its audit events (its metadata is read-only).
+        self.actor = default_actor()
+        self._audit_url = audit_url
+        self._audit: AuditLog | None = None
+        self._audit_db: MetadataDB | None = None
         self.tree_id = stores[0].manifest.tree_id if stores else ""
         self.base = base
         self.bundle = bundle
@@ -330,9 +340,35 @@ class Session:
                 db.set_ingest_status(ingest_id, ROLLED_BACK)
                 return
             text = self.base.decode(self.tree.tokens(first, n).tolist())
-            db.set_source_content(source_id, text.encode("utf-8"))
+            raw = text.encode("utf-8")
+            db.set_source_content(source_id, raw)
             planned = [(first, n, None, None)]
         db.complete_ingest(ingest_id, n, planned, gist_version)
+        detail = {
+            "ingest": ingest_id,
+            "kind": kind,
+            "start": first,
+            "stop": n,
+            "content_sha256": hashlib.sha256(raw).hexdigest(),
+        }
+        self.record("ingest", uri, detail)
+
+    def audit(self) -> AuditLog | None:
+        """The tree's audit trail (:mod:`megacontext.store.audit`); ``None`` for a session with
+        no metadata database (in memory)."""
+        if self._audit is None:
+            if self.metadata is not None and not self.metadata.readonly:
+                self._audit = AuditLog(self.metadata, self.tree_id)
+            elif self._audit_url is not None:
+                self._audit_db = MetadataDB(self._audit_url)
+                self._audit = AuditLog(self._audit_db, self.tree_id)
+        return self._audit
+
+    def record(self, action: str, subject: str, detail: dict[str, Any]) -> None:
+        """Append an event to the tree's audit trail as :attr:`actor` (nothing in memory)."""
+        log = self.audit()
+        if log is not None:
+            log.record(action, self.actor, subject, detail)
 
     def cut_history(self, num_tokens: int) -> None:
         """Cut the history back to its first ``num_tokens`` tokens (gists, keys and lexical rows
@@ -747,6 +783,19 @@ class Session:
         asked = f"{question} {cue}".strip()
         steps = self.focus_for(self.base.encode(asked, add_bos=False), steps=focus_steps)
         citations, spans = self._citations(raw_before)
+        # What the base reads for this question, and what the answer cites: the audit trail's
+        # record of which spans were placed into a model's context (and by whom).
+        self.record(
+            "ask",
+            question[:200],
+            {
+                "question": question,
+                "context": layout_runs(self.wc.levels, self.wc.indices),
+                "new_raw_spans": [list(span) for span in spans],
+                "citations": [c.label() for c in citations],
+                "remember": remember,
+            },
+        )
         focused = time.perf_counter()
         question_ids = self.prompt.question_ids(self.base, question, cue)
         device = self.base.device
@@ -906,6 +955,8 @@ class Session:
         self.lexical.close()
         if self.metadata is not None:
             self.metadata.close()
+        if self._audit_db is not None:
+            self._audit_db.close()
         if self._trace_file is not None:
             self._trace_file.close()
         if self.lora is not None:
@@ -917,6 +968,14 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def default_actor() -> str:
+    """Who acts through a session opened on this machine: ``local:`` and the login name."""
+    try:
+        return f"local:{getpass.getuser()}"
+    except (KeyError, OSError):  # no name for this uid (a container)
+        return f"local:uid-{os.getuid()}"
 
 
 def _checked_metadata(metadata: object) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from megacontext.explorer.browse import SpanNotFoundError, TraceNotFoundError
 from megacontext.runtime import SessionConfig
 from megacontext.runtime.session import Session
 from megacontext.server import schemas as s
+from megacontext.server.audit import service_audit
 from megacontext.server.explore import explorer_routes
 from megacontext.server.idempotency import (
     IdempotencyConflictError,
@@ -137,15 +138,18 @@ class Service:
         self.on_closed: list[Callable[[], None]] = []  # run once everything has closed
         self.closed = False
         self.tree_metrics = TreeCollector(trees.all, tree_stats, per_tree=False)
+        self.audit = service_audit(root, trees.metadata_url)
 
-    def create_tree(self, tenant: str, name: str) -> None:
+    def create_tree(self, tenant: str, name: str, actor: str) -> None:
         path = self.trees.create(tenant, name)
+        self.audit.record("tree.create", actor, f"{tenant}/{name}", {"tenant": tenant})
         if self.storage is not None:
             self.storage.started(tenant, name, path)
 
-    def delete_tree(self, tenant: str, name: str) -> None:
+    def delete_tree(self, tenant: str, name: str, actor: str) -> None:
         ended = self.storage.ended if self.storage is not None else None
         self.trees.delete(tenant, name, (lambda path: ended(tenant, name, path)) if ended else None)
+        self.audit.record("tree.delete", actor, f"{tenant}/{name}", {"tenant": tenant})
 
     def close(self) -> None:
         """Stop serving (the app's shutdown calls it, once no HTTP request is in flight): run
@@ -162,6 +166,7 @@ class Service:
         self.lane.close()
         if self.usage is not None:
             self.usage.close()
+        self.audit.db.close()
         for hook in self.on_closed:
             hook()
 
@@ -463,7 +468,7 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
     @app.post("/v1/trees", status_code=201, tags=["trees"])
     async def create_tree(body: s.TreeCreate, caller: Writer) -> s.Tree:
         caller.require("write")
-        await lane.run(service.create_tree, caller.tenant, body.name)
+        await lane.run(service.create_tree, caller.tenant, body.name, caller.name)
         return await lane.run(tree_info, service, caller, body.name)
 
     @app.get("/v1/trees/{tree}", tags=["trees"])
@@ -473,7 +478,7 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
     @app.delete("/v1/trees/{tree}", status_code=204, tags=["trees"])
     async def delete_tree(tree: str, caller: Writer) -> Response:
         caller.require("write")
-        await lane.run(service.delete_tree, caller.tenant, tree)
+        await lane.run(service.delete_tree, caller.tenant, tree, caller.name)
         return Response(status_code=204)
 
     @app.post("/v1/trees/{tree}/sources", tags=["sources"])
@@ -532,7 +537,7 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
         caller.require("read")
 
         def listed() -> s.SourceList:
-            with trees.reader(caller.tenant, tree) as session:
+            with trees.reader(caller.tenant, tree, caller.name) as session:
                 return s.SourceList(sources=[_source(i) for i in _journal(session)])
 
         return await lane.run(listed)
@@ -547,7 +552,7 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
         caller.require("write")
 
         def removed() -> s.Removed:
-            with trees.writer(caller.tenant, tree) as session:
+            with trees.writer(caller.tenant, tree, caller.name) as session:
                 found = [i for i in _journal(session) if i.id == source_id]
                 if not found:
                     raise NotFoundError(f"tree {tree!r} has no source with id {source_id}")
@@ -631,7 +636,7 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
         )
 
         def generated() -> s.Generated:
-            with trees.writer(caller.tenant, tree) as session:
+            with trees.writer(caller.tenant, tree, caller.name) as session:
                 before, gists = session.tree.num_tokens, _gists(session)
                 pieces = list(session.generate(body.prompt, body.max_new_tokens, body.stop))
                 added, gists = session.tree.num_tokens - before, _gists(session) - gists
@@ -694,7 +699,7 @@ def ingest_text(
     """Append ``body.text`` to the tree (metered, within the request's token budget);
     ``progress(tokens done, tokens in all)`` as it goes."""
     caller.require("write")
-    with service.trees.writer(caller.tenant, tree) as session:
+    with service.trees.writer(caller.tenant, tree, caller.name) as session:
         tokens = len(session.base.encode(body.text, add_bos=False))
         check_request_tokens(tokens, service.limits.max_request_tokens, "the text")
         gists = _gists(session)
@@ -717,7 +722,7 @@ def focused_context(
 ) -> s.WorkingContext:
     """The working context after ``body``'s budget, manual edits and question."""
     caller.require("read")
-    with service.trees.reader(caller.tenant, tree) as session:
+    with service.trees.reader(caller.tenant, tree, caller.name) as session:
         if body.W_max is not None:
             _check_budget(session, body.W_max)
             session.resize(body.W_max)
@@ -741,7 +746,7 @@ def provenance_of(
     caller.require("read")
     if not 0 <= start < stop:
         raise InvalidInputError(f"need 0 <= start < stop, got start={start} stop={stop}")
-    with service.trees.reader(caller.tenant, tree) as session:
+    with service.trees.reader(caller.tenant, tree, caller.name) as session:
         if session.metadata is None:
             return s.ProvenanceList(spans=[])
         rows = session.metadata.provenance(session.tree_id, start, stop)
@@ -863,7 +868,7 @@ def _asked(
     """Ask ``question`` of the tree (metered); the answer and what the base read and wrote."""
     trees = service.trees
     opened = trees.writer if question.get("remember") else trees.reader
-    with opened(caller.tenant, tree) as session:
+    with opened(caller.tenant, tree, caller.name) as session:
         answer = session.ask(**question, on_text=on_text)
         read = (
             len(session.prompt.prefix)

@@ -82,7 +82,7 @@ def explorer_routes(app: FastAPI, service: Any, reader: Any, writer: Any) -> Non
     @contextmanager
     def browsing(caller: Principal, tree: str, write: bool = False) -> Iterator[TreeBrowser]:
         caller.require("write" if write else "read")
-        with trees.reader(caller.tenant, tree) as session:
+        with trees.reader(caller.tenant, tree, caller.name) as session:
             if not write:
                 yield TreeBrowser(session)
                 return
@@ -179,7 +179,7 @@ def explorer_routes(app: FastAPI, service: Any, reader: Any, writer: Any) -> Non
             caller,
             tree,
             lambda b: b.annotate(
-                body.level, body.start, body.stop, body.note, body.tags, actor(caller)
+                body.level, body.start, body.stop, body.note, body.tags, caller.name
             ),
         )
         return Annotation(**made)
@@ -196,7 +196,7 @@ def explorer_routes(app: FastAPI, service: Any, reader: Any, writer: Any) -> Non
             caller,
             tree,
             lambda b: b.edit_annotation(
-                annotation_id, body.version, body.note, body.tags, actor(caller)
+                annotation_id, body.version, body.note, body.tags, caller.name
             ),
         )
         return Annotation(**edited)
@@ -210,7 +210,7 @@ def explorer_routes(app: FastAPI, service: Any, reader: Any, writer: Any) -> Non
     ) -> Response:
         """Delete an annotation (its history stays); 409 when ``version`` is not the latest."""
         await write(
-            caller, tree, lambda b: b.delete_annotation(annotation_id, version, actor(caller))
+            caller, tree, lambda b: b.delete_annotation(annotation_id, version, caller.name)
         )
         return Response(status_code=204)
 
@@ -234,11 +234,6 @@ def explorer_routes(app: FastAPI, service: Any, reader: Any, writer: Any) -> Non
         if asset not in ASSETS:
             return Response(status_code=404)
         return FileResponse(WEB / asset, media_type=ASSETS[asset])
-
-
-def actor(caller: Principal) -> str:
-    """Who an annotation's change is recorded as: the tenant and the key that made it."""
-    return f"{caller.tenant}/{caller.key_id}"
 
 
 __all__ = ["Annotation", "AnnotationCreate", "AnnotationEdit", "explorer_routes"]

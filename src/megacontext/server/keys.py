@@ -45,6 +45,11 @@ class Principal:
     key_id: str
     scopes: frozenset[str]
 
+    @property
+    def name(self) -> str:
+        """Who the audit trail and annotations record: ``tenant/key id``."""
+        return f"{self.tenant}/{self.key_id}"
+
     def require(self, scope: str) -> None:
         """Raise :class:`ScopeError` unless the key has ``scope`` (``admin`` implies all)."""
         if scope not in self.scopes and "admin" not in self.scopes:

@@ -123,13 +123,17 @@ class Trees:
         return path
 
     @contextmanager
-    def reader(self, tenant: str, name: str) -> Iterator[Session]:
+    def reader(self, tenant: str, name: str, actor: str | None = None) -> Iterator[Session]:
+        """The tree opened read-only; ``actor``: who its audit trail records as asking."""
         with self._open(self.found(tenant, name), readonly=True) as session:
+            session.actor = actor or session.actor
             yield session
 
     @contextmanager
-    def writer(self, tenant: str, name: str) -> Iterator[Session]:
+    def writer(self, tenant: str, name: str, actor: str | None = None) -> Iterator[Session]:
+        """The tree opened for writing; ``actor``: who its audit trail records as acting."""
         with self._open(self.found(tenant, name), readonly=False) as session:
+            session.actor = actor or session.actor
             yield session
 
     @contextmanager

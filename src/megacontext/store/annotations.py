@@ -21,6 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from megacontext.store.audit import AuditLog
 from megacontext.store.errors import InvalidInputError, StoreError
 from megacontext.store.metadata import (
     MetadataDB,
@@ -129,6 +130,8 @@ class Annotations:
             )
             annotation_id = _primary_key(result)
             self._event(conn, annotation_id, "create", 1, note, tags, actor, now)
+        where = {"level": level, "start": start, "stop": stop}
+        self._audit("create", annotation_id, 1, actor, {**where, "note": note, "tags": tags})
         return self.get(annotation_id)
 
     def edit(
@@ -188,6 +191,17 @@ class Annotations:
             note = values.get("note", row["note"])
             tags = values.get("tags", list(row["tags"]))
             self._event(conn, annotation_id, action, version + 1, note, tags, actor, now)
+        self._audit(action, annotation_id, version + 1, actor, {"note": note, "tags": tags})
+
+    def _audit(
+        self, action: str, annotation_id: int, version: int, actor: str, detail: dict[str, Any]
+    ) -> None:
+        """The change on the tree's audit trail too (the annotation's own history has it in
+        full; the trail puts it in order with everything else that happened to the tree)."""
+        detail = {"action": action, "annotation": annotation_id, "version": version, **detail}
+        AuditLog(self.db, self.tree_id).record(
+            "annotate", actor, f"annotation {annotation_id}", detail
+        )
 
     def _row(self, conn: sa.Connection, annotation_id: int) -> Any:
         return (

@@ -15,6 +15,9 @@ Tables:
   tokens and spans are (one transaction), ``rolled_back`` when an interrupted one was undone,
   ``removed`` when ``sources remove`` erased it. A running row found when a writer opens the
   tree is finished or rolled back (see :mod:`megacontext.runtime.journal`).
+- ``annotations``, ``annotation_events``: notes on spans and their history
+  (:mod:`megacontext.store.annotations`).
+- ``audit_events``: the hash-chained audit trail (:mod:`megacontext.store.audit`).
 """
 
 from __future__ import annotations
@@ -128,6 +131,25 @@ annotation_event_table = sa.Table(
     sa.Column("actor", sa.String(200), nullable=False),
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_annotation_events_annotation", "annotation_id"),
+)
+
+# The audit trail (megacontext.store.audit): hash-chained events per chain (a tree's id, or
+# "service"). ``at`` is the ISO text that was hashed, never a database timestamp that could come
+# back in another form.
+audit_table = sa.Table(
+    "audit_events",
+    schema,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("chain", sa.String(64), nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("at", sa.String(40), nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("detail", sa.JSON, nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.UniqueConstraint("chain", "seq", name="uq_audit_chain_seq"),
 )
 
 _SOURCE_COLUMNS = (sources.c.uri, sources.c.kind, sources.c.content_hash, sources.c.meta)
