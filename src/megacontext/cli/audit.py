@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -93,10 +93,15 @@ def verify(
         Path | None, typer.Option(help="The secret the anchors were signed with.")
     ] = None,
     metadata_url: UrlOpt = None,
+    lineage: Annotated[
+        bool,
+        typer.Option(help="Also recompute every gist's lineage hash from the stored tokens."),
+    ] = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check the whole chain: every event hashes to its hash and links to the one before.
-    Exits 1 and names the first bad event when one does not hold."""
+    """Check the whole chain: every event hashes to its hash and links to the one before; and
+    for a tree, that every gist's lineage hash recomputes from the tokens in the store. Exits 1
+    and names the first bad event or gist when one does not hold."""
     from megacontext.store.audit import read_anchors
 
     if anchors is not None and key_file is None:
@@ -106,18 +111,113 @@ def verify(
     found = read_anchors(anchors) if anchors is not None else None
     with opened(path, metadata_url) as log:
         verdict = log.verify(found, _key(key_file) if key_file is not None else None)
+    checked, mismatches = _lineage_check(path) if lineage else (0, [])
     if as_json:
-        emit_json(verdict.to_json())
-    elif verdict.ok:
-        anchored = f", {verdict.anchors_checked} anchor(s) hold" if verdict.anchors_checked else ""
-        console.print(
-            f"[green]the audit chain holds[/green]: {verdict.events:,} events{anchored}; "
-            f"head {verdict.head[:16]}"
+        emit_json(
+            {
+                **verdict.to_json(),
+                "lineage": {
+                    "checked": checked,
+                    "mismatches": [m.__dict__ for m in mismatches],
+                },
+            }
         )
     else:
-        console.print(f"[bold red]the audit chain is broken[/bold red]: {escape(verdict.problem)}")
-    if not verdict.ok:
+        if verdict.ok:
+            anchored = (
+                f", {verdict.anchors_checked} anchor(s) hold" if verdict.anchors_checked else ""
+            )
+            console.print(
+                f"[green]the audit chain holds[/green]: {verdict.events:,} events{anchored}; "
+                f"head {verdict.head[:16]}"
+            )
+        else:
+            console.print(
+                f"[bold red]the audit chain is broken[/bold red]: {escape(verdict.problem)}"
+            )
+        if lineage and checked and not mismatches:
+            console.print(f"[green]lineage holds[/green]: {checked:,} gists hash as recorded")
+        for m in mismatches:
+            what = "no recorded hash" if m.problem == "missing" else "does not hash as recorded"
+            console.print(f"[bold red]lineage[/bold red]: LOD{m.level} node {m.index} {what}")
+    if not verdict.ok or mismatches:
         raise typer.Exit(1)
+
+
+def _lineage_check(path: Path) -> tuple[int, list[Any]]:
+    """Recompute the lineage of a session directory's tree (nothing for a service root)."""
+    from megacontext.runtime import open_session
+    from megacontext.runtime.opening import is_session
+
+    if not is_session(path):
+        return 0, []
+    with open_session(path, readonly=True, create=False) as session:
+        lineage = session.lineage()
+        return lineage.verify(session.tree) if lineage is not None else (0, [])
+
+
+@app.command("lineage")
+def lineage_of(
+    path: Annotated[Path, typer.Argument(help="A session directory.")],
+    level: Annotated[int, typer.Argument(min=1, help="The gist's level (1 = LOD1).")],
+    index: Annotated[int, typer.Argument(min=0, help="The gist's index in its level.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """What a gist was computed from: its token range, its recorded lineage hash (and whether
+    the tokens still hash to it), and the sources and lines of every part of its range."""
+    from megacontext.explorer.browse import provenance_json
+    from megacontext.runtime import open_session
+    from megacontext.runtime.opening import is_session
+
+    if not is_session(path):
+        raise typer.BadParameter(f"{path} is not a session directory", param_hint="'PATH'")
+    with open_session(path, readonly=True, create=False) as session:
+        tree = session.tree
+        if level > tree.num_levels or index >= tree.count(level):
+            count = tree.count(level) if level <= tree.num_levels else 0
+            raise typer.BadParameter(
+                f"no gist {index} at level {level}: the tree holds levels 1-{tree.num_levels}"
+                + (f" and {count:,} nodes at level {level}" if count else ""),
+                param_hint="'INDEX'",
+            )
+        width = tree.K**level
+        start, stop = index * width, (index + 1) * width
+        lineage = session.lineage()
+        recorded = lineage.hash_of(level, index) if lineage is not None else None
+        recomputed = _node_hash(tree, level, index)
+        sources = provenance_json(session, start, stop, limit=100)
+    document = {
+        "level": level,
+        "index": index,
+        "tokens": [start, stop],
+        "recorded_hash": recorded,
+        "holds": recorded == recomputed,
+        "sources": sources,
+    }
+    if as_json:
+        emit_json(document)
+        return
+    state = "[green]holds[/green]" if document["holds"] else "[bold red]does not hold[/bold red]"
+    console.print(
+        f"LOD{level} gist {index}: tokens {start:,}-{stop:,}; lineage {(recorded or 'none')[:16]} "
+        f"{state}"
+    )
+    for row in sources:
+        lines = f" lines {row['lines'][0]}-{row['lines'][1]}" if row["lines"] else ""
+        console.print(f"  {escape(row['source'])}{lines} (tokens {row['start']:,}-{row['stop']:,})")
+    if not document["holds"]:
+        raise typer.Exit(1)
+
+
+def _node_hash(tree: Any, level: int, index: int) -> str:
+    """The lineage hash of one node, recomputed from its tokens alone."""
+    from megacontext.store.lineage import block_hashes, parent_hashes
+
+    width = tree.K**level
+    hashes = block_hashes(tree.tokens(index * width, (index + 1) * width), tree.K)
+    for _ in range(level - 1):
+        hashes = parent_hashes(hashes, tree.K)
+    return hashes[0].hex()
 
 
 @app.command()

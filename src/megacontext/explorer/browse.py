@@ -241,20 +241,7 @@ class TreeBrowser:
         return node
 
     def _provenance(self, start: int, stop: int, limit: int = 20) -> list[dict[str, Any]]:
-        db = self.session.metadata
-        if db is None:
-            return []
-        rows = db.provenance(self.session.tree_id, start, stop, limit=limit)
-        return [
-            {
-                "source": str(r.source.meta.get("path") or r.source.uri),
-                "kind": r.source.kind,
-                "start": r.start_index,
-                "stop": r.stop_index,
-                "lines": list(r.line_range) if r.line_range else None,
-            }
-            for r in rows
-        ]
+        return provenance_json(self.session, start, stop, limit)
 
     def _journal(self) -> list[Any]:
         db = self.session.metadata
@@ -333,6 +320,27 @@ def _apply(
     return [*entries[:first], (level, index), *entries[first + K :]]
 
 
+def provenance_json(
+    session: Session, start: int, stop: int, limit: int = 20
+) -> list[dict[str, Any]]:
+    """Where tokens ``[start, stop)`` come from: source, kind, token range and lines of each
+    part (at most ``limit`` parts, in order)."""
+    db = session.metadata
+    if db is None:
+        return []
+    rows = db.provenance(session.tree_id, start, stop, limit=limit)
+    return [
+        {
+            "source": str(r.source.meta.get("path") or r.source.uri),
+            "kind": r.source.kind,
+            "start": r.start_index,
+            "stop": r.stop_index,
+            "lines": list(r.line_range) if r.line_range else None,
+        }
+        for r in rows
+    ]
+
+
 def annotation_json(a: Annotation) -> dict[str, Any]:
     return {
         "id": a.id,
@@ -399,5 +407,6 @@ __all__ = [
     "TreeBrowser",
     "annotation_json",
     "browse",
+    "provenance_json",
     "replay",
 ]

@@ -57,6 +57,7 @@ from megacontext.runtime.provenance import Citation, cite, plan_spans, raw_runs
 from megacontext.store.audit import AuditLog
 from megacontext.store.cache import CachedBackend, CacheStats
 from megacontext.store.lexical import AnyLexicalIndex, LexicalIndex
+from megacontext.store.lineage import Lineage
 from megacontext.store.local import LocalStore
 from megacontext.store.metadata import ROLLED_BACK, MetadataDB
 
@@ -378,6 +379,9 @@ class Session:
         if num_tokens < self.tree.num_tokens:
             self.tree.truncate(num_tokens)
             self.lexical.truncate(num_tokens // self.tree.K)
+            lineage = self.lineage()
+            if lineage is not None:
+                lineage.truncate(num_tokens)
             self._query_start = min(self._query_start, num_tokens)
             self._focus_query = None
             self._reassemble()
@@ -430,6 +434,16 @@ class Session:
         K = self.tree.K
         ids = self.tree.tokens(blocks_before * K, blocks * K).reshape(-1, K)
         self.lexical.add_blocks(blocks_before, [self.base.decode(row.tolist()) for row in ids])
+        lineage = self.lineage()
+        if lineage is not None:
+            lineage.extend(self.tree)
+
+    def lineage(self) -> Lineage | None:
+        """The tree's lineage hashes (:mod:`megacontext.store.lineage`); ``None`` without a
+        metadata database."""
+        if self.metadata is None:
+            return None
+        return Lineage(self.metadata, self.tree_id, self.tree.K)
 
     def _assemble(self) -> WorkingContext:
         return WorkingContext.assemble(

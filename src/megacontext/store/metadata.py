@@ -18,6 +18,7 @@ Tables:
 - ``annotations``, ``annotation_events``: notes on spans and their history
   (:mod:`megacontext.store.annotations`).
 - ``audit_events``: the hash-chained audit trail (:mod:`megacontext.store.audit`).
+- ``lineage``: the Merkle hash of every gist (:mod:`megacontext.store.lineage`).
 """
 
 from __future__ import annotations
@@ -150,6 +151,18 @@ audit_table = sa.Table(
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
     sa.UniqueConstraint("chain", "seq", name="uq_audit_chain_seq"),
+)
+
+# Lineage (megacontext.store.lineage): the Merkle hash of every gist, over its tokens (level 1)
+# or its children's hashes, recorded as the gist is made.
+lineage_table = sa.Table(
+    "lineage",
+    schema,
+    sa.Column("tree_id", sa.String(64), nullable=False),
+    sa.Column("level", sa.Integer, nullable=False),
+    sa.Column("idx", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.PrimaryKeyConstraint("tree_id", "level", "idx", name="pk_lineage"),
 )
 
 _SOURCE_COLUMNS = (sources.c.uri, sources.c.kind, sources.c.content_hash, sources.c.meta)
