@@ -2,8 +2,8 @@
 
 One module per command or command group, named after it (``bench``, ``demo``, ``demo_tree``,
 ``session`` for ingest/ask/chat/generate, ``sources``, ``trace``, ``explore``, ``audit``,
-``models``, ``store``, ``train``, ``leaderboard``), registered here. Heavy imports happen inside
-commands so that ``megacontext --help`` stays fast.
+``compliance``, ``models``, ``store``, ``train``, ``leaderboard``), registered here. Heavy
+imports happen inside commands so that ``megacontext --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import typer
 from megacontext._version import __version__
 from megacontext.cli import audit as _audit_cli
 from megacontext.cli import bench as _bench_cli
+from megacontext.cli import compliance as _compliance_cli
 from megacontext.cli import demo as _demo_cli
 from megacontext.cli import demo_tree as _demo_tree_cli
 from megacontext.cli import explore as _explore_cli
@@ -72,6 +73,7 @@ app.command()(_explore_cli.explore)
 app.add_typer(_serve_cli.keys_app, name="keys")
 app.add_typer(_serve_cli.dashboards_app, name="dashboards")
 app.add_typer(_audit_cli.app, name="audit")
+app.add_typer(_compliance_cli.app, name="compliance")
 
 
 def main() -> None:

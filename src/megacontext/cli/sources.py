@@ -200,7 +200,8 @@ def remove(
 
     Example: megacontext sources remove notes.txt --tree runs/mc --yes
     """
-    from megacontext.runtime.journal import label, remove_sources
+    from megacontext.runtime.erasure import erase_sources
+    from megacontext.runtime.journal import label
 
     db, tree_id, tokens = _journal(tree)
     if db is None:
@@ -222,18 +223,22 @@ def remove(
     with _opened(tree, None, None, None) as mc:
         journal = {i.id: i for i in mc.metadata.ingests_of(mc.tree_id)}
         with err_console.status(f"removing {escape(names)} and re-gisting what follows"):
-            removed = remove_sources(mc, [journal[i] for i in found])
+            erasure = erase_sources(mc, [journal[i] for i in found])
         remaining = mc.tree.num_tokens
     if as_json:
         emit_json(
             {
                 "removed": sorted({label(i) for i in found.values()}),
-                "tokens": removed,
+                "tokens": erasure.tokens,
                 "history_tokens": remaining,
+                "erasure": erasure.id,
             }
         )
         return
-    console.print(f"removed {escape(names)}: {removed:,} tokens; history: {remaining:,} tokens")
+    console.print(
+        f"removed {escape(names)}: {erasure.tokens:,} tokens; history: {remaining:,} tokens "
+        f"(erasure #{erasure.id}: `megacontext compliance verify-erasure {tree}` proves it)"
+    )
 
 
 __all__ = ["app"]

@@ -354,6 +354,12 @@ class Session:
         }
         self.record("ingest", uri, detail)
 
+    def release_trace(self) -> None:
+        """Close the trace file (the next refocus step reopens it): before it is rewritten."""
+        if self._trace_file is not None:
+            self._trace_file.close()
+            self._trace_file = None
+
     def audit(self) -> AuditLog | None:
         """The tree's audit trail (:mod:`megacontext.store.audit`); ``None`` for a session with
         no metadata database (in memory)."""

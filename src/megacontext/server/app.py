@@ -69,6 +69,7 @@ from megacontext.server.trees import (
 )
 from megacontext.server.usage import StorageMeter, UsageSink, open_sink
 from megacontext.store.annotations import AnnotationConflictError, AnnotationNotFoundError
+from megacontext.store.policies import SourceOnHoldError
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_TOKEN_INDEX = 2**53  # token positions in queries (the store's indices are far below)
@@ -80,6 +81,7 @@ ERROR_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (TraceNotFoundError, 404, "not_found"),
     (AnnotationNotFoundError, 404, "not_found"),
     (AnnotationConflictError, 409, "version_conflict"),
+    (SourceOnHoldError, 409, "on_hold"),
     (TreeExistsError, 409, "already_exists"),
     (ConflictError, 409, "conflict"),
     (IdempotencyConflictError, 409, "conflict"),
@@ -98,7 +100,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (
             409,
             "The tree exists (already_exists), another request is writing it (conflict), or "
-            "an annotation changed since the version sent (version_conflict)",
+            "an annotation changed since the version sent (version_conflict), or a source is "
+            "under legal hold (on_hold)",
         ),
         (413, "Body larger than the service's limit"),
         (422, "A field has the wrong type or value, or an Idempotency-Key was reused"),
@@ -547,7 +550,7 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
         tree: str, source_id: Annotated[int, PathParam(ge=0, le=MAX_TOKEN_INDEX)], caller: Writer
     ) -> s.Removed:
         """Erase a source: its tokens, the gists above them, its keys and lexical rows."""
-        from megacontext.runtime.journal import remove_sources
+        from megacontext.runtime.erasure import erase_sources
 
         caller.require("write")
 
@@ -556,7 +559,7 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
                 found = [i for i in _journal(session) if i.id == source_id]
                 if not found:
                     raise NotFoundError(f"tree {tree!r} has no source with id {source_id}")
-                return s.Removed(removed_tokens=remove_sources(session, found))
+                return s.Removed(removed_tokens=erase_sources(session, found).tokens)
 
         return await lane.run(removed)
 

@@ -131,6 +131,13 @@ class LexicalIndex(_NodeScores):
         self._db.execute("DELETE FROM blocks WHERE rowid > ?", (int(blocks),))
         self._db.commit()
 
+    def vacuum(self) -> None:
+        """Rewrite the file without free pages: deleted blocks' text leaves the disk file.
+        FTS5 first merges its segments, so no old segment still holds a deleted row's terms."""
+        self._db.execute("INSERT INTO blocks(blocks) VALUES ('optimize')")
+        self._db.commit()
+        self._db.execute("VACUUM")
+
     def block_scores(self, query: str, limit: int | None = None) -> dict[int, float]:
         """``{block index: score}`` of blocks containing any query term, best first."""
         terms = query_terms(query)
@@ -250,6 +257,13 @@ class PostgresLexicalIndex(_NodeScores):
             conn.execute(self._blocks.insert(), blocks)
             if terms:
                 conn.execute(self._terms.insert(), terms)
+
+    def vacuum(self) -> None:
+        """PostgreSQL keeps deleted rows' versions until its own VACUUM reclaims them; this
+        asks for one on the index's tables (space reused, not zeroed: see docs/audit.md)."""
+        with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            for table in (self._terms, self._blocks):
+                conn.exec_driver_sql(f"VACUUM {table.name}")
 
     def truncate(self, blocks: int) -> None:
         """Keep only the first ``blocks`` blocks (the history was cut back)."""

@@ -19,6 +19,8 @@ Tables:
   (:mod:`megacontext.store.annotations`).
 - ``audit_events``: the hash-chained audit trail (:mod:`megacontext.store.audit`).
 - ``lineage``: the Merkle hash of every gist (:mod:`megacontext.store.lineage`).
+- ``erasures``, ``source_policies``: erasure records and per-source labels, retention and
+  legal holds (:mod:`megacontext.runtime.erasure`, :mod:`megacontext.store.policies`).
 """
 
 from __future__ import annotations
@@ -163,6 +165,35 @@ lineage_table = sa.Table(
     sa.Column("idx", sa.BigInteger, nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
     sa.PrimaryKeyConstraint("tree_id", "level", "idx", name="pk_lineage"),
+)
+
+# Erasures (megacontext.runtime.erasure): what a source's removal must leave no trace of, as
+# keyed fingerprints of its token windows (never the tokens), for the byte-scan verifier.
+erasure_table = sa.Table(
+    "erasures",
+    schema,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("tree_id", sa.String(64), nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("sources", sa.JSON, nullable=False),  # [{"ingest", "source", "start", "stop"}]
+    sa.Column("tokens", sa.BigInteger, nullable=False),
+    sa.Column("window", sa.Integer, nullable=False),
+    sa.Column("salt", sa.String(20), nullable=False),  # the hash's secret multiplier, decimal
+    sa.Column("fingerprints", sa.LargeBinary, nullable=False),  # little-endian uint64s
+)
+
+# Compliance policies per source (an ingest row): access labels, retention, legal hold.
+policy_table = sa.Table(
+    "source_policies",
+    schema,
+    sa.Column("ingest_id", sa.Integer, sa.ForeignKey("ingests.id"), primary_key=True),
+    sa.Column("tree_id", sa.String(64), nullable=False),
+    sa.Column("labels", sa.JSON, nullable=False),
+    sa.Column("retain_until", sa.DateTime(timezone=True)),
+    sa.Column("hold", sa.Text),  # the reason of a legal hold; NULL: none
+    sa.Column("updated_by", sa.String(200), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 _SOURCE_COLUMNS = (sources.c.uri, sources.c.kind, sources.c.content_hash, sources.c.meta)
@@ -597,6 +628,16 @@ class MetadataDB:
                     merged.append(range(lo, hi))
             out[level] = merged
         return out
+
+    def spans_of_source(self, tree_id: str, source_id: int) -> int:
+        """How many provenance spans of the tree point into source ``source_id``."""
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(spans)
+                .where(spans.c.tree_id == tree_id, spans.c.source_id == source_id)
+            ).scalar()
+        return int(found or 0)
 
     def list_sources(self, kind: str | None = None) -> list[Source]:
         """Every source (optionally of one kind) with its metadata, oldest first."""
