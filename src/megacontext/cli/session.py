@@ -311,6 +311,13 @@ def ask(
         bool,
         typer.Option("--remember", help="Also append the question and the answer to the history."),
     ] = False,
+    labels: Annotated[
+        str | None,
+        typer.Option(
+            help="Answer as a principal holding these access labels (comma-separated): sources "
+            "labelled otherwise never reach the model (`megacontext compliance label`)."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Ask a question about everything the session has seen; the answer cites its sources.
@@ -333,6 +340,8 @@ def ask(
     readonly = not (remember or regist)
     with _opened(tree, base, focus, config, regist=regist, readonly=readonly) as mc:
         loaded = time.perf_counter() - started
+        if labels is not None:
+            mc.restrict(label.strip() for label in labels.split(","))
         answer = mc.ask(question, max_new_tokens=max_new_tokens, remember=remember)
     seconds = {"load": loaded, **answer.seconds, "total": time.perf_counter() - started}
     if as_json:

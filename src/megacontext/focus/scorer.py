@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from megacontext.core import MegaContextTree, WorkingContext
+from megacontext.focus.access import AccessFilter, redact, redaction_vector
 from megacontext.models.context import entry_vectors
 from megacontext.models.lensnet import FEATURES
 
@@ -98,6 +99,10 @@ class LensScorer:
         self.base = base
         self.tree = tree
         self.lexical = lexical
+        # What the principal may not see (megacontext.focus.access): redacted in LensNet's
+        # inputs too, so that restricted text cannot steer focus.
+        self.access: AccessFilter | None = None
+        self._redaction: torch.Tensor | None = None
 
     def features(self, wc: WorkingContext, query: FocusQuery) -> np.ndarray:
         """``(W, len(FEATURES))`` numeric features of the entries of ``wc``."""
@@ -117,13 +122,22 @@ class LensScorer:
             lexical = lexical / lexical.max()
         feats[:, FEATURES.index("lexical")] = lexical
         feats[:, FEATURES.index("key_sim")] = entry_keys(self.tree, wc) @ query.key
+        if self.access is not None:
+            hidden = self.access.mask(wc)
+            feats[hidden, FEATURES.index("lexical")] = 0.0
+            feats[hidden, FEATURES.index("key_sim")] = 0.0
         return feats
 
     @torch.no_grad()
     def inputs(self, wc: WorkingContext, query: FocusQuery) -> LensInputs:
         """Everything LensNet reads for ``wc`` and ``query``."""
         device = self.base.device
-        entries = entry_vectors(wc, self.tree, self.base).float()[None]
+        entries = entry_vectors(wc, self.tree, self.base).float()
+        if self.access is not None:
+            if self._redaction is None:
+                self._redaction = redaction_vector(self.base)
+            entries = redact(entries, self.access.mask(wc), self._redaction)
+        entries = entries[None]
         asked = self.base.embed(torch.as_tensor(query.ids, device=device)).float()[None]
         levels = torch.tensor(wc.levels, device=device)[None]  # a copy: wc.levels is read-only
         feats = torch.as_tensor(self.features(wc, query), device=device)[None]

@@ -23,7 +23,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,13 @@ from megacontext.core import (
 )
 from megacontext.errors import BudgetError, InvalidInputError
 from megacontext.focus import FocusEngine, FocusQuery, LensScorer, StepTelemetry
+from megacontext.focus.access import (
+    NEVER_EXPAND,
+    REDACTION_TEXT,
+    AccessFilter,
+    redact,
+    redaction_vector,
+)
 from megacontext.models.adapter import BaseAdapter
 from megacontext.models.bundle import Bundle
 from megacontext.models.context import GistNetGister, entry_vectors
@@ -59,7 +66,8 @@ from megacontext.store.cache import CachedBackend, CacheStats
 from megacontext.store.lexical import AnyLexicalIndex, LexicalIndex
 from megacontext.store.lineage import Lineage
 from megacontext.store.local import LocalStore
-from megacontext.store.metadata import ROLLED_BACK, MetadataDB
+from megacontext.store.metadata import COMPLETE, ROLLED_BACK, MetadataDB
+from megacontext.store.policies import Policies
 
 Scores = Callable[[WorkingContext], np.ndarray]
 Progress = Callable[[int, int], None]  # (tokens done, tokens in all)
@@ -149,6 +157,9 @@ class Session:
         self._audit_url = audit_url
         self._audit: AuditLog | None = None
         self._audit_db: MetadataDB | None = None
+        # What the principal may not see (restrict()); None: everything is open.
+        self.access: AccessFilter | None = None
+        self._redaction: torch.Tensor | None = None
         self.tree_id = stores[0].manifest.tree_id if stores else ""
         self.base = base
         self.bundle = bundle
@@ -632,7 +643,7 @@ class Session:
         parts = []
         if start < P:
             parts.append(self.base.embed(torch.as_tensor(prefix[start:], device=device)))
-        parts.append(entry_vectors(wc, self.tree, self.base, max(0, start - P)))
+        parts.append(self._vectors(wc, max(0, start - P)))
         vectors = torch.cat([p.to(self.base.dtype) for p in parts])[None]
         fetched = time.perf_counter()
         positions = wc_positions(wc, self.config.policy, offset=P)
@@ -863,6 +874,12 @@ class Session:
         """The raw spans in view now that were not in ``raw_before``, cited, best score first."""
         raw = self.wc.levels == 0
         spans = raw_runs(raw_before, sorted(self.wc.indices[raw].tolist()))
+        if self.access is not None:  # a restricted span is never cited (it was not shown)
+            spans = [
+                (a, b)
+                for a, b in spans
+                if not self.access.overlaps(np.array([a]), np.array([b]))[0]
+            ]
         if not spans:
             return [], []
         scores = self._with_pins(self._scores({}))
@@ -876,10 +893,16 @@ class Session:
         return citations, spans
 
     def _with_pins(self, scores: np.ndarray) -> np.ndarray:
-        if not self.focus.pinned:
-            return scores
-        scores = scores.copy()
-        scores[self.focus.pinned_mask(self.wc)] = 1.0
+        """The scores the allocator plans with: pinned entries wanted, and LOD1 blocks that
+        touch restricted text never expanded (their tokens could only be redactions)."""
+        if self.focus.pinned:
+            scores = scores.copy()
+            scores[self.focus.pinned_mask(self.wc)] = 1.0
+        if self.access is not None and not self.access.empty:
+            frozen = self.access.mask(self.wc) & (self.wc.levels == 1)
+            if frozen.any():
+                scores = scores.copy()
+                scores[frozen] = NEVER_EXPAND
         return scores
 
     def _scores(self, times: dict[str, float]) -> np.ndarray:
@@ -935,18 +958,54 @@ class Session:
     # ----------------------------------------------------------------------------- views
 
     def context_vectors(self) -> torch.Tensor:
-        """``(W, d)`` input vectors of the working context (token embeddings and gists)."""
+        """``(W, d)`` input vectors of the working context (token embeddings and gists; the
+        redaction vector for entries the principal may not see)."""
         with torch.no_grad():
-            return entry_vectors(self.wc, self.tree, self.base)
+            return self._vectors(self.wc, 0)
+
+    def _vectors(self, wc: WorkingContext, start: int) -> torch.Tensor:
+        """What the base reads for the entries of ``wc`` from ``start`` on: every base input of
+        the context comes through here, so the access filter cannot be bypassed."""
+        vectors = entry_vectors(wc, self.tree, self.base, start)
+        if self.access is None:
+            return vectors
+        if self._redaction is None:
+            self._redaction = redaction_vector(self.base)
+        return redact(vectors, self.access.mask(wc)[start:], self._redaction)
+
+    def restrict(self, labels: Iterable[str] | None) -> int:
+        """Show the history as a principal holding ``labels`` sees it: sources with an access
+        label it lacks are restricted (:mod:`megacontext.focus.access`). ``None`` lifts the
+        restriction. Returns the number of restricted sources. Sources labelled after this
+        call are restricted at the next call."""
+        self._check_open()
+        self._drop_cache()
+        if labels is None:
+            self.access = self.scorer.access = None
+            return 0
+        if self.metadata is None:
+            raise InvalidInputError("an in-memory session has no sources to restrict")
+        held = {label for label in labels if label}
+        policies = Policies(self.metadata, self.tree_id).all()
+        ranges = [
+            (i.start, i.stop)
+            for i in self.metadata.ingests_of(self.tree_id, COMPLETE)
+            if i.stop is not None and i.id in policies and not set(policies[i.id].labels) <= held
+        ]
+        self.access = self.scorer.access = AccessFilter(ranges)
+        return len(ranges)
 
     def working_context(self) -> list[EntryView]:
         """The entries of the working context, oldest first, with text previews of raw tokens."""
         starts, ends = self.wc.spans()
+        hidden = self.access.mask(self.wc) if self.access is not None else None
         out = []
         for pos in range(self.wc.size):
             level, index = int(self.wc.levels[pos]), int(self.wc.indices[pos])
             preview = ""
-            if level == 0:
+            if hidden is not None and hidden[pos]:
+                preview = REDACTION_TEXT.strip()
+            elif level == 0:
                 preview = self.base.decode([int(self.tree.tokens(index, index + 1)[0])])
             out.append(EntryView(level, index, int(starts[pos]), int(ends[pos]), preview))
         return out
