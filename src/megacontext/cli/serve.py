@@ -177,15 +177,29 @@ def create_key(
     tenant: Annotated[str, typer.Option(help="The tenant the key acts for.")],
     scopes: Annotated[str, typer.Option(help="Comma-separated: read, write, admin.")] = "read",
     name: Annotated[str, typer.Option(help="A note to recognise the key by.")] = "",
+    labels: Annotated[
+        str | None,
+        typer.Option(
+            help="Access labels the key holds (comma-separated; '' for none): it then sees only "
+            "sources whose labels it all holds. Default: it sees every source."
+        ),
+    ] = None,
     root: RootOpt = DEFAULT_ROOT,
     metadata_url: AuditUrlOpt = None,
 ) -> None:
     """Create a key and print it (once: only its hash is stored)."""
     from megacontext.server.keys import KeyStore
 
-    key, info = KeyStore(root / "keys.sqlite").create(tenant, scopes, name)
+    held = None if labels is None else labels.split(",")
+    key, info = KeyStore(root / "keys.sqlite").create(tenant, scopes, name, held)
     _audited(
-        root, metadata_url, "key.create", info.id, tenant=info.tenant, scopes=list(info.scopes)
+        root,
+        metadata_url,
+        "key.create",
+        info.id,
+        tenant=info.tenant,
+        scopes=list(info.scopes),
+        labels=None if info.labels is None else list(info.labels),
     )
     console.print(f"key {info.id} for tenant {info.tenant} ({', '.join(info.scopes)}):")
     typer.echo(key)
@@ -201,7 +215,10 @@ def list_keys(
 
     for info in KeyStore(root / "keys.sqlite").list(tenant):
         state = "revoked" if info.revoked_at else "active"
-        typer.echo(f"{info.id}  {info.tenant}  {','.join(info.scopes)}  {state}  {info.name}")
+        held = "all sources" if info.labels is None else "labels: " + (",".join(info.labels) or "-")
+        typer.echo(
+            f"{info.id}  {info.tenant}  {','.join(info.scopes)}  {state}  {held}  {info.name}"
+        )
 
 
 @keys_app.command("revoke")

@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -31,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from megacontext._version import __version__
 from megacontext.errors import BudgetError, InvalidInputError, MegaContextError
 from megacontext.explorer.browse import SpanNotFoundError, TraceNotFoundError
+from megacontext.focus.access import REDACTION_TEXT
 from megacontext.runtime import SessionConfig
 from megacontext.runtime.session import Session
 from megacontext.server import schemas as s
@@ -540,7 +542,7 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
         caller.require("read")
 
         def listed() -> s.SourceList:
-            with trees.reader(caller.tenant, tree, caller.name) as session:
+            with trees.reader(caller.tenant, tree, caller) as session:
                 return s.SourceList(sources=[_source(i) for i in _journal(session)])
 
         return await lane.run(listed)
@@ -555,7 +557,7 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
         caller.require("write")
 
         def removed() -> s.Removed:
-            with trees.writer(caller.tenant, tree, caller.name) as session:
+            with trees.writer(caller.tenant, tree, caller) as session:
                 found = [i for i in _journal(session) if i.id == source_id]
                 if not found:
                     raise NotFoundError(f"tree {tree!r} has no source with id {source_id}")
@@ -639,7 +641,7 @@ def _routes(app: FastAPI, service: Service) -> None:  # noqa: C901, PLR0915  (th
         )
 
         def generated() -> s.Generated:
-            with trees.writer(caller.tenant, tree, caller.name) as session:
+            with trees.writer(caller.tenant, tree, caller) as session:
                 before, gists = session.tree.num_tokens, _gists(session)
                 pieces = list(session.generate(body.prompt, body.max_new_tokens, body.stop))
                 added, gists = session.tree.num_tokens - before, _gists(session) - gists
@@ -702,7 +704,7 @@ def ingest_text(
     """Append ``body.text`` to the tree (metered, within the request's token budget);
     ``progress(tokens done, tokens in all)`` as it goes."""
     caller.require("write")
-    with service.trees.writer(caller.tenant, tree, caller.name) as session:
+    with service.trees.writer(caller.tenant, tree, caller) as session:
         tokens = len(session.base.encode(body.text, add_bos=False))
         check_request_tokens(tokens, service.limits.max_request_tokens, "the text")
         gists = _gists(session)
@@ -725,7 +727,7 @@ def focused_context(
 ) -> s.WorkingContext:
     """The working context after ``body``'s budget, manual edits and question."""
     caller.require("read")
-    with service.trees.reader(caller.tenant, tree, caller.name) as session:
+    with service.trees.reader(caller.tenant, tree, caller) as session:
         if body.W_max is not None:
             _check_budget(session, body.W_max)
             session.resize(body.W_max)
@@ -749,7 +751,7 @@ def provenance_of(
     caller.require("read")
     if not 0 <= start < stop:
         raise InvalidInputError(f"need 0 <= start < stop, got start={start} stop={stop}")
-    with service.trees.reader(caller.tenant, tree, caller.name) as session:
+    with service.trees.reader(caller.tenant, tree, caller) as session:
         if session.metadata is None:
             return s.ProvenanceList(spans=[])
         rows = session.metadata.provenance(session.tree_id, start, stop)
@@ -805,17 +807,22 @@ def _check_budget(session: Session, W_max: int) -> None:
 
 def _context(session: Session, steps: int) -> s.WorkingContext:
     """The working context for people: consecutive raw tokens merged into runs, each run's
-    text decoded whole (a character may span several byte-level tokens)."""
+    text decoded whole (a character may span several byte-level tokens). Entries the caller
+    may not see (access labels) show as ``[redacted]``, in runs of their own."""
     starts, ends = session.wc.spans()
-    runs: list[list[int]] = []  # [level, index, start, end, entries]
+    access = session.access
+    hidden = access.mask(session.wc) if access is not None else np.zeros(session.wc.size, bool)
+    runs: list[list[int]] = []  # [level, index, start, end, entries, hidden]
     for pos in range(session.wc.size):
         level, index = int(session.wc.levels[pos]), int(session.wc.indices[pos])
-        start, end = int(starts[pos]), int(ends[pos])
+        start, end, secret = int(starts[pos]), int(ends[pos]), int(hidden[pos])
         last = runs[-1] if runs else None
-        if level == 0 and last is not None and last[0] == 0 and last[3] == start:
+        joins = last is not None and last[0] == 0 and last[3] == start and last[5] == secret
+        if level == 0 and joins:
+            assert last is not None
             last[3], last[4] = end, last[4] + 1
-        else:
-            runs.append([level, index, start, end, 1])
+            continue
+        runs.append([level, index, start, end, 1, secret])
     entries = [
         s.ContextEntry(
             level=level,
@@ -823,11 +830,15 @@ def _context(session: Session, steps: int) -> s.WorkingContext:
             start=start,
             end=end,
             entries=count,
-            text=session.base.decode(session.tree.tokens(start, end).tolist())
-            if level == 0
-            else "",
+            text=(
+                REDACTION_TEXT.strip()
+                if secret
+                else session.base.decode(session.tree.tokens(start, end).tolist())
+                if level == 0
+                else ""
+            ),
         )
-        for level, index, start, end, count in runs
+        for level, index, start, end, count, secret in runs
     ]
     return s.WorkingContext(
         W_max=session.wc.W_max, size=session.wc.size, entries=entries, focus_steps=steps
@@ -871,7 +882,7 @@ def _asked(
     """Ask ``question`` of the tree (metered); the answer and what the base read and wrote."""
     trees = service.trees
     opened = trees.writer if question.get("remember") else trees.reader
-    with opened(caller.tenant, tree, caller.name) as session:
+    with opened(caller.tenant, tree, caller) as session:
         answer = session.ask(**question, on_text=on_text)
         read = (
             len(session.prompt.prefix)

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from megacontext.explorer.browse import MAX_PAGE, PAGE, TreeBrowser
 from megacontext.runtime.opening import metadata_url
-from megacontext.server.keys import Principal
+from megacontext.server.keys import Principal, ScopeError
 from megacontext.store.annotations import Annotations
 from megacontext.store.metadata import MetadataDB
 
@@ -82,7 +82,12 @@ def explorer_routes(app: FastAPI, service: Any, reader: Any, writer: Any) -> Non
     @contextmanager
     def browsing(caller: Principal, tree: str, write: bool = False) -> Iterator[TreeBrowser]:
         caller.require("write" if write else "read")
-        with trees.reader(caller.tenant, tree, caller.name) as session:
+        if caller.labels is not None:
+            raise ScopeError(
+                "this key holds access labels, and the explorer shows a tree's text unfiltered: "
+                "explore with a key made without --labels"
+            )
+        with trees.reader(caller.tenant, tree, caller) as session:
             if not write:
                 yield TreeBrowser(session)
                 return

@@ -44,6 +44,8 @@ class Principal:
     tenant: str
     key_id: str
     scopes: frozenset[str]
+    # The access labels the key holds (megacontext.focus.access); None: it sees every source.
+    labels: frozenset[str] | None = None
 
     @property
     def name(self) -> str:
@@ -69,6 +71,7 @@ class KeyInfo:
     name: str
     created_at: float
     revoked_at: float | None
+    labels: tuple[str, ...] | None = None  # None: every source
 
 
 def check_tenant(tenant: str) -> str:
@@ -102,26 +105,41 @@ class KeyStore:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS keys (id TEXT PRIMARY KEY, tenant TEXT NOT NULL, "
                 "scopes TEXT NOT NULL, name TEXT NOT NULL, hash TEXT NOT NULL, "
-                "created_at REAL NOT NULL, revoked_at REAL)"
+                "created_at REAL NOT NULL, revoked_at REAL, labels TEXT)"
             )
+            columns = {row[1] for row in db.execute("PRAGMA table_info(keys)")}
+            if "labels" not in columns:  # a key table from before access labels
+                db.execute("ALTER TABLE keys ADD COLUMN labels TEXT")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30)
         db.execute("PRAGMA journal_mode=WAL")
         return db
 
-    def create(self, tenant: str, scopes: str | list[str], name: str = "") -> tuple[str, KeyInfo]:
-        """A new key for ``tenant``: returns the key (shown once, never stored) and its info."""
+    def create(
+        self,
+        tenant: str,
+        scopes: str | list[str],
+        name: str = "",
+        labels: list[str] | None = None,
+    ) -> tuple[str, KeyInfo]:
+        """A new key for ``tenant``: returns the key (shown once, never stored) and its info.
+        ``labels``: the access labels it holds (``None``: it sees every source; ``[]``: only
+        unlabelled ones)."""
         check_tenant(tenant)
         granted = check_scopes(scopes)
+        held = None if labels is None else tuple(sorted({x.strip() for x in labels if x.strip()}))
         key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(24)
         now = time.time()
+        stored = None if held is None else ",".join(held)
         with self._connect() as db:
             db.execute(
-                "INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?, NULL)",
-                (key_id, tenant, ",".join(granted), name, self._hasher.hash(secret), now),
+                "INSERT INTO keys (id, tenant, scopes, name, hash, created_at, revoked_at, labels) "
+                "VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
+                (key_id, tenant, ",".join(granted), name, self._hasher.hash(secret), now, stored),
             )
-        return f"mck_{key_id}_{secret}", KeyInfo(key_id, tenant, granted, name, now, None)
+        info = KeyInfo(key_id, tenant, granted, name, now, None, held)
+        return f"mck_{key_id}_{secret}", info
 
     def revoke(self, key_id: str) -> None:
         with self._connect() as db:
@@ -135,13 +153,16 @@ class KeyStore:
             self._verified = {k: v for k, v in self._verified.items() if v[0].key_id != key_id}
 
     def list(self, tenant: str | None = None) -> list[KeyInfo]:
-        query = "SELECT id, tenant, scopes, name, created_at, revoked_at FROM keys"
+        query = "SELECT id, tenant, scopes, name, created_at, revoked_at, labels FROM keys"
         args: tuple[str, ...] = ()
         if tenant is not None:
             query, args = query + " WHERE tenant = ?", (tenant,)
         with self._connect() as db:
             rows = db.execute(query + " ORDER BY created_at", args).fetchall()
-        return [KeyInfo(r[0], r[1], tuple(r[2].split(",")), r[3], r[4], r[5]) for r in rows]
+        return [
+            KeyInfo(r[0], r[1], tuple(r[2].split(",")), r[3], r[4], r[5], _labels(r[6]))
+            for r in rows
+        ]
 
     def verify(self, key: str | None) -> Principal:
         """The principal of a key, or :class:`AuthError` saying what is wrong with it."""
@@ -159,21 +180,31 @@ class KeyStore:
         key_id, secret = found.groups()
         with self._connect() as db:
             row = db.execute(
-                "SELECT tenant, scopes, hash, revoked_at FROM keys WHERE id = ?", (key_id,)
+                "SELECT tenant, scopes, hash, revoked_at, labels FROM keys WHERE id = ?",
+                (key_id,),
             ).fetchone()
         if row is None:
             raise AuthError("unknown API key")
-        tenant, scopes, hashed, revoked = row
+        tenant, scopes, hashed, revoked, labels = row
         if revoked is not None:
             raise AuthError("this API key was revoked; ask for a new one")
         try:
             self._hasher.verify(hashed, secret)
         except (VerificationError, InvalidHashError):
             raise AuthError("invalid API key") from None
-        principal = Principal(tenant, key_id, frozenset(scopes.split(",")))
+        held = _labels(labels)
+        principal = Principal(
+            tenant, key_id, frozenset(scopes.split(",")), None if held is None else frozenset(held)
+        )
         with self._lock:
             self._verified[digest] = (principal, now)
         return principal
+
+
+def _labels(stored: str | None) -> tuple[str, ...] | None:
+    if stored is None:
+        return None
+    return tuple(x for x in stored.split(",") if x)
 
 
 __all__ = [

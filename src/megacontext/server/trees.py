@@ -19,6 +19,7 @@ from megacontext.errors import InvalidInputError, MegaContextError
 from megacontext.runtime import SessionConfig, open_session
 from megacontext.runtime.opening import is_session
 from megacontext.runtime.session import Session
+from megacontext.server.keys import Principal
 from megacontext.server.metrics import TreeStats
 from megacontext.server.usage import tree_bytes
 
@@ -123,18 +124,16 @@ class Trees:
         return path
 
     @contextmanager
-    def reader(self, tenant: str, name: str, actor: str | None = None) -> Iterator[Session]:
-        """The tree opened read-only; ``actor``: who its audit trail records as asking."""
+    def reader(self, tenant: str, name: str, caller: Principal | None = None) -> Iterator[Session]:
+        """The tree opened read-only, as ``caller`` sees it (:meth:`_as`)."""
         with self._open(self.found(tenant, name), readonly=True) as session:
-            session.actor = actor or session.actor
-            yield session
+            yield _as(session, caller)
 
     @contextmanager
-    def writer(self, tenant: str, name: str, actor: str | None = None) -> Iterator[Session]:
-        """The tree opened for writing; ``actor``: who its audit trail records as acting."""
+    def writer(self, tenant: str, name: str, caller: Principal | None = None) -> Iterator[Session]:
+        """The tree opened for writing, as ``caller`` sees it (:meth:`_as`)."""
         with self._open(self.found(tenant, name), readonly=False) as session:
-            session.actor = actor or session.actor
-            yield session
+            yield _as(session, caller)
 
     @contextmanager
     def _open(self, path: Path, *, readonly: bool, create: bool = False) -> Iterator[Session]:
@@ -156,6 +155,16 @@ class Trees:
             ) from None
         with session:
             yield session
+
+
+def _as(session: Session, caller: Principal | None) -> Session:
+    """``session`` acting for ``caller``: its audit trail names the caller's key, and a key
+    holding access labels sees only the sources they allow (megacontext.focus.access)."""
+    if caller is not None:
+        session.actor = caller.name
+        if caller.labels is not None:
+            session.restrict(caller.labels)
+    return session
 
 
 __all__ = [
