@@ -70,6 +70,22 @@ def postgres_url() -> Iterator[str]:
         subprocess.run([str(SCRIPT), "stop", values["MEGACONTEXT_PG_DIR"]], timeout=60, check=False)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def metadata_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty metadata database: a SQLite file, then the test PostgreSQL (emptied)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/meta.sqlite"
+    import sqlalchemy as sa
+
+    from megacontext.store.metadata import schema
+
+    url = str(request.getfixturevalue("postgres_url"))
+    engine = sa.create_engine(url)
+    schema.drop_all(engine)
+    engine.dispose()
+    return url
+
+
 # The tiny world most tests share: a random-init base of the tiny base's architecture, and a
 # GistNet (K=4) and LensNet of small shapes, saved as a focus bundle. Built once per session.
 @dataclass(frozen=True)

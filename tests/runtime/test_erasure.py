@@ -51,8 +51,10 @@ def build(path: Path, tiny_world, url: str | None = None) -> None:  # type: igno
             mc.refocus()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["in the tree", "postgresql"])
 def session(request: pytest.FixtureRequest, tiny_world, tmp_path: Path) -> Iterator[Session]:  # type: ignore[no-untyped-def]
+    # The SQLite case keeps the default layout (meta.sqlite inside the session directory), so
+    # the byte scan covers the metadata database too.
     url = None
     if request.param == "postgresql":
         url = request.getfixturevalue("postgres_url")

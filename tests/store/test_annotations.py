@@ -20,16 +20,9 @@ from megacontext.store.annotations import (
 from megacontext.store.metadata import MetadataDB, schema
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def notes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Annotations]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/meta.sqlite"
-    else:
-        url = request.getfixturevalue("postgres_url")
-        engine = sa.create_engine(url)
-        schema.drop_all(engine)
-        engine.dispose()
-    db = MetadataDB(url)
+@pytest.fixture()
+def notes(metadata_url: str) -> Iterator[Annotations]:
+    db = MetadataDB(metadata_url)
     tree = uuid.uuid4().hex
     db.register_tree(tree, "/trees/t", K=4, dim=8, fingerprints={"base": "b"})
     yield Annotations(db, tree)

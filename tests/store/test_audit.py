@@ -15,21 +15,14 @@ import sqlalchemy as sa
 
 from megacontext.errors import InvalidInputError
 from megacontext.store.audit import GENESIS, AuditLog, event_hash, read_anchors
-from megacontext.store.metadata import MetadataDB, audit_table, schema
+from megacontext.store.metadata import MetadataDB, audit_table
 
 KEY = b"a secret kept away from the database"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AuditLog]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/meta.sqlite"
-    else:
-        url = request.getfixturevalue("postgres_url")
-        engine = sa.create_engine(url)
-        schema.drop_all(engine)
-        engine.dispose()
-    db = MetadataDB(url)
+@pytest.fixture()
+def log(metadata_url: str) -> Iterator[AuditLog]:
+    db = MetadataDB(metadata_url)
     yield AuditLog(db, uuid.uuid4().hex)
     db.close()
 

@@ -16,23 +16,17 @@ from megacontext.runtime import SessionConfig, open_session
 from megacontext.runtime.journal import remove_sources
 from megacontext.runtime.session import Session
 from megacontext.store.lineage import block_hashes, parent_hashes
-from megacontext.store.metadata import lineage_table, schema
+from megacontext.store.metadata import lineage_table
 
 HARBOUR = "".join(f"harbour log {i}: the ferry left pier {i % 7} at dawn\n" for i in range(50))
 ORCHARD = "".join(f"orchard note {i}: pears ripen in row {i * 3}\n" for i in range(50))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def session(request: pytest.FixtureRequest, tiny_world, tmp_path: Path) -> Iterator[Session]:  # type: ignore[no-untyped-def]
-    url = None
-    if request.param == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-        engine = sa.create_engine(url)
-        schema.drop_all(engine)
-        engine.dispose()
+@pytest.fixture()
+def session(metadata_url: str, tiny_world, tmp_path: Path) -> Iterator[Session]:  # type: ignore[no-untyped-def]
     config = SessionConfig(W_max=48, protected_recent=12)
     with open_session(
-        tmp_path / "s", tiny_world.base, tiny_world.bundle_dir, config, metadata_url=url
+        tmp_path / "s", tiny_world.base, tiny_world.bundle_dir, config, metadata_url=metadata_url
     ) as mc:
         mc.ingest(HARBOUR, source="file:///harbour.txt", metadata={"path": "harbour.txt"})
         mc.ingest(ORCHARD, source="file:///orchard.txt", metadata={"path": "orchard.txt"})

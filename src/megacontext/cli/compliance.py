@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from megacontext.cli.output import console, emit_json
 from megacontext.cli.session import DEFAULT_TREE, JsonOpt, TreeOpt, _opened
+from megacontext.cli.sources import SourceArg
 from megacontext.errors import InvalidInputError
 
 app = typer.Typer(
@@ -27,14 +28,6 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
 )
-
-SourceArg = Annotated[
-    str,
-    typer.Argument(
-        help="A source: its number in `sources list`, the path it was ingested from, or its URI.",
-        show_default=False,
-    ),
-]
 
 
 def _source(mc: Any, wanted: str) -> Any:

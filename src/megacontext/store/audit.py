@@ -17,7 +17,8 @@ each anchored event with the same hash. An HMAC needs the secret to check it, un
 signature; the docs say so.
 
 Events are appended in one transaction each; the unique ``(chain, seq)`` means two writers that
-raced for the same place cannot both win, and the loser retries on the new head (no forks).
+raced for the same place cannot both win, and the loser retries on the new head (no forks). On
+PostgreSQL, appends to one chain also take turns on an advisory lock, so they do not race.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import random
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -133,9 +136,14 @@ class AuditLog:
     ) -> AuditEvent:
         """Append one event at the head of the chain and return it."""
         detail = _jsonable(detail or {})
-        for _ in range(_RETRIES):
+        for attempt in range(_RETRIES):
             try:
                 with self.db.engine.begin() as conn:
+                    if self.db.dialect == "postgresql":  # appends to one chain take turns
+                        conn.execute(
+                            sa.text("SELECT pg_advisory_xact_lock(hashtext(:chain))"),
+                            {"chain": f"megacontext-audit:{self.chain}"},
+                        )
                     head = conn.execute(
                         sa.select(audit_table.c.seq, audit_table.c.hash)
                         .where(audit_table.c.chain == self.chain)
@@ -161,10 +169,11 @@ class AuditLog:
                     )
                 return AuditEvent(self.chain, seq, at, actor, action, subject, detail, prev, digest)
             except sa.exc.IntegrityError:
-                continue  # another writer took this seq: append after it
+                pass  # another writer (without the lock: SQLite) took this seq: append after it
             except sa.exc.OperationalError as exc:
                 if "locked" not in str(exc.orig):
                     raise AuditError(f"cannot write the audit trail: {exc.orig}") from None
+            time.sleep(random.uniform(0.001, 0.02) * (attempt + 1))
         raise AuditError(f"the audit chain {self.chain!r} stayed busy; try again")
 
     def events(self, first: int = 1, limit: int | None = None) -> Iterator[AuditEvent]:
