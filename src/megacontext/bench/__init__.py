@@ -52,6 +52,7 @@ class BenchOptions:
 
     base: str | None = None
     prompt: str | None = None
+    cluster: str | None = None  # a dask scheduler's address: suites that can, run on it
 
     def base_name(self) -> str:
         if self.base is not None:

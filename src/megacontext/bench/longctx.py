@@ -23,6 +23,7 @@ variants). Each result's ``extra.system_stats`` sums the systems' own counters o
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from collections.abc import Callable
@@ -156,9 +157,39 @@ def systems(base: Any, bundle: Any | None) -> dict[str, Callable[[], Any]]:
     return out
 
 
-def run(quick: bool, progress: Progress, options: BenchOptions) -> list[Result]:
+@dataclass(frozen=True)
+class Setup:
+    """What every cell of a run shares, as plain values: a cluster's worker rebuilds the same
+    base, systems, prompt and filler text from it (and keeps them for its next cells)."""
+
+    base: str
+    prompt: str | None
+    corpus: str
+    systems: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: str
+    length: int
+    budget: int
+    system: str
+    samples: int
+
+
+@dataclass
+class Loaded:
+    base: Any
+    systems: dict[str, Callable[[], Any]]
+    filler: Any
+    prompt: Any
+    bundle_note: str
+
+
+@functools.lru_cache(maxsize=2)
+def load(setup: Setup) -> Loaded:
+    """The base, systems, prompt and filler of ``setup`` (once per process)."""
     from megacontext.data import Filler
-    from megacontext.eval.harness import run_grid
     from megacontext.models.bundle import load_bundle, resolve_focus
     from megacontext.models.errors import NoFocusBundleError
     from megacontext.models.loading import load_base
@@ -166,34 +197,95 @@ def run(quick: bool, progress: Progress, options: BenchOptions) -> list[Result]:
     from megacontext.train.streams import corpus_streams
 
     torch.manual_seed(0)
-    grid, wanted = select_grid(QUICK if quick else FULL)
-    base = load_base(options.base_name())
-    prompt = PromptFormat.for_base(base, options.prompt or "raw")
+    base = load_base(setup.base)
+    prompt = PromptFormat.for_base(base, setup.prompt or "raw")
+    note = ""
     try:
         bundle = load_bundle(
             resolve_focus("default", base.fingerprints, base.source),
             fingerprints=base.fingerprints,
         )
     except NoFocusBundleError as exc:
-        bundle = None
-        progress(f"MegaContext variants are skipped: {exc}")
-    corpus = Path(os.environ.get("MEGACONTEXT_CORPUS", "runs/corpus"))
-    val = corpus_streams(corpus, base, "val", progress=False)
+        bundle, note = None, f"MegaContext variants are skipped: {exc}"
+    val = corpus_streams(Path(setup.corpus), base, "val", progress=False)
     text = np.concatenate([s for name, s in sorted(val.items()) if name != "stdlib"])
     special = tuple(t for t in (base.bos_token_id, base.eos_token_id) if t is not None)
-    filler = Filler(text, special)
-    results = run_grid(
-        base,
-        pick_systems(systems(base, bundle), wanted),
-        grid.tasks,
-        grid.lengths,
-        grid.budgets,
-        grid.samples,
-        filler,
-        progress,
-        prompt=prompt,
+    chosen = pick_systems(systems(base, bundle), list(setup.systems) if setup.systems else None)
+    return Loaded(base, chosen, Filler(text, special), prompt, note)
+
+
+def run_cell(setup: Setup, cell: Cell) -> Any:
+    """One cell of the grid, on its own: seeded by nothing but its coordinates (the samples by
+    the task and length, torch anew), so the order cells run in, or where, changes nothing."""
+    from megacontext.eval.harness import run_task
+
+    loaded = load(setup)
+    torch.manual_seed(0)
+    return run_task(
+        loaded.base,
+        loaded.systems[cell.system],
+        cell.task,
+        cell.length,
+        cell.budget,
+        cell.samples,
+        loaded.filler,
+        prompt=loaded.prompt,
     )
-    return [to_result(r, base.source) for r in results]
+
+
+def cells(grid: Grid, names: list[str]) -> list[Cell]:
+    """The grid's cells in the serial order (task, length, budget, system)."""
+    return [
+        Cell(task, length, budget, name, grid.samples)
+        for task in grid.tasks
+        for length in grid.lengths
+        for budget in grid.budgets
+        for name in names
+    ]
+
+
+def run_on_cluster(
+    address: str,
+    setup: Setup,
+    todo: list[Cell],
+    progress: Progress,
+    connect_timeout_s: float = 30.0,
+) -> list[Any]:
+    """Run ``todo`` as dask tasks on the scheduler at ``address``; results in ``todo``'s order.
+    Cells are independent and seeded by their coordinates: the results are the serial run's."""
+    from distributed import Client, as_completed
+
+    try:
+        client = Client(address, timeout=f"{connect_timeout_s}s")
+    except OSError as exc:
+        raise InvalidInputError(
+            f"cannot reach the dask scheduler at {address} ({exc}); start one (dask scheduler) "
+            "or check --cluster"
+        ) from None
+    with client:
+        futures = [client.submit(run_cell, setup, cell, pure=False) for cell in todo]
+        for done, future in enumerate(as_completed(futures), 1):
+            progress(f"{done} of {len(futures)} cells done on the cluster")
+            future.result()  # a failed cell fails the run here, with its worker's error
+        return list(client.gather(futures))
+
+
+def run(quick: bool, progress: Progress, options: BenchOptions) -> list[Result]:
+    grid, wanted = select_grid(QUICK if quick else FULL)
+    corpus = os.environ.get("MEGACONTEXT_CORPUS", "runs/corpus")
+    setup = Setup(options.base_name(), options.prompt, corpus, tuple(wanted) if wanted else None)
+    loaded = load(setup)
+    if loaded.bundle_note:
+        progress(loaded.bundle_note)
+    todo = cells(grid, list(loaded.systems))
+    if options.cluster:
+        results = run_on_cluster(options.cluster, setup, todo, progress)
+    else:
+        results = []
+        for cell in todo:
+            progress(f"{cell.task}@{cell.length}/{cell.budget}/{cell.system}")
+            results.append(run_cell(setup, cell))
+    return [to_result(r, loaded.base.source) for r in results]
 
 
 def to_result(r: Any, base_name: str) -> Result:

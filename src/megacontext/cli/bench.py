@@ -38,6 +38,14 @@ def bench(
             "base's chat template, free answer) or chat-cue (template + cue). Default: raw.",
         ),
     ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            help="A dask scheduler's address (tcp://HOST:8786): the longctx grid's cells run as "
+            "its tasks, each worker loading the base once. Results equal a serial run's.",
+        ),
+    ] = None,
 ) -> None:
     """Run a benchmark suite, print a table, and optionally write JSON.
 
@@ -47,7 +55,8 @@ def bench(
     systems are skipped with a note.
 
     Examples: megacontext bench core --quick --json results/core.json;
-    megacontext bench longctx --base smollm2 --prompt chat --json results/longctx.json
+    megacontext bench longctx --base smollm2 --prompt chat --json results/longctx.json;
+    megacontext bench longctx --cluster tcp://10.0.0.5:8786 --json results/longctx.json
     """
     from megacontext.bench import SUITES, BenchOptions, run_suite, write_json
     from megacontext.models.prompting import PROMPT_STYLES
@@ -61,7 +70,12 @@ def bench(
             f"unknown prompt style {prompt!r}; choose one of: {', '.join(PROMPT_STYLES)}",
             param_hint="--prompt",
         )
-    options = BenchOptions(base=base, prompt=prompt)
+    if cluster is not None and suite != "longctx":
+        raise typer.BadParameter(
+            f"only the longctx suite runs on a cluster; run {suite!r} without --cluster",
+            param_hint="--cluster",
+        )
+    options = BenchOptions(base=base, prompt=prompt, cluster=cluster)
     with console.status(f"running benchmark suite '{suite}'") as status:
         document = run_suite(
             suite,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -252,28 +252,3 @@ def run_task(  # noqa: PLR0913, PLR0917  (a grid cell's coordinates and the run'
         prompt=prompt.style,
         answers=answers,
     )
-
-
-def run_grid(  # noqa: PLR0913, PLR0917  (the grid's axes and the run's settings)
-    base: BaseAdapter,
-    systems: dict[str, Callable[[], MemorySystem]],
-    tasks: Sequence[str],
-    lengths: Sequence[int],
-    budgets: Sequence[int],
-    samples: int,
-    filler: Filler,
-    progress: Callable[[str], None] = lambda _m: None,
-    prompt: PromptFormat | None = None,
-) -> list[TaskResult]:
-    results = []
-    for task in tasks:
-        for length in lengths:
-            for budget in budgets:
-                for name, factory in systems.items():
-                    progress(f"{task}@{length}/{budget}/{name}")
-                    results.append(
-                        run_task(
-                            base, factory, task, length, budget, samples, filler, prompt=prompt
-                        )
-                    )
-    return results
