@@ -188,3 +188,33 @@ def test_retention_hold_verify_and_report_from_the_cli(tiny_world, tmp_path: Pat
     assert bad.exit_code == 2 and "exactly one of" in words(bad.output)
     missing = runner.invoke(cli, ["compliance", "hold", "nope.txt", "--reason", "x", *tree])
     assert "no source" in str(missing.exception) or "nope.txt" in str(missing.exception)
+
+
+def test_an_erasure_interrupted_before_its_cleanup_is_finished_by_the_next_writer(
+    tiny_world,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    from megacontext.runtime import erasure as module
+
+    path = tmp_path / "s"
+    build(path, tiny_world)
+    finish = module._finish
+
+    def crash(*args: object) -> None:
+        raise KeyboardInterrupt  # Ctrl-C right after the removal, before the cleanup
+
+    with open_session(path, tiny_world.base) as mc:
+        harbour = harbour_of(mc)
+        monkeypatch.setattr(module, "_finish", crash)
+        with pytest.raises(KeyboardInterrupt):
+            erase_sources(mc, [harbour])
+        monkeypatch.setattr(module, "_finish", finish)
+    with open_session(path, tiny_world.base, readonly=True) as reader:
+        (pending,) = module.erasures(reader.metadata, reader.tree_id)  # type: ignore[arg-type]
+        verdict = verify_erasure(reader, pending.id)
+        assert not verdict.ok and "interrupted before its cleanup" in verdict.problems[0]
+    with open_session(path, tiny_world.base) as writer:  # opening for writing finishes it
+        assert verify_erasure(writer, pending.id).ok
+        assert set(shown_in_traces(path, harbour.start, harbour.stop)) <= {REDACTED}
+        assert [e.action for e in writer.audit().events()][-1] == "erase"  # type: ignore[union-attr]

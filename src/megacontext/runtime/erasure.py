@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 WINDOW = 8  # tokens per fingerprinted window
 SCAN_CHUNK = 1 << 24  # bytes of a file scanned at a time (windows across chunks overlap)
 REDACTED = "[erased]"
+PENDING, DONE = "pending", "done"
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,12 @@ def window_hashes(tokens: np.ndarray, salt: int, window: int = WINDOW) -> np.nda
 
 def erase_sources(session: Session, found: list[Ingest]) -> Erasure:
     """Erase ``found`` (complete sources of ``session``, none under legal hold); see the
-    module docstring. Returns the erasure's record."""
+    module docstring. Returns the erasure's record.
+
+    The record is written first, ``pending``, with the fingerprints of the erased windows; then
+    the removal (journaled: a crash is finished by the next writer), then the cleanup, and the
+    record is completed. A writer that opens the tree and finds a pending record finishes its
+    cleanup (:func:`finish_erasures`), so a crash anywhere leaves nothing half done."""
     db = session.metadata
     if session.path is None or db is None:
         raise InvalidInputError("an in-memory session has no sources to erase")
@@ -112,14 +118,11 @@ def erase_sources(session: Session, found: list[Ingest]) -> Erasure:
     salt = secrets.randbits(64) | 1
     ranges = sorted((i.start, i.stop) for i in found if i.status == COMPLETE and i.stop)
     erased = [window_hashes(session.tree.tokens(a, b), salt) for a, b in ranges]
-    removed = remove_sources(session, found)
-    kept = _history_hashes(session, salt)
-    fingerprints = np.setdiff1d(np.concatenate([*erased, np.zeros(0, np.uint64)]), kept)
-    _scrub(session, ranges)
     sources: list[dict[str, Any]] = [
         {"ingest": i.id, "source": label(i), "start": i.start, "stop": i.stop} for i in found
     ]
     now = dt.datetime.now(dt.UTC)
+    windows = np.unique(np.concatenate([*erased, np.zeros(0, np.uint64)]))
     with db.engine.begin() as conn:
         result = conn.execute(
             erasure_table.insert().values(
@@ -127,19 +130,63 @@ def erase_sources(session: Session, found: list[Ingest]) -> Erasure:
                 at=now,
                 actor=session.actor,
                 sources=sources,
-                tokens=removed,
+                tokens=sum(b - a for a, b in ranges),
                 window=WINDOW,
                 salt=str(salt),
-                fingerprints=fingerprints.astype("<u8").tobytes(),
+                fingerprints=windows.astype("<u8").tobytes(),
+                status=PENDING,
             )
         )
         erasure_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+    remove_sources(session, found)
+    return _finish(session, erasure_id)
+
+
+def finish_erasures(session: Session) -> list[Erasure]:
+    """Finish every erasure a crash left pending (a writer runs this when it opens the tree):
+    the removal itself was finished by the journal; the cleanup and the record are done here."""
+    db = session.metadata
+    if db is None or session.path is None or not _has_erasures(db):
+        return []
+    with db.engine.connect() as conn:
+        pending = conn.execute(
+            sa.select(erasure_table.c.id).where(
+                erasure_table.c.tree_id == session.tree_id, erasure_table.c.status == PENDING
+            )
+        ).all()
+    return [_finish(session, int(row.id)) for row in pending]
+
+
+def _finish(session: Session, erasure_id: int) -> Erasure:
+    """The cleanup of an erasure whose sources are removed, and its record completed: the
+    fingerprints of windows the kept history also holds dropped, the files vacuumed, the
+    traces redacted, the erasure on the audit trail."""
+    db = session.metadata
+    assert db is not None
+    with db.engine.connect() as conn:
+        row = conn.execute(sa.select(erasure_table).where(erasure_table.c.id == erasure_id)).one()
+    salt = int(row.salt)
+    windows = np.frombuffer(row.fingerprints, dtype="<u8")
+    kept = np.setdiff1d(windows, _history_hashes(session, salt))
+    ranges = [(int(s["start"]), int(s["stop"])) for s in row.sources]
+    _scrub(session, ranges)
+    with db.engine.begin() as conn:
+        conn.execute(
+            erasure_table.update()
+            .where(erasure_table.c.id == erasure_id)
+            .values(fingerprints=kept.astype("<u8").tobytes(), status=DONE)
+        )
+    sources = list(row.sources)
     session.record(
         "erase",
         ", ".join(str(s["source"]) for s in sources),
-        {"erasure": erasure_id, "sources": sources, "tokens": removed},
+        {"erasure": erasure_id, "sources": sources, "tokens": int(row.tokens)},
     )
-    return Erasure(erasure_id, now, session.actor, sources, removed, len(fingerprints))
+    return Erasure(erasure_id, row.at, row.actor, sources, int(row.tokens), len(kept))
+
+
+def _has_erasures(db: MetadataDB) -> bool:
+    return sa.inspect(db.engine).has_table(erasure_table.name)
 
 
 def apply_retention(session: Session, now: dt.datetime | None = None) -> Erasure | None:
@@ -188,6 +235,12 @@ def verify_erasure(session: Session, erasure_id: int) -> ErasureVerdict:
         known = ", ".join(str(e.id) for e in erasures(db, session.tree_id)) or "none"
         raise InvalidInputError(f"no erasure #{erasure_id} in this tree (its erasures: {known})")
     verdict = ErasureVerdict(erasure_id)
+    if row.status == PENDING:
+        verdict.problems.append(
+            "the erasure was interrupted before its cleanup; open the tree for writing to finish "
+            "it (e.g. `megacontext compliance apply-retention --tree DIR`, which also erases "
+            "nothing that is not due)"
+        )
     lineage = session.lineage()
     if lineage is not None:
         verdict.lineage_checked, mismatches = lineage.verify(session.tree)
@@ -295,6 +348,7 @@ __all__ = [
     "apply_retention",
     "erase_sources",
     "erasures",
+    "finish_erasures",
     "verify_erasure",
     "window_hashes",
 ]

@@ -32,6 +32,7 @@ from megacontext.models.catalog import DEFAULT
 from megacontext.models.context import GistNetGister
 from megacontext.models.prompting import PromptFormat
 from megacontext.runtime.config import SessionConfig
+from megacontext.runtime.erasure import finish_erasures
 from megacontext.runtime.journal import recover
 from megacontext.runtime.session import Session, check_lora_free
 from megacontext.store.cache import CachedBackend, PageCache
@@ -193,6 +194,7 @@ def open_session(
     # The lexical index is derived data: index what it lacks (a crash, or a fresh session).
     session._index_new_blocks(lexical.num_blocks)
     session.recovered = recover(session)
+    finish_erasures(session)  # an erasure a crash interrupted: its cleanup and record
     tree.flush()  # what opening recomputed (gists, keys) is durable before anything else runs
     return session
 

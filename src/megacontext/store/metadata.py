@@ -181,6 +181,9 @@ erasure_table = sa.Table(
     sa.Column("window", sa.Integer, nullable=False),
     sa.Column("salt", sa.String(20), nullable=False),  # the hash's secret multiplier, decimal
     sa.Column("fingerprints", sa.LargeBinary, nullable=False),  # little-endian uint64s
+    # "pending" from before the removal until the cleanup is done: a writer that opens the
+    # tree and finds one pending finishes it (megacontext.runtime.erasure.finish_erasures).
+    sa.Column("status", sa.String(16), nullable=False, server_default="done"),
 )
 
 # Compliance policies per source (an ingest row): access labels, retention, legal hold.
