@@ -85,6 +85,8 @@ def test_a_key_with_labels_never_sees_a_restricted_source(world: World) -> None:
     asked = world.client.post("/v1/trees/notes/ask", json={"question": "Q7?"}, headers=eng)
     assert asked.status_code == 200
     assert all(c["source"] != "s.txt" for c in asked.json()["citations"])
+    listed_sources = world.client.get("/v1/trees/notes/sources", headers=eng).json()["sources"]
+    assert [x["source"] for x in listed_sources] == ["logbook.txt"]  # not s.txt
     refused = world.client.get("/v1/trees/notes/explorer/overview", headers=eng)
     assert refused.status_code == 403 and "access labels" in refused.json()["error"]["message"]
     listed = CliRunner().invoke(cli, ["keys", "list", "--root", str(world.root)])

@@ -58,7 +58,11 @@ export class NotFoundError extends MegaContextError {
   override name = "NotFoundError";
 }
 
-/** 409: the tree exists, or another request is writing it. */
+/**
+ * 409: the tree exists (`already_exists`), another request is writing it (`conflict`, the only
+ * one retried), an annotation changed since the version sent (`version_conflict`), or a source
+ * is under legal hold (`on_hold`); `type` says which.
+ */
 export class ConflictError extends MegaContextError {
   override name = "ConflictError";
 }

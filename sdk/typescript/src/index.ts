@@ -12,6 +12,10 @@ import {
 } from "./errors.js";
 import { parseEventStream, type ServerSentEvent } from "./sse.js";
 import type {
+  Annotation,
+  AnnotationChange,
+  AnnotationCreate,
+  AnnotationEdit,
   Answer,
   Ask,
   AskStreamEvent,
@@ -56,6 +60,11 @@ export const ENDPOINTS = {
   listTraces: ["GET", "/v1/trees/{tree}/traces"],
   getTrace: ["GET", "/v1/trees/{tree}/traces/{name}"],
   generate: ["POST", "/v1/trees/{tree}/generate"],
+  listAnnotations: ["GET", "/v1/trees/{tree}/explorer/annotations"],
+  annotate: ["POST", "/v1/trees/{tree}/explorer/annotations"],
+  editAnnotation: ["PATCH", "/v1/trees/{tree}/explorer/annotations/{annotation_id}"],
+  deleteAnnotation: ["DELETE", "/v1/trees/{tree}/explorer/annotations/{annotation_id}"],
+  annotationHistory: ["GET", "/v1/trees/{tree}/explorer/annotations/{annotation_id}/history"],
   models: ["GET", "/v1/models"],
 } as const satisfies Record<string, readonly [string, string]>;
 
@@ -143,6 +152,33 @@ export interface GenerateParams {
   maxNewTokens?: number | undefined;
   /** Strings that end the generation. */
   stop?: string[] | undefined;
+}
+
+export interface AnnotationRange {
+  /** The first token (default 0). */
+  start?: number | undefined;
+  /** One past the last token (default: the end of the history). */
+  stop?: number | undefined;
+}
+
+export interface AnnotateParams {
+  /** 0: any token range [start, stop); 1 or more: exactly the node of that level spanning it. */
+  level: number;
+  /** The span's first token. */
+  start: number;
+  /** One past its last token. */
+  stop: number;
+  /** At most 10000 characters. */
+  note: string;
+  /** At most 32 (default none). */
+  tags?: string[] | undefined;
+}
+
+export interface EditAnnotationParams {
+  /** The new note, replacing the old one. */
+  note: string;
+  /** The new tags, replacing the old ones (none when omitted, as in annotate). */
+  tags?: string[] | undefined;
 }
 
 interface Attempt {
@@ -439,6 +475,82 @@ export class MegaContextClient {
     return this.#json({ endpoint: "getTrace", params: { tree, name } }, options);
   }
 
+  // ----------------------------------------------------------------------------- annotations
+
+  /** The notes on spans overlapping tokens [start, stop) (all by default), in order of position. */
+  listAnnotations(
+    tree: string,
+    range: AnnotationRange = {},
+    options?: CallOptions,
+  ): Promise<Annotation[]> {
+    const query: Record<string, number> = {};
+    if (range.start !== undefined) query["start"] = range.start;
+    if (range.stop !== undefined) query["stop"] = range.stop;
+    const problem = annotationProblem(query);
+    if (problem !== undefined) return Promise.reject(refused(problem));
+    return this.#json({ endpoint: "listAnnotations", params: { tree }, query }, options);
+  }
+
+  /**
+   * A note on tokens [start, stop): at level 0 any range of the history, at level 1 or more
+   * exactly one node of that level (NotFoundError for a span that is not one). Needs the write
+   * scope (PermissionDeniedError without it).
+   */
+  annotate(tree: string, params: AnnotateParams, options?: CallOptions): Promise<Annotation> {
+    const { level, start, stop, note, tags } = params;
+    const problem = annotationProblem({ level, start, stop }, { note, tags });
+    if (problem !== undefined) return Promise.reject(refused(problem));
+    const body: AnnotationCreate = { level, start, stop, note, tags: tags ?? [] };
+    return this.#json({ endpoint: "annotate", params: { tree }, body }, options);
+  }
+
+  /**
+   * Replace a note's text and tags; the result is at the next version. ConflictError with type
+   * "version_conflict" (never retried) when someone changed the note since `annotation` was
+   * read: read it again (listAnnotations) and apply the edit to that.
+   */
+  editAnnotation(
+    tree: string,
+    annotation: Annotation,
+    params: EditAnnotationParams,
+    options?: CallOptions,
+  ): Promise<Annotation> {
+    const { note, tags } = params;
+    const problem = heldProblem(annotation) ?? annotationProblem({}, { note, tags });
+    if (problem !== undefined) return Promise.reject(refused(problem));
+    const body: AnnotationEdit = { version: annotation.version, note, tags: tags ?? [] };
+    const path = { tree, annotation_id: annotation.id };
+    return this.#json({ endpoint: "editAnnotation", params: path, body }, options);
+  }
+
+  /**
+   * Delete a note (its history stays), if nobody changed it since `annotation` was read;
+   * ConflictError "version_conflict" if someone did.
+   */
+  async deleteAnnotation(
+    tree: string,
+    annotation: Annotation,
+    options?: CallOptions,
+  ): Promise<void> {
+    const problem = heldProblem(annotation);
+    if (problem !== undefined) throw refused(problem);
+    const path = { tree, annotation_id: annotation.id };
+    const query = { version: annotation.version };
+    await this.#json({ endpoint: "deleteAnnotation", params: path, query }, options);
+  }
+
+  /** Every change of a note, oldest first, also once it is deleted: action, version, who, when. */
+  annotationHistory(
+    tree: string,
+    annotationId: number,
+    options?: CallOptions,
+  ): Promise<AnnotationChange[]> {
+    const problem = annotationProblem({ annotationId });
+    if (problem !== undefined) return Promise.reject(refused(problem));
+    const path = { tree, annotation_id: annotationId };
+    return this.#json({ endpoint: "annotationHistory", params: path }, options);
+  }
+
   // ----------------------------------------------------------------------------- transport
 
   #json<T>(request: Omit<Send<T>, "read">, options?: CallOptions): Promise<T> {
@@ -579,6 +691,39 @@ function focusProblem(params: ContextParams): string | undefined {
     }
   }
   return undefined;
+}
+
+/**
+ * What is wrong with an annotation call's input, if anything: integers where the service
+ * takes integers, a string note, a list of string tags.
+ */
+function annotationProblem(
+  integers: Record<string, unknown>,
+  text?: { note: unknown; tags: unknown },
+): string | undefined {
+  for (const [name, value] of Object.entries(integers)) {
+    if (!Number.isInteger(value)) return `${name} is an integer, not ${describeValue(value)}`;
+  }
+  if (text === undefined) return undefined;
+  const { note, tags } = text;
+  if (typeof note !== "string") return `note is a string, not ${describeValue(note)}`;
+  if (tags === undefined) return undefined;
+  if (!Array.isArray(tags)) return `tags is a list of strings, not ${describeValue(tags)}`;
+  for (const [i, tag] of tags.entries()) {
+    if (typeof tag !== "string") return `tags[${i}] is a string, not ${describeValue(tag)}`;
+  }
+  return undefined;
+}
+
+/** What is wrong with the Annotation given to edit or delete, if anything. */
+function heldProblem(annotation: unknown): string | undefined {
+  const held = typeof annotation === "object" && annotation !== null ? annotation : {};
+  const { id, version } = held as Partial<Annotation>;
+  if (Number.isInteger(id) && Number.isInteger(version)) return undefined;
+  return (
+    "annotation is an Annotation as listAnnotations, annotate or editAnnotation returned it " +
+    `(an integer id and version), not one with id ${String(id)} and version ${String(version)}`
+  );
 }
 
 /** What is wrong with upload()'s data and encoding, if anything. */

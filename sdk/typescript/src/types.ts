@@ -196,6 +196,65 @@ export interface Generated {
   tokens: number;
 }
 
+/** A note on a span of a tree, as stored; `version` is what an edit or delete must name. */
+export interface Annotation {
+  id: number;
+  /** 0: any token range; 1 or more: exactly one node of that level. */
+  level: number;
+  /** The span's first token. */
+  start: number;
+  /** One past its last token. */
+  stop: number;
+  note: string;
+  tags: string[];
+  /** 1 when created, one more at each edit. */
+  version: number;
+  /** Who created it: `tenant/key id`. */
+  created_by: string;
+  /** ISO 8601, UTC. */
+  created_at: string;
+  /** Who changed it last: `tenant/key id`. */
+  updated_by: string;
+  updated_at: string;
+}
+
+/** The body of `POST /v1/trees/{tree}/explorer/annotations`. */
+export interface AnnotationCreate {
+  /** 0-64. 0: any token range; 1 or more: exactly one node of that level. */
+  level: number;
+  /** The first token of the span. */
+  start: number;
+  /** One past its last token. */
+  stop: number;
+  /** At most 10000 characters. */
+  note: string;
+  /** At most 32 (server default: none). */
+  tags?: string[];
+}
+
+/** The body of `PATCH /v1/trees/{tree}/explorer/annotations/{annotation_id}`. */
+export interface AnnotationEdit {
+  /** The version edited (a stale one is a 409 version_conflict). */
+  version: number;
+  note: string;
+  /** The new tags, replacing the old ones (server default: none). */
+  tags?: string[];
+}
+
+/** One change of an annotation (`GET …/annotations/{annotation_id}/history`), oldest first. */
+export interface AnnotationChange {
+  action: "create" | "edit" | "delete";
+  /** The version the change made. */
+  version: number;
+  /** The note and tags after the change (a delete keeps the last ones). */
+  note: string;
+  tags: string[];
+  /** Who made it: `tenant/key id`. */
+  actor: string;
+  /** When: ISO 8601, UTC. */
+  at: string;
+}
+
 export interface ErrorBody {
   /** The error's class, e.g. not_found, invalid_request. */
   type: string;
@@ -254,6 +313,21 @@ export const SCHEMA_FIELDS = {
   Trace: ["name", "steps"],
   Generate: ["prompt", "max_new_tokens", "stop"],
   Generated: ["text", "tokens"],
+  Annotation: [
+    "id",
+    "level",
+    "start",
+    "stop",
+    "note",
+    "tags",
+    "version",
+    "created_by",
+    "created_at",
+    "updated_by",
+    "updated_at",
+  ],
+  AnnotationCreate: ["level", "start", "stop", "note", "tags"],
+  AnnotationEdit: ["version", "note", "tags"],
   ErrorBody: ["type", "message", "code"],
   ErrorResponse: ["error"],
 } as const;
@@ -283,6 +357,9 @@ interface SchemaTypes {
   Trace: Trace;
   Generate: Generate;
   Generated: Generated;
+  Annotation: Annotation;
+  AnnotationCreate: AnnotationCreate;
+  AnnotationEdit: AnnotationEdit;
   ErrorBody: ErrorBody;
   ErrorResponse: ErrorResponse;
 }
@@ -317,6 +394,9 @@ const fieldsMatch: { [N in SchemaName]: SameKeys<SchemaTypes[N], (typeof SCHEMA_
   Trace: true,
   Generate: true,
   Generated: true,
+  Annotation: true,
+  AnnotationCreate: true,
+  AnnotationEdit: true,
   ErrorBody: true,
   ErrorResponse: true,
 };

@@ -24,6 +24,8 @@ const REQUEST_BODIES: Partial<Record<EndpointName, string>> = {
   ask: "Ask",
   context: "FocusRequest",
   generate: "Generate",
+  annotate: "AnnotationCreate",
+  editAnnotation: "AnnotationEdit",
 };
 const RESPONSES: Partial<Record<EndpointName, string>> = {
   listTrees: "TreeList",
@@ -39,10 +41,20 @@ const RESPONSES: Partial<Record<EndpointName, string>> = {
   listTraces: "TraceList",
   getTrace: "Trace",
   generate: "Generated",
+  annotate: "Annotation",
+  editAnnotation: "Annotation",
 };
+// What each method returns as a JSON array of one schema.
+const ARRAY_RESPONSES: Partial<Record<EndpointName, string>> = {
+  listAnnotations: "Annotation",
+};
+// The methods that resolve with nothing: the route answers 204, no body.
+const EMPTY_RESPONSES: EndpointName[] = ["deleteAnnotation"];
 // The query parameters each method sends.
 const QUERIES: Partial<Record<EndpointName, string[]>> = {
   provenance: ["start", "stop"],
+  listAnnotations: ["start", "stop"],
+  deleteAnnotation: ["version"],
   // retry.test.ts checks that upload sends exactly these.
   upload: ["name", "source", "encoding", "force", "events"],
 };
@@ -51,10 +63,16 @@ const RAW_BODIES: Partial<Record<EndpointName, string>> = {
   upload: "application/octet-stream",
 };
 
+interface Schema {
+  $ref?: string;
+  type?: string;
+  items?: Schema;
+}
+
 interface Operation {
   parameters?: { name: string; in: string; required?: boolean }[];
-  requestBody?: { content: Record<string, { schema?: { $ref?: string } }> };
-  responses: Record<string, { content?: Record<string, { schema?: { $ref?: string } }> }>;
+  requestBody?: { content: Record<string, { schema?: Schema }> };
+  responses: Record<string, { content?: Record<string, { schema?: Schema }> }>;
 }
 
 function operation(name: EndpointName): Operation {
@@ -90,6 +108,19 @@ describe("drift against docs/openapi.json", () => {
     const { responses } = operation(name as EndpointName);
     const ok = responses["200"] ?? responses["201"];
     expect(ok?.content?.["application/json"]?.schema?.$ref).toBe(`#/components/schemas/${schema}`);
+  });
+
+  it.each(Object.entries(ARRAY_RESPONSES))("%s: returns a list of %s", (name, schema) => {
+    const { responses } = operation(name as EndpointName);
+    const listed = responses["200"]?.content?.["application/json"]?.schema;
+    expect(listed?.type).toBe("array");
+    expect(listed?.items?.$ref).toBe(`#/components/schemas/${schema}`);
+  });
+
+  it.each(EMPTY_RESPONSES)("%s: answers 204 without a body", (name) => {
+    const { responses } = operation(name);
+    expect(responses["204"]).toBeDefined();
+    expect(responses["204"]?.content).toBeUndefined();
   });
 
   it.each(Object.entries(QUERIES))("%s: sends the query parameters %j", (name, sent) => {

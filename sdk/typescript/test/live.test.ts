@@ -2,6 +2,7 @@
 
 import { describe, expect, inject, it } from "vitest";
 import {
+  type Annotation,
   type Answer,
   type AskStreamEvent,
   AuthenticationError,
@@ -177,6 +178,143 @@ describe("live service", () => {
     const badPin = await rejection(client.context(TREE, { pins: [[4, Number.NaN]] }));
     expect(badPin).toBeInstanceOf(InvalidRequestError);
     expect(badPin.status).toBeUndefined();
+  });
+
+  it("annotates: create, list, edit, a stale ConflictError, delete, history", async () => {
+    const note = await client.annotate(TREE, {
+      level: 0,
+      start: 0,
+      stop: 5,
+      note: "where the notes begin",
+      tags: ["intro", "sdk:ts"],
+    });
+    expect(sortedKeys(note)).toEqual(fields("Annotation"));
+    expect(note).toMatchObject({
+      level: 0,
+      start: 0,
+      stop: 5,
+      note: "where the notes begin",
+      tags: ["intro", "sdk:ts"],
+      version: 1,
+    });
+    expect(note.created_by).toMatch(/^t\//);
+    expect(note.updated_by).toBe(note.created_by);
+
+    const listed = await client.listAnnotations(TREE);
+    expect(listed).toEqual([note]);
+    for (const found of listed) expect(sortedKeys(found)).toEqual(fields("Annotation"));
+    expect(await client.listAnnotations(TREE, { start: 4, stop: 9 })).toEqual([note]);
+    expect(await client.listAnnotations(TREE, { start: 5 })).toEqual([]);
+
+    const edited = await client.editAnnotation(TREE, note, {
+      note: "where the notes begin: line 0",
+      tags: ["intro"],
+    });
+    expect(edited).toMatchObject({
+      id: note.id,
+      note: "where the notes begin: line 0",
+      tags: ["intro"],
+      version: 2,
+      created_at: note.created_at,
+    });
+    expect(await client.listAnnotations(TREE)).toEqual([edited]);
+
+    // `note` is version 1, replaced meanwhile: refused, and asking again would not help.
+    let calls = 0;
+    const counting = new MegaContextClient({
+      baseUrl: live.baseUrl,
+      apiKey: live.keys.readWrite,
+      fetch: (input, init) => {
+        calls++;
+        return fetch(input, init);
+      },
+    });
+    const stale = await rejection(counting.editAnnotation(TREE, note, { note: "lost edit" }));
+    expect(stale).toBeInstanceOf(ConflictError);
+    expect(stale.status).toBe(409);
+    expect(stale.type).toBe("version_conflict");
+    expect(calls).toBe(1);
+    const staleDelete = await rejection(counting.deleteAnnotation(TREE, note));
+    expect(staleDelete).toBeInstanceOf(ConflictError);
+    expect(staleDelete.type).toBe("version_conflict");
+    expect(calls).toBe(2);
+    expect(await client.listAnnotations(TREE)).toEqual([edited]);
+
+    await expect(client.deleteAnnotation(TREE, edited)).resolves.toBeUndefined();
+    expect(await client.listAnnotations(TREE)).toEqual([]);
+    expect(await rejection(client.deleteAnnotation(TREE, edited))).toBeInstanceOf(NotFoundError);
+
+    const history = await client.annotationHistory(TREE, note.id);
+    for (const change of history) {
+      expect(sortedKeys(change)).toEqual(["action", "actor", "at", "note", "tags", "version"]);
+      expect(change.actor).toMatch(/^t\//);
+      expect(Number.isNaN(Date.parse(change.at))).toBe(false);
+    }
+    expect(history.map((c) => [c.action, c.version, c.note, c.tags])).toEqual([
+      ["create", 1, "where the notes begin", ["intro", "sdk:ts"]],
+      ["edit", 2, "where the notes begin: line 0", ["intro"]],
+      ["delete", 3, "where the notes begin: line 0", ["intro"]],
+    ]);
+    const missing = await rejection(client.annotationHistory(TREE, note.id + 1000));
+    expect(missing).toBeInstanceOf(NotFoundError);
+  });
+
+  it("lets a read-only key list notes, not annotate; another tenant sees none", async () => {
+    const note = await client.annotate(TREE, { level: 0, start: 8, stop: 12, note: "shared" });
+    expect(note.tags).toEqual([]);
+    try {
+      expect(await readOnly.listAnnotations(TREE)).toEqual([note]);
+      expect((await readOnly.annotationHistory(TREE, note.id)).map((c) => c.action)).toEqual([
+        "create",
+      ]);
+      const denied = await rejection(
+        readOnly.annotate(TREE, { level: 0, start: 0, stop: 5, note: "not allowed" }),
+      );
+      expect(denied).toBeInstanceOf(PermissionDeniedError);
+      expect(denied.status).toBe(403);
+      const deniedEdit = await rejection(readOnly.editAnnotation(TREE, note, { note: "no" }));
+      expect(deniedEdit).toBeInstanceOf(PermissionDeniedError);
+
+      for (const call of [
+        () => otherTenant.listAnnotations(TREE),
+        () => otherTenant.annotate(TREE, { level: 0, start: 0, stop: 5, note: "elsewhere" }),
+        () => otherTenant.editAnnotation(TREE, note, { note: "elsewhere" }),
+        () => otherTenant.deleteAnnotation(TREE, note),
+        () => otherTenant.annotationHistory(TREE, note.id),
+      ]) {
+        const hidden = await rejection(call());
+        expect(hidden).toBeInstanceOf(NotFoundError);
+        expect(hidden.status).toBe(404);
+      }
+      expect(await client.listAnnotations(TREE)).toEqual([note]);
+    } finally {
+      await client.deleteAnnotation(TREE, note);
+    }
+  });
+
+  it("refuses a span that is not a node of its level (NotFoundError)", async () => {
+    const response = await fetch(`${live.baseUrl}/v1/trees/${TREE}/explorer/overview`, {
+      headers: { authorization: `Bearer ${live.keys.readWrite}` },
+    });
+    expect(response.status).toBe(200);
+    const { K, tokens } = (await response.json()) as { K: number; tokens: number };
+    expect(K).toBeGreaterThan(1);
+    expect(tokens).toBeGreaterThanOrEqual(2 * K);
+    const shifted = await rejection(
+      client.annotate(TREE, { level: 1, start: 1, stop: 1 + K, note: "off the grid" }),
+    );
+    expect(shifted).toBeInstanceOf(NotFoundError);
+    expect(shifted.status).toBe(404);
+    expect(shifted.message).toContain("not a level-1 node");
+    // The node itself is annotatable (and a level-1 note names exactly its span).
+    const node = await client.annotate(TREE, { level: 1, start: K, stop: 2 * K, note: "block 1" });
+    expect([node.level, node.start, node.stop]).toEqual([1, K, 2 * K]);
+    await client.deleteAnnotation(TREE, node);
+    const past = await rejection(
+      client.annotate(TREE, { level: 0, start: tokens, stop: tokens + 1, note: "after" }),
+    );
+    expect(past).toBeInstanceOf(NotFoundError);
+    expect(await client.listAnnotations(TREE)).toEqual([]);
   });
 
   it("asks: a typed Answer with citations and usage", async () => {

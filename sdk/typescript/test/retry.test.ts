@@ -2,6 +2,7 @@
 
 import { afterEach, describe, expect, it } from "vitest";
 import {
+  type Annotation,
   AuthenticationError,
   ConflictError,
   ConnectionError,
@@ -20,6 +21,19 @@ import { ANSWER, type Handler, type Stub, error, event, json, startStub } from "
 
 const KEY = "mck_0123456789ab_secretsecretsecretsecret";
 const TREES = { trees: [{ name: "notes", tokens: 1, levels: 1, sources: 1 }] };
+const NOTE: Annotation = {
+  id: 7,
+  level: 0,
+  start: 0,
+  stop: 5,
+  note: "check this",
+  tags: ["todo"],
+  version: 1,
+  created_by: "t/0123456789ab",
+  created_at: "2025-01-01T00:00:00+00:00",
+  updated_by: "t/0123456789ab",
+  updated_at: "2025-01-01T00:00:00+00:00",
+};
 let stub: Stub | undefined;
 
 afterEach(async () => {
@@ -90,6 +104,36 @@ describe("retries", () => {
     const exists = await rejection(client.createTree("notes"));
     expect(exists).toBeInstanceOf(ConflictError);
     expect(stub!.requests).toHaveLength(4);
+  });
+
+  it.each([
+    ["version_conflict", 1],
+    ["on_hold", 1],
+    ["conflict", 3],
+  ])("sends an edit answered by a 409 %s %i time(s)", async (type, sent) => {
+    const client = await serve((_, res) => error(res, 409, type, { "retry-after": "0" }));
+    const failed = await rejection(client.editAnnotation("notes", NOTE, { note: "changed" }));
+    expect(failed).toBeInstanceOf(ConflictError);
+    expect([failed.status, failed.type]).toEqual([409, type]);
+    expect(stub!.requests).toHaveLength(sent); // maxRetries defaults to 2
+    for (const request of stub!.requests) {
+      expect(request.method).toBe("PATCH");
+      expect(request.url).toBe("/v1/trees/notes/explorer/annotations/7");
+    }
+  });
+
+  it("never retries a version_conflict or on_hold 409 on the other calls either", async () => {
+    const client = await serve((req, res) =>
+      error(res, 409, req.url.includes("/annotations/") ? "version_conflict" : "on_hold", {
+        "retry-after": "0",
+      }),
+    );
+    const deleted = await rejection(client.deleteAnnotation("notes", NOTE));
+    expect([deleted.constructor, deleted.type]).toEqual([ConflictError, "version_conflict"]);
+    expect(stub!.requests).toHaveLength(1);
+    const held = await rejection(client.removeSource("notes", 3));
+    expect([held.constructor, held.type]).toEqual([ConflictError, "on_hold"]);
+    expect(stub!.requests).toHaveLength(2);
   });
 
   it.each([
@@ -310,6 +354,84 @@ describe("wire format", () => {
       expect(refused.status).toBeUndefined();
     }
     expect(refusals[4]!.message).toContain("pins[0]");
+    expect(stub!.requests).toHaveLength(0);
+  });
+
+  it("sends the annotation calls: routes, bodies, queries, a key only on the POST", async () => {
+    const edited = { ...NOTE, note: "changed", tags: [], version: 2 };
+    const change = { action: "create", version: 1, note: "n", tags: [], actor: "t/x", at: "" };
+    const client = await serve((req, res) => {
+      if (req.method === "POST") return json(res, 201, NOTE);
+      if (req.method === "PATCH") return json(res, 200, edited);
+      if (req.method === "DELETE") {
+        res.writeHead(204);
+        return res.end();
+      }
+      return json(res, 200, req.url.includes("/history") ? [change] : [NOTE]);
+    });
+    const made = await client.annotate("my notes", {
+      level: 0,
+      start: 0,
+      stop: 5,
+      note: "check this",
+      tags: ["todo"],
+    });
+    expect(made).toEqual(NOTE);
+    await client.annotate("t", { level: 1, start: 32, stop: 64, note: "" });
+    expect(await client.listAnnotations("t")).toEqual([NOTE]);
+    await client.listAnnotations("t", { start: 3, stop: 9 });
+    await client.listAnnotations("t", { start: 3 });
+    expect(await client.editAnnotation("t", NOTE, { note: "changed" })).toEqual(edited);
+    await client.editAnnotation("t", edited, { note: "again", tags: ["a", "b"] });
+    expect(await client.deleteAnnotation("t", edited)).toBeUndefined();
+    expect(await client.annotationHistory("t", 7)).toEqual([change]);
+    const sent = stub!.requests.map((r) => [r.method, r.url, r.body && JSON.parse(r.body)]);
+    const notes = "/v1/trees/t/explorer/annotations";
+    expect(sent).toEqual([
+      [
+        "POST",
+        "/v1/trees/my%20notes/explorer/annotations",
+        { level: 0, start: 0, stop: 5, note: "check this", tags: ["todo"] },
+      ],
+      ["POST", notes, { level: 1, start: 32, stop: 64, note: "", tags: [] }],
+      ["GET", notes, ""],
+      ["GET", `${notes}?start=3&stop=9`, ""],
+      ["GET", `${notes}?start=3`, ""],
+      ["PATCH", `${notes}/7`, { version: 1, note: "changed", tags: [] }],
+      ["PATCH", `${notes}/7`, { version: 2, note: "again", tags: ["a", "b"] }],
+      ["DELETE", `${notes}/7?version=2`, ""],
+      ["GET", `${notes}/7/history`, ""],
+    ]);
+    const keys = stub!.requests.map((r) => r.headers["idempotency-key"] !== undefined);
+    expect(keys).toEqual([true, true, false, false, false, false, false, false, false]);
+    expect(stub!.requests[5]!.headers["content-type"]).toBe("application/json");
+  });
+
+  it("refuses bad annotation input without a request", async () => {
+    const client = await serve((_, res) => json(res, 200, {}));
+    const span = { level: 0, start: 0, stop: 5, note: "n" };
+    const refusals = await Promise.all([
+      rejection(client.listAnnotations("t", { start: 0.5 })),
+      rejection(client.listAnnotations("t", { stop: Number.NaN })),
+      rejection(client.annotate("t", { ...span, level: 1.5 })),
+      rejection(client.annotate("t", { ...span, note: 5 as unknown as string })),
+      rejection(client.annotate("t", { ...span, tags: ["a", 1] as unknown as string[] })),
+      rejection(client.editAnnotation("t", { ...NOTE, version: 1.5 }, { note: "n" })),
+      rejection(client.editAnnotation("t", undefined as unknown as Annotation, { note: "n" })),
+      rejection(client.editAnnotation("t", NOTE, { note: "n", tags: "a" as unknown as string[] })),
+      rejection(client.deleteAnnotation("t", { id: 7 } as Annotation)),
+      rejection(client.annotationHistory("t", 1.5)),
+      rejection(client.annotate("..", span)),
+    ]);
+    for (const refused of refusals) {
+      expect(refused).toBeInstanceOf(InvalidRequestError);
+      expect(refused.status).toBeUndefined();
+    }
+    expect(refusals[0]!.message).toContain("start is an integer");
+    expect(refusals[3]!.message).toContain("note is a string");
+    expect(refusals[4]!.message).toContain("tags[1] is a string");
+    expect(refusals[5]!.message).toContain("integer id and version");
+    expect(refusals[9]!.message).toContain("annotationId is an integer");
     expect(stub!.requests).toHaveLength(0);
   });
 

@@ -851,11 +851,21 @@ def _gists(session: Session) -> int:
 
 
 def _journal(session: Session) -> list[Any]:
+    """The tree's complete sources, as the caller may see them: a key holding access labels
+    neither lists nor removes a source they do not allow (the session is restricted to them)."""
     from megacontext.store.metadata import COMPLETE
 
     if session.metadata is None:
         return []
-    return session.metadata.ingests_of(session.tree_id, COMPLETE)
+    found = session.metadata.ingests_of(session.tree_id, COMPLETE)
+    access = session.access
+    if access is None or access.empty:
+        return found
+    hidden = access.overlaps(
+        np.array([i.start for i in found], dtype=np.int64),
+        np.array([i.stop or i.start for i in found], dtype=np.int64),
+    )
+    return [i for i, secret in zip(found, hidden, strict=True) if not secret]
 
 
 def _source(ingest: Any) -> s.Source:
