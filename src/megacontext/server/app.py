@@ -98,7 +98,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "Bad input (the message names it)"),
         (401, "Missing, unknown or revoked API key"),
         (403, "The key's scopes do not allow the call"),
-        (404, "No such tree or source in this tenant"),
+        (404, "No such tree, source, span, trace or note in this tenant"),
         (
             409,
             "The tree exists (already_exists), another request is writing it (conflict), or "
