@@ -205,6 +205,14 @@ def gist(
         list[str] | None,
         typer.Option("--set", help="Override a setting, e.g. --set gist.steps=200 (repeatable)."),
     ] = None,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Processes training together on this machine (torch.distributed DDP: gloo on "
+            "CPU, nccl on GPUs); gist.batch_size is the global batch, split among them.",
+        ),
+    ] = 1,
 ) -> None:
     """Train GistNet against a frozen base: gists the base can read in place of their tokens.
 
@@ -213,11 +221,17 @@ def gist(
     and gap-closure plot and summary.json; prints gap closure and ΔNLL per level on held-out text.
 
     Example: megacontext train gist --set gist.steps=300 --set out_dir=runs/gist-quick
+    (add --nproc 2 to train on two processes)
     """
+    from megacontext.train.distributed import launch
     from megacontext.train.gist import GistRunConfig, run_gist
 
     run = GistRunConfig.from_dict(_settings(config, "gist-default.yaml", overrides))
-    summary = run_gist(run, log=console.print)
+    if nproc > 1:
+        console.print(f"training on {nproc} processes (torch.distributed DDP)")
+        summary = launch(nproc, run_gist, run)
+    else:
+        summary = run_gist(run, log=console.print)
     console.print(_summary_table(f"GistNet run → {run.out_dir}", summary))
 
 

@@ -204,6 +204,26 @@ def lod2_student(
     return student, teacher, lod1
 
 
+class StudentStep(torch.nn.Module):
+    """One step's student side as one module call: the gists of a window's prefix, spliced in.
+    Distributed training wraps it in DDP, which wants every use of GistNet's parameters inside
+    one forward (a LOD2 step calls GistNet twice; a LOD1 step leaves level-2 parameters unused).
+    """
+
+    def __init__(self, gistnet: GistNet):
+        super().__init__()
+        self.gistnet = gistnet
+
+    def forward(
+        self, embeds: torch.Tensor, level: int, prefix_blocks: int, gisted: np.ndarray | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        if level == 1:
+            assert gisted is not None
+            student, gists = lod1_student(self.gistnet, embeds, prefix_blocks, gisted)
+            return student, None, gists
+        return lod2_student(self.gistnet, embeds)
+
+
 def kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """Mean over scored positions of KL(teacher ‖ student)."""
     s = F.log_softmax(student_logits, dim=-1)
@@ -400,7 +420,7 @@ def make_gistnet(base: BaseAdapter, cfg: GistTrainConfig, K: int = 32) -> GistNe
     return GistNet(config).to(base.device)
 
 
-def train_gistnet(  # noqa: PLR0913, PLR0917, PLR0915  (the distillation loop; co-learning passes its own parameters and phases)
+def train_gistnet(  # noqa: C901, PLR0913, PLR0917, PLR0915  (the distillation loop; co-learning passes its own parameters and phases)
     base: BaseAdapter,
     train: WindowSampler,
     val_windows: Mapping[int, np.ndarray],
@@ -422,6 +442,7 @@ def train_gistnet(  # noqa: PLR0913, PLR0917, PLR0915  (the distillation loop; c
     """
     gistnet = gistnet or make_gistnet(base, cfg)
     K = gistnet.config.K
+    step_module, share, world = _student_step(gistnet, cfg, params is not None)
     trainable = list(params) if params is not None else list(gistnet.parameters())
     decay = [p for p in trainable if p.dim() >= 2]
     other = [p for p in trainable if p.dim() < 2]
@@ -443,9 +464,9 @@ def train_gistnet(  # noqa: PLR0913, PLR0917, PLR0915  (the distillation loop; c
         rng = np.random.default_rng([cfg.seed, step, 1])
         level = 2 if rng.random() < cfg.lod2_probability else 1
         length = window_length(cfg, K, level)
-        ids = torch.as_tensor(
-            train.sample(step, cfg.batch_size, length, step / max(1, cfg.steps)), device=base.device
-        )
+        # Every process samples the same global batch and takes its share of the rows.
+        window = train.sample(step, cfg.batch_size, length, step / max(1, cfg.steps))
+        ids = torch.as_tensor(window[share], device=base.device)
         lr = lr_at(step, cfg, seconds)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -459,11 +480,11 @@ def train_gistnet(  # noqa: PLR0913, PLR0917, PLR0915  (the distillation loop; c
             )
             gisted = np.zeros(cfg.prefix_blocks, dtype=bool)
             gisted[rng.choice(cfg.prefix_blocks, size=max(1, n_gisted), replace=False)] = True
-            student, gists = lod1_student(gistnet, embeds, cfg.prefix_blocks, gisted)
+            student, _, gists = step_module(embeds, 1, cfg.prefix_blocks, gisted)
             with torch.no_grad(), teacher():
                 teacher_logits = _scored_logits(base, embeds, cfg.horizon)
         else:
-            student, teacher_seq, gists = lod2_student(gistnet, embeds)
+            student, teacher_seq, gists = step_module(embeds, 2, cfg.prefix_blocks, None)
             with torch.no_grad(), teacher():
                 teacher_in = embeds if cfg.lod2_teacher == "tokens" else teacher_seq
                 teacher_logits = _scored_logits(base, teacher_in, cfg.horizon)
@@ -482,9 +503,17 @@ def train_gistnet(  # noqa: PLR0913, PLR0917, PLR0915  (the distillation loop; c
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
         opt.step()
-        tokens += int(ids.numel())
+        tokens += int(ids.numel()) * world
+        if world > 1:  # the logged numbers are the global batch's, as in one process
+            parts = {k: global_mean(v) for k, v in parts.items()}
         history.append(
-            {"step": step, "level": level, "loss": float(loss.detach()), "lr": lr, **parts}
+            {
+                "step": step,
+                "level": level,
+                "loss": global_mean(float(loss.detach())),
+                "lr": lr,
+                **parts,
+            }
         )
         bar.set_postfix(
             loss=f"{float(loss.detach()):.4f}",
@@ -521,6 +550,49 @@ def train_gistnet(  # noqa: PLR0913, PLR0917, PLR0915  (the distillation loop; c
     }
     gistnet.eval()
     return GistTrainResult(gistnet, history, evals, reports, seconds, tokens)
+
+
+def _student_step(
+    gistnet: GistNet, cfg: GistTrainConfig, colearning: bool
+) -> tuple[torch.nn.Module, slice, int]:
+    """The student module (wrapped in DDP when a process group is up), this process's share of
+    each global batch's rows, and the number of processes."""
+    rank, world = data_parallel()
+    if world > 1 and colearning:
+        raise InvalidInputError(
+            "distributed training trains GistNet alone; co-learning (LoRA) runs in one process"
+        )
+    if cfg.batch_size % world:
+        raise InvalidInputError(
+            f"batch_size {cfg.batch_size} does not split over {world} processes; make it a "
+            f"multiple of {world}"
+        )
+    module: torch.nn.Module = StudentStep(gistnet)
+    if world > 1:  # gradients averaged over the processes, as for one global batch
+        module = torch.nn.parallel.DistributedDataParallel(module, find_unused_parameters=True)
+    share = slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
+    return module, share, world
+
+
+def data_parallel() -> tuple[int, int]:
+    """``(rank, world size)`` of the torch.distributed process group (``(0, 1)`` without)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def global_mean(value: float) -> float:
+    """``value`` averaged over the process group (itself in one process)."""
+    import torch.distributed as dist
+
+    _, world = data_parallel()
+    if world == 1:
+        return value
+    total = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(total)
+    return float(total.item()) / world
 
 
 def save_gist_run(
@@ -610,10 +682,13 @@ def run_gist(run: GistRunConfig, log: Callable[[str], None] = print) -> dict[str
     }
     gistnet = make_gistnet(base, cfg, K=K)
     log(f"GistNet: {gistnet.num_parameters():,} parameters, pooling={gistnet.config.pooling}")
+    rank, _ = data_parallel()
+    if rank:  # one process writes and speaks; the others train their share
+        log = _silent
     result = train_gistnet(
-        base, WindowSampler(train_streams, seed=cfg.seed), val, cfg, gistnet, log
+        base, WindowSampler(train_streams, seed=cfg.seed), val, cfg, gistnet, log, progress=not rank
     )
-    out = save_gist_run(result, base, cfg, run.out_dir)
+    out = save_gist_run(result, base, cfg, run.out_dir) if rank == 0 else Path(run.out_dir)
     summary: dict[str, Any] = {
         "out_dir": str(out),
         "seconds": result.seconds,
@@ -633,5 +708,10 @@ def run_gist(run: GistRunConfig, log: Callable[[str], None] = print) -> dict[str
             "shuffled": report.nll_shuffled,
             "constant": report.nll_constant,
         }
-    (Path(run.out_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if rank == 0:
+        (Path(run.out_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _silent(_message: str) -> None:
+    pass
