@@ -136,7 +136,7 @@ class TreeBrowser:
             **node,
             "text": text,
             "text_truncated": shown < stop,
-            "provenance": self._provenance(start, stop),
+            "provenance": provenance_json(self.session, start, stop),
             "annotations": [annotation_json(a) for a in self.annotations.overlapping(start, stop)],
         }
 
@@ -239,9 +239,6 @@ class TreeBrowser:
             gist = np.asarray(self.tree.gists(level, index, index + 1)[0], dtype=np.float64)
             node["norm"] = round(float(np.linalg.norm(gist)), 4)
         return node
-
-    def _provenance(self, start: int, stop: int, limit: int = 20) -> list[dict[str, Any]]:
-        return provenance_json(self.session, start, stop, limit)
 
     def _journal(self) -> list[Any]:
         db = self.session.metadata

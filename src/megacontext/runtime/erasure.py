@@ -146,7 +146,7 @@ def finish_erasures(session: Session) -> list[Erasure]:
     """Finish every erasure a crash left pending (a writer runs this when it opens the tree):
     the removal itself was finished by the journal; the cleanup and the record are done here."""
     db = session.metadata
-    if db is None or session.path is None or not _has_erasures(db):
+    if db is None or session.path is None or not db.has(erasure_table):
         return []
     with db.engine.connect() as conn:
         pending = conn.execute(
@@ -185,10 +185,6 @@ def _finish(session: Session, erasure_id: int) -> Erasure:
     return Erasure(erasure_id, row.at, row.actor, sources, int(row.tokens), len(kept))
 
 
-def _has_erasures(db: MetadataDB) -> bool:
-    return sa.inspect(db.engine).has_table(erasure_table.name)
-
-
 def apply_retention(session: Session, now: dt.datetime | None = None) -> Erasure | None:
     """Erase every source whose retention has passed and that no hold covers (``None`` when
     nothing is due)."""
@@ -201,6 +197,8 @@ def apply_retention(session: Session, now: dt.datetime | None = None) -> Erasure
 
 
 def erasures(db: MetadataDB, tree_id: str) -> list[Erasure]:
+    if not db.has(erasure_table):
+        return []
     with db.engine.connect() as conn:
         rows = conn.execute(
             sa.select(erasure_table)

@@ -66,7 +66,7 @@ from megacontext.store.cache import CachedBackend, CacheStats
 from megacontext.store.lexical import AnyLexicalIndex, LexicalIndex
 from megacontext.store.lineage import Lineage
 from megacontext.store.local import LocalStore
-from megacontext.store.metadata import COMPLETE, ROLLED_BACK, MetadataDB
+from megacontext.store.metadata import COMPLETE, ROLLED_BACK, MetadataDB, audit_table
 from megacontext.store.policies import Policies
 
 Scores = Callable[[WorkingContext], np.ndarray]
@@ -378,7 +378,9 @@ class Session:
             if self.metadata is not None and not self.metadata.readonly:
                 self._audit = AuditLog(self.metadata, self.tree_id)
             elif self._audit_url is not None:
-                self._audit_db = MetadataDB(self._audit_url)
+                # Per request in a service: create the one table it writes, not the schema.
+                self._audit_db = MetadataDB(self._audit_url, create=False)
+                audit_table.create(self._audit_db.engine, checkfirst=True)
                 self._audit = AuditLog(self._audit_db, self.tree_id)
         return self._audit
 

@@ -239,9 +239,8 @@ class Annotations:
         )
 
     def _exists(self) -> bool:
-        # A database last opened by a version without annotations has no such table until the
-        # next writer creates it; until then there is simply nothing annotated.
-        return sa.inspect(self.db.engine).has_table("annotations")
+        # Until a writer creates the table, there is simply nothing annotated.
+        return self.db.has(annotation_table)
 
 
 def _checked(note: str, tags: list[str], actor: str) -> tuple[str, list[str], str]:

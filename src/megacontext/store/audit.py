@@ -178,7 +178,7 @@ class AuditLog:
 
     def events(self, first: int = 1, limit: int | None = None) -> Iterator[AuditEvent]:
         """The chain's events from seq ``first`` on, in order (read in pages)."""
-        if not self._present():
+        if not self.db.has(audit_table):  # none yet: an empty chain
             return
         page = 1000 if limit is None else min(limit, 1000)
         left = limit
@@ -200,7 +200,7 @@ class AuditLog:
                 left -= len(rows)
 
     def head(self) -> AuditEvent | None:
-        if not self._present():
+        if not self.db.has(audit_table):  # none yet: an empty chain
             return None
         with self.db.engine.connect() as conn:
             row = conn.execute(
@@ -286,11 +286,6 @@ class AuditLog:
                 )
             checked += 1
         return Verdict(self.chain, count, head, anchors_checked=checked)
-
-    def _present(self) -> bool:
-        """Whether the database has the audit table (one written before it existed, read
-        without creating anything, has none: an empty chain)."""
-        return sa.inspect(self.db.engine).has_table(audit_table.name)
 
     def anchor(self, key: bytes) -> Anchor:
         """The chain's head, signed with ``key`` (keep the anchor outside the database)."""

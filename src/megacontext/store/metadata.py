@@ -300,6 +300,11 @@ class MetadataDB:
     def close(self) -> None:
         self.engine.dispose()
 
+    def has(self, table: sa.Table) -> bool:
+        """Whether the database holds ``table``: one last written by a version without it, and
+        opened without creating anything (read-only), does not until the next writer opens it."""
+        return sa.inspect(self.engine).has_table(table.name)
+
     # -- writing ---------------------------------------------------------------------------------
 
     def register_tree(

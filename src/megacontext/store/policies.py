@@ -48,8 +48,8 @@ class Policies:
         return Policy(ingest_id, list(row.labels), _utc(row.retain_until), row.hold)
 
     def all(self) -> dict[int, Policy]:
-        if not sa.inspect(self.db.engine).has_table(policy_table.name):
-            return {}  # a database written before policies existed, read without creating
+        if not self.db.has(policy_table):
+            return {}  # no policy was ever set
         with self.db.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(policy_table).where(policy_table.c.tree_id == self.tree_id)
