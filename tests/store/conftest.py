@@ -1,11 +1,17 @@
-"""Shared helpers of the storage tests: a deterministic gister, a reference token stream, and
-ways to end a writer the way a crash or a power loss would."""
+"""Shared helpers of the storage tests: a deterministic gister, a reference token stream, ways
+to end a writer the way a crash or a power loss would, and an S3-compatible server on loopback
+(moto's server mode) for the object-store tiers."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -77,3 +83,92 @@ def lose_unflushed(path: Path, rng: np.random.Generator) -> None:
                     os.pwrite(fd, bytes(2 * SLOT), SLOTS + 2 * SLOT * b)
         finally:
             os.close(fd)
+
+
+# -- an S3-compatible server on loopback ----------------------------------------------------------
+# No real object store is reachable from CI: moto's server mode (a dev dependency from PyPI)
+# stands in for S3. It speaks the S3 REST protocol over HTTP, so s3fs/botocore run unchanged.
+
+
+@dataclass(frozen=True)
+class S3Bucket:
+    """A fresh bucket on the test S3 server; ``fs`` is an s3fs filesystem of the test's own."""
+
+    endpoint: str
+    bucket: str
+    fs: Any
+
+    def root(self, prefix: str = "replicas") -> str:
+        return f"s3://{self.bucket}/{prefix}"
+
+
+def start_moto() -> Any:
+    """Start moto's S3 server on a free loopback port (the caller stops it)."""
+    moto_server = _moto_server()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    return server
+
+
+def endpoint_of(server: Any) -> str:
+    host, port = server.get_host_and_port()
+    return f"http://{host}:{port}"
+
+
+def use_s3_endpoint(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    """Point s3fs at ``endpoint`` the way docs/storage.md tells users to: environment only."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    # a developer's own ~/.aws must not leak in, nor a metadata-service lookup run
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    forget_s3_clients()
+
+
+def forget_s3_clients() -> None:
+    """s3fs caches one filesystem (with its botocore client and endpoint) per set of arguments:
+    drop them, so the next one reads the environment again."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def _moto_server() -> Any:
+    try:
+        import moto.server
+    except ImportError:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("moto[server] is not installed; CI must run the object-store tests")
+        pytest.skip("moto[server] is not installed (pip install -e '.[dev]')")
+    return moto.server
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """One S3 server for the session (each test gets its own bucket)."""
+    server = start_moto()
+    try:
+        yield endpoint_of(server)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Bucket]:
+    """A fresh, empty bucket, with the environment pointing s3fs at the test server."""
+    import fsspec
+
+    use_s3_endpoint(monkeypatch, moto_endpoint)
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    bucket = f"mc-test-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(bucket)
+    try:
+        yield S3Bucket(moto_endpoint, bucket, fs)
+    finally:
+        forget_s3_clients()

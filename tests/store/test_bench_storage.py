@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from megacontext.bench.storage import K, _build_tree, focus_trace, ingest_probe, replay
+import pytest
+
+from megacontext.bench.storage import (
+    S3_ENV,
+    K,
+    _build_tree,
+    bench_object_store,
+    focus_trace,
+    ingest_probe,
+    replay,
+)
 from megacontext.store import LocalStore
 
 
@@ -25,3 +36,19 @@ def test_prefetch_wins_on_a_replayed_focus_trace(tmp_path: Path) -> None:
 def test_ingest_probe_reports_rss(tmp_path: Path) -> None:
     probe = ingest_probe(200_000)
     assert probe["tokens"] == 200_000 and probe["peak_rss"] > 1 << 20
+
+
+def test_object_store_reads_are_measured_against_local_reads(tmp_path: Path) -> None:
+    pytest.importorskip("moto.server")
+    before = {name: os.environ.get(name) for name in S3_ENV}
+    results = {r.name: r for r in bench_object_store(tmp_path, True, lambda _msg: None)}
+    assert set(results) == {
+        "s3_segment_read_p50_ms",
+        "s3_segment_read_p99_ms",
+        "s3_segment_read_p99_ratio_vs_local",
+    }
+    p99 = results["s3_segment_read_p99_ms"]
+    assert p99.baseline_name == "local p99" and p99.baseline_value
+    assert results["s3_segment_read_p99_ratio_vs_local"].value == p99.value / p99.baseline_value
+    assert "20 reads per root" in p99.note  # 4 segments x 5 rounds, from each root
+    assert {name: os.environ.get(name) for name in S3_ENV} == before  # its server is gone

@@ -126,7 +126,7 @@ def test_info_reports_replica_health(tmp_path: Path) -> None:
     )
     victim.unlink()
     document = json.loads(runner.invoke(app, ["info", str(tmp_path / "t"), "--json"]).output)
-    assert document["replica_health"] == {"ok": 5, "missing": 1, "corrupt": 0}
+    assert document["replica_health"] == {"ok": 5, "missing": 1, "corrupt": 0, "unreadable": 0}
     human = runner.invoke(app, ["info", str(tmp_path / "t")])
     assert "missing=1" in human.output
     assert runner.invoke(app, ["verify", str(tmp_path / "t")]).exit_code == 1

@@ -25,18 +25,30 @@ Results (every ratio is measured against its baseline in the same run):
 * ``ingest_rss_ratio_100M_vs_10M``: peak RSS of a fresh process that ingests 100M tokens through
   ``MegaContextTree`` + ``LocalStore`` (trivial gister, d=64) over one that ingests 10M
   (``--quick``: ``ingest_rss_ratio_10M_vs_1M``). Goal ≤ 1.2.
+* ``s3_segment_read_p50_ms``, ``s3_segment_read_p99_ms``, ``s3_segment_read_p99_ratio_vs_local``:
+  whole sealed segments read back from an ``s3://`` replica root against the same segments from a
+  ``file://`` root on local disk, through the reader's replica path (:meth:`ReplicaSet.fetch`:
+  the bytes, then their sha256 check). The S3 server is moto's server mode (a dev dependency),
+  started by the suite on loopback in its own process: it stands in for an object store, so the
+  numbers measure the store's S3 path (s3fs, HTTP, one GET per segment), not a real network.
+  Skipped, with a message, when moto is not installed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import fsspec
 import numpy as np
 
 from megacontext.bench import BenchOptions, Progress, Result, median, peak_rss_bytes
@@ -47,8 +59,9 @@ from megacontext.core import (
     WorkingContext,
 )
 from megacontext.focus import FocusEngine
-from megacontext.store import LocalStore
+from megacontext.store import LocalStore, Replication
 from megacontext.store.cache import PageCache
+from megacontext.store.replicas import ReplicaSet
 from megacontext.store.segment import HEADER_BYTES, segment_name
 
 K = 32
@@ -331,6 +344,143 @@ def bench_cache(root: Path, steps: int, progress: Progress) -> list[Result]:
     ]
 
 
+# -- object-store tier -------------------------------------------------------------------------
+
+S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_listening(port: int, server: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"moto's S3 server exited with code {server.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"moto's S3 server did not listen on 127.0.0.1:{port} in {timeout:.0f} s")
+
+
+def _forget_s3_clients() -> None:
+    fsspec.get_filesystem_class("s3").clear_instance_cache()
+
+
+@contextlib.contextmanager
+def s3_server() -> Iterator[str]:
+    """moto's S3 server on a free loopback port, in its own process (so it does not share this
+    process's GIL), with this process's environment pointing s3fs at it the documented way
+    (docs/storage.md); the environment is restored afterwards."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    saved = {name: os.environ.get(name) for name in S3_ENV}
+    try:
+        _wait_listening(port, server)
+        endpoint = f"http://127.0.0.1:{port}"
+        os.environ.update(
+            AWS_ACCESS_KEY_ID="bench",
+            AWS_SECRET_ACCESS_KEY="bench",
+            AWS_ENDPOINT_URL_S3=endpoint,
+            AWS_DEFAULT_REGION="us-east-1",
+        )
+        _forget_s3_clients()
+        yield endpoint
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        _forget_s3_clients()
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def _segment_reads(
+    roots: dict[str, ReplicaSet], segments: list[tuple[str, str, int]], rounds: int
+) -> dict[str, list[int]]:
+    """Nanoseconds per whole-segment fetch from each root; the roots alternate who goes first."""
+    samples: dict[str, list[int]] = {kind: [] for kind in roots}
+    clock = time.perf_counter_ns
+    for r in range(rounds):
+        order = list(roots.items()) if r % 2 == 0 else list(reversed(roots.items()))
+        for name, sha256, size in segments:
+            for kind, replicas in order:
+                t0 = clock()
+                replicas.fetch(name, sha256, size)
+                samples[kind].append(clock() - t0)
+    return samples
+
+
+def bench_object_store(tmp: Path, quick: bool, progress: Progress) -> list[Result]:
+    """Seal segments onto a ``file://`` and an ``s3://`` root, then time reading them back from
+    each (see the module docstring)."""
+    if importlib.util.find_spec("moto") is None:
+        progress("object-store reads skipped: moto is not installed (pip install 'moto[server]')")
+        return []
+    segment_mb, count, rounds = (4, 4, 5) if quick else (16, 8, 12)
+    tokens = count * (segment_mb << 20) // 4
+    progress("starting moto's S3 server on loopback")
+    with s3_server():
+        fsspec.filesystem("s3").mkdir("mc-bench")
+        file_root, s3_root = f"file://{tmp}/replicas", "s3://mc-bench/replicas"
+        progress(f"sealing {count} segments of {segment_mb} MB onto file:// and s3://")
+        store = LocalStore.create(
+            tmp / "objtree",
+            dim=DIM,
+            K=K,
+            segment_bytes=segment_mb << 20,
+            replication=Replication([file_root, s3_root], 2, write_quorum=2),
+        )
+        for lo in range(0, tokens, BATCH):
+            store.append(0, _tokens(min(BATCH, tokens - lo), lo))
+        store.flush()
+        tree_id = store.manifest.tree_id
+        size = store.manifest.levels[0].capacity * 4 + HEADER_BYTES
+        segments = [(e.name, e.sha256, size) for e in store.manifest.levels[0].segments]
+        store.close()
+        roots = {
+            kind: ReplicaSet(Replication([root], 1, write_quorum=1), tree_id)
+            for kind, root in (("local", file_root), ("s3", s3_root))
+        }
+        progress(f"reading {len(segments)} sealed segments x {rounds} rounds from each root")
+        samples = _segment_reads(roots, segments, rounds)
+    return _object_store_results(samples, segment_mb)
+
+
+def _object_store_results(samples: dict[str, list[int]], segment_mb: int) -> list[Result]:
+    to_ms = 1e-3  # _percentile_us gives microseconds
+    p50 = {kind: _percentile_us(ns, 50) * to_ms for kind, ns in samples.items()}
+    p99 = {kind: _percentile_us(ns, 99) * to_ms for kind, ns in samples.items()}
+    note = (
+        f"{len(samples['s3'])} reads per root of whole {segment_mb} MB sealed segments (GET or "
+        "file read, then the sha256 check); S3 = moto's server mode on loopback, a stand-in for "
+        "an object store; local = a file:// root, warm in the OS page cache"
+    )
+    return [
+        Result("s3_segment_read_p50_ms", p50["s3"], "ms", "local p50", p50["local"], note),
+        Result("s3_segment_read_p99_ms", p99["s3"], "ms", "local p99", p99["local"], note),
+        Result(
+            "s3_segment_read_p99_ratio_vs_local",
+            p99["s3"] / p99["local"],
+            "x",
+            note=f"s3 p99 {p99['s3']:.1f} ms vs local p99 {p99['local']:.1f} ms, same run",
+        ),
+    ]
+
+
 # -- memory ------------------------------------------------------------------------------------
 
 
@@ -387,6 +537,7 @@ def run(quick: bool, progress: Progress, options: BenchOptions) -> list[Result]:
         _build_tree(work / "tree", tree_tokens, progress)
         results += bench_reads(work / "tree", 20_000 if quick else 100_000, progress)
         results += bench_cache(work / "tree", 300 if quick else 1000, progress)
+        results += bench_object_store(work, quick, progress)
     if quick:
         results += bench_rss(1_000_000, 10_000_000, progress)
     else:

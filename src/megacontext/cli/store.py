@@ -77,13 +77,13 @@ def _check_store_path(path: Path) -> None:
 
 
 def _replica_health(store: Any) -> dict[str, int]:
-    health = {"ok": 0, "missing": 0, "corrupt": 0}
+    health = {"ok": 0, "missing": 0, "corrupt": 0, "unreadable": 0}
     if store.replicas is None:
         return health
     for level in store.manifest.levels:
         for entry in level.segments:
             for state in store.replicas.check(entry.name, entry.sha256).values():
-                health[state] += 1
+                health[state.split(" ", 1)[0]] += 1  # "unreadable (why)": counted as unreadable
     return health
 
 
@@ -163,7 +163,8 @@ def _print_store_info(document: dict[str, Any]) -> None:
         console.print(
             f"replicas: R={rep['replicas']} quorum={rep['write_quorum']} over "
             f"{len(rep['roots'])} roots; "
-            f"copies ok={health['ok']} missing={health['missing']} corrupt={health['corrupt']}"
+            f"copies ok={health['ok']} missing={health['missing']} corrupt={health['corrupt']} "
+            f"unreadable={health['unreadable']}"
         )
 
 

@@ -9,7 +9,8 @@
 - the :class:`StoreStats` counters, since every counter is about reading.
 
 A sealed segment's sha256 is checked on its first read in a process. A bad or missing local
-copy is replaced from a good replica (read-repair, also of bad replicas) when the store is
+copy is replaced from a good replica (read-repair, also of bad replicas; a replica root that
+cannot take the repair keeps its bad copy, for `store verify` to report) when the store is
 writable, and served from memory otherwise. The open segment is read through a map the writer
 drops whenever it changes that segment (:class:`~megacontext.store.state.LevelState`); records
 of a v2 open segment are checked against its checksum file before they are first returned
@@ -31,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from megacontext.store.checksums import ChecksumMismatchError
-from megacontext.store.errors import InvalidInputError, StorageCorruptionError
+from megacontext.store.errors import InvalidInputError, StorageCorruptionError, StoreError
 from megacontext.store.manifest import SegmentEntry
 from megacontext.store.segment import HEADER_BYTES, fsync_dir, os_error, segment_name
 from megacontext.store.state import LevelState, StoreState
@@ -242,7 +243,12 @@ class Reader:
         self.stats.corrupt_copies_found += len(bad)
         if not self.state.readonly:
             for root_url in bad:  # read-repair of bad or missing replicas
-                replicas.write(root_url, entry.name, data)
+                try:
+                    replicas.write(root_url, entry.name, data)
+                except StoreError:
+                    # The read has its good bytes: a root that cannot take the repair now (down,
+                    # full) must not fail it. The copy stays bad, and `store verify` says so.
+                    continue
                 self.stats.read_repairs += 1
         return data
 
