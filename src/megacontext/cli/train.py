@@ -245,6 +245,14 @@ def lens(
         list[str] | None,
         typer.Option("--set", help="Override a setting, e.g. --set train_samples=50 (repeatable)."),
     ] = None,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Processes training together on this machine (torch.distributed DDP: gloo on "
+            "CPU, nccl on GPUs); lens.batch_size is the global batch, split among them.",
+        ),
+    ] = 1,
 ) -> None:
     """Train LensNet (and GistNet's key head) from counterfactual focus labels.
 
@@ -254,11 +262,19 @@ def lens(
     keys only). Reports Spearman, top-1 and focus gain separately for text and retrieval.
 
     Example: megacontext train lens --set gist_bundle=runs/gistnet/bundle --set train_samples=100
+    (add --nproc 2 --set lens.batch_size=8 to train on two processes)
     """
+    from megacontext.train.distributed import launch
     from megacontext.train.lens import LensRunConfig, run_lens
+    from megacontext.train.lens.training import check_global_batch
 
     run = LensRunConfig.from_dict(_settings(config, "lens-default.yaml", overrides))
-    metrics = run_lens(run, log=console.print)
+    check_global_batch(run.lens.batch_size, nproc)  # here, before labelling in every process
+    if nproc > 1:
+        console.print(f"training on {nproc} processes (torch.distributed DDP)")
+        metrics = launch(nproc, run_lens, run)
+    else:
+        metrics = run_lens(run, log=console.print)
     console.print(_summary_table(f"LensNet run → {run.out_dir}", metrics))
 
 
@@ -280,6 +296,9 @@ def cotrain(
     plateaus; stale labels are refused. With `ablation_seeds`, every module is also frozen at its
     cycle-0 weights in turn, and the run is repeated without LoRA; the loss changes (mean and
     spread over the seeds) go to summary.json and cotrain.png in out_dir.
+
+    Runs in one process (no --nproc: the LoRA phases are not distributed); `train gist` and
+    `train lens` take --nproc.
 
     Example: megacontext train cotrain --set cotrain.schedule=joint --set ablation_seeds=[0,1,2]
 

@@ -3,9 +3,11 @@ averaged by DDP (``gloo`` on CPU, ``nccl`` on GPUs).
 
 :func:`launch` starts ``nproc`` processes on this machine (a rendezvous on a free loopback
 port), runs a training function in each and returns rank 0's result. Inside, the training loop
-asks :func:`megacontext.train.gist.data_parallel` for its rank and world size: every process
-samples the same global batch and takes its share of the rows, DDP averages the gradients, so
-the run follows the single-process run with the same global batch (``tests/train``).
+asks :func:`data_parallel` for its rank and world size: every process builds the same global
+batch and takes its share (GistNet: rows of a window batch; LensNet and the key head: samples),
+DDP averages the gradients, and :func:`global_sum` / :func:`global_mean` make the logged losses
+the global batch's. So a run follows the single-process run with the same global batch
+(``tests/nets/test_gist_ddp.py``, ``tests/nets/test_lens_ddp.py``).
 """
 
 from __future__ import annotations
@@ -58,4 +60,44 @@ def _process(
         dist.destroy_process_group()
 
 
-__all__ = ["launch"]
+def data_parallel() -> tuple[int, int]:
+    """``(rank, world size)`` of the torch.distributed process group (``(0, 1)`` without)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def rank_zero(log: Callable[[str], None]) -> Callable[[str], None]:
+    """``log`` in rank 0 (and in one process), a no-op in the others: one process speaks for a
+    run while the others train their share."""
+    rank, _ = data_parallel()
+    return _silent if rank else log
+
+
+def _silent(_message: str) -> None:
+    pass
+
+
+def global_sum(value: float) -> float:
+    """``value`` summed over the process group (itself in one process)."""
+    import torch.distributed as dist
+
+    _, world = data_parallel()
+    if world == 1:
+        return value
+    # nccl reduces GPU tensors only; gloo takes CPU ones.
+    device = torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return float(total.item())
+
+
+def global_mean(value: float) -> float:
+    """``value`` averaged over the process group (itself in one process)."""
+    _, world = data_parallel()
+    return value if world == 1 else global_sum(value) / world
+
+
+__all__ = ["data_parallel", "global_mean", "global_sum", "launch", "rank_zero"]

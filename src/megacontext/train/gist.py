@@ -55,6 +55,7 @@ from megacontext.models.adapter import BaseAdapter
 from megacontext.models.bundle import save_bundle
 from megacontext.models.gistnet import GistNet, GistNetConfig
 from megacontext.train.config import RunSettings, start_run
+from megacontext.train.distributed import data_parallel, global_mean, rank_zero
 
 CODE_SOURCES = frozenset({"stdlib"})
 
@@ -574,27 +575,6 @@ def _student_step(
     return module, share, world
 
 
-def data_parallel() -> tuple[int, int]:
-    """``(rank, world size)`` of the torch.distributed process group (``(0, 1)`` without)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def global_mean(value: float) -> float:
-    """``value`` averaged over the process group (itself in one process)."""
-    import torch.distributed as dist
-
-    _, world = data_parallel()
-    if world == 1:
-        return value
-    total = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(total)
-    return float(total.item()) / world
-
-
 def save_gist_run(
     result: GistTrainResult, base: BaseAdapter, cfg: GistTrainConfig, out_dir: str | Path
 ) -> Path:
@@ -683,8 +663,7 @@ def run_gist(run: GistRunConfig, log: Callable[[str], None] = print) -> dict[str
     gistnet = make_gistnet(base, cfg, K=K)
     log(f"GistNet: {gistnet.num_parameters():,} parameters, pooling={gistnet.config.pooling}")
     rank, _ = data_parallel()
-    if rank:  # one process writes and speaks; the others train their share
-        log = _silent
+    log = rank_zero(log)  # one process writes and speaks; the others train their share
     result = train_gistnet(
         base, WindowSampler(train_streams, seed=cfg.seed), val, cfg, gistnet, log, progress=not rank
     )
@@ -711,7 +690,3 @@ def run_gist(run: GistRunConfig, log: Callable[[str], None] = print) -> dict[str
     if rank == 0:
         (Path(run.out_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def _silent(_message: str) -> None:
-    pass

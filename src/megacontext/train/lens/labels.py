@@ -71,6 +71,9 @@ class LensTrainConfig:
     perturb_edits: int = 4
     label_batch: int = 32
     epochs: int = 20
+    # Samples per optimizer step, the global batch: under DDP (`train lens --nproc N`) the
+    # processes share it. Each step takes the mean loss of the batch's samples.
+    batch_size: int = 1
     lr: float = 1e-3
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -96,6 +99,10 @@ class LensTrainConfig:
             )
         if not 0 <= self.retrieval_fraction <= 1:
             raise InvalidInputError("retrieval_fraction must be in [0, 1]")
+        if self.batch_size < 1:
+            raise InvalidInputError(
+                f"batch_size (samples per LensNet step) must be >= 1, got {self.batch_size}"
+            )
 
 
 @dataclass

@@ -1,5 +1,10 @@
 """A whole ``megacontext train lens`` run: label, train keys and LensNet (with ablations),
-evaluate per slice, and write one focus bundle with its plots and metrics."""
+evaluate per slice, and write one focus bundle with its plots and metrics.
+
+Under torch.distributed (``train lens --nproc N``, through
+:func:`megacontext.train.distributed.launch`) every process labels the same samples (seeded) and
+trains its share of each global batch; rank 0 alone logs and writes the run directory.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from megacontext.errors import InvalidInputError
 from megacontext.models.gistnet import GistNet
 from megacontext.models.lensnet import LensNet, LensNetConfig
 from megacontext.train.config import RunSettings, start_run
+from megacontext.train.distributed import data_parallel, rank_zero
 from megacontext.train.lens.evaluation import evaluate_lensnet
 from megacontext.train.lens.labels import LensTrainConfig, make_samples
 from megacontext.train.lens.training import refresh_keys, train_key_head, train_lensnet
@@ -56,6 +62,8 @@ def run_lens(run: LensRunConfig, log: Callable[[str], None] = print) -> dict[str
     """Label, train keys and LensNet (plus ablations), evaluate per slice, write the run."""
     from megacontext.models.bundle import load_bundle, save_bundle
 
+    rank, _ = data_parallel()
+    log = rank_zero(log)  # one process writes and speaks; the others train their share
     base, train_streams, val_streams = start_run(run, log)
     gist_bundle = load_bundle(run.gist_bundle, fingerprints=base.fingerprints)
     gistnet = gist_bundle.get("gistnet")
@@ -65,13 +73,30 @@ def run_lens(run: LensRunConfig, log: Callable[[str], None] = print) -> dict[str
     special = tuple(t for t in (base.bos_token_id, base.eos_token_id) if t is not None)
     train_text = _prose_stream(train_streams)
     val_text = _prose_stream(val_streams)
+    progress = not rank
     train = make_samples(
-        base, gistnet, train_text, cfg, run.train_samples, cfg.seed, special, desc="labelling train"
+        base,
+        gistnet,
+        train_text,
+        cfg,
+        run.train_samples,
+        cfg.seed,
+        special,
+        desc="labelling train",
+        progress=progress,
     )
     val = make_samples(
-        base, gistnet, val_text, cfg, run.val_samples, cfg.seed + 1, special, desc="labelling val"
+        base,
+        gistnet,
+        val_text,
+        cfg,
+        run.val_samples,
+        cfg.seed + 1,
+        special,
+        desc="labelling val",
+        progress=progress,
     )
-    key_losses = train_key_head(base, gistnet, train, cfg)
+    key_losses = train_key_head(base, gistnet, train, cfg, progress=progress)
     for sample in [*train, *val]:
         refresh_keys(sample, base, gistnet)
     slices = {
@@ -89,7 +114,7 @@ def run_lens(run: LensRunConfig, log: Callable[[str], None] = print) -> dict[str
         if name != "all" and not run.ablations:
             continue
         config = LensNetConfig(d_model=base.d_model, **{**cfg.lensnet, **switches})
-        lens, scale, losses = train_lensnet(base, train, cfg, config, log=log)
+        lens, scale, losses = train_lensnet(base, train, cfg, config, progress, log)
         models[name], curves[name] = lens, losses
         metrics[f"label_scale_{name}"] = scale
         for slice_name, samples in slices.items():
@@ -106,6 +131,8 @@ def run_lens(run: LensRunConfig, log: Callable[[str], None] = print) -> dict[str
                 "oracle": report.nll_oracle,
             }
             log(f"{name} / {slice_name}: {report}")
+    if rank:
+        return metrics
     out = Path(run.out_dir)
     # One bundle with everything the runtime and the benchmark need: GistNet (with its trained
     # key head), LensNet, and the ablation LensNets; training configs and metrics of both runs.
@@ -123,6 +150,7 @@ def run_lens(run: LensRunConfig, log: Callable[[str], None] = print) -> dict[str
         metrics={**gist_bundle.metrics, **metrics},
     )
     (out / "summary.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    (out / "history.json").write_text(json.dumps({"key_losses": key_losses, "lens_losses": curves}))
     plot_lens_training(curves, metrics, out / "lensnet_training.png")
     return metrics
 
