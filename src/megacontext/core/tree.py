@@ -186,6 +186,17 @@ class MemoryBackend:
         return None
 
 
+def gist_batches(first: int, stop: int, batch_size: int | None) -> list[tuple[int, int]]:
+    """The node ranges ``[lo, hi)`` a tree gists nodes ``[first, stop)`` of a level in: one
+    gister call each (``batch_size`` nodes at most; ``None``: all in one call).
+
+    A gister's floats depend on the batch a node is computed in, so whoever precomputes gists
+    for a tree (a cluster worker) must use these same ranges to match it bit for bit.
+    """
+    step = batch_size or (stop - first)
+    return [(lo, min(stop, lo + step)) for lo in range(first, stop, step)] if stop > first else []
+
+
 @dataclass(frozen=True, slots=True)
 class AppendResult:
     """What one :meth:`MegaContextTree.append` added: tokens, and new gists per level (1-based)."""
@@ -376,9 +387,7 @@ class MegaContextTree:
         return tuple(added)
 
     def _gist_range(self, level: int, first: int, stop: int, store_gists: bool = True) -> None:
-        batch = self.gist_batch_size or (stop - first)
-        for lo in range(first, stop, batch):
-            hi = min(stop, lo + batch)
+        for lo, hi in gist_batches(first, stop, self.gist_batch_size):
             children = self.backend.read(level - 1, lo * self.K, hi * self.K)
             shape = (hi - lo, self.K) if level == 1 else (hi - lo, self.K, self.dim)
             output = self.gister(level, children.reshape(shape))

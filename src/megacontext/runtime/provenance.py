@@ -33,7 +33,7 @@ class SpanRow:
 
 def plan_spans(
     text: str | None,
-    offsets: Sequence[tuple[int, int]] | None,
+    offsets: Sequence[tuple[int, int]] | np.ndarray | None,
     first: int,
     count: int,
     K: int,
@@ -47,8 +47,9 @@ def plan_spans(
     stop = first + count
     if text is None or offsets is None or len(offsets) != count or count == 0:
         return [SpanRow(first, stop)] if count else []
-    starts = np.maximum.accumulate(np.asarray([a for a, _ in offsets], dtype=np.int64))
-    ends = np.maximum.accumulate(np.asarray([b for _, b in offsets], dtype=np.int64))
+    pairs = np.asarray(offsets, dtype=np.int64).reshape(count, 2)
+    starts = np.maximum.accumulate(pairs[:, 0])
+    ends = np.maximum.accumulate(pairs[:, 1])
     ends = np.maximum(ends, starts)
     # Byte offset of every character (text is stored and hashed as UTF-8).
     code_points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)

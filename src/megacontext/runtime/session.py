@@ -117,6 +117,18 @@ class Ingested:
 
 
 @dataclass(frozen=True)
+class Tokenized:
+    """Text tokenized elsewhere with this session's tokenizer (a cluster worker: see
+    :mod:`megacontext.runtime.cluster`): its ids and per-token ``[start, end)`` characters (from
+    :meth:`~megacontext.models.adapter.BaseAdapter.encode_with_offsets`), which ingest takes in
+    place of tokenizing the text again."""
+
+    text: str
+    ids: np.ndarray
+    offsets: np.ndarray | None  # (len(ids), 2), or None when the tokenizer cannot say
+
+
+@dataclass(frozen=True)
 class ForwardTiming:
     """One base forward while decoding: what it computed and where its time went.
 
@@ -249,7 +261,7 @@ class Session:
 
     def ingest(
         self,
-        content: str | Sequence[int] | np.ndarray,
+        content: str | Sequence[int] | np.ndarray | Tokenized,
         source: str | None = None,
         metadata: dict[str, Any] | None = None,
         *,
@@ -278,16 +290,27 @@ class Session:
             return Ingested(len(ids), first, first + len(ids))
         raw = text.encode("utf-8") if text is not None else ids.astype("<u4").tobytes()
         if not force:
-            found = self.metadata.ingested_content(self.tree_id, hashlib.sha256(raw).hexdigest())
-            if found is not None and found.stop is not None:
-                name = str(found.source.meta.get("path") or found.source.uri)
-                return Ingested(0, found.start, found.stop, duplicate_of=name)
+            duplicate = self.duplicate_of(raw)
+            if duplicate is not None:
+                return duplicate
         uri = source or f"inline:{hashlib.sha256(raw).hexdigest()[:16]}"
         rows = plan_spans(text, offsets, first, len(ids), self.tree.K)
         kind = "text" if text is not None else "tokens"
         with self._journaled(uri, kind, raw, meta, first, first + len(ids), rows):
             self._append_blocks(ids, progress)
         return Ingested(len(ids), first, first + len(ids))
+
+    def duplicate_of(self, content: bytes) -> Ingested | None:
+        """Where the history already holds a source with exactly these bytes (UTF-8 text, or
+        little-endian uint32 token ids) — what :meth:`ingest` returns instead of appending them
+        again — or ``None``. In memory nothing is remembered: always ``None``."""
+        if self.metadata is None:
+            return None
+        found = self.metadata.ingested_content(self.tree_id, hashlib.sha256(content).hexdigest())
+        if found is None or found.stop is None:
+            return None
+        name = str(found.source.meta.get("path") or found.source.uri)
+        return Ingested(0, found.start, found.stop, duplicate_of=name)
 
     def _append_blocks(self, ids: np.ndarray, progress: Progress | None) -> None:
         """Append a whole input: gisted, indexed, then the working context assembled anew."""
@@ -412,9 +435,17 @@ class Session:
             self._append_blocks(as_token_ids(np.asarray(ids), self.base.vocab_size), None)
 
     def _tokens_with_offsets(
-        self, content: str | Sequence[int] | np.ndarray
-    ) -> tuple[np.ndarray, str | None, list[tuple[int, int]] | None]:
+        self, content: str | Sequence[int] | np.ndarray | Tokenized
+    ) -> tuple[np.ndarray, str | None, Sequence[tuple[int, int]] | np.ndarray | None]:
         """Checked token ids of ``content``; for text, also the text and per-token offsets."""
+        if isinstance(content, Tokenized):
+            self._check_text(content.text)
+            if content.offsets is not None and len(content.offsets) != len(content.ids):
+                raise InvalidInputError(
+                    f"tokenized text has {len(content.ids)} ids but {len(content.offsets)} "
+                    "offsets; tokenize it again with this session's base"
+                )
+            return self._checked_ids(list(content.ids.tolist())), content.text, content.offsets
         if isinstance(content, str):
             self._check_text(content)
             ids, offsets = self.base.encode_with_offsets(content)
