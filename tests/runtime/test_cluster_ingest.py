@@ -149,5 +149,46 @@ def test_the_plan_is_the_serial_gister_calls() -> None:
 def test_an_unreachable_scheduler_is_named(tmp_path: Path) -> None:
     with open_session(tmp_path / "t", config=CONFIG) as mc:
         with pytest.raises(InvalidInputError, match="cannot reach the dask scheduler"):
-            ingest_on_cluster(mc, documents()[:1], "tcp://127.0.0.1:9", connect_timeout_s=2)
+            ingest_on_cluster(mc, documents()[:1], "tcp://127.0.0.1:9")
         assert mc.tree.num_tokens == 0
+
+
+@pytest.mark.slow
+def test_the_cli_ingests_on_a_cluster(tmp_path: Path, cluster: Any) -> None:
+    """`megacontext ingest --cluster` reports every file and makes the serial CLI's tree."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from megacontext.cli import app
+
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    for page in sorted((ROOT / "docs").glob("*.md"))[:4]:
+        (pages / page.name).write_bytes(page.read_bytes())
+    (pages / "blob.bin").write_bytes(b"\x00\x01\x02")
+    runner = CliRunner()
+    out = {}
+    for name, extra in (("serial", []), ("cluster", ["--cluster", cluster.scheduler_address])):
+        args = ["ingest", str(pages), "--tree", str(tmp_path / name), "--json", *extra]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        out[name] = json.loads(result.stdout)
+    statuses = sorted((Path(f["path"]).name, f["status"]) for f in out["cluster"]["files"])
+    assert statuses == sorted((Path(f["path"]).name, f["status"]) for f in out["serial"]["files"])
+    assert ("blob.bin", "skipped") in statuses and len(statuses) == 5
+    assert out["cluster"]["tokens"] == out["serial"]["tokens"] > 0
+    assert snapshot(tmp_path / "cluster") == snapshot(tmp_path / "serial")
+
+
+def test_the_cli_names_an_unreachable_cluster(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from megacontext.cli import app
+
+    (tmp_path / "a.txt").write_text("Some text to ingest.", encoding="utf-8")
+    args = ["ingest", str(tmp_path / "a.txt"), "--tree", str(tmp_path / "t")]
+    result = CliRunner().invoke(app, [*args, "--cluster", "tcp://127.0.0.1:9"])
+    assert isinstance(result.exception, InvalidInputError)
+    assert "cannot reach the dask scheduler" in str(result.exception)
+    assert "--cluster" in str(result.exception)

@@ -32,6 +32,7 @@ SUITES: dict[str, str] = {
     "crash": "megacontext.bench.crash",
     "service": "megacontext.bench.service",
     "explorer": "megacontext.bench.explorer",
+    "scaleout": "megacontext.bench.scaleout",
 }
 
 Progress = Callable[[str], None]

@@ -253,16 +253,11 @@ def run_on_cluster(
 ) -> list[Any]:
     """Run ``todo`` as dask tasks on the scheduler at ``address``; results in ``todo``'s order.
     Cells are independent and seeded by their coordinates: the results are the serial run's."""
-    from distributed import Client, as_completed
+    from distributed import as_completed
 
-    try:
-        client = Client(address, timeout=f"{connect_timeout_s}s")
-    except OSError as exc:
-        raise InvalidInputError(
-            f"cannot reach the dask scheduler at {address} ({exc}); start one (dask scheduler) "
-            "or check --cluster"
-        ) from None
-    with client:
+    from megacontext.runtime.cluster import connect
+
+    with connect(address, connect_timeout_s) as client:
         futures = [client.submit(run_cell, setup, cell, pure=False) for cell in todo]
         for done, future in enumerate(as_completed(futures), 1):
             progress(f"{done} of {len(futures)} cells done on the cluster")

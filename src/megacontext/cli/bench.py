@@ -43,7 +43,8 @@ def bench(
         typer.Option(
             "--cluster",
             help="A dask scheduler's address (tcp://HOST:8786): the longctx grid's cells run as "
-            "its tasks, each worker loading the base once. Results equal a serial run's.",
+            "its tasks, each worker loading the base once (results equal a serial run's); "
+            "scaleout measures ingest on it instead of on local clusters of 1, 2 and 4 workers.",
         ),
     ] = None,
 ) -> None:
@@ -70,9 +71,10 @@ def bench(
             f"unknown prompt style {prompt!r}; choose one of: {', '.join(PROMPT_STYLES)}",
             param_hint="--prompt",
         )
-    if cluster is not None and suite != "longctx":
+    if cluster is not None and suite not in ("longctx", "scaleout"):
         raise typer.BadParameter(
-            f"only the longctx suite runs on a cluster; run {suite!r} without --cluster",
+            f"only the longctx and scaleout suites run on a cluster; run {suite!r} without "
+            "--cluster",
             param_hint="--cluster",
         )
     options = BenchOptions(base=base, prompt=prompt, cluster=cluster)

@@ -181,6 +181,16 @@ def ingest(
             show_default=False,
         ),
     ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            help="A dask scheduler address (tcp://HOST:8786): its workers tokenize and gist the "
+            "files, this process commits them in order. The tree is the one a run without "
+            "--cluster makes, byte for byte. Workers need megacontext and the base installed.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Add files to a session's history, recording where every span came from.
@@ -193,6 +203,8 @@ def ingest(
     --encoding); only files with no text encoding are skipped, and each is named.
 
     Example: megacontext ingest docs/ notes.txt --tree runs/mc --base smollm2
+
+    On a dask cluster: megacontext ingest corpus/ --tree runs/mc --cluster tcp://10.0.0.5:8786
     """
     from megacontext.runtime.opening import is_session
     from megacontext.runtime.reading import check_encoding, discover
@@ -211,7 +223,10 @@ def ingest(
     ]
     with _opened(tree, base, focus, config, regist=regist) as mc:
         try:
-            _ingest_files(mc, files, encoding, force, report)
+            if cluster is None:
+                _ingest_files(mc, files, encoding, force, report)
+            else:
+                _ingest_on_cluster(mc, files, encoding, force, report, cluster)
         except KeyboardInterrupt:
             _interrupted(report, tree)
             raise typer.Exit(130) from None
@@ -250,13 +265,57 @@ def _ingest_files(
 
             entry.update(status="running", encoding=text.encoding, detected=text.detected)
             done = mc.ingest(text.text, source=uri, metadata=meta, force=force, progress=advance)
-            entry.update(tokens=done.tokens, start=done.start, stop=done.stop)
-            if done.duplicate_of is not None:
-                entry.update(
-                    status="skipped", reason=f"already in the history ({done.duplicate_of})"
-                )
-            else:
-                entry["status"] = "ingested"
+            _settle(entry, done)
+
+
+def _ingest_on_cluster(
+    mc: Any,
+    files: list[Any],
+    encoding: str | None,
+    force: bool,
+    report: list[dict[str, Any]],
+    address: str,
+) -> None:
+    from megacontext.runtime.cluster import Document, ingest_on_cluster
+    from megacontext.runtime.reading import STDIN, read_text
+
+    documents, entries = [], []
+    for source in files:
+        entry: dict[str, Any] = {"path": str(source.path)}
+        report.append(entry)
+        text = read_text(source, encoding)
+        if text is None:
+            entry.update(status="skipped", reason="binary or empty (no text encoding fits)")
+            continue
+        uri = "stdin" if source.path == STDIN else source.resolved.as_uri()
+        meta = {"path": str(source.path), "encoding": text.encoding}
+        entry.update(status="running", encoding=text.encoding, detected=text.detected)
+        documents.append(Document(text.text, uri, meta))
+        entries.append(entry)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} files"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(f"ingesting on {escape(address)}", total=len(documents))
+
+        def committed(i: int, done: Any) -> None:
+            _settle(entries[i], done)
+            bar.update(task, completed=i + 1)
+
+        ingest_on_cluster(mc, documents, address, force=force, on_committed=committed)
+
+
+def _settle(entry: dict[str, Any], done: Any) -> None:
+    """Record one file's outcome (an Ingested) in the report."""
+    entry.update(tokens=done.tokens, start=done.start, stop=done.stop)
+    if done.duplicate_of is not None:
+        entry.update(status="skipped", reason=f"already in the history ({done.duplicate_of})")
+    else:
+        entry["status"] = "ingested"
 
 
 def _interrupted(report: list[dict[str, Any]], tree: Path) -> None:

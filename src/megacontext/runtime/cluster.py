@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -95,12 +96,22 @@ def connect(address: str, timeout_s: float = 30.0) -> Client:
     from distributed import Client
 
     try:
+        _refused_at_once(address, timeout_s)
         return Client(address, timeout=f"{timeout_s}s")
     except OSError as exc:
         raise InvalidInputError(
             f"cannot reach the dask scheduler at {address} ({exc}); start one (`dask scheduler`, "
             "then `dask worker ADDRESS` on each machine) or check --cluster"
         ) from None
+
+
+def _refused_at_once(address: str, timeout_s: float) -> None:
+    """Raise ``ConnectionRefusedError`` at once when nothing listens at a ``tcp://`` address
+    (dask's client would retry a refused connection until its timeout)."""
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    if address.startswith("tcp://") and port.isdigit():
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
 
 
 @contextlib.contextmanager
