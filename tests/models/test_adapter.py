@@ -164,6 +164,9 @@ def test_interface_shapes(load_tiny: Loader) -> None:
     assert hidden.shape == (2, 3, base.d_model)
     assert base.cache_length(cache) == 3
     assert base.crop_cache(cache, 1) is cache and base.cache_length(cache) == 1
+    last = base.forward(x, torch.arange(3), None, use_cache=False, logits_last=2)
+    torch.testing.assert_close(last.logits, logits[:, -2:])
+    assert last.hidden.shape == hidden.shape
 
 
 # ----------------------------------------------------------------------------- fingerprints (D13)

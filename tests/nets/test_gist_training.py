@@ -17,6 +17,7 @@ from megacontext.train.gist import (
     WindowSampler,
     evaluate_gists,
     make_gistnet,
+    reconstruction_loss,
     save_gist_run,
     spread_loss,
     train_gistnet,
@@ -160,6 +161,8 @@ def test_spread_loss() -> None:
 def test_bad_configs_and_data() -> None:
     with pytest.raises(InvalidInputError, match="min_gist_fraction"):
         GistTrainConfig(min_gist_fraction=0)
+    with pytest.raises(InvalidInputError, match="lead_tokens"):
+        GistTrainConfig(lead_tokens=0)
     with pytest.raises(InvalidInputError, match="lod2_teacher"):
         GistTrainConfig(lod2_teacher="nope")  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="no token streams"):
@@ -198,3 +201,87 @@ def test_the_content_free_controls_tell_content_from_a_placeholder(base) -> None
         assert flat.nll_constant == pytest.approx(flat.nll_gist, abs=1e-5)
         assert flat.content_gap_closure == pytest.approx(0.0, abs=1e-4)
         assert flat.own_minus_shuffled == pytest.approx(0.0, abs=1e-4)
+
+
+def test_reconstruction_loss_is_the_bases_nll_of_each_gisted_block(base) -> None:  # type: ignore[no-untyped-def]
+    """The base reads ``[gist][block tokens]`` and is scored on the block's own tokens; only the
+    gisted blocks count, in order, and the gradient reaches the gists."""
+    cfg = config()
+    ids = torch.as_tensor(val(cfg)[1][:2])
+    gisted = np.array([False, True, False, False, True, False])
+    gists = torch.randn(2, 2, base.d_model, requires_grad=True)
+    loss = reconstruction_loss(base, gists, ids, K, gisted)
+    nlls = []
+    for row in range(2):
+        for slot, block in enumerate((1, 4)):
+            tokens = ids[row, block * K : (block + 1) * K]
+            seq = torch.cat([gists[row, slot][None], base.embed(tokens[:-1])])[None]
+            logits = base.forward(seq, torch.arange(K), use_cache=False).logits[0]
+            nlls.append(torch.nn.functional.cross_entropy(logits, tokens))
+    torch.testing.assert_close(loss, torch.stack(nlls).mean())
+    loss.backward()
+    assert gists.grad is not None and gists.grad.abs().sum() > 0
+
+
+def test_reconstruction_and_the_anchored_head_train_and_round_trip(base, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With recon_weight the reconstruction NLL falls (the gists learn their spans); an anchored
+    GistNet trained under bf16 autocast saves and loads with its running mean."""
+    net = {"width": 32, "n_layers": 1, "n_heads": 2, "key_dim": 8, "gist_head": "anchored"}
+    cfg = config(recon_weight=1.0, autocast=True, lod2_probability=0.0, gistnet=net, steps=80)
+    torch.manual_seed(0)
+    result = train_gistnet(
+        base,
+        WindowSampler({"text": stream(1)}),
+        {1: val(cfg)[1]},
+        cfg,
+        gistnet=make_gistnet(base, cfg, K=K),
+        progress=False,
+        log=lambda _m: None,
+    )
+    recon = [h["recon"] for h in result.history]
+    assert len(recon) == 80 and np.mean(recon[-10:]) < np.mean(recon[:10]) - 0.1
+    assert float(result.gistnet.content_updates[1]) == 80
+    out = save_gist_run(result, base, cfg, tmp_path / "run")
+    loaded = load_bundle(out / "bundle", fingerprints=base.fingerprints).get("gistnet")
+    assert loaded.config.gist_head == "anchored"
+    x = torch.randn(3, K, base.d_model)
+    torch.testing.assert_close(loaded(x, 1)[0], result.gistnet.eval()(x, 1)[0])
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_a_stopped_run_resumes_from_its_checkpoint_unchanged(base, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg = config(steps=12, checkpoint_interval=3, eval_interval=5, eval_windows=4)
+    sampler = WindowSampler({"text": stream(1)})
+
+    def run(checkpoint: Path | None, log=lambda _m: None):  # type: ignore[no-untyped-def]
+        torch.manual_seed(0)
+        gistnet = make_gistnet(base, cfg, K=K)
+        return train_gistnet(
+            base, sampler, val(cfg), cfg, gistnet, log, progress=False, checkpoint=checkpoint
+        )
+
+    straight = run(None)
+    ckpt = tmp_path / "checkpoint.pt"
+
+    def stop_at_first_eval(message: str) -> None:
+        if message.startswith("{"):
+            raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        run(ckpt, stop_at_first_eval)  # killed at step 5: the step-3 checkpoint survives
+    messages: list[str] = []
+    resumed = run(ckpt, messages.append)
+    assert any("resuming" in m and "step 3" in m for m in messages)
+    assert [h["step"] for h in resumed.history] == list(range(12))
+    for (name, a), b in zip(
+        straight.gistnet.state_dict().items(), resumed.gistnet.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, msg=name)
+    # A checkpoint of other settings is refused, not silently continued.
+    other = config(steps=12, checkpoint_interval=3, eval_interval=5, eval_windows=4, lr=1e-4)
+    with pytest.raises(InvalidInputError, match="lr"):
+        fresh = make_gistnet(base, other, K=K)
+        train_gistnet(base, sampler, {}, other, fresh, progress=False, checkpoint=ckpt)

@@ -71,7 +71,47 @@ def test_level_embedding_matters() -> None:
     assert (net(x, 1)[0] - net(x, 2)[0]).abs().max() > 1e-4
 
 
+def test_anchored_head_keeps_spans_apart_when_the_head_collapses() -> None:
+    """A head whose output is one huge shared vector (the placeholder collapse issue 16 measured)
+    makes every span's gist the same with the direct head; the anchored head centres it away, so
+    the gists of different spans stay a fixed angle apart."""
+    x = torch.randn(6, 8, 24)
+    cosines = {}
+    for head in ("direct", "anchored"):
+        net = gistnet("mean", gist_head=head).train()
+        with torch.no_grad():
+            net.gist_head[-1].bias.normal_(std=1000.0)
+        gist, _ = net(x, level=1)
+        unit = torch.nn.functional.normalize(gist, dim=-1)
+        off = unit @ unit.T - torch.eye(6)
+        cosines[head] = float(off.sum() / 30)
+        torch.testing.assert_close(gist.norm(dim=-1), torch.full((6,), 3.0))
+    assert cosines["direct"] > 0.999
+    assert cosines["anchored"] < 0.7
+
+
+def test_anchored_head_uses_the_running_mean_at_inference() -> None:
+    """The first training batch sets the running mean to its own mean, so inference on that
+    batch writes the training gists; the mean is kept per level, and a lone gist never needs a
+    batch to be centred on."""
+    net = gistnet("query", gist_head="anchored").train()
+    x = torch.randn(5, 8, 24)
+    trained, _ = net(x, level=2)
+    net.eval()
+    with torch.no_grad():
+        inferred, _ = net(x, level=2)
+        one, _ = net(x[:1], level=2)
+    torch.testing.assert_close(inferred, trained.detach())
+    torch.testing.assert_close(one[0], inferred[0])
+    assert float(net.content_updates[2]) == 1 and float(net.content_updates[1]) == 0
+    assert net.content_mean[1].abs().max() == 0  # level 1 never trained: untouched
+
+
 def test_gistnet_bad_input() -> None:
+    with pytest.raises(InvalidInputError, match="gist_head"):
+        GistNetConfig(d_model=8, gist_head="pooled")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="content_ratio"):
+        GistNetConfig(d_model=8, content_ratio=0.0)
     net = gistnet()
     with pytest.raises(InvalidInputError, match=r"shape \(n, 8, 24\)"):
         net(torch.randn(2, 7, 24), 1)

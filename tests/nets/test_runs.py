@@ -151,3 +151,56 @@ def test_run_configs_reject_unknown_keys() -> None:
         GistRunConfig.from_dict({"gist": {"stepz": 3}})
     with pytest.raises(InvalidInputError, match="unknown keys"):
         LensRunConfig.from_dict({"lenz": {}})
+
+
+@pytest.mark.slow
+def test_train_focus_makes_a_measured_bundle_and_resumes(tmp_path: Path) -> None:
+    """`train focus` runs corpus → gist → lens → bench → card; run again, it skips what is done,
+    and after a stage is forgotten it redoes that stage and every one after it."""
+    base_dir = make_tiny_model_dir("default", tmp_path / "base")
+    corpus = write_corpus(tmp_path / "corpus")
+    out = tmp_path / "focus"
+    gist = {**TINY_GIST, "steps": 4, "eval_interval": 0, "final_eval_windows": 4}
+    lens = {**TINY_LENS, "key_epochs": 1}
+    args = [
+        "train", "focus", "--base", str(base_dir), "--corpus", str(corpus), "--out", str(out),
+        "--quick-bench", "--set", f"gist.gist={json.dumps(gist)}", "--set", "gist.val_windows=4",
+        "--set", f"lens.lens={json.dumps(lens)}", "--set", "lens.train_samples=3",
+        "--set", "lens.val_samples=3",
+    ]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    stages = json.loads((out / "stages.json").read_text())
+    assert list(stages) == ["corpus", "gist", "lens", "bench", "card"]
+    assert stages["gist"]["tokens_per_s"] > 0 and stages["lens"]["tokens_per_s"] > 0
+    bench = json.loads((out / "bench-gist.json").read_text())
+    assert bench["suite"] == "gist" and bench["base"] == str(base_dir)
+    assert any(r["name"] == "lod1_content_gap_closure" for r in bench["results"])
+    card = (out / "bundle" / "README.md").read_text()
+    assert "lod1_content_gap_closure" in card
+    base = load_base(base_dir)
+    bundle = load_bundle(out / "bundle", fingerprints=base.fingerprints)
+    assert {"gistnet", "lensnet"} <= set(bundle.modules)
+
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert again.output.count("done in an earlier run") == 5
+    forgotten = {k: v for k, v in stages.items() if k != "lens"}
+    (out / "stages.json").write_text(json.dumps(forgotten))
+    redo = runner.invoke(app, args)
+    assert redo.exit_code == 0, redo.output
+    assert redo.output.count("done in an earlier run") == 2  # corpus and gist
+    assert set(json.loads((out / "stages.json").read_text())) == set(stages)
+
+
+def test_train_focus_refuses_bad_flags() -> None:
+    from megacontext.errors import InvalidInputError
+
+    for flags, words in (
+        (["--set", "steps=3"], "gist.KEY or lens.KEY"),
+        (["--device", "tpu"], "cpu or cuda"),
+        (["--budget-hours", "0"], "--budget-hours"),
+    ):
+        result = runner.invoke(app, ["train", "focus", *flags])
+        assert isinstance(result.exception, InvalidInputError), flags
+        assert words in str(result.exception)

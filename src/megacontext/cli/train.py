@@ -1,8 +1,9 @@
 """``megacontext train``: corpus, tokenizer, base models from scratch, and the focus models.
 
 Commands: ``corpus``, ``tokenizer``, ``base``, ``export``, ``eval`` (the tiny base's recipe) and
-``gist``, ``lens``, ``cotrain``, ``card`` (GistNet and LensNet for a base). Every run reads a
-YAML config — the packaged recipe when ``--config`` is left out — with ``--set`` overrides.
+``focus`` (the whole bundle in one command), ``gist``, ``lens``, ``cotrain``, ``card`` (GistNet
+and LensNet for a base). Every run reads a YAML config — the packaged recipe when ``--config`` is
+left out — with ``--set`` overrides.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ app = typer.Typer(
         "  megacontext train tokenizer --corpus runs/corpus --out runs/tok\n\n"
         "  megacontext train base                                # the tiny base's recipe\n\n"
         "  megacontext train base --config my.yaml --set train.max_steps=200\n\n"
+        "  megacontext train focus --base smollm2                # a whole focus bundle\n\n"
         "  megacontext train gist --set base=smollm2             # GistNet for a base\n\n"
         "  megacontext train export runs/default-base --to src/megacontext/models/tiny_base\n\n"
         "  megacontext train eval src/megacontext/models/tiny_base"
@@ -276,6 +278,105 @@ def lens(
     else:
         metrics = run_lens(run, log=console.print)
     console.print(_summary_table(f"LensNet run → {run.out_dir}", metrics))
+
+
+@app.command()
+def focus(
+    base: Annotated[
+        str,
+        typer.Option("--base", help="The base: a name (`megacontext models list`) or a path."),
+    ] = "default",
+    device: Annotated[
+        str, typer.Option("--device", help="cpu, or cuda where a GPU is visible.")
+    ] = "cpu",
+    budget_hours: Annotated[
+        float | None,
+        typer.Option(
+            "--budget-hours",
+            help="Wall-clock budget; GistNet's stage gets 60% of it (its recipe's own budget "
+            "otherwise).",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Run directory (default: runs/focus-BASE)."),
+    ] = None,
+    corpus: Annotated[
+        Path, typer.Option("--corpus", help="Training corpus (built here when missing).")
+    ] = Path("runs/corpus"),
+    quick_bench: Annotated[
+        bool, typer.Option("--quick-bench", help="Measure the bundle on fewer held-out windows.")
+    ] = False,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a stage's recipe, e.g. --set gist.gist.steps=300 or "
+            "--set lens.train_samples=50 (repeatable).",
+        ),
+    ] = None,
+) -> None:
+    """Make a focus bundle for a base: corpus → GistNet → labels → LensNet → bench gist → card.
+
+    Every finished stage is recorded in OUT/stages.json (seconds, tokens/s) and skipped when the
+    command runs again; GistNet resumes from its last checkpoint, so a stopped run goes on where
+    it stopped. The bundle, with its card, is OUT/bundle: use it with --focus OUT/bundle or
+    MEGACONTEXT_FOCUS_BUNDLE=OUT/bundle.
+
+    Example: megacontext train focus --base smollm2 --budget-hours 3
+    """
+    from megacontext.errors import InvalidInputError
+    from megacontext.train.config import apply_overrides, parse_overrides
+    from megacontext.train.focus import FocusRunConfig, run_focus
+
+    stages: dict[str, dict[str, Any]] = {"gist": {}, "lens": {}}
+    for dotted, value in parse_overrides(overrides or []).items():
+        stage, _, rest = dotted.partition(".")
+        if stage not in stages or not rest:
+            raise InvalidInputError(
+                f"--set {dotted}: name the stage first, gist.KEY or lens.KEY (e.g. "
+                "--set gist.gist.steps=300)"
+            )
+        apply_overrides(stages[stage], {rest: value})
+    run = FocusRunConfig(
+        base=base,
+        out_dir=str(out) if out else None,
+        corpus_dir=str(corpus),
+        device=device,
+        budget_hours=budget_hours,
+        quick_bench=quick_bench,
+        gist=stages["gist"],
+        lens=stages["lens"],
+    )
+
+    def measure(bundle: Path) -> dict[str, Any]:
+        """`megacontext bench gist` on the new bundle, as a user would run it."""
+        import os
+
+        from megacontext.bench import BenchOptions, run_suite
+
+        env = {"MEGACONTEXT_FOCUS_BUNDLE": str(bundle), "MEGACONTEXT_CORPUS": str(corpus)}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            options = BenchOptions(base=base)
+            return run_suite("gist", quick_bench, lambda m: console.print(f"bench: {m}"), options)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+    result = run_focus(run, measure, log=console.print)
+    table = Table(title=f"focus bundle → {result['bundle']}")
+    for column in ("stage", "seconds", "tokens/s"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for stage, facts in result["stages"].items():
+        rate = facts.get("tokens_per_s")
+        table.add_row(stage, f"{facts['seconds']:.0f}", "" if rate is None else f"{rate:,.0f}")
+    console.print(table)
+    console.print(f"card: {result['bundle']}/README.md")
 
 
 @app.command()

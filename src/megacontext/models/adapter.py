@@ -303,6 +303,7 @@ class BaseAdapter:
         sigma: Tensor | None = None,
         mu: Tensor | None = None,
         use_cache: bool = True,
+        logits_last: int | None = None,
     ) -> ForwardOutput:
         """Run the frozen base on embeddings at explicit positions.
 
@@ -319,6 +320,9 @@ class BaseAdapter:
                 also removes fp32 phase rounding at large positions. ``position_ids`` still
                 drive everything else.
             use_cache: Return a cache extended by this call.
+            logits_last: Compute logits for the last ``logits_last`` positions only (training
+                scores a few tokens of long windows; the LM head over a 49k vocabulary is a
+                large share of a small base's forward).
 
         Returns:
             ``ForwardOutput(logits, hidden, cache)``.
@@ -358,7 +362,7 @@ class BaseAdapter:
         finally:
             self._sigma = self._mu = None
         hidden = out.last_hidden_state
-        logits = self._lm_head(hidden)
+        logits = self._lm_head(hidden if logits_last is None else hidden[:, -logits_last:])
         return ForwardOutput(logits, hidden, cache if use_cache else None)
 
     __call__ = forward

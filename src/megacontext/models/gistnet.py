@@ -10,7 +10,13 @@ block, the network. Design (DESIGN §6, D4, D5, D7):
 * pooling ``mean`` | ``query`` (a learned query attends over the K outputs) | ``cls`` (a learned
   token prepended to the block);
 * the **gist head**, an MLP into the base's embedding space whose output norm is set to the base's
-  typical embedding norm (``target_norm``), so a gist looks like an input the base knows;
+  typical embedding norm (``target_norm``), so a gist looks like an input the base knows. With
+  ``gist_head: anchored`` the gist is a learned **placeholder** plus a **content** term: the head's
+  output minus its mean over the batch (a running mean at inference), scaled to a fixed share
+  ``content_ratio`` of the placeholder's norm. A plain head can satisfy the distillation loss with
+  one placeholder for every span (issue 16 measured a shared component of norm 218 against 0.6 of
+  per-span deviation: after the output normalisation spans differed by 0.15%); the anchored head
+  cannot make spans alike, so the loss has to make their differences useful;
 * the **key head**, a small unit vector matched against queries by LensNet.
 
 GistNet only ever sees complete nodes: there is no padding and so no attention mask.
@@ -30,6 +36,7 @@ from torch import nn
 from megacontext.errors import InvalidInputError
 
 Pooling = Literal["mean", "query", "cls"]
+GistHead = Literal["direct", "anchored"]
 GISTNET_VERSION = "gistnet-1"
 
 
@@ -47,6 +54,9 @@ class GistNetConfig:
     pooling: Pooling = "mean"
     key_dim: int = 64
     target_norm: float = 1.0
+    gist_head: GistHead = "direct"
+    content_ratio: float = 1.0
+    content_momentum: float = 0.01
 
     def __post_init__(self) -> None:
         if self.width % self.n_heads:
@@ -60,6 +70,13 @@ class GistNetConfig:
                 raise InvalidInputError(f"GistNet {name} must be >= 1, got {getattr(self, name)}")
         if self.target_norm <= 0:
             raise InvalidInputError(f"target_norm must be > 0, got {self.target_norm}")
+        if self.gist_head not in ("direct", "anchored"):
+            raise InvalidInputError(f"gist_head must be direct or anchored, got {self.gist_head!r}")
+        if self.content_ratio <= 0 or not 0 < self.content_momentum <= 1:
+            raise InvalidInputError(
+                "content_ratio must be > 0 and content_momentum in (0, 1], got "
+                f"{self.content_ratio} and {self.content_momentum}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,6 +129,11 @@ class GistNet(nn.Module):
             nn.Linear(c.width, c.width), nn.GELU(), nn.Linear(c.width, c.d_model)
         )
         self.key_head = nn.Linear(c.width, c.key_dim)
+        if c.gist_head == "anchored":
+            self.placeholder = nn.Parameter(torch.zeros(c.d_model))
+            # The head's mean output, per level: what "no content" looks like at inference.
+            self.register_buffer("content_mean", torch.zeros(c.max_level + 1, c.d_model))
+            self.register_buffer("content_updates", torch.zeros(c.max_level + 1))
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -126,6 +148,8 @@ class GistNet(nn.Module):
         for extra in (self.cls, self.query):
             if extra is not None:
                 nn.init.normal_(extra, std=0.02)
+        if self.config.gist_head == "anchored":
+            nn.init.normal_(self.placeholder, std=0.02)
 
     def forward(
         self, inputs: torch.Tensor, level: int | torch.Tensor
@@ -133,9 +157,30 @@ class GistNet(nn.Module):
         """``inputs``: ``(n, K, d_model)``; ``level``: int or ``(n,)``. Returns (gists, keys)."""
         pooled = self.pooled(inputs, level)
         gist = self.gist_head(pooled)
+        if self.config.gist_head == "anchored":
+            gist = self._anchored(gist, level)
         gist = self.config.target_norm * gist / gist.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         key = F.normalize(self.key_head(pooled), dim=-1)
         return gist, key
+
+    def _anchored(self, raw: torch.Tensor, level: int | torch.Tensor) -> torch.Tensor:
+        """Placeholder + content of a fixed relative norm; the content is ``raw`` centred on the
+        batch's mean (training, two or more gists of one level) or the running mean."""
+        c = self.config
+        levels = torch.as_tensor(level, device=raw.device).expand(raw.shape[0])
+        single = bool((levels == levels[0]).all())
+        if self.training and single and raw.shape[0] > 1:
+            mean = raw.mean(dim=0)
+            with torch.no_grad():  # an average of every batch so far, then a moving one
+                lvl = int(levels[0])
+                self.content_updates[lvl] += 1
+                weight = max(c.content_momentum, 1.0 / float(self.content_updates[lvl]))
+                self.content_mean[lvl].lerp_(mean.detach().to(self.content_mean.dtype), weight)
+            centred = raw - mean
+        else:
+            centred = raw - self.content_mean[levels].to(raw.dtype)
+        content = F.normalize(centred, dim=-1)
+        return F.normalize(self.placeholder, dim=-1) + c.content_ratio * content
 
     def pooled(self, inputs: torch.Tensor, level: int | torch.Tensor) -> torch.Tensor:
         """The trunk: ``(n, K, d_model)`` inputs to ``(n, width)`` pooled features."""

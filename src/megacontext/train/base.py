@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import platform
 import random
 import shutil
@@ -37,6 +36,7 @@ from tqdm import tqdm
 
 from megacontext.errors import InvalidInputError
 from megacontext.files import sha256_file
+from megacontext.train.checkpoint import load_payload, save_atomically
 from megacontext.train.config import BaseRunConfig
 from megacontext.train.corpus import build_corpus, read_documents, verify_corpus
 from megacontext.train.metrics import (
@@ -262,24 +262,20 @@ def save_checkpoint(
     path: Path, model: Any, opt: torch.optim.Optimizer, state: RunState, cfg: BaseRunConfig
 ) -> None:
     """Write model, optimizer and run state atomically (tmp file + rename)."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "state": state.__dict__,
-            "config": cfg.to_dict(),
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "state": state.__dict__,
+        "config": cfg.to_dict(),
+    }
+    save_atomically(payload, path)
 
 
 def load_checkpoint(
     path: Path, model: Any, opt: torch.optim.Optimizer, cfg: BaseRunConfig
 ) -> RunState:
     """Restore a checkpoint written by :func:`save_checkpoint` for the same model shape."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load_payload(path)
     if ckpt["config"]["model"] != cfg.to_dict()["model"]:
         raise InvalidInputError(
             f"checkpoint {path} was trained with model config {ckpt['config']['model']}, not "

@@ -300,8 +300,13 @@ class RunSettings:
 
     base: str = DEFAULT
     dtype: str = "float32"
+    device: str = "cpu"
     corpus_dir: str = "runs/corpus"
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise InvalidInputError(f"device must be cpu or cuda, got {self.device!r}")
 
 
 def start_run(run: RunSettings, log: Any = print) -> tuple[Any, dict[str, Any], dict[str, Any]]:
@@ -314,7 +319,7 @@ def start_run(run: RunSettings, log: Any = print) -> tuple[Any, dict[str, Any], 
 
     if run.threads:
         torch.set_num_threads(run.threads)
-    base = load_base(run.base, dtype=run.dtype)
+    base = load_base(run.base, dtype=run.dtype, device=run.device)
     log(
         f"base {base.source}: d_model={base.d_model}, vocab={base.vocab_size}, "
         f"fingerprint {base.fingerprint[:12]}"

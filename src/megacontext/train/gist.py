@@ -10,7 +10,10 @@ One training window, K-aligned, read left to right::
   context looks like, and a GistNet trained on one gist per window makes stacked gists *worse than
   no history* (DESIGN §12).
 * **Loss**: KL(teacher ‖ student) on the predictions of the H scored tokens, plus optional CE on
-  those tokens and a *spread* term that keeps gists of different blocks apart.
+  those tokens, a *spread* term that keeps gists of different blocks apart, and a
+  *reconstruction* term (``recon_weight``, ICAE's autoencoding objective): the base, reading one
+  gist, predicts the gisted block's own tokens. The KL alone is satisfied first by a placeholder
+  that carries nothing of its span (issue 16); reconstruction can only be lowered by content.
 * **Level 2**: the prefix is one K²-token node. By default the teacher reads it as its K LOD1 gists
   (hierarchical distillation: no teacher context longer than the base's), and the student reads one
   LOD2 gist made by GistNet from those K gists.
@@ -54,10 +57,12 @@ from megacontext.errors import InvalidInputError
 from megacontext.models.adapter import BaseAdapter
 from megacontext.models.bundle import save_bundle
 from megacontext.models.gistnet import GistNet, GistNetConfig
+from megacontext.train.checkpoint import load_payload, save_atomically
 from megacontext.train.config import RunSettings, start_run
 from megacontext.train.distributed import data_parallel, global_mean, rank_zero
 
 CODE_SOURCES = frozenset({"stdlib"})
+CHECKPOINT = "checkpoint.pt"  # in a run's out_dir: where `train gist` resumes from
 
 
 @dataclass
@@ -80,6 +85,9 @@ class GistTrainConfig:
     grad_clip: float = 1.0
     ce_weight: float = 0.0
     spread_weight: float = 0.0
+    recon_weight: float = 0.0
+    autocast: bool = False
+    checkpoint_interval: int = 0
     time_budget_s: float | None = None
     eval_interval: int = 200
     eval_windows: int = 64
@@ -93,8 +101,10 @@ class GistTrainConfig:
             raise InvalidInputError("min_gist_fraction must be in (0, 1]")
         if not 0.0 <= self.lod2_probability <= 1.0:
             raise InvalidInputError("lod2_probability must be in [0, 1]")
-        if self.prefix_blocks < 1 or self.horizon < 1 or self.lead_tokens < 0:
-            raise InvalidInputError("prefix_blocks and horizon must be >= 1, lead_tokens >= 0")
+        if self.prefix_blocks < 1 or self.horizon < 1 or self.lead_tokens < 1:
+            # With no lead token, the prefix-deleted reference (DROP) has nothing to predict
+            # the first scored token from.
+            raise InvalidInputError("prefix_blocks, horizon and lead_tokens must be >= 1")
         if self.lod2_teacher not in ("gists", "tokens"):
             raise InvalidInputError("lod2_teacher must be 'gists' or 'tokens'")
 
@@ -149,8 +159,26 @@ def _positions(batch: int, length: int, device: torch.device) -> torch.Tensor:
 
 def _scored_logits(base: BaseAdapter, seq: torch.Tensor, horizon: int) -> torch.Tensor:
     """Logits predicting the last ``horizon`` entries of ``seq`` (compact positions)."""
-    out = base.forward(seq, _positions(seq.shape[0], seq.shape[1], seq.device), use_cache=False)
-    return out.logits[:, -horizon - 1 : -1].float()
+    positions = _positions(seq.shape[0], seq.shape[1], seq.device)
+    out = base.forward(seq, positions, use_cache=False, logits_last=horizon + 1)
+    return out.logits[:, :-1].float()
+
+
+def reconstruction_loss(
+    base: BaseAdapter, gists: torch.Tensor, ids: torch.Tensor, K: int, gisted: np.ndarray
+) -> torch.Tensor:
+    """Mean NLL of each gisted block's K tokens, read by the base as ``[gist][its tokens]``.
+
+    ``gists``: ``(B, n_gisted, d)``, in block order, of the prefix blocks where ``gisted`` is
+    True; ``ids``: the windows ``(B, T)``. The first token is predicted from the gist alone, each
+    later one from the gist and the tokens before it.
+    """
+    b, n, d = gists.shape
+    blocks = ids[:, : len(gisted) * K].reshape(b, len(gisted), K)
+    targets = blocks[:, torch.as_tensor(np.flatnonzero(gisted), device=ids.device)].reshape(-1, K)
+    inputs = torch.cat([gists.reshape(b * n, 1, d), base.embed(targets[:, :-1]).to(gists.dtype)], 1)
+    out = base.forward(inputs, _positions(b * n, K, ids.device), use_cache=False)
+    return F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten())
 
 
 def lod1_student(
@@ -432,6 +460,7 @@ def train_gistnet(  # noqa: C901, PLR0913, PLR0917, PLR0915  (the distillation l
     params: Sequence[torch.nn.Parameter] | None = None,
     teacher: Callable[[], AbstractContextManager[Any]] = nullcontext,
     desc: str = "gistnet",
+    checkpoint: Path | None = None,
 ) -> GistTrainResult:
     """Train GistNet against the frozen ``base``; ``val_windows`` maps level → held-out windows.
 
@@ -440,9 +469,18 @@ def train_gistnet(  # noqa: C901, PLR0913, PLR0917, PLR0915  (the distillation l
     disables LoRA there, so the teacher is always the plain base). With ``plateau_patience``,
     training stops once the held-out LOD1 NLL_gist has not improved by ``plateau_tol`` for that
     many evaluations.
+
+    With ``checkpoint`` (a file path), GistNet, the optimizer and the run's state are saved
+    there every ``checkpoint_interval`` steps, and a run that finds the file resumes from it:
+    windows and gisted blocks are seeded by step, so the resumed run is the uninterrupted one.
     """
     gistnet = gistnet or make_gistnet(base, cfg)
     K = gistnet.config.K
+    if checkpoint is not None and params is not None:
+        raise InvalidInputError("co-learning phases are not checkpointed; pass no checkpoint")
+    resumed = _read_checkpoint(checkpoint, cfg)
+    if resumed is not None:
+        gistnet.load_state_dict(resumed["gistnet"])
     step_module, share, world = _student_step(gistnet, cfg, params is not None)
     trainable = list(params) if params is not None else list(gistnet.parameters())
     decay = [p for p in trainable if p.dim() >= 2]
@@ -453,10 +491,24 @@ def train_gistnet(  # noqa: C901, PLR0913, PLR0917, PLR0915  (the distillation l
     )
     history: list[dict[str, float]] = []
     evals: list[dict[str, Any]] = []
-    tokens = 0
-    started = time.perf_counter()
+    tokens, first_step, elapsed = 0, 0, 0.0
     best, stale = float("inf"), 0
-    bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, dynamic_ncols=True)
+    if resumed is not None:
+        opt.load_state_dict(resumed["optimizer"])
+        history, evals = resumed["history"], resumed["evals"]
+        tokens, first_step, elapsed = resumed["tokens"], resumed["step"], resumed["seconds"]
+        best, stale = resumed["best"], resumed["stale"]
+        log(f"{desc}: resuming from {checkpoint} at step {first_step}")
+    started = time.perf_counter() - elapsed
+    bar = tqdm(
+        range(first_step, cfg.steps),
+        initial=first_step,
+        total=cfg.steps,
+        desc=desc,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    rank, _ = data_parallel()
     for step in bar:
         seconds = time.perf_counter() - started
         if cfg.time_budget_s and seconds >= cfg.time_budget_s:
@@ -473,33 +525,9 @@ def train_gistnet(  # noqa: C901, PLR0913, PLR0917, PLR0915  (the distillation l
             group["lr"] = lr
         gistnet.train()
         embeds = base.embed(ids)
-        if level == 1:
-            n_gisted = int(
-                rng.integers(
-                    math.ceil(cfg.min_gist_fraction * cfg.prefix_blocks), cfg.prefix_blocks + 1
-                )
-            )
-            gisted = np.zeros(cfg.prefix_blocks, dtype=bool)
-            gisted[rng.choice(cfg.prefix_blocks, size=max(1, n_gisted), replace=False)] = True
-            student, _, gists = step_module(embeds, 1, cfg.prefix_blocks, gisted)
-            with torch.no_grad(), teacher():
-                teacher_logits = _scored_logits(base, embeds, cfg.horizon)
-        else:
-            student, teacher_seq, gists = step_module(embeds, 2, cfg.prefix_blocks, None)
-            with torch.no_grad(), teacher():
-                teacher_in = embeds if cfg.lod2_teacher == "tokens" else teacher_seq
-                teacher_logits = _scored_logits(base, teacher_in, cfg.horizon)
-        student_logits = _scored_logits(base, student, cfg.horizon)
-        loss = kl_loss(student_logits, teacher_logits)
-        parts = {"kl": float(loss.detach())}
-        if cfg.ce_weight:
-            ce = F.cross_entropy(student_logits.flatten(0, 1), ids[:, -cfg.horizon :].flatten())
-            loss = loss + cfg.ce_weight * ce
-            parts["ce"] = float(ce.detach())
-        if cfg.spread_weight:
-            spread = spread_loss(gists)
-            loss = loss + cfg.spread_weight * spread
-            parts["spread"] = float(spread.detach())
+        precision = torch.autocast(base.device.type, dtype=torch.bfloat16, enabled=cfg.autocast)
+        with precision:
+            loss, parts = _step_loss(base, step_module, ids, embeds, level, rng, cfg, teacher)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
@@ -516,10 +544,16 @@ def train_gistnet(  # noqa: C901, PLR0913, PLR0917, PLR0915  (the distillation l
                 **parts,
             }
         )
+        # With a time budget the run ends on the clock, not the step count: show what is left.
+        budget_left = {}
+        if cfg.time_budget_s:
+            left = cfg.time_budget_s - (time.perf_counter() - started)
+            budget_left = {"budget_left": f"{max(0.0, left) / 60:.1f} min"}
         bar.set_postfix(
             loss=f"{float(loss.detach()):.4f}",
             lvl=level,
             tok_s=f"{tokens / max(1e-9, time.perf_counter() - started):,.0f}",
+            **budget_left,
         )
         if cfg.eval_interval and (step + 1) % cfg.eval_interval == 0:
             row: dict[str, Any] = {"step": step + 1}
@@ -542,6 +576,23 @@ def train_gistnet(  # noqa: C901, PLR0913, PLR0917, PLR0915  (the distillation l
                 if stale >= cfg.plateau_patience:
                     log(f"{desc}: held-out NLL plateaued at step {step + 1}; stopping the phase")
                     break
+        due = cfg.checkpoint_interval and (step + 1) % cfg.checkpoint_interval == 0
+        if checkpoint is not None and due and rank == 0:
+            save_atomically(
+                {
+                    "config": asdict(cfg),
+                    "gistnet": gistnet.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "history": history,
+                    "evals": evals,
+                    "tokens": tokens,
+                    "step": step + 1,
+                    "seconds": time.perf_counter() - started,
+                    "best": best,
+                    "stale": stale,
+                },
+                checkpoint,
+            )
     seconds = time.perf_counter() - started
     reports = {
         lvl: evaluate_gists(
@@ -551,6 +602,67 @@ def train_gistnet(  # noqa: C901, PLR0913, PLR0917, PLR0915  (the distillation l
     }
     gistnet.eval()
     return GistTrainResult(gistnet, history, evals, reports, seconds, tokens)
+
+
+def _read_checkpoint(path: Path | None, cfg: GistTrainConfig) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if there is one, refused when another config wrote it."""
+    if path is None or not path.is_file():
+        return None
+    state = load_payload(path)
+    if state.get("config") != asdict(cfg):
+        changed = sorted(
+            k for k in asdict(cfg) if state.get("config", {}).get(k) != getattr(cfg, k)
+        )
+        raise InvalidInputError(
+            f"{path} is a checkpoint of a GistNet run with other settings ({', '.join(changed)} "
+            "differ); use another out_dir, or delete the checkpoint to start over"
+        )
+    return state
+
+
+def _step_loss(
+    base: BaseAdapter,
+    step_module: torch.nn.Module,
+    ids: torch.Tensor,
+    embeds: torch.Tensor,
+    level: int,
+    rng: np.random.Generator,
+    cfg: GistTrainConfig,
+    teacher: Callable[[], AbstractContextManager[Any]],
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """One step's loss and its logged parts: a random share of the prefix gisted at LOD1, the
+    whole K²-token node at LOD2."""
+    gisted: np.ndarray | None = None
+    if level == 1:
+        fewest = math.ceil(cfg.min_gist_fraction * cfg.prefix_blocks)
+        n_gisted = int(rng.integers(fewest, cfg.prefix_blocks + 1))
+        gisted = np.zeros(cfg.prefix_blocks, dtype=bool)
+        gisted[rng.choice(cfg.prefix_blocks, size=max(1, n_gisted), replace=False)] = True
+        student, _, gists = step_module(embeds, 1, cfg.prefix_blocks, gisted)
+        with torch.no_grad(), teacher():
+            teacher_logits = _scored_logits(base, embeds, cfg.horizon)
+    else:
+        student, teacher_seq, gists = step_module(embeds, 2, cfg.prefix_blocks, None)
+        with torch.no_grad(), teacher():
+            teacher_in = embeds if cfg.lod2_teacher == "tokens" else teacher_seq
+            teacher_logits = _scored_logits(base, teacher_in, cfg.horizon)
+    student_logits = _scored_logits(base, student, cfg.horizon)
+    loss = kl_loss(student_logits, teacher_logits)
+    parts = {"kl": float(loss.detach())}
+    if cfg.ce_weight:
+        ce = F.cross_entropy(student_logits.flatten(0, 1), ids[:, -cfg.horizon :].flatten())
+        loss = loss + cfg.ce_weight * ce
+        parts["ce"] = float(ce.detach())
+    if cfg.spread_weight:
+        spread = spread_loss(gists)
+        loss = loss + cfg.spread_weight * spread
+        parts["spread"] = float(spread.detach())
+    if cfg.recon_weight and gisted is not None:
+        K = (ids.shape[1] - cfg.lead_tokens - cfg.horizon) // cfg.prefix_blocks
+        recon = reconstruction_loss(base, gists, ids, K, gisted)
+        loss = loss + cfg.recon_weight * recon
+        parts["recon"] = float(recon.detach())
+    return loss, parts
 
 
 def _student_step(
@@ -656,16 +768,29 @@ def run_gist(run: GistRunConfig, log: Callable[[str], None] = print) -> dict[str
     cfg = run.gist
     K = int(cfg.gistnet.get("K", 32))
     val_sampler = WindowSampler(val_streams, seed=cfg.seed + 1)
+    # A level that is never trained (lod2_probability 0) is not evaluated either: at LOD2 every
+    # held-out window is K² tokens longer, which on a real base costs more than the training.
+    levels = (1, 2) if cfg.lod2_probability > 0 else (1,)
     val = {
         level: val_sampler.sample(0, run.val_windows, window_length(cfg, K, level), 1.0)
-        for level in (1, 2)
+        for level in levels
     }
     gistnet = make_gistnet(base, cfg, K=K)
-    log(f"GistNet: {gistnet.num_parameters():,} parameters, pooling={gistnet.config.pooling}")
+    log(
+        f"GistNet: {gistnet.num_parameters():,} parameters, pooling={gistnet.config.pooling}, "
+        f"gist head {gistnet.config.gist_head}; evaluated at LOD{', LOD'.join(map(str, levels))}"
+    )
     rank, _ = data_parallel()
     log = rank_zero(log)  # one process writes and speaks; the others train their share
     result = train_gistnet(
-        base, WindowSampler(train_streams, seed=cfg.seed), val, cfg, gistnet, log, progress=not rank
+        base,
+        WindowSampler(train_streams, seed=cfg.seed),
+        val,
+        cfg,
+        gistnet,
+        log,
+        progress=not rank,
+        checkpoint=Path(run.out_dir) / CHECKPOINT,
     )
     out = save_gist_run(result, base, cfg, run.out_dir) if rank == 0 else Path(run.out_dir)
     summary: dict[str, Any] = {

@@ -107,6 +107,7 @@ def run_lens(run: LensRunConfig, log: Callable[[str], None] = print) -> dict[str
         "key_losses": key_losses,
         "train_samples": len(train),
         "val_samples": len(val),
+        "labelled_tokens": sum(s.tree.num_tokens for s in [*train, *val]),
     }
     models: dict[str, LensNet] = {}
     curves: dict[str, list[float]] = {}
