@@ -8,6 +8,7 @@ line (the base, the prompt style), defined once here.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -15,7 +16,7 @@ import platform
 import resource
 import statistics
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,22 @@ def reproduce_command(suite: str) -> str:
     ]
     argv = ["megacontext", *sys.argv[1:]] if sys.argv[1:] else ["megacontext", "bench", suite]
     return " ".join([*settings, *(shlex.quote(a) for a in argv)])
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the ``with`` block and restore them after (suites read
+    their settings — bundles, corpora, endpoints — from the environment, as users set them)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def run_suite(

@@ -51,7 +51,14 @@ from pathlib import Path
 import fsspec
 import numpy as np
 
-from megacontext.bench import BenchOptions, Progress, Result, median, peak_rss_bytes
+from megacontext.bench import (
+    BenchOptions,
+    Progress,
+    Result,
+    environment,
+    median,
+    peak_rss_bytes,
+)
 from megacontext.core import (
     AllocatorConfig,
     HashGister,
@@ -381,24 +388,14 @@ def s3_server() -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    saved = {name: os.environ.get(name) for name in S3_ENV}
     try:
         _wait_listening(port, server)
         endpoint = f"http://127.0.0.1:{port}"
-        os.environ.update(
-            AWS_ACCESS_KEY_ID="bench",
-            AWS_SECRET_ACCESS_KEY="bench",
-            AWS_ENDPOINT_URL_S3=endpoint,
-            AWS_DEFAULT_REGION="us-east-1",
-        )
-        _forget_s3_clients()
-        yield endpoint
+        values = ("bench", "bench", endpoint, "us-east-1")
+        with environment(dict(zip(S3_ENV, values, strict=True))):
+            _forget_s3_clients()
+            yield endpoint
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         _forget_s3_clients()
         server.terminate()
         try:

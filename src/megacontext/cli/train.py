@@ -351,22 +351,12 @@ def focus(
 
     def measure(bundle: Path) -> dict[str, Any]:
         """`megacontext bench gist` on the new bundle, as a user would run it."""
-        import os
-
-        from megacontext.bench import BenchOptions, run_suite
+        from megacontext.bench import BenchOptions, environment, run_suite
 
         env = {"MEGACONTEXT_FOCUS_BUNDLE": str(bundle), "MEGACONTEXT_CORPUS": str(corpus)}
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
+        with environment(env):
             options = BenchOptions(base=base)
             return run_suite("gist", quick_bench, lambda m: console.print(f"bench: {m}"), options)
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
     result = run_focus(run, measure, log=console.print)
     table = Table(title=f"focus bundle → {result['bundle']}")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from megacontext.errors import InvalidInputError
+from megacontext.files import write_text_atomic
 from megacontext.models.catalog import DEFAULT
 
 STAGES = ("corpus", "gist", "lens", "bench", "card")
@@ -114,7 +115,8 @@ class StageRecord:
     def finish(self, stage: str, **facts: Any) -> None:
         self.stages[stage] = facts
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.stages, indent=2, default=float) + "\n")
+        # Atomic: a run killed while writing must not lose the record it resumes from.
+        write_text_atomic(self.path, json.dumps(self.stages, indent=2, default=float) + "\n")
 
 
 def run_focus(
