@@ -175,6 +175,9 @@ def test_cli_port_model_writes_config_and_report(
     )
     assert result.exit_code == 0, result.output
     assert "PASS" in result.output
+    # It ends with the command that makes the ported base's focus bundle.
+    printed = " ".join(result.output.split())
+    assert f"megacontext train focus --base {tiny_dirs['llama3']}" in printed
     assert (tmp_path / "t.yaml").is_file() and (tmp_path / "t.report.md").is_file()
     document = json.loads((tmp_path / "report.json").read_text())
     assert document["adapter_config"]["rope_type"] == "llama3"

@@ -11,13 +11,16 @@ import torch
 from megacontext.errors import FingerprintMismatchError, InvalidInputError
 from megacontext.models import load_base
 from megacontext.models.bundle import load_bundle
+from megacontext.models.lora import LoraAdapter, LoraSettings
 from megacontext.models.tiny import make_tiny_model_dir
 from megacontext.train.gist import (
     GistTrainConfig,
     WindowSampler,
+    contrast_loss,
     evaluate_gists,
     make_gistnet,
     reconstruction_loss,
+    reconstruction_nll,
     save_gist_run,
     spread_loss,
     train_gistnet,
@@ -223,11 +226,38 @@ def test_reconstruction_loss_is_the_bases_nll_of_each_gisted_block(base) -> None
     assert gists.grad is not None and gists.grad.abs().sum() > 0
 
 
+def test_the_contrast_only_credits_a_gist_that_beats_another_windows(base) -> None:  # type: ignore[no-untyped-def]
+    """Identical gists in every window earn nothing (the loss is the whole margin); otherwise
+    the hinge is on NLL(block | next window's gist) − NLL(block | own gist), with gradient."""
+    cfg = config()
+    ids = torch.as_tensor(val(cfg)[1][:3])
+    gisted = np.array([True, False, True, False, False, False])
+    same = torch.randn(1, 2, base.d_model).expand(3, -1, -1).clone().requires_grad_(True)
+    loss, own = contrast_loss(base, same, ids, K, gisted, margin=0.75)
+    torch.testing.assert_close(loss, torch.tensor(0.75))
+    assert own.shape == (3, 2)
+    gists = torch.randn(3, 2, base.d_model, requires_grad=True)
+    loss, own = contrast_loss(base, gists, ids, K, gisted, margin=0.75)
+    other = reconstruction_nll(base, gists.roll(1, dims=0), ids, K, gisted)
+    torch.testing.assert_close(loss, torch.relu(0.75 - (other - own)).mean())
+    loss.backward()
+    assert gists.grad is not None and gists.grad.abs().sum() > 0
+    with pytest.raises(InvalidInputError, match="batch_size >= 2"):
+        config(contrast_weight=1.0, batch_size=1)
+
+
 def test_reconstruction_and_the_anchored_head_train_and_round_trip(base, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """With recon_weight the reconstruction NLL falls (the gists learn their spans); an anchored
     GistNet trained under bf16 autocast saves and loads with its running mean."""
     net = {"width": 32, "n_layers": 1, "n_heads": 2, "key_dim": 8, "gist_head": "anchored"}
-    cfg = config(recon_weight=1.0, autocast=True, lod2_probability=0.0, gistnet=net, steps=80)
+    cfg = config(
+        recon_weight=1.0,
+        contrast_weight=0.5,
+        autocast=True,
+        lod2_probability=0.0,
+        gistnet=net,
+        steps=80,
+    )
     torch.manual_seed(0)
     result = train_gistnet(
         base,
@@ -239,6 +269,7 @@ def test_reconstruction_and_the_anchored_head_train_and_round_trip(base, tmp_pat
         log=lambda _m: None,
     )
     recon = [h["recon"] for h in result.history]
+    assert all("contrast" in h for h in result.history)
     assert len(recon) == 80 and np.mean(recon[-10:]) < np.mean(recon[:10]) - 0.1
     assert float(result.gistnet.content_updates[1]) == 80
     out = save_gist_run(result, base, cfg, tmp_path / "run")
@@ -285,3 +316,124 @@ def test_a_stopped_run_resumes_from_its_checkpoint_unchanged(base, tmp_path: Pat
     with pytest.raises(InvalidInputError, match="lr"):
         fresh = make_gistnet(base, other, K=K)
         train_gistnet(base, sampler, {}, other, fresh, progress=False, checkpoint=ckpt)
+
+
+def test_lora_trains_with_gistnet_resumes_and_ships_in_the_bundle(base, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``gist.lora``: the adapters train with GistNet (the base's own weights never change),
+    a stopped run resumes them unchanged from the checkpoint, and the bundle carries them."""
+    cfg = config(
+        steps=12,
+        checkpoint_interval=3,
+        eval_interval=5,
+        eval_windows=4,
+        lod2_probability=0.0,
+        lora={"r": 2, "alpha": 4},
+    )
+    assert cfg.lora is not None
+    plain = {n: p.detach().clone() for n, p in base.model.named_parameters()}
+    sampler = WindowSampler({"text": stream(1)})
+
+    def run(checkpoint: Path | None, log=lambda _m: None, out: Path | None = None):  # type: ignore[no-untyped-def]
+        torch.manual_seed(0)
+        gistnet = make_gistnet(base, cfg, K=K)
+        lora = LoraAdapter(base, LoraSettings.from_mapping(cfg.lora))
+        try:
+            result = train_gistnet(
+                base,
+                sampler,
+                {1: val(cfg)[1]},
+                cfg,
+                gistnet,
+                log,
+                progress=False,
+                checkpoint=checkpoint,
+                lora=lora,
+            )
+            if out is not None:
+                save_gist_run(result, base, cfg, out, lora)
+            return result, lora.state_dict()
+        finally:
+            lora.detach()
+
+    straight, straight_lora = run(None)
+    assert any(float(w.abs().max()) > 0 for n, w in straight_lora.items() if "lora_B" in n)
+    ckpt = tmp_path / "checkpoint.pt"
+
+    def stop_at_first_eval(message: str) -> None:
+        if message.startswith("{"):
+            raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        run(ckpt, stop_at_first_eval)
+    resumed, resumed_lora = run(ckpt, out=tmp_path / "run")
+    for (name, a), b in zip(
+        straight.gistnet.state_dict().items(), resumed.gistnet.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, msg=name)
+    assert resumed_lora.keys() == straight_lora.keys()
+    for name, weight in straight_lora.items():
+        torch.testing.assert_close(resumed_lora[name], weight, msg=name)
+    for name, weight in base.model.named_parameters():  # detached: the plain base, bit for bit
+        assert torch.equal(weight, plain[name]), name
+    bundle = load_bundle(tmp_path / "run" / "bundle", fingerprints=base.fingerprints)
+    assert bundle.lora is not None and bundle.lora[0]["r"] == 2
+    attached = bundle.attach_lora(base)
+    try:
+        for name, weight in attached.state_dict().items():
+            torch.testing.assert_close(weight, straight_lora[name], msg=name)
+    finally:
+        attached.detach()
+    with pytest.raises(InvalidInputError, match="unknown LoRA setting"):
+        LoraSettings.from_mapping({"rank": 4})
+
+
+@pytest.mark.parametrize("inputs", ["embeddings", "hidden"])
+def test_training_gists_are_the_gists_ingest_writes(base, inputs: str) -> None:  # type: ignore[no-untyped-def]
+    """``gistnet.inputs``: training reads each prefix block as ingest's gister does (token
+    embeddings, or the base's hidden states of the block read alone), so what is measured is
+    what runs."""
+    from megacontext.models.context import GistNetGister, level1_inputs
+    from megacontext.train.gist import lod1_student, prefix_sources
+
+    net = {"width": 32, "n_layers": 1, "n_heads": 2, "key_dim": 8, "inputs": inputs}
+    cfg = config(gistnet=net, lod2_probability=0.0)
+    gistnet = make_gistnet(base, cfg, K=K).eval()
+    ids = torch.as_tensor(val(cfg)[1][:3])
+    prefix = cfg.prefix_blocks * K
+    every = np.ones(cfg.prefix_blocks, bool)
+    with torch.no_grad():
+        sources = prefix_sources(base, gistnet, ids, prefix)
+        _, trained = lod1_student(gistnet, base.embed(ids), sources, cfg.prefix_blocks, every)
+    written = GistNetGister(gistnet, base)(1, ids[:, :prefix].reshape(-1, K).numpy())
+    np.testing.assert_allclose(
+        trained.reshape(-1, base.d_model).numpy(), written.gists, rtol=1e-5, atol=1e-5
+    )
+    block = ids[:1, :K]
+    embedded = base.embed(block)
+    if inputs == "embeddings":
+        torch.testing.assert_close(level1_inputs(gistnet, base, block), embedded)
+    else:  # the base's own reading of the block: not its embeddings, and context-dependent
+        hidden = level1_inputs(gistnet, base, block)
+        assert hidden.shape == embedded.shape and not torch.allclose(hidden, embedded)
+        changed = block.clone()
+        changed[0, 0] = (changed[0, 0] + 1) % base.vocab_size
+        after = level1_inputs(gistnet, base, changed)
+        assert not torch.allclose(after[0, -1], hidden[0, -1])  # the last token saw the first
+
+
+def test_hidden_inputs_train(base) -> None:  # type: ignore[no-untyped-def]
+    net = {"width": 32, "n_layers": 1, "n_heads": 2, "key_dim": 8, "inputs": "hidden"}
+    cfg = config(gistnet=net, lod2_probability=0.3, steps=30, recon_weight=1.0)
+    torch.manual_seed(0)
+    result = train_gistnet(
+        base,
+        WindowSampler({"text": stream(1)}),
+        {1: val(cfg)[1]},
+        cfg,
+        gistnet=make_gistnet(base, cfg, K=K),
+        progress=False,
+        log=lambda _m: None,
+    )
+    kl = [h["kl"] for h in result.history]
+    assert {h["level"] for h in result.history} == {1, 2}
+    assert np.mean(kl[-8:]) < np.mean(kl[:8])

@@ -58,7 +58,11 @@ TINY_LENS: dict[str, Any] = {
 
 
 @pytest.mark.slow
-def test_gist_then_lens_runs_write_bundles_and_plots(tmp_path: Path) -> None:
+def test_gist_then_lens_runs_write_bundles_and_plots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a GistNet that reads the base's hidden states (``gistnet.inputs: hidden``) the whole
+    path runs: training, `bench gist` on the GistNet-only bundle, LensNet on its keys."""
     base_dir = make_tiny_model_dir("default", tmp_path / "base")
     corpus = write_corpus(tmp_path / "corpus")
     gist_config = {
@@ -68,6 +72,7 @@ def test_gist_then_lens_runs_write_bundles_and_plots(tmp_path: Path) -> None:
         "val_windows": 8,
         "gist": {
             **TINY_GIST,
+            "gistnet": {**TINY_GIST["gistnet"], "inputs": "hidden"},
             "steps": 6,
             "eval_interval": 3,
             "eval_windows": 4,
@@ -81,6 +86,17 @@ def test_gist_then_lens_runs_write_bundles_and_plots(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "gist" / "summary.json").read_text())
     assert {"lod1_gap_closure", "lod2_gap_closure", "tokens_per_s"} <= set(summary)
     assert (tmp_path / "gist" / "gistnet_training.png").stat().st_size > 0
+    monkeypatch.setenv("MEGACONTEXT_FOCUS_BUNDLE", str(tmp_path / "gist" / "bundle"))
+    monkeypatch.setenv("MEGACONTEXT_CORPUS", str(corpus))
+    bench = tmp_path / "bench-gist.json"
+    result = runner.invoke(
+        app, ["bench", "gist", "--quick", "--base", str(base_dir), "--json", str(bench)]
+    )
+    assert result.exit_code == 0, result.output
+    measured = {r["name"] for r in json.loads(bench.read_text())["results"]}
+    assert {"lod1_content_gap_closure", "gist_tokens_per_s"} <= measured
+    assert not any(name.startswith("lens_") for name in measured)  # no LensNet in this bundle
+    monkeypatch.delenv("MEGACONTEXT_FOCUS_BUNDLE")
     lens_config = {
         "base": str(base_dir),
         "corpus_dir": str(corpus),

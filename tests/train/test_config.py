@@ -59,6 +59,28 @@ def test_packaged_recipes_are_found_from_any_directory(
         packaged_config("nope.yaml")
 
 
+def test_every_packaged_gist_and_lens_recipe_is_a_valid_run() -> None:
+    """A recipe per base (``gist-smollm2.yaml``, ``lens-smollm2.yaml``) must parse into its run
+    config with every nested setting known, or ``train focus --base`` fails hours in."""
+    from importlib import resources
+
+    from megacontext.train.gist import GistRunConfig
+    from megacontext.train.lens.run import LensRunConfig
+
+    names = sorted(
+        p.name for p in resources.files("megacontext.train").joinpath("configs").iterdir()
+    )
+    kinds = {"gist": GistRunConfig, "lens": LensRunConfig}
+    parsed = 0
+    for name in names:
+        kind = name.split("-", 1)[0]
+        if kind in kinds:
+            run = kinds[kind].from_dict(packaged_config(name))
+            assert run.base, name
+            parsed += 1
+    assert {"gist-smollm2.yaml", "lens-smollm2.yaml"} <= set(names) and parsed >= 4
+
+
 def test_missing_and_malformed_files(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="not found"):
         load_config(tmp_path / "nope.yaml")

@@ -16,7 +16,8 @@ Results (goals in parentheses):
   the base's prefill tokens/s in the same run as its baseline.
 
 The weights come from the focus bundle shipped for the base (``megacontext/models/bundles/``,
-or ``$MEGACONTEXT_FOCUS_BUNDLE``); the held-out data from the corpus validation split
+or ``$MEGACONTEXT_FOCUS_BUNDLE``; a bundle without LensNet, as ``train gist`` writes, gets the
+GistNet and ingest results only); the held-out data from the corpus validation split
 (``$MEGACONTEXT_CORPUS``, default ``runs/corpus``, built when missing).
 """
 
@@ -57,9 +58,14 @@ def run(quick: bool, progress: Progress, options: BenchOptions) -> list[Result]:
         progress(f"building the corpus in {corpus}")
         build_corpus(corpus, ["stdlib", "pydoc", "kjv", "gutenberg"], seed=0, val_fraction=0.05)
     val = corpus_streams(corpus, base, "val", progress=False)
+    if "lensnet" in bundle.modules:
+        lens = lens_results(base, bundle, val, quick, progress)
+    else:  # a GistNet-only bundle (`train gist` writes one): its gists, without focus
+        progress(f"{bundle_dir} has no LensNet: the focus results are skipped")
+        lens = []
     return (
         gist_results(base, bundle, val, quick, progress)
-        + lens_results(base, bundle, val, quick, progress)
+        + lens
         + ingest_results(base, bundle, val, quick, progress)
     )
 

@@ -10,6 +10,7 @@ Register in ``megacontext.cli``::
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -114,6 +115,14 @@ def port_model(
         console.print(f"wrote {escape(str(path))}")
     if not report.passed:
         raise typer.Exit(1)
+    # The next step for a ported base: its own GistNet and LensNet (issue 16, track A.1).
+    weights = report.checked_on.startswith("the checkpoint itself")
+    base = shlex.quote(target) if weights else "PATH-TO-THE-WEIGHTS"
+    console.print(
+        "next: train its focus bundle (GistNet, LensNet, card), resumable, with progress:\n"
+        f"  megacontext train focus --base {escape(base)} --budget-hours 8"
+        + ("" if weights else "\n[dim](checked without weights: train on the checkpoint)[/dim]")
+    )
 
 
 @app.command("list")

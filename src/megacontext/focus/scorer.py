@@ -20,7 +20,7 @@ import torch
 
 from megacontext.core import MegaContextTree, WorkingContext
 from megacontext.focus.access import AccessFilter, redact, redaction_vector
-from megacontext.models.context import entry_vectors
+from megacontext.models.context import entry_vectors, level1_inputs
 from megacontext.models.lensnet import FEATURES
 
 if TYPE_CHECKING:
@@ -56,8 +56,8 @@ def query_key(base: BaseAdapter, gistnet: GistNet, ids: np.ndarray) -> np.ndarra
     K = gistnet.config.K
     if len(ids) < K:
         return np.zeros(gistnet.config.key_dim, dtype=np.float32)
-    block = base.embed(torch.as_tensor(np.asarray(ids[-K:]), device=base.device))[None]
-    return gistnet(block.float(), 1)[1][0].float().cpu().numpy()
+    block = torch.as_tensor(np.asarray(ids[-K:]), device=base.device)[None]
+    return gistnet(level1_inputs(gistnet, base, block).float(), 1)[1][0].float().cpu().numpy()
 
 
 def entry_keys(tree: MegaContextTree, wc: WorkingContext) -> np.ndarray:

@@ -82,7 +82,7 @@ class Bundle:
         from megacontext.models.lora import LoraAdapter, LoraSettings
 
         config, state = self.lora
-        adapter = LoraAdapter(base, LoraSettings(**{**config, "targets": tuple(config["targets"])}))
+        adapter = LoraAdapter(base, LoraSettings.from_mapping(config))
         adapter.load_state_dict(state)
         return adapter
 

@@ -1,7 +1,10 @@
 """From tree and working context to what the base model reads, and GistNet as the tree's gister.
 
+* :func:`level1_inputs` is what GistNet reads of a level-1 node: the base's token embeddings,
+  or its hidden states of the block (``GistNetConfig.inputs``) — one home for ingest, the query
+  key, and training.
 * :class:`GistNetGister` gists a :class:`~megacontext.core.MegaContextTree` with a trained
-  GistNet: level-1 nodes from the base's token embeddings, higher levels from child gists, one
+  GistNet: level-1 nodes from :func:`level1_inputs`, higher levels from child gists, one
   batched forward per call (D5), returning gists and keys (D7).
 * :func:`materialize` turns working-context entries into input vectors (token embeddings for raw
   tokens, stored gists for gists) and positions under a policy (D6), ready for
@@ -21,6 +24,20 @@ from megacontext.core.positions import PositionPolicy
 from megacontext.errors import InvalidInputError
 from megacontext.models.adapter import BaseAdapter
 from megacontext.models.gistnet import GistNet
+
+
+def level1_inputs(gistnet: GistNet, base: BaseAdapter, ids: torch.Tensor) -> torch.Tensor:
+    """GistNet's ``(n, K, d_model)`` inputs for ``n`` level-1 blocks of token ids ``(n, K)``.
+
+    ``inputs: embeddings`` — the base's input embeddings; ``inputs: hidden`` — the base's final
+    hidden states of each block read alone from position 0 (no gradient: the base is frozen).
+    """
+    embeds = base.embed(ids)
+    if gistnet.config.inputs == "embeddings":
+        return embeds
+    with torch.no_grad():
+        positions = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
+        return base.forward(embeds, positions, use_cache=False, logits_last=1).hidden
 
 
 class GistNetGister:
@@ -51,7 +68,8 @@ class GistNetGister:
         for lo in range(0, len(inputs), self.batch_size):
             chunk = inputs[lo : lo + self.batch_size]
             if level == 1:
-                x = self.base.embed(torch.as_tensor(chunk.astype(np.int64), device=device))
+                ids = torch.as_tensor(chunk.astype(np.int64), device=device)
+                x = level1_inputs(self.gistnet, self.base, ids)
             else:
                 x = torch.tensor(np.asarray(chunk, dtype=np.float32), device=device)
             gist, key = self.gistnet(x.float(), level)

@@ -3,7 +3,9 @@
 Reads top to bottom like nanoGPT's ``model.py``: a config dataclass, a bidirectional transformer
 block, the network. Design (DESIGN §6, D4, D5, D7):
 
-* input: K vectors — the base model's token embeddings at level 1, child gists above — plus a
+* input: K vectors — at level 1 the base model's token embeddings (``inputs: embeddings``) or
+  its final hidden states of the block read alone (``inputs: hidden``: the base as encoder, as
+  in ICAE and CompLLM, for one base forward per block at ingest), child gists above — plus a
   learned intra-block position embedding and a level embedding (one network for every level);
 * a few **bidirectional** pre-norm transformer layers at width ``width`` (projections in and out
   when it differs from the base width ``d_model``);
@@ -37,6 +39,7 @@ from megacontext.errors import InvalidInputError
 
 Pooling = Literal["mean", "query", "cls"]
 GistHead = Literal["direct", "anchored"]
+Level1Inputs = Literal["embeddings", "hidden"]
 GISTNET_VERSION = "gistnet-1"
 
 
@@ -57,6 +60,7 @@ class GistNetConfig:
     gist_head: GistHead = "direct"
     content_ratio: float = 1.0
     content_momentum: float = 0.01
+    inputs: Level1Inputs = "embeddings"
 
     def __post_init__(self) -> None:
         if self.width % self.n_heads:
@@ -72,6 +76,8 @@ class GistNetConfig:
             raise InvalidInputError(f"target_norm must be > 0, got {self.target_norm}")
         if self.gist_head not in ("direct", "anchored"):
             raise InvalidInputError(f"gist_head must be direct or anchored, got {self.gist_head!r}")
+        if self.inputs not in ("embeddings", "hidden"):
+            raise InvalidInputError(f"inputs must be embeddings or hidden, got {self.inputs!r}")
         if self.content_ratio <= 0 or not 0 < self.content_momentum <= 1:
             raise InvalidInputError(
                 "content_ratio must be > 0 and content_momentum in (0, 1], got "

@@ -37,6 +37,16 @@ class LoraSettings:
                 f"LoRA r and alpha must be >= 1, got r={self.r}, alpha={self.alpha}"
             )
 
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> LoraSettings:
+        """Settings from a run config's mapping (YAML gives ``targets`` as a list)."""
+        unknown = sorted(set(data) - {"r", "alpha", "targets", "dropout"})
+        if unknown:
+            raise InvalidInputError(
+                f"unknown LoRA setting(s) {', '.join(unknown)}; known: r, alpha, targets, dropout"
+            )
+        return cls(**{**data, "targets": tuple(data.get("targets", ()))})
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -118,8 +118,7 @@ def cotrain(
     )
     text = np.concatenate([s for _, s in sorted(train_streams.items()) if len(s)])
     val_text = np.concatenate([s for _, s in sorted(val_streams.items()) if len(s)])
-    lora_settings = {**cfg.lora, "targets": tuple(cfg.lora.get("targets", ()))}
-    lora = LoraAdapter(base, LoraSettings(**lora_settings)) if cfg.use_lora else None
+    lora = LoraAdapter(base, LoraSettings.from_mapping(cfg.lora)) if cfg.use_lora else None
     teacher = lora.disabled if lora is not None else None
     phases: list[dict[str, Any]] = []
     lens = None

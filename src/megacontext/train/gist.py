@@ -10,10 +10,13 @@ One training window, K-aligned, read left to right::
   context looks like, and a GistNet trained on one gist per window makes stacked gists *worse than
   no history* (DESIGN §12).
 * **Loss**: KL(teacher ‖ student) on the predictions of the H scored tokens, plus optional CE on
-  those tokens, a *spread* term that keeps gists of different blocks apart, and a
-  *reconstruction* term (``recon_weight``, ICAE's autoencoding objective): the base, reading one
-  gist, predicts the gisted block's own tokens. The KL alone is satisfied first by a placeholder
-  that carries nothing of its span (issue 16); reconstruction can only be lowered by content.
+  those tokens, a *spread* term that keeps gists of different blocks apart, a *reconstruction*
+  term (``recon_weight``, ICAE's autoencoding objective): the base, reading one gist, predicts
+  the gisted block's own tokens, and a *contrastive* one (``contrast_weight``): each block must
+  be reconstructed better from its own gist than from another window's by a margin. The KL
+  alone is satisfied first by a placeholder that carries nothing of its span (issue 16);
+  reconstruction is lowered by content, but also by a base that learns to predict blocks
+  without their gists (LoRA does, measured); the contrast only by content.
 * **Level 2**: the prefix is one K²-token node. By default the teacher reads it as its K LOD1 gists
   (hierarchical distillation: no teacher context longer than the base's), and the student reads one
   LOD2 gist made by GistNet from those K gists.
@@ -56,7 +59,9 @@ from tqdm import tqdm
 from megacontext.errors import InvalidInputError
 from megacontext.models.adapter import BaseAdapter
 from megacontext.models.bundle import save_bundle
+from megacontext.models.context import level1_inputs
 from megacontext.models.gistnet import GistNet, GistNetConfig
+from megacontext.models.lora import LoraAdapter, LoraSettings
 from megacontext.train.checkpoint import load_payload, save_atomically
 from megacontext.train.config import RunSettings, start_run
 from megacontext.train.distributed import data_parallel, global_mean, rank_zero
@@ -86,6 +91,13 @@ class GistTrainConfig:
     ce_weight: float = 0.0
     spread_weight: float = 0.0
     recon_weight: float = 0.0
+    # The contrastive reconstruction term (contrast_loss): its weight, and the margin in nats
+    # by which a block's own gist must reconstruct it better than another window's.
+    contrast_weight: float = 0.0
+    contrast_margin: float = 1.0
+    # LoRA on the base's attention, trained with GistNet so that the base learns to read gists
+    # (``{r, alpha, targets, dropout}``, see LoraSettings); None trains GistNet alone.
+    lora: dict[str, Any] | None = None
     autocast: bool = False
     checkpoint_interval: int = 0
     time_budget_s: float | None = None
@@ -105,6 +117,11 @@ class GistTrainConfig:
             # With no lead token, the prefix-deleted reference (DROP) has nothing to predict
             # the first scored token from.
             raise InvalidInputError("prefix_blocks, horizon and lead_tokens must be >= 1")
+        if self.contrast_weight and self.batch_size < 2:
+            raise InvalidInputError(
+                "contrast_weight needs batch_size >= 2: each block is contrasted with the gist "
+                "of another window in the batch"
+            )
         if self.lod2_teacher not in ("gists", "tokens"):
             raise InvalidInputError("lod2_teacher must be 'gists' or 'tokens'")
 
@@ -164,10 +181,11 @@ def _scored_logits(base: BaseAdapter, seq: torch.Tensor, horizon: int) -> torch.
     return out.logits[:, :-1].float()
 
 
-def reconstruction_loss(
+def reconstruction_nll(
     base: BaseAdapter, gists: torch.Tensor, ids: torch.Tensor, K: int, gisted: np.ndarray
 ) -> torch.Tensor:
-    """Mean NLL of each gisted block's K tokens, read by the base as ``[gist][its tokens]``.
+    """``(B, n_gisted)`` mean NLL of each gisted block's K tokens, read by the base as
+    ``[gist][its tokens]``.
 
     ``gists``: ``(B, n_gisted, d)``, in block order, of the prefix blocks where ``gisted`` is
     True; ``ids``: the windows ``(B, T)``. The first token is predicted from the gist alone, each
@@ -178,19 +196,59 @@ def reconstruction_loss(
     targets = blocks[:, torch.as_tensor(np.flatnonzero(gisted), device=ids.device)].reshape(-1, K)
     inputs = torch.cat([gists.reshape(b * n, 1, d), base.embed(targets[:, :-1]).to(gists.dtype)], 1)
     out = base.forward(inputs, _positions(b * n, K, ids.device), use_cache=False)
-    return F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten())
+    nll = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+    return nll.reshape(b, n, K).mean(dim=-1)
+
+
+def reconstruction_loss(
+    base: BaseAdapter, gists: torch.Tensor, ids: torch.Tensor, K: int, gisted: np.ndarray
+) -> torch.Tensor:
+    """Mean of :func:`reconstruction_nll` over the gisted blocks: ICAE's autoencoding loss."""
+    return reconstruction_nll(base, gists, ids, K, gisted).mean()
+
+
+def contrast_loss(
+    base: BaseAdapter,
+    gists: torch.Tensor,
+    ids: torch.Tensor,
+    K: int,
+    gisted: np.ndarray,
+    margin: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A hinge on how much better each block is reconstructed from its own gist than from the
+    gist of the same block slot in the next window: ``mean(relu(margin − (NLL_other −
+    NLL_own)))``. A placeholder, or a base that learned to predict blocks without their gists
+    (LoRA), gets no credit here: only content lowers it. Returns ``(loss, NLL_own)``."""
+    own = reconstruction_nll(base, gists, ids, K, gisted)
+    other = reconstruction_nll(base, gists.roll(1, dims=0), ids, K, gisted)
+    return F.relu(margin - (other - own)).mean(), own
+
+
+def prefix_sources(
+    base: BaseAdapter, gistnet: GistNet, ids: torch.Tensor, prefix: int
+) -> torch.Tensor:
+    """GistNet's level-1 inputs for the first ``prefix`` tokens of windows ``ids``, block by block
+    as ingest makes them (:func:`~megacontext.models.context.level1_inputs`): ``(B, prefix, d)``."""
+    K = gistnet.config.K
+    blocks = ids[:, :prefix].reshape(-1, K)
+    return level1_inputs(gistnet, base, blocks).reshape(ids.shape[0], prefix, -1)
 
 
 def lod1_student(
-    gistnet: GistNet, embeds: torch.Tensor, prefix_blocks: int, gisted: np.ndarray
+    gistnet: GistNet,
+    embeds: torch.Tensor,
+    sources: torch.Tensor,
+    prefix_blocks: int,
+    gisted: np.ndarray,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The student sequence with the ``gisted`` prefix blocks replaced by their gists.
+    """The student sequence with the ``gisted`` prefix blocks replaced by their gists, made by
+    GistNet from ``sources`` (:func:`prefix_sources`).
 
     Returns ``(sequence, gists)``; ``gists`` is ``(B, n_gisted, d)``.
     """
     b, _, d = embeds.shape
     K = gistnet.config.K
-    blocks = embeds[:, : prefix_blocks * K].reshape(b, prefix_blocks, K, d)
+    blocks = sources.reshape(b, prefix_blocks, K, d)
     chosen = torch.as_tensor(np.flatnonzero(gisted), device=embeds.device)
     gists, _ = gistnet(blocks[:, chosen].reshape(-1, K, d), 1)
     gists = gists.reshape(b, len(chosen), d).to(embeds.dtype)
@@ -218,12 +276,13 @@ def splice_gists(
 
 
 def lod2_student(
-    gistnet: GistNet, embeds: torch.Tensor
+    gistnet: GistNet, embeds: torch.Tensor, sources: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Prefix = one K²-token node. Returns (student seq, hierarchical teacher seq, LOD1 gists)."""
+    """Prefix = one K²-token node, whose LOD1 gists GistNet makes from ``sources``
+    (:func:`prefix_sources`). Returns (student seq, hierarchical teacher seq, LOD1 gists)."""
     b, _, d = embeds.shape
     K = gistnet.config.K
-    blocks = embeds[:, : K * K].reshape(b * K, K, d)
+    blocks = sources.reshape(b * K, K, d)
     lod1, _ = gistnet(blocks, 1)
     lod1 = lod1.reshape(b, K, d)
     lod2, _ = gistnet(lod1, 2)
@@ -244,13 +303,18 @@ class StudentStep(torch.nn.Module):
         self.gistnet = gistnet
 
     def forward(
-        self, embeds: torch.Tensor, level: int, prefix_blocks: int, gisted: np.ndarray | None
+        self,
+        embeds: torch.Tensor,
+        sources: torch.Tensor,
+        level: int,
+        prefix_blocks: int,
+        gisted: np.ndarray | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         if level == 1:
             assert gisted is not None
-            student, gists = lod1_student(self.gistnet, embeds, prefix_blocks, gisted)
+            student, gists = lod1_student(self.gistnet, embeds, sources, prefix_blocks, gisted)
             return student, None, gists
-        return lod2_student(self.gistnet, embeds)
+        return lod2_student(self.gistnet, embeds, sources)
 
 
 def kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -349,10 +413,11 @@ def evaluate_gists(
         with teacher():
             tokens.append(_nll(_scored_logits(base, embeds, H), targets))
             drop.append(_nll(_scored_logits(base, embeds[:, prefix:], H), targets))
+        sources = prefix_sources(base, gistnet, ids, prefix)
         if level == 1:
-            seq, gists = lod1_student(gistnet, embeds, cfg.prefix_blocks, every)
+            seq, gists = lod1_student(gistnet, embeds, sources, cfg.prefix_blocks, every)
         else:
-            seq, lod1_seq, _ = lod2_student(gistnet, embeds)
+            seq, lod1_seq, _ = lod2_student(gistnet, embeds, sources)
             gists = seq[:, :1]
             if hierarchical:
                 with teacher():
@@ -449,7 +514,7 @@ def make_gistnet(base: BaseAdapter, cfg: GistTrainConfig, K: int = 32) -> GistNe
     return GistNet(config).to(base.device)
 
 
-def train_gistnet(  # noqa: C901, PLR0913, PLR0917, PLR0915  (the distillation loop; co-learning passes its own parameters and phases)
+def train_gistnet(  # noqa: C901, PLR0912, PLR0913, PLR0917, PLR0915  (the distillation loop; co-learning passes its own parameters and phases)
     base: BaseAdapter,
     train: WindowSampler,
     val_windows: Mapping[int, np.ndarray],
@@ -461,6 +526,7 @@ def train_gistnet(  # noqa: C901, PLR0913, PLR0917, PLR0915  (the distillation l
     teacher: Callable[[], AbstractContextManager[Any]] = nullcontext,
     desc: str = "gistnet",
     checkpoint: Path | None = None,
+    lora: LoraAdapter | None = None,
 ) -> GistTrainResult:
     """Train GistNet against the frozen ``base``; ``val_windows`` maps level → held-out windows.
 
@@ -473,15 +539,21 @@ def train_gistnet(  # noqa: C901, PLR0913, PLR0917, PLR0915  (the distillation l
     With ``checkpoint`` (a file path), GistNet, the optimizer and the run's state are saved
     there every ``checkpoint_interval`` steps, and a run that finds the file resumes from it:
     windows and gisted blocks are seeded by step, so the resumed run is the uninterrupted one.
+
+    With ``lora`` (``train gist`` with ``gist.lora``), its adapters train with GistNet, the
+    teacher is the plain base (adapters disabled), and the checkpoint carries them too.
     """
     gistnet = gistnet or make_gistnet(base, cfg)
     K = gistnet.config.K
     if checkpoint is not None and params is not None:
         raise InvalidInputError("co-learning phases are not checkpointed; pass no checkpoint")
-    resumed = _read_checkpoint(checkpoint, cfg)
-    if resumed is not None:
-        gistnet.load_state_dict(resumed["gistnet"])
-    step_module, share, world = _student_step(gistnet, cfg, params is not None)
+    if lora is not None and params is not None:
+        raise InvalidInputError("pass the LoRA adapter or the parameters to train, not both")
+    resumed = _resume(checkpoint, cfg, gistnet, lora)
+    colearning = params is not None or lora is not None
+    step_module, share, world = _student_step(gistnet, cfg, colearning)
+    if lora is not None:
+        params, teacher = [*gistnet.parameters(), *lora.lora_parameters()], lora.disabled
     trainable = list(params) if params is not None else list(gistnet.parameters())
     decay = [p for p in trainable if p.dim() >= 2]
     other = [p for p in trainable if p.dim() < 2]
@@ -527,7 +599,9 @@ def train_gistnet(  # noqa: C901, PLR0913, PLR0917, PLR0915  (the distillation l
         embeds = base.embed(ids)
         precision = torch.autocast(base.device.type, dtype=torch.bfloat16, enabled=cfg.autocast)
         with precision:
-            loss, parts = _step_loss(base, step_module, ids, embeds, level, rng, cfg, teacher)
+            loss, parts = _step_loss(
+                base, gistnet, step_module, ids, embeds, level, rng, cfg, teacher
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
@@ -582,6 +656,7 @@ def train_gistnet(  # noqa: C901, PLR0913, PLR0917, PLR0915  (the distillation l
                 {
                     "config": asdict(cfg),
                     "gistnet": gistnet.state_dict(),
+                    **({"lora": lora.state_dict()} if lora is not None else {}),
                     "optimizer": opt.state_dict(),
                     "history": history,
                     "evals": evals,
@@ -604,8 +679,11 @@ def train_gistnet(  # noqa: C901, PLR0913, PLR0917, PLR0915  (the distillation l
     return GistTrainResult(gistnet, history, evals, reports, seconds, tokens)
 
 
-def _read_checkpoint(path: Path | None, cfg: GistTrainConfig) -> dict[str, Any] | None:
-    """The checkpoint at ``path`` if there is one, refused when another config wrote it."""
+def _resume(
+    path: Path | None, cfg: GistTrainConfig, gistnet: GistNet, lora: LoraAdapter | None
+) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if there is one (refused when another config wrote it), with
+    its GistNet and LoRA weights loaded."""
     if path is None or not path.is_file():
         return None
     state = load_payload(path)
@@ -617,11 +695,15 @@ def _read_checkpoint(path: Path | None, cfg: GistTrainConfig) -> dict[str, Any] 
             f"{path} is a checkpoint of a GistNet run with other settings ({', '.join(changed)} "
             "differ); use another out_dir, or delete the checkpoint to start over"
         )
+    gistnet.load_state_dict(state["gistnet"])
+    if lora is not None:
+        lora.load_state_dict(state["lora"])
     return state
 
 
-def _step_loss(
+def _step_loss(  # noqa: PLR0913, PLR0917  (one training step's inputs)
     base: BaseAdapter,
+    gistnet: GistNet,
     step_module: torch.nn.Module,
     ids: torch.Tensor,
     embeds: torch.Tensor,
@@ -631,18 +713,22 @@ def _step_loss(
     teacher: Callable[[], AbstractContextManager[Any]],
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """One step's loss and its logged parts: a random share of the prefix gisted at LOD1, the
-    whole K²-token node at LOD2."""
+    whole K²-token node at LOD2. ``step_module`` is GistNet's student step (DDP-wrapped when
+    distributed); ``gistnet`` itself is only read for its level-1 inputs."""
     gisted: np.ndarray | None = None
+    K = gistnet.config.K
     if level == 1:
         fewest = math.ceil(cfg.min_gist_fraction * cfg.prefix_blocks)
         n_gisted = int(rng.integers(fewest, cfg.prefix_blocks + 1))
         gisted = np.zeros(cfg.prefix_blocks, dtype=bool)
         gisted[rng.choice(cfg.prefix_blocks, size=max(1, n_gisted), replace=False)] = True
-        student, _, gists = step_module(embeds, 1, cfg.prefix_blocks, gisted)
+        sources = prefix_sources(base, gistnet, ids, cfg.prefix_blocks * K)
+        student, _, gists = step_module(embeds, sources, 1, cfg.prefix_blocks, gisted)
         with torch.no_grad(), teacher():
             teacher_logits = _scored_logits(base, embeds, cfg.horizon)
     else:
-        student, teacher_seq, gists = step_module(embeds, 2, cfg.prefix_blocks, None)
+        sources = prefix_sources(base, gistnet, ids, K * K)
+        student, teacher_seq, gists = step_module(embeds, sources, 2, cfg.prefix_blocks, None)
         with torch.no_grad(), teacher():
             teacher_in = embeds if cfg.lod2_teacher == "tokens" else teacher_seq
             teacher_logits = _scored_logits(base, teacher_in, cfg.horizon)
@@ -657,8 +743,12 @@ def _step_loss(
         spread = spread_loss(gists)
         loss = loss + cfg.spread_weight * spread
         parts["spread"] = float(spread.detach())
-    if cfg.recon_weight and gisted is not None:
-        K = (ids.shape[1] - cfg.lead_tokens - cfg.horizon) // cfg.prefix_blocks
+    if gisted is not None and cfg.contrast_weight:
+        contrast, own = contrast_loss(base, gists, ids, K, gisted, cfg.contrast_margin)
+        loss = loss + cfg.contrast_weight * contrast + cfg.recon_weight * own.mean()
+        parts["contrast"] = float(contrast.detach())
+        parts["recon"] = float(own.mean().detach())
+    elif gisted is not None and cfg.recon_weight:
         recon = reconstruction_loss(base, gists, ids, K, gisted)
         loss = loss + cfg.recon_weight * recon
         parts["recon"] = float(recon.detach())
@@ -688,16 +778,24 @@ def _student_step(
 
 
 def save_gist_run(
-    result: GistTrainResult, base: BaseAdapter, cfg: GistTrainConfig, out_dir: str | Path
+    result: GistTrainResult,
+    base: BaseAdapter,
+    cfg: GistTrainConfig,
+    out_dir: str | Path,
+    lora: LoraAdapter | None = None,
 ) -> Path:
-    """Bundle the trained GistNet with its metrics, and plot the loss and gap-closure curves."""
+    """Bundle the trained GistNet (and LoRA, when it trained with it) with its metrics, and plot
+    the loss and gap-closure curves."""
     out = Path(out_dir)
     metrics: dict[str, Any] = {"train_seconds": result.seconds, "train_tokens": result.tokens}
     for lvl, report in result.reports.items():
         metrics[f"lod{lvl}"] = asdict(report)
+    modules: dict[str, Any] = {"gistnet": result.gistnet}
+    if lora is not None:
+        modules["lora"] = lora
     save_bundle(
         out / "bundle",
-        {"gistnet": result.gistnet},
+        modules,
         fingerprints=base.fingerprints,
         training=asdict(cfg),
         metrics=metrics,
@@ -776,9 +874,18 @@ def run_gist(run: GistRunConfig, log: Callable[[str], None] = print) -> dict[str
         for level in levels
     }
     gistnet = make_gistnet(base, cfg, K=K)
+    lora = None
+    if cfg.lora is not None:
+        lora = LoraAdapter(base, LoraSettings.from_mapping(cfg.lora))
     log(
         f"GistNet: {gistnet.num_parameters():,} parameters, pooling={gistnet.config.pooling}, "
         f"gist head {gistnet.config.gist_head}; evaluated at LOD{', LOD'.join(map(str, levels))}"
+        + (
+            f"; LoRA r={lora.config.r} ({sum(p.numel() for p in lora.lora_parameters()):,} "
+            "parameters) trains with it"
+            if lora is not None
+            else ""
+        )
     )
     rank, _ = data_parallel()
     log = rank_zero(log)  # one process writes and speaks; the others train their share
@@ -791,8 +898,11 @@ def run_gist(run: GistRunConfig, log: Callable[[str], None] = print) -> dict[str
         log,
         progress=not rank,
         checkpoint=Path(run.out_dir) / CHECKPOINT,
+        lora=lora,
     )
-    out = save_gist_run(result, base, cfg, run.out_dir) if rank == 0 else Path(run.out_dir)
+    out = save_gist_run(result, base, cfg, run.out_dir, lora) if rank == 0 else Path(run.out_dir)
+    if lora is not None:
+        lora.detach()  # the loaded base is plain again for whoever holds it next
     summary: dict[str, Any] = {
         "out_dir": str(out),
         "seconds": result.seconds,

@@ -26,7 +26,7 @@ from megacontext.errors import InvalidInputError, StaleLabelError
 from megacontext.focus import FocusQuery
 from megacontext.focus.scorer import LensInputs
 from megacontext.models.adapter import BaseAdapter
-from megacontext.models.context import GistNetGister
+from megacontext.models.context import GistNetGister, level1_inputs
 from megacontext.models.gistnet import GistNet
 from megacontext.models.lensnet import LensNet, LensNetConfig
 from megacontext.train.distributed import data_parallel, global_sum
@@ -219,10 +219,8 @@ def train_key_head(
                     for p in gists
                 ]
             )
-            block = base.embed(
-                torch.as_tensor(s.query.ids[-gistnet.config.K :], device=base.device)
-            )[None]
-            query = gistnet.pooled(block.float(), 1)[0]
+            block = torch.as_tensor(s.query.ids[-gistnet.config.K :], device=base.device)
+            query = gistnet.pooled(level1_inputs(gistnet, base, block[None]).float(), 1)[0]
         examples.append((nodes, query, int(np.nanargmax(gains))))
     step = _data_parallel(_KeyStep(head, cfg.key_temperature), cfg.batch_size)
     losses = []
@@ -270,7 +268,7 @@ def _pooled_node(
         ids = torch.as_tensor(
             tree.tokens(index * K, (index + 1) * K).astype(np.int64), device=base.device
         )
-        x = base.embed(ids)[None].float()
+        x = level1_inputs(gistnet, base, ids[None]).float()
     else:
         x = torch.tensor(
             np.asarray(tree.gists(level - 1, index * K, (index + 1) * K), dtype=np.float32),
