@@ -169,6 +169,25 @@ def test_interface_shapes(load_tiny: Loader) -> None:
     assert last.hidden.shape == hidden.shape
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_hidden_states_after_a_layer_match_transformers(load_tiny: Loader, family: str) -> None:
+    """``hidden_states(layer=L)`` is the residual stream after decoder layer L (transformers'
+    ``output_hidden_states[L]``), and ``layer=None`` the final normed states."""
+    base = load_tiny(family)
+    ids = torch.tensor([[3, 4, 5, 6], [7, 8, 9, 10]])
+    x, positions = base.embed(ids), torch.arange(4).expand(2, -1)
+    with torch.no_grad():
+        every = base.model(
+            inputs_embeds=x, position_ids=positions, output_hidden_states=True
+        ).hidden_states
+    n = base.config.num_hidden_layers
+    for layer in range(1, n):
+        torch.testing.assert_close(base.hidden_states(x, positions, layer), every[layer])
+    torch.testing.assert_close(base.hidden_states(x, positions), every[n])
+    with pytest.raises(InvalidInputError, match=f"layer must be in \\[1, {n}\\]"):
+        base.hidden_states(x, positions, n + 1)
+
+
 # ----------------------------------------------------------------------------- fingerprints (D13)
 def test_fingerprint_stable_across_loads_and_dtypes(load_tiny: Loader) -> None:
     a, b, c = load_tiny("llama"), load_tiny("llama"), load_tiny("llama", "bfloat16")

@@ -206,6 +206,42 @@ def test_the_content_free_controls_tell_content_from_a_placeholder(base) -> None
         assert flat.own_minus_shuffled == pytest.approx(0.0, abs=1e-4)
 
 
+def test_the_constant_control_is_the_better_of_the_mean_gist_and_its_rescaling(base) -> None:  # type: ignore[no-untyped-def]
+    """Gists made of a shared placeholder and per-span content average to a short vector; the
+    constant control reads each candidate and keeps the lower NLL, so content is measured
+    against the stronger placeholder."""
+    from megacontext.train.gist import prefix_sources
+
+    cfg = config()
+    windows = val(cfg)[1][:8]
+    gistnet = make_gistnet(base, cfg, K=K)
+    placeholder = torch.randn(base.d_model, generator=torch.Generator().manual_seed(3))
+    norm = float(gistnet.config.target_norm)
+    real_forward = gistnet.forward
+
+    def anchored(inputs: torch.Tensor, level: int | torch.Tensor):  # type: ignore[no-untyped-def]
+        _, keys = real_forward(inputs, level)
+        content = torch.nn.functional.normalize(inputs.mean(dim=1), dim=-1)
+        gist = torch.nn.functional.normalize(placeholder, dim=-1) + 2 * content
+        return norm * torch.nn.functional.normalize(gist, dim=-1), keys
+
+    gistnet.forward = anchored  # type: ignore[method-assign]
+    report = evaluate_gists(base, gistnet, windows, cfg, level=1)
+    with torch.no_grad():
+        ids = torch.as_tensor(windows)
+        sources = prefix_sources(base, gistnet, ids, cfg.prefix_blocks * K)
+        gists = gistnet(sources.reshape(-1, K, base.d_model), 1)[0]
+    mean = gists.mean(dim=0)
+    assert float(mean.norm()) < 0.9 * norm  # the average of varied gists is short
+    candidates = {"mean": mean, "mean_rescaled": mean * gists.norm(dim=-1).mean() / mean.norm()}
+    read_as = {}
+    for kind, vector in candidates.items():
+        gistnet.forward = lambda x, lvl, v=vector: (v.expand(x.shape[0], -1), None)  # type: ignore[method-assign]
+        read_as[kind] = evaluate_gists(base, gistnet, windows, cfg, level=1).nll_gist
+    assert report.constant_kind == min(read_as, key=read_as.__getitem__)
+    assert report.nll_constant == pytest.approx(min(read_as.values()), abs=1e-5)
+
+
 def test_reconstruction_loss_is_the_bases_nll_of_each_gisted_block(base) -> None:  # type: ignore[no-untyped-def]
     """The base reads ``[gist][block tokens]`` and is scored on the block's own tokens; only the
     gisted blocks count, in order, and the gradient reaches the gists."""
@@ -387,8 +423,8 @@ def test_lora_trains_with_gistnet_resumes_and_ships_in_the_bundle(base, tmp_path
         LoraSettings.from_mapping({"rank": 4})
 
 
-@pytest.mark.parametrize("inputs", ["embeddings", "hidden"])
-def test_training_gists_are_the_gists_ingest_writes(base, inputs: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(("inputs", "layer"), [("embeddings", 0), ("hidden", 0), ("hidden", 1)])
+def test_training_gists_are_the_gists_ingest_writes(base, inputs: str, layer: int) -> None:  # type: ignore[no-untyped-def]
     """``gistnet.inputs``: training reads each prefix block as ingest's gister does (token
     embeddings, or the base's hidden states of the block read alone), so what is measured is
     what runs."""
@@ -396,7 +432,7 @@ def test_training_gists_are_the_gists_ingest_writes(base, inputs: str) -> None: 
     from megacontext.train.gist import lod1_student, prefix_sources
 
     net = {"width": 32, "n_layers": 1, "n_heads": 2, "key_dim": 8, "inputs": inputs}
-    cfg = config(gistnet=net, lod2_probability=0.0)
+    cfg = config(gistnet={**net, "input_layer": layer}, lod2_probability=0.0)
     gistnet = make_gistnet(base, cfg, K=K).eval()
     ids = torch.as_tensor(val(cfg)[1][:3])
     prefix = cfg.prefix_blocks * K
@@ -415,6 +451,9 @@ def test_training_gists_are_the_gists_ingest_writes(base, inputs: str) -> None: 
     else:  # the base's own reading of the block: not its embeddings, and context-dependent
         hidden = level1_inputs(gistnet, base, block)
         assert hidden.shape == embedded.shape and not torch.allclose(hidden, embedded)
+        if layer:  # the residual stream after that layer, at unit RMS per position
+            rms = hidden.pow(2).mean(dim=-1).sqrt()
+            torch.testing.assert_close(rms, torch.ones_like(rms), rtol=1e-3, atol=1e-3)
         changed = block.clone()
         changed[0, 0] = (changed[0, 0] + 1) % base.vocab_size
         after = level1_inputs(gistnet, base, changed)

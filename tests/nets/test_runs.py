@@ -61,8 +61,9 @@ TINY_LENS: dict[str, Any] = {
 def test_gist_then_lens_runs_write_bundles_and_plots(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With a GistNet that reads the base's hidden states (``gistnet.inputs: hidden``) the whole
-    path runs: training, `bench gist` on the GistNet-only bundle, LensNet on its keys."""
+    """With a GistNet that reads the base's hidden states (``gistnet.inputs: hidden``) and LoRA
+    trained with it, the whole path runs: training, `bench gist` on the GistNet-only bundle
+    (through the adapters), LensNet labelled through them, whose bundle carries them on."""
     base_dir = make_tiny_model_dir("default", tmp_path / "base")
     corpus = write_corpus(tmp_path / "corpus")
     gist_config = {
@@ -73,6 +74,7 @@ def test_gist_then_lens_runs_write_bundles_and_plots(
         "gist": {
             **TINY_GIST,
             "gistnet": {**TINY_GIST["gistnet"], "inputs": "hidden"},
+            "lora": {"r": 2, "alpha": 4},
             "steps": 6,
             "eval_interval": 3,
             "eval_windows": 4,
@@ -113,6 +115,7 @@ def test_gist_then_lens_runs_write_bundles_and_plots(
     base = load_base(base_dir)
     bundle = load_bundle(tmp_path / "lens" / "bundle", fingerprints=base.fingerprints)
     assert {"gistnet", "lensnet", "lensnet_gists_only", "lensnet_keys_only"} <= set(bundle.modules)
+    assert bundle.lora is not None and bundle.lora[0]["r"] == 2
     assert "lod1" in bundle.metrics and "focus_gain_text" in bundle.metrics
     assert (tmp_path / "lens" / "lensnet_training.png").stat().st_size > 0
 
@@ -203,20 +206,30 @@ def test_train_focus_makes_a_measured_bundle_and_resumes(tmp_path: Path) -> None
     assert again.output.count("done in an earlier run") == 5
     forgotten = {k: v for k, v in stages.items() if k != "lens"}
     (out / "stages.json").write_text(json.dumps(forgotten))
-    redo = runner.invoke(app, args)
+    # The redone LensNet stage trains on two processes.
+    two = ["--nproc", "2", "--set", "lens.lens.batch_size=2"]
+    redo = runner.invoke(app, args + two)
     assert redo.exit_code == 0, redo.output
+    assert "training on 2 processes" in redo.output
     assert redo.output.count("done in an earlier run") == 2  # corpus and gist
     assert set(json.loads((out / "stages.json").read_text())) == set(stages)
 
 
-def test_train_focus_refuses_bad_flags() -> None:
+def test_train_focus_refuses_bad_flags(tmp_path: Path) -> None:
+    """Bad flags, and settings either stage would refuse, fail before any stage runs."""
     from megacontext.errors import InvalidInputError
 
+    out = tmp_path / "focus"
     for flags, words in (
         (["--set", "steps=3"], "gist.KEY or lens.KEY"),
         (["--device", "tpu"], "cpu or cuda"),
         (["--budget-hours", "0"], "--budget-hours"),
-    ):
-        result = runner.invoke(app, ["train", "focus", *flags])
+        (["--set", "lens.lens.epochz=3"], "epochz"),  # a LensNet typo, caught before GistNet
+        (["--nproc", "2"], "lens.batch_size 1 is smaller than --nproc 2"),
+        (["--nproc", "2", "--set", "lens.lens.batch_size=2", "--set", "gist.gist.lora={r: 2}"],
+         "gist.lora"),
+    ):  # fmt: skip
+        result = runner.invoke(app, ["train", "focus", "--out", str(out), *flags])
         assert isinstance(result.exception, InvalidInputError), flags
-        assert words in str(result.exception)
+        assert words in str(result.exception), (flags, str(result.exception))
+        assert not out.exists(), flags

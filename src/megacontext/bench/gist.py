@@ -3,9 +3,11 @@
 Results (goals in parentheses):
 
 * ``lod1_gap_closure`` (≥ 0.8), ``lod2_gap_closure`` (≥ 0.5), ``lod1_delta_nll``,
-  ``lod2_delta_nll`` — every prefix block gisted (many gists in context); beside each level the
+  ``lod2_delta_nll`` — every prefix block gisted (many gists in context; LOD2 only for a
+  GistNet trained at LOD2, ``lod2_probability`` > 0); beside each level the
   content-free controls (``…_shuffled_gap_closure``: another window's gists;
-  ``…_constant_gap_closure``: the mean gist everywhere), ``…_content_gap_closure`` (≥ 0.75 at
+  ``…_constant_gap_closure``: one constant gist everywhere, the better of the mean gist and
+  the mean gist at the gists' norm), ``…_content_gap_closure`` (≥ 0.75 at
   LOD1: the gap the constant gist leaves, closed by the gists' content) and
   ``…_own_minus_shuffled`` (≥ 0.5 at LOD1);
 * retrieval tasks: ``lens_spearman_retrieval`` (≥ 0.5), ``lens_top1_retrieval`` (≥ 0.9),
@@ -25,6 +27,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -58,22 +62,32 @@ def run(quick: bool, progress: Progress, options: BenchOptions) -> list[Result]:
         progress(f"building the corpus in {corpus}")
         build_corpus(corpus, ["stdlib", "pydoc", "kjv", "gutenberg"], seed=0, val_fraction=0.05)
     val = corpus_streams(corpus, base, "val", progress=False)
-    if "lensnet" in bundle.modules:
-        lens = lens_results(base, bundle, val, quick, progress)
-    else:  # a GistNet-only bundle (`train gist` writes one): its gists, without focus
-        progress(f"{bundle_dir} has no LensNet: the focus results are skipped")
-        lens = []
-    return (
-        gist_results(base, bundle, val, quick, progress)
-        + lens
-        + ingest_results(base, bundle, val, quick, progress)
-    )
+    # A bundle trained with LoRA is measured through its adapters, as sessions run it; the
+    # references (FULL, DROP) are read by the plain base, as in training.
+    lora = bundle.attach_lora(base)
+    try:
+        teacher = lora.disabled if lora is not None else nullcontext
+        results = gist_results(base, bundle, val, quick, progress, teacher)
+        if "lensnet" in bundle.modules:
+            results += lens_results(base, bundle, val, quick, progress)
+        else:  # a GistNet-only bundle (`train gist` writes one): its gists, without focus
+            progress(f"{bundle_dir} has no LensNet: the focus results are skipped")
+        return results + ingest_results(base, bundle, val, quick, progress)
+    finally:
+        if lora is not None:
+            lora.detach()
 
 
 def gist_results(
-    base: Any, bundle: Any, val: dict[str, np.ndarray], quick: bool, progress: Progress
+    base: Any,
+    bundle: Any,
+    val: dict[str, np.ndarray],
+    quick: bool,
+    progress: Progress,
+    teacher: Callable[[], AbstractContextManager[Any]] = nullcontext,
 ) -> list[Result]:
-    """Gap closure and ΔNLL per level on held-out windows, in the training layout."""
+    """Gap closure and ΔNLL per level on held-out windows, in the training layout; ``teacher``
+    reads the references (the plain base when LoRA is attached)."""
     from megacontext.train.gist import GistTrainConfig, WindowSampler, evaluate_gists, window_length
 
     gistnet = bundle.get("gistnet")
@@ -88,7 +102,11 @@ def gist_results(
     sampler = WindowSampler(val, seed=12345)
     # The window layout of training ([prefix][lead][scored]); ``_far`` repeats LOD1 with the
     # prefix FAR_LEAD tokens away from the scored ones, where a small base gains little from it.
-    layouts = [(1, "", gist_cfg), (2, "", gist_cfg)]
+    layouts = [(1, "", gist_cfg)]
+    if gist_cfg.lod2_probability > 0:
+        layouts.append((2, "", gist_cfg))
+    else:  # as `train gist` does: on a real base a LOD2 window costs more than the training
+        progress("this GistNet was never trained at LOD2 (lod2_probability 0): LOD2 skipped")
     if gist_cfg.lead_tokens != FAR_LEAD:
         layouts.append((1, "_far", replace(gist_cfg, lead_tokens=FAR_LEAD)))
     for level, suffix, cfg in layouts:
@@ -99,6 +117,7 @@ def gist_results(
             sampler.sample(level, windows, window_length(cfg, K, level), 1.0),
             cfg,
             level,
+            teacher=teacher,
         )
         nlls = {
             "nll_full": report.nll_full,
@@ -133,7 +152,8 @@ def gist_results(
                 f"lod{level}_content_gap_closure{suffix}",
                 report.content_gap_closure,
                 "fraction",
-                note=f"against the mean gist; 95% CI {low:.3f}–{high:.3f}; "
+                note=f"against the constant gist ({report.constant_kind}); "
+                f"95% CI {low:.3f}–{high:.3f}; "
                 + _goal_note(f"lod{level}_content_gap_closure{suffix}"),
             ),
             Result(

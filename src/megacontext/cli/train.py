@@ -307,6 +307,14 @@ def focus(
     quick_bench: Annotated[
         bool, typer.Option("--quick-bench", help="Measure the bundle on fewer held-out windows.")
     ] = False,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Processes training together in the GistNet and LensNet stages "
+            "(torch.distributed DDP); the recipes' batch sizes are the global batches.",
+        ),
+    ] = 1,
     overrides: Annotated[
         list[str] | None,
         typer.Option(
@@ -324,6 +332,7 @@ def focus(
     MEGACONTEXT_FOCUS_BUNDLE=OUT/bundle.
 
     Example: megacontext train focus --base smollm2 --budget-hours 3
+    (add --nproc 2 to train each network on two processes)
     """
     from megacontext.errors import InvalidInputError
     from megacontext.train.config import apply_overrides, parse_overrides
@@ -345,6 +354,7 @@ def focus(
         device=device,
         budget_hours=budget_hours,
         quick_bench=quick_bench,
+        nproc=nproc,
         gist=stages["gist"],
         lens=stages["lens"],
     )

@@ -37,6 +37,10 @@ from megacontext.models.errors import UnsupportedPositionPolicyError
 from megacontext.models.quirks import FamilyQuirks, PositionPolicy, quirks_for_config, rope_type_of
 
 
+class _StopForward(Exception):
+    """Raised by a forward hook once the wanted layer has run (``hidden_states``)."""
+
+
 class ForwardOutput(NamedTuple):
     """What :meth:`BaseAdapter.forward` returns (unpacks as ``logits, hidden, cache``)."""
 
@@ -366,6 +370,45 @@ class BaseAdapter:
         return ForwardOutput(logits, hidden, cache if use_cache else None)
 
     __call__ = forward
+
+    def hidden_states(
+        self, inputs_embeds: Tensor, position_ids: Tensor, layer: int | None = None
+    ) -> Tensor:
+        """``(B, T, d)`` hidden states of entries read from scratch (no cache).
+
+        ``layer`` None: the final hidden states (after the final norm). ``layer`` L ≥ 1: the
+        residual stream after decoder layer L; the layers after it do not run, so reading
+        layer L of an n-layer base costs about L/n of a forward.
+        """
+        if layer is None:
+            return self.forward(inputs_embeds, position_ids, use_cache=False, logits_last=1).hidden
+        layers = self._decoder_layers()
+        if not 1 <= layer <= len(layers):
+            raise InvalidInputError(
+                f"layer must be in [1, {len(layers)}] for this {len(layers)}-layer base, got "
+                f"{layer}"
+            )
+        captured: list[Tensor] = []
+
+        def stop_after(_module: Any, _args: Any, output: Any) -> None:
+            captured.append(output[0] if isinstance(output, tuple) else output)
+            raise _StopForward
+
+        handle = layers[layer - 1].register_forward_hook(stop_after)
+        try:
+            self.forward(inputs_embeds, position_ids, use_cache=False, logits_last=1)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        return captured[0]
+
+    def _decoder_layers(self) -> torch.nn.ModuleList:
+        for name in ("layers", "h"):  # Llama-like families, GPT-2
+            found = getattr(self._backbone, name, None)
+            if isinstance(found, torch.nn.ModuleList):
+                return found
+        raise InvalidInputError(f"no decoder layer list found in this {self.family} model")
 
     # ----------------------------------------------------------------- checks and hooks
     def check_policy(self, policy: str) -> PositionPolicy:

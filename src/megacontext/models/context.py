@@ -29,15 +29,21 @@ from megacontext.models.gistnet import GistNet
 def level1_inputs(gistnet: GistNet, base: BaseAdapter, ids: torch.Tensor) -> torch.Tensor:
     """GistNet's ``(n, K, d_model)`` inputs for ``n`` level-1 blocks of token ids ``(n, K)``.
 
-    ``inputs: embeddings`` — the base's input embeddings; ``inputs: hidden`` — the base's final
-    hidden states of each block read alone from position 0 (no gradient: the base is frozen).
+    ``inputs: embeddings`` — the base's input embeddings; ``inputs: hidden`` — the base's
+    hidden states of each block read alone from position 0 (no gradient: the base is frozen):
+    the final ones, or after decoder layer ``input_layer``, scaled to unit RMS per position
+    (the residual stream's scale varies by layer and position).
     """
+    config = gistnet.config
     embeds = base.embed(ids)
-    if gistnet.config.inputs == "embeddings":
+    if config.inputs == "embeddings":
         return embeds
     with torch.no_grad():
         positions = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
-        return base.forward(embeds, positions, use_cache=False, logits_last=1).hidden
+        if not config.input_layer:
+            return base.hidden_states(embeds, positions)
+        hidden = base.hidden_states(embeds, positions, config.input_layer).float()
+        return hidden * torch.rsqrt(hidden.pow(2).mean(dim=-1, keepdim=True) + 1e-6)
 
 
 class GistNetGister:

@@ -4,8 +4,9 @@ Reads top to bottom like nanoGPT's ``model.py``: a config dataclass, a bidirecti
 block, the network. Design (DESIGN §6, D4, D5, D7):
 
 * input: K vectors — at level 1 the base model's token embeddings (``inputs: embeddings``) or
-  its final hidden states of the block read alone (``inputs: hidden``: the base as encoder, as
-  in ICAE and CompLLM, for one base forward per block at ingest), child gists above — plus a
+  its hidden states of the block read alone (``inputs: hidden``: the base as encoder, as in ICAE
+  and CompLLM; the final ones, or those after layer ``input_layer`` for a fraction of a forward
+  per block at ingest), child gists above — plus a
   learned intra-block position embedding and a level embedding (one network for every level);
 * a few **bidirectional** pre-norm transformer layers at width ``width`` (projections in and out
   when it differs from the base width ``d_model``);
@@ -61,6 +62,10 @@ class GistNetConfig:
     content_ratio: float = 1.0
     content_momentum: float = 0.01
     inputs: Level1Inputs = "embeddings"
+    # With inputs "hidden": 0 reads the final hidden states (after the base's final norm); L ≥ 1
+    # the residual stream after decoder layer L (scaled to unit RMS per position), for about
+    # L/n of a forward at ingest.
+    input_layer: int = 0
 
     def __post_init__(self) -> None:
         if self.width % self.n_heads:
@@ -78,6 +83,8 @@ class GistNetConfig:
             raise InvalidInputError(f"gist_head must be direct or anchored, got {self.gist_head!r}")
         if self.inputs not in ("embeddings", "hidden"):
             raise InvalidInputError(f"inputs must be embeddings or hidden, got {self.inputs!r}")
+        if self.input_layer < 0:
+            raise InvalidInputError(f"input_layer must be >= 0, got {self.input_layer}")
         if self.content_ratio <= 0 or not 0 < self.content_momentum <= 1:
             raise InvalidInputError(
                 "content_ratio must be > 0 and content_momentum in (0, 1], got "

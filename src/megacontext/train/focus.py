@@ -29,6 +29,7 @@ from typing import Any
 from megacontext.errors import InvalidInputError
 from megacontext.files import write_text_atomic
 from megacontext.models.catalog import DEFAULT
+from megacontext.train.distributed import launch
 
 STAGES = ("corpus", "gist", "lens", "bench", "card")
 GIST_SHARE = 0.6  # of --budget-hours: GistNet's time budget; the rest is labels, LensNet, bench
@@ -46,12 +47,16 @@ class FocusRunConfig:
     device: str = "cpu"
     budget_hours: float | None = None
     quick_bench: bool = False
+    # Processes training together in the GistNet and LensNet stages (torch.distributed DDP).
+    nproc: int = 1
     gist: dict[str, Any] = field(default_factory=dict)
     lens: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
             raise InvalidInputError(f"--device must be cpu or cuda, got {self.device!r}")
+        if self.nproc < 1:
+            raise InvalidInputError(f"--nproc must be >= 1, got {self.nproc}")
         if self.budget_hours is not None and self.budget_hours <= 0:
             raise InvalidInputError(f"--budget-hours must be > 0, got {self.budget_hours}")
         if self.device == "cuda":
@@ -119,6 +124,43 @@ class StageRecord:
         write_text_atomic(self.path, json.dumps(self.stages, indent=2, default=float) + "\n")
 
 
+def stage_configs(run: FocusRunConfig) -> tuple[str, Any, str, Any]:
+    """The GistNet and LensNet stages' run configs — each base's recipe, the run's directories
+    and its ``--set`` overrides — parsed and checked: ``(gist recipe, GistRunConfig, lens
+    recipe, LensRunConfig)``."""
+    from megacontext.train.gist import GistRunConfig
+    from megacontext.train.lens import LensRunConfig
+    from megacontext.train.lens.training import check_global_batch
+
+    out = run.out
+    gist_file, gist_settings = recipe("gist", run.base)
+    lens_file, lens_settings = recipe("lens", run.base)
+    shared = {"base": run.base, "device": run.device, "corpus_dir": run.corpus_dir}
+    gist = _merge(_merge(gist_settings, {**shared, "out_dir": str(out / "gist")}), run.gist)
+    lens = _merge(
+        lens_settings,
+        {**shared, "out_dir": str(out / "lens"), "gist_bundle": str(out / "gist" / "bundle")},
+    )
+    lens = _merge(lens, run.lens)
+    gist_run, lens_run = GistRunConfig.from_dict(gist), LensRunConfig.from_dict(lens)
+    check_global_batch(lens_run.lens.batch_size, run.nproc)
+    if run.nproc > 1 and gist_run.gist.lora is not None:
+        raise InvalidInputError(
+            "--nproc trains GistNet alone; a recipe with gist.lora (LoRA) trains in one process"
+        )
+    return gist_file, gist_run, lens_file, lens_run
+
+
+def _train(
+    fn: Callable[..., dict[str, Any]], config: Any, nproc: int, log: Callable[[str], None]
+) -> Any:
+    """A training stage in this process, or on ``nproc`` processes (rank 0's result)."""
+    if nproc > 1:
+        log(f"training on {nproc} processes (torch.distributed DDP)")
+        return launch(nproc, fn, config)
+    return fn(config, log=log)
+
+
 def run_focus(
     run: FocusRunConfig,
     measure: Callable[[Path], dict[str, Any]],
@@ -128,14 +170,19 @@ def run_focus(
 
     ``measure`` is the bench stage: it takes the new bundle's directory and returns the JSON
     document of ``megacontext bench gist`` on it (the caller runs the benchmark, which sits
-    above training in the layers of DESIGN §4).
+    above training in the layers of DESIGN §4). Both training stages' settings are checked
+    before the first stage runs: a typo in a LensNet setting fails now, not hours later.
     """
+    from megacontext.train.gist import run_gist
+    from megacontext.train.lens import run_lens
+
     out = run.out
     record = StageRecord(out / RECORD)
-    gist_file, gist_settings = recipe("gist", run.base)
-    lens_file, lens_settings = recipe("lens", run.base)
+    gist_file, gist_run, lens_file, lens_run = stage_configs(run)
     started = time.perf_counter()
     budget_s = run.budget_hours * 3600 if run.budget_hours else None
+    if budget_s is not None:
+        gist_run.gist.time_budget_s = GIST_SHARE * budget_s
     log(
         f"focus bundle for {run.base} in {out}: recipes {gist_file} and {lens_file}; "
         + ", ".join(f"{s} {'done' if record.done(s) else 'to do'}" for s in STAGES)
@@ -163,16 +210,9 @@ def run_focus(
             build_corpus(corpus, ["stdlib", "pydoc", "kjv", "gutenberg"], seed=0, val_fraction=0.05)
         record.finish("corpus", seconds=time.perf_counter() - t0, corpus_dir=str(corpus))
 
-    shared = {"base": run.base, "device": run.device, "corpus_dir": run.corpus_dir}
     if begin("gist"):
-        from megacontext.train.gist import GistRunConfig, run_gist
-
-        settings = _merge(gist_settings, {**shared, "out_dir": str(out / "gist")})
-        settings = _merge(settings, run.gist)
-        if budget_s is not None:
-            settings["gist"]["time_budget_s"] = GIST_SHARE * budget_s
         t0 = time.perf_counter()
-        summary = run_gist(GistRunConfig.from_dict(settings), log=log)
+        summary = _train(run_gist, gist_run, run.nproc, log)
         record.finish(
             "gist",
             seconds=time.perf_counter() - t0,
@@ -182,15 +222,8 @@ def run_focus(
         )
 
     if begin("lens"):
-        from megacontext.train.lens import LensRunConfig, run_lens
-
-        settings = _merge(
-            lens_settings,
-            {**shared, "out_dir": str(out / "lens"), "gist_bundle": str(out / "gist" / "bundle")},
-        )
-        settings = _merge(settings, run.lens)
         t0 = time.perf_counter()
-        metrics = run_lens(LensRunConfig.from_dict(settings), log=log)
+        metrics = _train(run_lens, lens_run, run.nproc, log)
         seconds = time.perf_counter() - t0
         record.finish(
             "lens",

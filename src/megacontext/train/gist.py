@@ -32,7 +32,8 @@ the prefix; the token-level NLL is reported beside it (``nll_full_tokens``).
 Gap closure alone cannot tell a gist that carries its span from a good placeholder for the
 splice (issue 16 found one GistNet at 0.355 whose gists of *other* spans closed 0.352). So every
 report carries two content-free controls — each window read with another window's gists
-(``shuffled_gap_closure``) and with the mean gist everywhere (``constant_gap_closure``) — and the
+(``shuffled_gap_closure``) and with one constant gist everywhere, the better of the mean gist
+and the mean gist at the gists' norm (``constant_gap_closure``) — and the
 **content gap closure** ``(NLL_constant − NLL_gist) / (NLL_constant − NLL_full)``: how much of
 what the placeholder leaves the gists' content closes. ``own_minus_shuffled`` is their content's
 share of the gap closure.
@@ -352,10 +353,14 @@ class LevelReport:
     reference: str = "tokens"  # what NLL_full read: the prefix as "tokens" or as LOD1 "gists"
     nll_full_tokens: float = float("nan")  # the prefix as tokens (equals nll_full at level 1)
     # Content-free controls: each window read with another window's gists (``shuffled``), and
-    # with the mean gist of all windows in every gist's place (``constant``). A gist that
-    # carries its span's content beats both; a good placeholder closes as much as they do.
+    # one constant vector in every gist's place (``constant``): the better, by held-out NLL, of
+    # the mean gist and the mean gist scaled to the gists' mean norm (``constant_kind``; a
+    # mean of gists whose content parts differ is shorter than any of them, and a base never
+    # saw so short a gist in training). A gist that carries its span's content beats both; a
+    # good placeholder closes as much as they do.
     nll_shuffled: float = float("nan")
     nll_constant: float = float("nan")
+    constant_kind: str = "mean"
     shuffled_gap_closure: float = float("nan")
     constant_gap_closure: float = float("nan")
     content_gap_closure: float = float(
@@ -425,21 +430,29 @@ def evaluate_gists(
         own.append(_nll(_scored_logits(base, seq, H), targets))
         made.append(gists.float())
     # The controls, in a second pass once every window's gists are known: window i reads the
-    # gists of window i + 1, then the mean gist in every gist's place.
+    # gists of window i + 1, then each constant candidate in every gist's place.
     all_gists = torch.cat(made)
     shuffled_gists = all_gists.roll(-1, dims=0)
     mean_gist = all_gists.mean(dim=(0, 1))
-    shuffled, constant = [], []
+    constants = {
+        "mean": mean_gist,
+        "mean_rescaled": mean_gist
+        * (all_gists.norm(dim=-1).mean() / mean_gist.norm().clamp_min(1e-12)),
+    }
+    shuffled: list[torch.Tensor] = []
+    constant: dict[str, list[torch.Tensor]] = {kind: [] for kind in constants}
     for lo in batches:
         ids = torch.as_tensor(windows[lo : lo + batch_size], device=base.device)
         targets, embeds = ids[:, -H:], base.embed(ids)
         chunk = shuffled_gists[lo : lo + batch_size]
         shuffled.append(_nll(_scored_logits(base, read(embeds, chunk), H), targets))
-        flat = mean_gist.expand_as(chunk)
-        constant.append(_nll(_scored_logits(base, read(embeds, flat), H), targets))
+        for kind, vector in constants.items():
+            flat = vector.expand_as(chunk)
+            constant[kind].append(_nll(_scored_logits(base, read(embeds, flat), H), targets))
+    best = min(constant, key=lambda kind: float(torch.cat(constant[kind]).mean()))
     t, d, g, sh, c = (
         torch.cat(x).cpu().numpy().astype(np.float64)
-        for x in (tokens, drop, own, shuffled, constant)
+        for x in (tokens, drop, own, shuffled, constant[best])
     )
     f = torch.cat(hier).cpu().numpy().astype(np.float64) if hierarchical else t
     rng = np.random.default_rng(seed)
@@ -463,6 +476,7 @@ def evaluate_gists(
         nll_full_tokens=float(t.mean()),
         nll_shuffled=float(sh.mean()),
         nll_constant=float(c.mean()),
+        constant_kind=best,
         shuffled_gap_closure=_closure(f, d, sh),
         constant_gap_closure=_closure(f, d, c),
         content_gap_closure=_closure(f, c, g),  # the constant gist in place of the drop

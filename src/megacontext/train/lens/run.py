@@ -60,15 +60,37 @@ def _prose_stream(streams: dict[str, np.ndarray]) -> np.ndarray:
 
 def run_lens(run: LensRunConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Label, train keys and LensNet (plus ablations), evaluate per slice, write the run."""
-    from megacontext.models.bundle import load_bundle, save_bundle
+    from megacontext.models.bundle import load_bundle
 
-    rank, _ = data_parallel()
     log = rank_zero(log)  # one process writes and speaks; the others train their share
     base, train_streams, val_streams = start_run(run, log)
     gist_bundle = load_bundle(run.gist_bundle, fingerprints=base.fingerprints)
     gistnet = gist_bundle.get("gistnet")
     if not isinstance(gistnet, GistNet):
         raise InvalidInputError(f"{run.gist_bundle} holds no GistNet; train one first")
+    # A GistNet trained with LoRA (`gist.lora`) is read through its adapters, as sessions read
+    # it: the labels are then the runtime's, and the bundle written here carries them on.
+    lora = gist_bundle.attach_lora(base)
+    try:
+        return _label_and_train(run, base, gist_bundle, lora, train_streams, val_streams, log)
+    finally:
+        if lora is not None:
+            lora.detach()
+
+
+def _label_and_train(
+    run: LensRunConfig,
+    base: Any,
+    gist_bundle: Any,
+    lora: Any,
+    train_streams: dict[str, np.ndarray],
+    val_streams: dict[str, np.ndarray],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    from megacontext.models.bundle import save_bundle
+
+    rank, _ = data_parallel()
+    gistnet = gist_bundle.get("gistnet")
     cfg = run.lens
     special = tuple(t for t in (base.bos_token_id, base.eos_token_id) if t is not None)
     train_text = _prose_stream(train_streams)
@@ -139,6 +161,8 @@ def run_lens(run: LensRunConfig, log: Callable[[str], None] = print) -> dict[str
     # key head), LensNet, and the ablation LensNets; training configs and metrics of both runs.
     modules: dict[str, torch.nn.Module] = {"gistnet": gistnet, "lensnet": models["all"]}
     modules.update({f"lensnet_{name}": m for name, m in models.items() if name != "all"})
+    if lora is not None:
+        modules["lora"] = lora
     save_bundle(
         out / "bundle",
         modules,
