@@ -163,6 +163,34 @@ def test_key_head_training_lowers_its_loss_and_refresh_updates_keys(world) -> No
     assert s.tree.keys(1, 0, 1).shape == (1, gistnet.config.key_dim)
 
 
+def test_key_targets_follow_the_evidence_or_the_gain() -> None:
+    """With ``evidence`` the positive is the gist over most of a retrieval sample's evidence,
+    whatever the noisy gains say; without covered evidence, and with ``gain``, the best gain."""
+    from types import SimpleNamespace
+
+    from megacontext.train.lens.training import key_target
+
+    # WC: a LOD2 gist over tokens [0, 16), raw tokens, LOD1 gists over [20, 24) and [24, 28).
+    levels = np.array([2, 0, 0, 0, 0, 1, 1, 0])
+    indices = np.array([0, 16, 17, 18, 19, 5, 6, 28])
+    wc = SimpleNamespace(K=K, levels=levels, indices=indices)
+    gains = np.array([np.nan, np.nan, np.nan, np.nan, np.nan, 0.0, 0.0, np.nan])
+    gains[[0, 5, 6]] = [0.1, 0.9, 0.2]
+    gists = np.flatnonzero(levels > 0)  # positions 0, 5, 6
+
+    def sample(evidence: tuple[tuple[int, int], ...]) -> SimpleNamespace:
+        return SimpleNamespace(wc=wc, expand_gain=gains, evidence=evidence)
+
+    assert key_target(sample(((25, 27),)), gists, "evidence") == 2  # inside the second LOD1
+    assert key_target(sample(((2, 9), (23, 24))), gists, "evidence") == 0  # 7 tokens vs 1
+    assert key_target(sample(((16, 19),)), gists, "evidence") == 1  # raw evidence: the gain
+    assert key_target(sample(((25, 27),)), gists, "gain") == 1
+    gains[[0, 5, 6]] = [-0.1, 0.0, -0.3]
+    assert key_target(sample(()), gists, "gain") is None  # nothing helped: no target
+    with pytest.raises(InvalidInputError, match="key_targets"):
+        LensTrainConfig(key_targets="both")
+
+
 def test_ranking_loss_prefers_correct_order() -> None:
     labels = torch.tensor([0.3, 0.1, -0.2])
     good = ranking_loss(torch.tensor([0.9, 0.0, -0.9]), labels)

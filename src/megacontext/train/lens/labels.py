@@ -82,6 +82,10 @@ class LensTrainConfig:
     key_epochs: int = 10
     key_lr: float = 1e-3
     key_temperature: float = 0.1
+    # The key head's positive per sample: "gain" — the gist whose expansion helped most;
+    # "evidence" — on retrieval samples, the gist covering most of the evidence (the gain where
+    # no gist covers any), a target label noise cannot move (issue 16).
+    key_targets: str = "gain"
     focus_steps: int = 3
     focus_max_edits: int = 2
     descent_labels: bool = True
@@ -102,6 +106,10 @@ class LensTrainConfig:
         if self.batch_size < 1:
             raise InvalidInputError(
                 f"batch_size (samples per LensNet step) must be >= 1, got {self.batch_size}"
+            )
+        if self.key_targets not in ("gain", "evidence"):
+            raise InvalidInputError(
+                f"key_targets must be gain or evidence, got {self.key_targets!r}"
             )
 
 

@@ -190,6 +190,30 @@ def _batch_loss(step: torch.nn.Module, batch: Sequence[Any]) -> tuple[torch.Tens
     return step(share, world / len(batch))
 
 
+def key_target(sample: LensSample, gists: np.ndarray, mode: str) -> int | None:
+    """Which of the working context's gists (``gists``: their WC positions) the query's key
+    should pick, as an index into ``gists``; None when the sample teaches nothing.
+
+    ``gain``: the gist whose expansion lowered the answer's NLL most (None if none helped).
+    ``evidence``: on a retrieval sample, the gist covering the most evidence tokens (ties: the
+    first); where no gist covers any (the evidence is raw), as ``gain``.
+    """
+    if mode == "evidence" and sample.evidence and len(gists):
+        K = sample.wc.K
+        spans = np.int64(K) ** sample.wc.levels[gists].astype(np.int64)
+        lo = sample.wc.indices[gists].astype(np.int64) * spans
+        hi = lo + spans
+        covered = np.zeros(len(gists), np.int64)
+        for start, end in sample.evidence:
+            covered += np.clip(np.minimum(hi, end) - np.maximum(lo, start), 0, None)
+        if covered.max() > 0:
+            return int(np.argmax(covered))
+    gains = sample.expand_gain[gists]
+    if not np.isfinite(gains).any() or np.nanmax(gains) <= 0:
+        return None
+    return int(np.nanargmax(gains))
+
+
 def train_key_head(
     base: BaseAdapter,
     gistnet: GistNet,
@@ -199,18 +223,20 @@ def train_key_head(
 ) -> list[float]:
     """Contrastive training of GistNet's key head only (gists stay exactly as they were).
 
-    For each sample with a clearly best expansion, the query key must pick that gist's key among
-    the sample's gists (InfoNCE). Node and query features come from GistNet's frozen trunk.
-    Samples go in their given order, ``cfg.batch_size`` per step (the mean loss of the batch), and
-    under torch.distributed the processes share each batch, as in :func:`train_lensnet`.
+    For each sample with a target (:func:`key_target`: the best expansion, or with
+    ``key_targets: evidence`` the gist over a retrieval sample's evidence), the query key must
+    pick that gist's key among the sample's gists (InfoNCE). Node and query features come from
+    GistNet's frozen trunk. Samples go in their given order, ``cfg.batch_size`` per step (the
+    mean loss of the batch), and under torch.distributed the processes share each batch, as in
+    :func:`train_lensnet`.
     """
     head = gistnet.key_head
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.key_lr)
     examples = []
     for s in samples:
         gists = np.flatnonzero(s.wc.levels > 0)
-        gains = s.expand_gain[gists]
-        if len(gists) < 2 or not np.isfinite(gains).any() or np.nanmax(gains) <= 0:
+        target = key_target(s, gists, cfg.key_targets)
+        if len(gists) < 2 or target is None:
             continue
         with torch.no_grad():
             nodes = torch.stack(
@@ -221,7 +247,7 @@ def train_key_head(
             )
             block = torch.as_tensor(s.query.ids[-gistnet.config.K :], device=base.device)
             query = gistnet.pooled(level1_inputs(gistnet, base, block[None]).float(), 1)[0]
-        examples.append((nodes, query, int(np.nanargmax(gains))))
+        examples.append((nodes, query, target))
     step = _data_parallel(_KeyStep(head, cfg.key_temperature), cfg.batch_size)
     losses = []
     for _ in tqdm(range(cfg.key_epochs), desc="keys", disable=not progress, dynamic_ncols=True):
