@@ -476,3 +476,57 @@ def test_hidden_inputs_train(base) -> None:  # type: ignore[no-untyped-def]
     kl = [h["kl"] for h in result.history]
     assert {h["level"] for h in result.history} == {1, 2}
     assert np.mean(kl[-8:]) < np.mean(kl[:8])
+
+
+def test_several_gists_per_block_train_at_lod1_and_the_runtime_refuses_them(base) -> None:  # type: ignore[no-untyped-def]
+    """G gists per block: the reconstruction reads ``[G gists][block tokens]``, the student
+    splices G vectors per gisted block, the controls keep one constant per slot (a per-slot
+    constant GistNet has content gap closure 0), and the tree's gister refuses the net."""
+    from megacontext.models.context import GistNetGister
+
+    net = {"width": 32, "n_layers": 1, "n_heads": 2, "key_dim": 8, "pooling": "query"}
+    cfg = config(
+        gistnet={**net, "gists_per_block": 2, "gist_head": "anchored"},
+        lod2_probability=0.0,
+        recon_weight=1.0,
+        contrast_weight=0.5,
+        steps=12,
+    )
+    ids = torch.as_tensor(val(cfg)[1][:2])
+    gisted = np.array([False, True, False, False, True, False])
+    gists = torch.randn(2, 4, base.d_model)  # blocks 1 and 4, two gists each
+    nlls = []
+    for row in range(2):
+        for slot, block in enumerate((1, 4)):
+            tokens = ids[row, block * K : (block + 1) * K]
+            seq = torch.cat([gists[row, 2 * slot : 2 * slot + 2], base.embed(tokens[:-1])])[None]
+            logits = base.forward(seq, torch.arange(K + 1), use_cache=False).logits[0, 1:]
+            nlls.append(torch.nn.functional.cross_entropy(logits, tokens))
+    torch.testing.assert_close(
+        reconstruction_nll(base, gists, ids, K, gisted), torch.stack(nlls).reshape(2, 2)
+    )
+    torch.manual_seed(0)
+    gistnet = make_gistnet(base, cfg, K=K)
+    result = train_gistnet(
+        base, WindowSampler({"text": stream(1)}), {1: val(cfg)[1]}, cfg, gistnet,
+        progress=False, log=lambda _m: None,
+    )  # fmt: skip
+    assert len(result.history) == 12 and np.isfinite(result.reports[1].content_gap_closure)
+    with pytest.raises(InvalidInputError, match="one per node"):
+        GistNetGister(gistnet, base)
+    with pytest.raises(InvalidInputError, match="LOD1 only"):
+        train_gistnet(base, WindowSampler({"text": stream(1)}), {}, config(gistnet=cfg.gistnet),
+                      gistnet, progress=False)  # fmt: skip
+
+    slot_constants = torch.randn(2, base.d_model, generator=torch.Generator().manual_seed(4))
+    real_forward = gistnet.forward
+
+    def per_slot_constant(inputs: torch.Tensor, level: int | torch.Tensor):  # type: ignore[no-untyped-def]
+        _, keys = real_forward(inputs, level)
+        return slot_constants.expand(inputs.shape[0], -1, -1).clone(), keys
+
+    gistnet.forward = per_slot_constant  # type: ignore[method-assign]
+    flat = evaluate_gists(base, gistnet, val(cfg)[1][:8], cfg, level=1)
+    assert flat.nll_constant == pytest.approx(flat.nll_gist, abs=1e-5)
+    assert flat.content_gap_closure == pytest.approx(0.0, abs=1e-4)
+    assert flat.own_minus_shuffled == pytest.approx(0.0, abs=1e-4)

@@ -71,6 +71,27 @@ def test_level_embedding_matters() -> None:
     assert (net(x, 1)[0] - net(x, 2)[0]).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("head", ["direct", "anchored"])
+def test_several_gists_per_block(head: str) -> None:
+    """``gists_per_block`` G: G gists of the target norm per block, from G learned queries that
+    differ, one unit key; batched equals one by one; only query pooling can make them."""
+    net = gistnet("query", gists_per_block=3, gist_head=head)
+    x = torch.randn(5, 8, 24)
+    gists, keys = net(x, level=1)
+    assert gists.shape == (5, 3, 24) and keys.shape == (5, 6)
+    torch.testing.assert_close(gists.norm(dim=-1), torch.full((5, 3), 3.0))
+    torch.testing.assert_close(keys.norm(dim=-1), torch.ones(5))
+    assert not torch.allclose(gists[:, 0], gists[:, 1])  # the slots say different things
+    one = torch.cat([net(x[i : i + 1], level=1)[0] for i in range(5)])
+    torch.testing.assert_close(gists, one)
+    single = gistnet("query")(x, level=1)[0]
+    assert single.shape == (5, 24)  # one gist per block keeps its (n, d) shape
+    with pytest.raises(InvalidInputError, match="pooling: query"):
+        gistnet("mean", gists_per_block=2)
+    with pytest.raises(InvalidInputError, match="gists_per_block"):
+        gistnet("query", gists_per_block=0)
+
+
 def test_anchored_head_keeps_spans_apart_when_the_head_collapses() -> None:
     """A head whose output is one huge shared vector (the placeholder collapse issue 16 measured)
     makes every span's gist the same with the direct head; the anchored head centres it away, so

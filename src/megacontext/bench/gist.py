@@ -72,6 +72,9 @@ def run(quick: bool, progress: Progress, options: BenchOptions) -> list[Result]:
             results += lens_results(base, bundle, val, quick, progress)
         else:  # a GistNet-only bundle (`train gist` writes one): its gists, without focus
             progress(f"{bundle_dir} has no LensNet: the focus results are skipped")
+        if bundle.get("gistnet").config.gists_per_block > 1:
+            progress("several gists per block: the tree stores one per node, ingest not measured")
+            return results
         return results + ingest_results(base, bundle, val, quick, progress)
     finally:
         if lora is not None:

@@ -55,6 +55,12 @@ class GistNetGister:
                 f"GistNet writes {gistnet.config.d_model}-dim gists but the base reads "
                 f"{base.d_model}-dim embeddings; use a GistNet trained for this base"
             )
+        if gistnet.config.gists_per_block > 1:
+            raise InvalidInputError(
+                f"this GistNet writes {gistnet.config.gists_per_block} gists per block, but the "
+                "MegaContext tree stores one per node: it is a training experiment "
+                "(`train gist`, `bench gist`), not a bundle sessions can use"
+            )
         self.gistnet = gistnet.eval()
         self.base = base
         self.batch_size = batch_size

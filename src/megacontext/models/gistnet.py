@@ -66,6 +66,10 @@ class GistNetConfig:
     # the residual stream after decoder layer L (scaled to unit RMS per position), for about
     # L/n of a forward at ingest.
     input_layer: int = 0
+    # Gists written per block (a compression of K / gists_per_block tokens per vector), from as
+    # many learned queries (pooling "query"). The tree stores one gist per node, so a GistNet
+    # with more is a training experiment (issue 16): the runtime refuses it.
+    gists_per_block: int = 1
 
     def __post_init__(self) -> None:
         if self.width % self.n_heads:
@@ -83,6 +87,12 @@ class GistNetConfig:
             raise InvalidInputError(f"gist_head must be direct or anchored, got {self.gist_head!r}")
         if self.inputs not in ("embeddings", "hidden"):
             raise InvalidInputError(f"inputs must be embeddings or hidden, got {self.inputs!r}")
+        if self.gists_per_block < 1:
+            raise InvalidInputError(f"gists_per_block must be >= 1, got {self.gists_per_block}")
+        if self.gists_per_block > 1 and self.pooling != "query":
+            raise InvalidInputError(
+                "gists_per_block > 1 needs pooling: query (one learned query per gist)"
+            )
         if self.input_layer < 0:
             raise InvalidInputError(f"input_layer must be >= 0, got {self.input_layer}")
         if self.content_ratio <= 0 or not 0 < self.content_momentum <= 1:
@@ -133,7 +143,11 @@ class GistNet(nn.Module):
         self.position = nn.Parameter(torch.zeros(c.K, c.width))
         self.level = nn.Embedding(c.max_level + 1, c.width)
         self.cls = nn.Parameter(torch.zeros(1, 1, c.width)) if c.pooling == "cls" else None
-        self.query = nn.Parameter(torch.zeros(1, 1, c.width)) if c.pooling == "query" else None
+        self.query = (
+            nn.Parameter(torch.zeros(1, c.gists_per_block, c.width))
+            if c.pooling == "query"
+            else None
+        )
         self.blocks = nn.ModuleList(
             Block(c.width, c.n_heads, c.mlp_ratio) for _ in range(c.n_layers)
         )
@@ -143,9 +157,11 @@ class GistNet(nn.Module):
         )
         self.key_head = nn.Linear(c.width, c.key_dim)
         if c.gist_head == "anchored":
-            self.placeholder = nn.Parameter(torch.zeros(c.d_model))
+            # One placeholder per gist of a block: (d_model,) or (gists_per_block, d_model).
+            slots = () if c.gists_per_block == 1 else (c.gists_per_block,)
+            self.placeholder = nn.Parameter(torch.zeros(*slots, c.d_model))
             # The head's mean output, per level: what "no content" looks like at inference.
-            self.register_buffer("content_mean", torch.zeros(c.max_level + 1, c.d_model))
+            self.register_buffer("content_mean", torch.zeros(c.max_level + 1, *slots, c.d_model))
             self.register_buffer("content_updates", torch.zeros(c.max_level + 1))
         self._init_weights()
 
@@ -167,18 +183,20 @@ class GistNet(nn.Module):
     def forward(
         self, inputs: torch.Tensor, level: int | torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``inputs``: ``(n, K, d_model)``; ``level``: int or ``(n,)``. Returns (gists, keys)."""
+        """``inputs``: ``(n, K, d_model)``; ``level``: int or ``(n,)``. Returns (gists, keys):
+        gists ``(n, d_model)``, or ``(n, gists_per_block, d_model)`` when that is above 1."""
         pooled = self.pooled(inputs, level)
         gist = self.gist_head(pooled)
         if self.config.gist_head == "anchored":
             gist = self._anchored(gist, level)
         gist = self.config.target_norm * gist / gist.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        key = F.normalize(self.key_head(pooled), dim=-1)
+        key = F.normalize(self.key_head(pooled if pooled.ndim == 2 else pooled.mean(1)), dim=-1)
         return gist, key
 
     def _anchored(self, raw: torch.Tensor, level: int | torch.Tensor) -> torch.Tensor:
         """Placeholder + content of a fixed relative norm; the content is ``raw`` centred on the
-        batch's mean (training, two or more gists of one level) or the running mean."""
+        batch's mean (training, two or more gists of one level) or the running mean. With
+        several gists per block, each slot has its own placeholder and mean."""
         c = self.config
         levels = torch.as_tensor(level, device=raw.device).expand(raw.shape[0])
         single = bool((levels == levels[0]).all())
@@ -196,7 +214,8 @@ class GistNet(nn.Module):
         return F.normalize(self.placeholder, dim=-1) + c.content_ratio * content
 
     def pooled(self, inputs: torch.Tensor, level: int | torch.Tensor) -> torch.Tensor:
-        """The trunk: ``(n, K, d_model)`` inputs to ``(n, width)`` pooled features."""
+        """The trunk: ``(n, K, d_model)`` inputs to ``(n, width)`` pooled features (``(n,
+        gists_per_block, width)`` when that is above 1)."""
         c = self.config
         if inputs.ndim != 3 or inputs.shape[1:] != (c.K, c.d_model):
             raise InvalidInputError(
@@ -218,9 +237,10 @@ class GistNet(nn.Module):
         if self.cls is not None:
             return h[:, 0]
         if self.query is not None:
-            q = self.query.expand(h.shape[0], 1, -1)
+            q = self.query.expand(h.shape[0], -1, -1)
             weights = torch.softmax(q @ h.transpose(1, 2) / math.sqrt(h.shape[-1]), dim=-1)
-            return (weights @ h)[:, 0]
+            pooled = weights @ h  # (n, gists_per_block, width)
+            return pooled[:, 0] if pooled.shape[1] == 1 else pooled
         return h.mean(dim=1)
 
     def weights_version(self) -> str:

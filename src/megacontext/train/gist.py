@@ -188,16 +188,21 @@ def reconstruction_nll(
     """``(B, n_gisted)`` mean NLL of each gisted block's K tokens, read by the base as
     ``[gist][its tokens]``.
 
-    ``gists``: ``(B, n_gisted, d)``, in block order, of the prefix blocks where ``gisted`` is
-    True; ``ids``: the windows ``(B, T)``. The first token is predicted from the gist alone, each
-    later one from the gist and the tokens before it.
+    ``gists``: ``(B, n_gisted · G, d)``, in block order, the G gists of each prefix block where
+    ``gisted`` is True; ``ids``: the windows ``(B, T)``. The first token is predicted from the
+    gists alone, each later one from the gists and the tokens before it.
     """
-    b, n, d = gists.shape
+    n = int(gisted.sum())
+    b, d = gists.shape[0], gists.shape[-1]
+    per_block = gists.shape[1] // n  # gists per block, in block order
     blocks = ids[:, : len(gisted) * K].reshape(b, len(gisted), K)
     targets = blocks[:, torch.as_tensor(np.flatnonzero(gisted), device=ids.device)].reshape(-1, K)
-    inputs = torch.cat([gists.reshape(b * n, 1, d), base.embed(targets[:, :-1]).to(gists.dtype)], 1)
-    out = base.forward(inputs, _positions(b * n, K, ids.device), use_cache=False)
-    nll = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+    prefix = gists.reshape(b * n, per_block, d)
+    inputs = torch.cat([prefix, base.embed(targets[:, :-1]).to(gists.dtype)], 1)
+    length = per_block + K - 1
+    out = base.forward(inputs, _positions(b * n, length, ids.device), use_cache=False)
+    logits = out.logits[:, per_block - 1 :].float()  # the predictions of the block's K tokens
+    nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
     return nll.reshape(b, n, K).mean(dim=-1)
 
 
@@ -245,14 +250,15 @@ def lod1_student(
     """The student sequence with the ``gisted`` prefix blocks replaced by their gists, made by
     GistNet from ``sources`` (:func:`prefix_sources`).
 
-    Returns ``(sequence, gists)``; ``gists`` is ``(B, n_gisted, d)``.
+    Returns ``(sequence, gists)``; ``gists`` is ``(B, n_gisted · G, d)`` with G gists per
+    block (``gists_per_block``).
     """
     b, _, d = embeds.shape
     K = gistnet.config.K
     blocks = sources.reshape(b, prefix_blocks, K, d)
     chosen = torch.as_tensor(np.flatnonzero(gisted), device=embeds.device)
     gists, _ = gistnet(blocks[:, chosen].reshape(-1, K, d), 1)
-    gists = gists.reshape(b, len(chosen), d).to(embeds.dtype)
+    gists = gists.reshape(b, -1, d).to(embeds.dtype)  # each block's G gists, in block order
     return splice_gists(embeds, gists, K, prefix_blocks, gisted), gists
 
 
@@ -260,16 +266,17 @@ def splice_gists(
     embeds: torch.Tensor, gists: torch.Tensor, K: int, prefix_blocks: int, gisted: np.ndarray
 ) -> torch.Tensor:
     """``embeds`` with its ``gisted`` prefix blocks replaced, in order, by ``gists``
-    ``(B, n_gisted, d)``: whose gists they are is up to the caller (the evaluation's
-    content-free controls splice another window's, or a constant)."""
+    ``(B, n_gisted · G, d)``, G per block: whose gists they are is up to the caller (the
+    evaluation's content-free controls splice another window's, or a constant)."""
     b, _, d = embeds.shape
     blocks = embeds[:, : prefix_blocks * K].reshape(b, prefix_blocks, K, d)
+    per_block = gists.shape[1] // max(1, int(np.sum(gisted)))
     parts: list[torch.Tensor] = []
     g = 0
     for block in range(prefix_blocks):
         if gisted[block]:
-            parts.append(gists[:, g : g + 1].to(embeds.dtype))
-            g += 1
+            parts.append(gists[:, g : g + per_block].to(embeds.dtype))
+            g += per_block
         else:
             parts.append(blocks[:, block])
     parts.append(embeds[:, prefix_blocks * K :])
@@ -398,7 +405,9 @@ def evaluate_gists(
     (``cfg.lod2_teacher``); the token-level FULL is kept in ``nll_full_tokens``.
     """
     gistnet.eval()
-    K, H = gistnet.config.K, cfg.horizon
+    K, H, G = gistnet.config.K, cfg.horizon, gistnet.config.gists_per_block
+    if level == 2 and G > 1:
+        raise InvalidInputError("a GistNet with several gists per block is trained at LOD1 only")
     prefix = cfg.prefix_blocks * K if level == 1 else K * K
     hierarchical = level == 2 and cfg.lod2_teacher == "gists"
     every = np.ones(cfg.prefix_blocks, bool)
@@ -433,11 +442,14 @@ def evaluate_gists(
     # gists of window i + 1, then each constant candidate in every gist's place.
     all_gists = torch.cat(made)
     shuffled_gists = all_gists.roll(-1, dims=0)
-    mean_gist = all_gists.mean(dim=(0, 1))
+    # One constant per gist slot of a block (G of them), repeated over the gisted blocks.
+    slots = all_gists.reshape(all_gists.shape[0], -1, G, all_gists.shape[-1])
+    mean_gist = slots.mean(dim=(0, 1))
+    scale = slots.norm(dim=-1).mean(dim=(0, 1)) / mean_gist.norm(dim=-1).clamp_min(1e-12)
+    blocks_gisted = all_gists.shape[1] // G
     constants = {
-        "mean": mean_gist,
-        "mean_rescaled": mean_gist
-        * (all_gists.norm(dim=-1).mean() / mean_gist.norm().clamp_min(1e-12)),
+        "mean": mean_gist.repeat(blocks_gisted, 1),
+        "mean_rescaled": (mean_gist * scale[:, None]).repeat(blocks_gisted, 1),
     }
     shuffled: list[torch.Tensor] = []
     constant: dict[str, list[torch.Tensor]] = {kind: [] for kind in constants}
@@ -559,6 +571,11 @@ def train_gistnet(  # noqa: C901, PLR0912, PLR0913, PLR0917, PLR0915  (the disti
     """
     gistnet = gistnet or make_gistnet(base, cfg)
     K = gistnet.config.K
+    if gistnet.config.gists_per_block > 1 and cfg.lod2_probability > 0:
+        raise InvalidInputError(
+            "a GistNet with several gists per block is trained at LOD1 only: set "
+            "gist.lod2_probability=0"
+        )
     if checkpoint is not None and params is not None:
         raise InvalidInputError("co-learning phases are not checkpointed; pass no checkpoint")
     if lora is not None and params is not None:
