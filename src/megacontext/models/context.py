@@ -47,7 +47,8 @@ def level1_inputs(gistnet: GistNet, base: BaseAdapter, ids: torch.Tensor) -> tor
 
 
 class GistNetGister:
-    """The tree's gister backed by GistNet and the base model's input embeddings."""
+    """The tree's gister backed by GistNet, reading level-1 blocks as :func:`level1_inputs`
+    makes them (the base's embeddings or hidden states)."""
 
     def __init__(self, gistnet: GistNet, base: BaseAdapter, batch_size: int = 4096):
         if gistnet.config.d_model != base.d_model:

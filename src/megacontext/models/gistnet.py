@@ -4,10 +4,10 @@ Reads top to bottom like nanoGPT's ``model.py``: a config dataclass, a bidirecti
 block, the network. Design (DESIGN §6, D4, D5, D7):
 
 * input: K vectors — at level 1 the base model's token embeddings (``inputs: embeddings``) or
-  its hidden states of the block read alone (``inputs: hidden``: the base as encoder, as in ICAE
-  and CompLLM; the final ones, or those after layer ``input_layer`` for a fraction of a forward
-  per block at ingest), child gists above — plus a
-  learned intra-block position embedding and a level embedding (one network for every level);
+  its hidden states of the block read alone (``inputs: hidden``: the base as encoder, as in
+  ICAE and CompLLM; the final ones, or those after layer ``input_layer`` for a fraction of a
+  forward per block at ingest), child gists above — plus a learned intra-block position
+  embedding and a level embedding (one network for every level);
 * a few **bidirectional** pre-norm transformer layers at width ``width`` (projections in and out
   when it differs from the base width ``d_model``);
 * pooling ``mean`` | ``query`` (a learned query attends over the K outputs) | ``cls`` (a learned
@@ -20,7 +20,10 @@ block, the network. Design (DESIGN §6, D4, D5, D7):
   one placeholder for every span (issue 16 measured a shared component of norm 218 against 0.6 of
   per-span deviation: after the output normalisation spans differed by 0.15%); the anchored head
   cannot make spans alike, so the loss has to make their differences useful;
-* the **key head**, a small unit vector matched against queries by LensNet.
+* the **key head**, a small unit vector matched against queries by LensNet;
+* ``gists_per_block`` G > 1 (query pooling: G learned queries) writes G gists per block, each
+  slot with its own anchored placeholder — a training experiment, since the tree stores one
+  gist per node.
 
 GistNet only ever sees complete nodes: there is no padding and so no attention mask.
 """
