@@ -95,8 +95,11 @@ def test_gist_then_lens_runs_write_bundles_and_plots(
         app, ["bench", "gist", "--quick", "--base", str(base_dir), "--json", str(bench)]
     )
     assert result.exit_code == 0, result.output
-    measured = {r["name"] for r in json.loads(bench.read_text())["results"]}
+    rows = {r["name"]: r for r in json.loads(bench.read_text())["results"]}
+    measured = set(rows)
     assert {"lod1_content_gap_closure", "gist_tokens_per_s"} <= measured
+    # Measured in the run's own window layout (its lead), read from the GistNet-only manifest.
+    assert rows["lod1_gap_closure"]["extra"]["lead_tokens"] == TINY_GIST["lead_tokens"]
     assert not any(name.startswith("lens_") for name in measured)  # no LensNet in this bundle
     monkeypatch.delenv("MEGACONTEXT_FOCUS_BUNDLE")
     lens_config = {

@@ -94,11 +94,7 @@ def gist_results(
     from megacontext.train.gist import GistTrainConfig, WindowSampler, evaluate_gists, window_length
 
     gistnet = bundle.get("gistnet")
-    gist_cfg = (
-        GistTrainConfig(**bundle.training.get("gist", {}))
-        if "gist" in bundle.training
-        else GistTrainConfig()
-    )
+    gist_cfg = GistTrainConfig.of_bundle(bundle.training)
     K = gistnet.config.K
     results: list[Result] = []
     windows = 32 if quick else 256

@@ -109,6 +109,17 @@ class GistTrainConfig:
     plateau_tol: float = 1e-3
     gistnet: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def of_bundle(cls, training: Mapping[str, Any]) -> GistTrainConfig:
+        """The settings a bundle's GistNet was trained with, from its manifest's ``training``:
+        ``train gist`` records them as they are, ``train lens`` and ``train focus`` under
+        ``gist``; the defaults when neither (a bundle from elsewhere)."""
+        if "gist" in training:
+            return cls(**training["gist"])
+        if "prefix_blocks" in training:
+            return cls(**training)
+        return cls()
+
     def __post_init__(self) -> None:
         if not 0.0 < self.min_gist_fraction <= 1.0:
             raise InvalidInputError("min_gist_fraction must be in (0, 1]")
