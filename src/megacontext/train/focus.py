@@ -24,12 +24,16 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from megacontext.errors import InvalidInputError
 from megacontext.files import write_text_atomic
 from megacontext.models.catalog import DEFAULT
 from megacontext.train.distributed import launch
+
+if TYPE_CHECKING:
+    from megacontext.train.gist import GistRunConfig
+    from megacontext.train.lens import LensRunConfig
 
 STAGES = ("corpus", "gist", "lens", "bench", "card")
 GIST_SHARE = 0.6  # of --budget-hours: GistNet's time budget; the rest is labels, LensNet, bench
@@ -124,7 +128,7 @@ class StageRecord:
         write_text_atomic(self.path, json.dumps(self.stages, indent=2, default=float) + "\n")
 
 
-def stage_configs(run: FocusRunConfig) -> tuple[str, Any, str, Any]:
+def stage_configs(run: FocusRunConfig) -> tuple[str, GistRunConfig, str, LensRunConfig]:
     """The GistNet and LensNet stages' run configs — each base's recipe, the run's directories
     and its ``--set`` overrides — parsed and checked: ``(gist recipe, GistRunConfig, lens
     recipe, LensRunConfig)``."""
