@@ -62,6 +62,20 @@ def config(**kw: object) -> GistTrainConfig:
     return GistTrainConfig(**options)  # type: ignore[arg-type]
 
 
+def train_quietly(base, cfg: GistTrainConfig):  # type: ignore[no-untyped-def]
+    """A seeded run on ``stream(1)``, evaluated on the LOD1 held-out windows, without output."""
+    torch.manual_seed(0)
+    return train_gistnet(
+        base,
+        WindowSampler({"text": stream(1)}),
+        {1: val(cfg)[1]},
+        cfg,
+        gistnet=make_gistnet(base, cfg, K=K),
+        progress=False,
+        log=lambda _m: None,
+    )
+
+
 def val(cfg: GistTrainConfig) -> dict[int, np.ndarray]:
     sampler = WindowSampler({"text": stream(99)}, seed=5)
     return {lvl: sampler.sample(0, 16, window_length(cfg, K, lvl), 1.0) for lvl in (1, 2)}
@@ -294,16 +308,7 @@ def test_reconstruction_and_the_anchored_head_train_and_round_trip(base, tmp_pat
         gistnet=net,
         steps=80,
     )
-    torch.manual_seed(0)
-    result = train_gistnet(
-        base,
-        WindowSampler({"text": stream(1)}),
-        {1: val(cfg)[1]},
-        cfg,
-        gistnet=make_gistnet(base, cfg, K=K),
-        progress=False,
-        log=lambda _m: None,
-    )
+    result = train_quietly(base, cfg)
     recon = [h["recon"] for h in result.history]
     assert all("contrast" in h for h in result.history)
     assert len(recon) == 80 and np.mean(recon[-10:]) < np.mean(recon[:10]) - 0.1
@@ -463,16 +468,7 @@ def test_training_gists_are_the_gists_ingest_writes(base, inputs: str, layer: in
 def test_hidden_inputs_train(base) -> None:  # type: ignore[no-untyped-def]
     net = {"width": 32, "n_layers": 1, "n_heads": 2, "key_dim": 8, "inputs": "hidden"}
     cfg = config(gistnet=net, lod2_probability=0.3, steps=30, recon_weight=1.0)
-    torch.manual_seed(0)
-    result = train_gistnet(
-        base,
-        WindowSampler({"text": stream(1)}),
-        {1: val(cfg)[1]},
-        cfg,
-        gistnet=make_gistnet(base, cfg, K=K),
-        progress=False,
-        log=lambda _m: None,
-    )
+    result = train_quietly(base, cfg)
     kl = [h["kl"] for h in result.history]
     assert {h["level"] for h in result.history} == {1, 2}
     assert np.mean(kl[-8:]) < np.mean(kl[:8])
