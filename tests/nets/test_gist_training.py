@@ -224,7 +224,7 @@ def test_the_constant_control_is_the_better_of_the_mean_gist_and_its_rescaling(b
     """Gists made of a shared placeholder and per-span content average to a short vector; the
     constant control reads each candidate and keeps the lower NLL, so content is measured
     against the stronger placeholder."""
-    from megacontext.train.gist import prefix_sources
+    from megacontext.train.gist import block_sources
 
     cfg = config()
     windows = val(cfg)[1][:8]
@@ -243,7 +243,7 @@ def test_the_constant_control_is_the_better_of_the_mean_gist_and_its_rescaling(b
     report = evaluate_gists(base, gistnet, windows, cfg, level=1)
     with torch.no_grad():
         ids = torch.as_tensor(windows)
-        sources = prefix_sources(base, gistnet, ids, cfg.prefix_blocks * K)
+        sources = block_sources(base, gistnet, ids, np.arange(cfg.prefix_blocks))
         gists = gistnet(sources.reshape(-1, K, base.d_model), 1)[0]
     mean = gists.mean(dim=0)
     assert float(mean.norm()) < 0.9 * norm  # the average of varied gists is short
@@ -434,7 +434,7 @@ def test_training_gists_are_the_gists_ingest_writes(base, inputs: str, layer: in
     embeddings, or the base's hidden states of the block read alone), so what is measured is
     what runs."""
     from megacontext.models.context import GistNetGister, level1_inputs
-    from megacontext.train.gist import lod1_student, prefix_sources
+    from megacontext.train.gist import block_sources, lod1_student
 
     net = {"width": 32, "n_layers": 1, "n_heads": 2, "key_dim": 8, "inputs": inputs}
     cfg = config(gistnet={**net, "input_layer": layer}, lod2_probability=0.0)
@@ -443,7 +443,7 @@ def test_training_gists_are_the_gists_ingest_writes(base, inputs: str, layer: in
     prefix = cfg.prefix_blocks * K
     every = np.ones(cfg.prefix_blocks, bool)
     with torch.no_grad():
-        sources = prefix_sources(base, gistnet, ids, prefix)
+        sources = block_sources(base, gistnet, ids, np.arange(cfg.prefix_blocks))
         _, trained = lod1_student(gistnet, base.embed(ids), sources, cfg.prefix_blocks, every)
     written = GistNetGister(gistnet, base)(1, ids[:, :prefix].reshape(-1, K).numpy())
     np.testing.assert_allclose(

@@ -241,14 +241,18 @@ def contrast_loss(
     return F.relu(margin - (other - own)).mean(), own
 
 
-def prefix_sources(
-    base: BaseAdapter, gistnet: GistNet, ids: torch.Tensor, prefix: int
+def block_sources(
+    base: BaseAdapter, gistnet: GistNet, ids: torch.Tensor, blocks: np.ndarray
 ) -> torch.Tensor:
-    """GistNet's level-1 inputs for the first ``prefix`` tokens of windows ``ids``, block by block
-    as ingest makes them (:func:`~megacontext.models.context.level1_inputs`): ``(B, prefix, d)``."""
+    """GistNet's level-1 inputs for the prefix blocks ``blocks`` (indices) of windows ``ids``,
+    each block read alone as ingest reads it (:func:`~megacontext.models.context.level1_inputs`):
+    ``(B, len(blocks), K, d)``. Only the blocks a step gists: with ``inputs: hidden`` every
+    block costs a base forward."""
     K = gistnet.config.K
-    blocks = ids[:, :prefix].reshape(-1, K)
-    return level1_inputs(gistnet, base, blocks).reshape(ids.shape[0], prefix, -1)
+    chosen = torch.as_tensor(blocks, device=ids.device)
+    picked = ids[:, : (int(blocks.max()) + 1) * K].reshape(ids.shape[0], -1, K)[:, chosen]
+    inputs = level1_inputs(gistnet, base, picked.reshape(-1, K))
+    return inputs.reshape(ids.shape[0], len(blocks), K, -1)
 
 
 def lod1_student(
@@ -259,16 +263,14 @@ def lod1_student(
     gisted: np.ndarray,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The student sequence with the ``gisted`` prefix blocks replaced by their gists, made by
-    GistNet from ``sources`` (:func:`prefix_sources`).
+    GistNet from ``sources``, the gisted blocks' inputs in order (:func:`block_sources`).
 
     Returns ``(sequence, gists)``; ``gists`` is ``(B, n_gisted · G, d)`` with G gists per
     block (``gists_per_block``).
     """
     b, _, d = embeds.shape
     K = gistnet.config.K
-    blocks = sources.reshape(b, prefix_blocks, K, d)
-    chosen = torch.as_tensor(np.flatnonzero(gisted), device=embeds.device)
-    gists, _ = gistnet(blocks[:, chosen].reshape(-1, K, d), 1)
+    gists, _ = gistnet(sources.reshape(-1, K, d), 1)
     gists = gists.reshape(b, -1, d).to(embeds.dtype)  # each block's G gists, in block order
     return splice_gists(embeds, gists, K, prefix_blocks, gisted), gists
 
@@ -297,8 +299,9 @@ def splice_gists(
 def lod2_student(
     gistnet: GistNet, embeds: torch.Tensor, sources: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Prefix = one K²-token node, whose LOD1 gists GistNet makes from ``sources``
-    (:func:`prefix_sources`). Returns (student seq, hierarchical teacher seq, LOD1 gists)."""
+    """Prefix = one K²-token node, whose LOD1 gists GistNet makes from ``sources``, its K
+    blocks' inputs (:func:`block_sources`). Returns (student seq, hierarchical teacher seq,
+    LOD1 gists)."""
     b, _, d = embeds.shape
     K = gistnet.config.K
     blocks = sources.reshape(b * K, K, d)
@@ -438,7 +441,7 @@ def evaluate_gists(
         with teacher():
             tokens.append(_nll(_scored_logits(base, embeds, H), targets))
             drop.append(_nll(_scored_logits(base, embeds[:, prefix:], H), targets))
-        sources = prefix_sources(base, gistnet, ids, prefix)
+        sources = block_sources(base, gistnet, ids, np.arange(prefix // K))
         if level == 1:
             seq, gists = lod1_student(gistnet, embeds, sources, cfg.prefix_blocks, every)
         else:
@@ -764,12 +767,12 @@ def _step_loss(  # noqa: PLR0913, PLR0917  (one training step's inputs)
         n_gisted = int(rng.integers(fewest, cfg.prefix_blocks + 1))
         gisted = np.zeros(cfg.prefix_blocks, dtype=bool)
         gisted[rng.choice(cfg.prefix_blocks, size=max(1, n_gisted), replace=False)] = True
-        sources = prefix_sources(base, gistnet, ids, cfg.prefix_blocks * K)
+        sources = block_sources(base, gistnet, ids, np.flatnonzero(gisted))
         student, _, gists = step_module(embeds, sources, 1, cfg.prefix_blocks, gisted)
         with torch.no_grad(), teacher():
             teacher_logits = _scored_logits(base, embeds, cfg.horizon)
     else:
-        sources = prefix_sources(base, gistnet, ids, K * K)
+        sources = block_sources(base, gistnet, ids, np.arange(K))
         student, teacher_seq, gists = step_module(embeds, sources, 2, cfg.prefix_blocks, None)
         with torch.no_grad(), teacher():
             teacher_in = embeds if cfg.lod2_teacher == "tokens" else teacher_seq
