@@ -15,6 +15,7 @@ import torch
 from megacontext.bench import Result
 from megacontext.bench import runtime as rt
 from megacontext.errors import InvalidInputError
+from megacontext.eval.peers import minilm_available
 from megacontext.models import load_base
 from megacontext.models.adapter import BaseAdapter
 from megacontext.models.bundle import load_bundle
@@ -149,7 +150,12 @@ def test_suite_reports_every_result_finite_and_named(
     base_dir, _, _ = tiny
     monkeypatch.setenv("MEGACONTEXT_FOCUS_BUNDLE", str(tmp_path / "absent"))
     plan = rt.Plan(
-        history_tokens=4096, new_tokens=40, repeats=1, rss_sizes=(2000, 4000), rss_budget_s=1e9
+        history_tokens=4096,
+        new_tokens=40,
+        repeats=1,
+        rss_sizes=(2000, 4000),
+        rss_budget_s=1e9,
+        first_answer_tokens=3000,
     )
     messages: list[str] = []
     results = rt._run(plan, tmp_path, messages.append, str(base_dir))
@@ -170,13 +176,22 @@ def test_suite_reports_every_result_finite_and_named(
         "ask_load_s",
         "ask_focus_ms",
         "ask_answer_ms",
+        "first_answer_s",
+        "first_answer_vs_full_8k_ratio",
     }
+    if minilm_available():
+        expected.add("first_answer_vs_rag_minilm_ratio")
     assert set(by_name) == expected
     for result in results:
         assert math.isfinite(result.value) and result.value >= 0, result
     for name in expected - {"refocus_kv_recompute_ms", "refocus_apply_ms"}:
         assert by_name[name].value > 0, name
-    for name in ("ingest_vs_prefill_ratio", "decode_overhead_ratio", "rss_ratio_4k_vs_2k"):
+    first = by_name["first_answer_s"].extra or {}
+    # Ingest included: the first answer costs the whole history's ingest plus the question.
+    assert first["history_tokens"] >= 3000 and isinstance(first["correct"], bool)
+    assert by_name["first_answer_s"].value == pytest.approx(first["ingest_s"] + first["answer_s"])
+    for name in ("ingest_vs_prefill_ratio", "decode_overhead_ratio", "rss_ratio_4k_vs_2k",
+                 "first_answer_vs_full_8k_ratio"):  # fmt: skip
         ratio = by_name[name].ratio
         assert ratio is not None and math.isfinite(ratio) and ratio > 0
     assert "stand-in" in by_name["refocus_step_ms"].note

@@ -13,6 +13,7 @@ from megacontext.core import Edit, EditPlan, WorkingContext
 from megacontext.errors import InvalidInputError
 from megacontext.models.lensnet import FEATURES
 from megacontext.train.lens import (
+    MIN_LABELLED,
     LensTrainConfig,
     counterfactual_labels,
     evaluate_lensnet,
@@ -67,6 +68,21 @@ def test_samples_mix_retrieval_and_text_with_legal_labels(world) -> None:  # typ
         ).any()  # the protected window is never a candidate
         feats = s.scorer(base).features(s.wc, s.query)
         assert feats.shape == (s.wc.size, len(FEATURES)) and np.isfinite(feats).all()
+
+
+def test_task_samples_are_spread_among_text_and_a_budget_cuts_the_set_short(world) -> None:  # type: ignore[no-untyped-def]
+    base, gistnet, cfg, samples = world
+    # Half retrieval, interleaved: any prefix of the set (what a labelling budget keeps) mixes.
+    assert [s.kind == "text" for s in samples] == [True, False] * 3
+    stream = np.random.default_rng(0).integers(3, base.vocab_size, size=20_000)
+    cut = make_samples(
+        base, gistnet, stream, cfg, count=9, seed=1, special_ids=(0, 1, 2), progress=False,
+        budget_s=1e-9,
+    )  # fmt: skip
+    assert len(cut) == MIN_LABELLED
+    # The same seed gives the same samples, however many are kept.
+    assert [s.kind for s in cut] == [s.kind for s in samples[:MIN_LABELLED]]
+    assert all(np.array_equal(a.scored, b.scored) for a, b in zip(cut, samples, strict=False))
 
 
 def test_expand_label_is_the_nll_change_of_that_edit(world) -> None:  # type: ignore[no-untyped-def]
@@ -215,6 +231,8 @@ def test_bad_config() -> None:
         LensTrainConfig(protected_recent=4, query_tokens=8)
     with pytest.raises(InvalidInputError, match="unknown task kinds"):
         LensTrainConfig(task_kinds=("telepathy",))
+    with pytest.raises(InvalidInputError, match="label_budget_s must be > 0"):
+        LensTrainConfig(label_budget_s=0)
 
 
 def test_stale_labels_are_refused(world) -> None:  # type: ignore[no-untyped-def]

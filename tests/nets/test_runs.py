@@ -209,11 +209,13 @@ def test_train_focus_makes_a_measured_bundle_and_resumes(tmp_path: Path) -> None
     assert again.output.count("done in an earlier run") == 5
     forgotten = {k: v for k, v in stages.items() if k != "lens"}
     (out / "stages.json").write_text(json.dumps(forgotten))
-    # The redone LensNet stage trains on two processes.
-    two = ["--nproc", "2", "--set", "lens.lens.batch_size=2"]
+    # The redone LensNet stage trains on two processes, labelling as much as a budget allows.
+    two = ["--nproc", "2", "--set", "lens.lens.batch_size=2", "--set", "lens.train_samples=6",
+           "--set", "lens.lens.label_budget_s=1e-6"]  # fmt: skip
     redo = runner.invoke(app, args + two)
     assert redo.exit_code == 0, redo.output
     assert "training on 2 processes" in redo.output
+    assert load_bundle(out / "bundle").metrics["train_samples"] == 4  # MIN_LABELLED
     assert redo.output.count("done in an earlier run") == 2  # corpus and gist
     assert set(json.loads((out / "stages.json").read_text())) == set(stages)
 

@@ -19,6 +19,9 @@ Results (goals from DESIGN §9 and issue 7 in parentheses):
   ask`` costs in a fresh process, split as its ``--json`` reports it — opening the session
   read-only (loading the base and the focus bundle), refocusing for the question until focus
   converges, and answering (prefill of the working context, then decoding).
+* ``first_answer_s`` and ``first_answer_vs_{rag_minilm,full_8k}_ratio``: one question over a
+  fresh 100k-token history (16k with ``--quick``), ingest included, against RAG-MiniLM
+  (embedding included) and against the last 8k tokens prefilled whole (:func:`first_answer`).
 * ``rss_ratio_<N>_vs_10k``: peak RSS of a fresh process that opens a session and ingests N tokens
   in 10k-token ``ingest`` calls, over the same for 10k tokens (≤ 1.2: memory must not grow with
   the history; one call's transient memory grows with the call's size, so every size uses the
@@ -74,6 +77,7 @@ class Plan:
     repeats: int
     rss_sizes: tuple[int, ...]  # the first is the reference
     rss_budget_s: float  # time allowed for the largest RSS point
+    first_answer_tokens: int  # the fresh history a first question is asked over
 
 
 QUICK = Plan(
@@ -82,6 +86,7 @@ QUICK = Plan(
     repeats=3,
     rss_sizes=(10_000, 200_000),
     rss_budget_s=float("inf"),
+    first_answer_tokens=16_000,
 )
 FULL = Plan(
     history_tokens=16 * INGEST_CHUNK,
@@ -89,7 +94,12 @@ FULL = Plan(
     repeats=5,
     rss_sizes=(10_000, 1_000_000, 10_000_000),
     rss_budget_s=600.0,
+    first_answer_tokens=100_000,
 )
+# The full-context comparison: the last 8k tokens prefilled whole (SmolLM2's trained context is
+# 8192 positions; the answer's tokens fit inside it).
+FULL_CONTEXT = 8192
+ANSWER_TOKENS = 16
 
 
 @contextmanager
@@ -407,6 +417,82 @@ def ask_latency(path: Path, repeats: int, progress: Progress) -> list[Result]:
     ]
 
 
+def first_answer(
+    base: Any, bundle: Any, tokens: int, scratch: Path, progress: Progress
+) -> list[Result]:
+    """Time to the first answer over a fresh history, ingest included (issue 16 §3).
+
+    The demo's document (:func:`megacontext.eval.demo.build_document`: held-out text with one
+    planted fact) of ``tokens`` tokens, one question about it, through the demo's own code for
+    each system: MegaContext (a new session ingests the history, then ``ask`` refocuses and
+    answers at ``W_max`` 512), RAG-MiniLM (every 32-token chunk embedded, retrieval, the answer
+    at the same budget) when its encoder is installed, and the full context (the last 8k tokens
+    prefilled whole, then the answer). Each value is the seconds from the first token of history
+    to the last token of the answer; whether each answer was right is in ``extra``.
+    """
+    from megacontext.eval.demo import (
+        baseline_answers,
+        baseline_systems,
+        build_document,
+        megacontext_answers,
+    )
+    from megacontext.eval.memory import Recency
+    from megacontext.models.prompting import PromptFormat
+    from megacontext.runtime import SessionConfig
+
+    document = build_document(base, tokens, facts=1, seed=0, w_max=W_MAX)
+    prompt = PromptFormat.for_base(base, PromptFormat.default_style(base))
+    label = length_label(len(document.ids))
+
+    def quiet(_stage: str, _done: int, _total: int) -> None:
+        pass
+
+    progress(f"first answer over {label} tokens: MegaContext (ingest, then ask)")
+    config = SessionConfig(W_max=W_MAX, trace=False, prompt=prompt.style)
+    answers, ingest_s = megacontext_answers(
+        base, bundle, document, scratch / "first-answer", config, ANSWER_TOKENS, quiet
+    )
+    ours = ingest_s + answers[0].seconds
+    extra: dict[str, Any] = {
+        "history_tokens": len(document.ids),
+        "ingest_s": ingest_s,
+        "answer_s": answers[0].seconds,
+        "correct": answers[0].correct,
+    }
+    results = [Result("first_answer_s", ours, "s", note=f"history {label}", extra=extra)]
+    others: dict[str, tuple[Any, int, str]] = {
+        "full_8k": (
+            lambda: Recency(base),
+            FULL_CONTEXT - ANSWER_TOKENS,
+            f"the last {length_label(FULL_CONTEXT)} tokens prefilled whole, then the answer",
+        ),
+    }
+    rag = baseline_systems(base, ["rag-minilm"]).get("rag-minilm")
+    if rag is not None:
+        others["rag_minilm"] = (
+            rag,
+            W_MAX,
+            f"RAG-MiniLM at W_max {W_MAX}: every chunk embedded, retrieval, the answer",
+        )
+    for name, (factory, budget, description) in others.items():
+        progress(f"first answer over {label} tokens: {name}")
+        theirs, observe_s = baseline_answers(
+            base, prompt, name, factory, document, budget, ANSWER_TOKENS, quiet
+        )
+        results.append(
+            Result(
+                f"first_answer_vs_{name}_ratio",
+                ours,
+                "s",
+                baseline_name=description,
+                baseline_value=observe_s + theirs[0].seconds,
+                note=f"history {label}, ingest or embedding included",
+                extra={"observe_s": observe_s, "correct": theirs[0].correct},
+            )
+        )
+    return results
+
+
 def _largest_that_fits(seconds_per_token: float, budget_s: float, wanted: int) -> int:
     for size in (wanted, *RSS_FALLBACK_SIZES):
         if size <= wanted and size * seconds_per_token <= budget_s:
@@ -465,6 +551,7 @@ def _run(plan: Plan, scratch: Path, progress: Progress, base_name: str) -> list[
         breakdown = decode_breakdown(session.timing_log, sum(session_s) * plan.new_tokens)
         session.timing_log = None
     results += ask_latency(scratch / "session", plan.repeats, progress)
+    results += first_answer(base, bundle, plan.first_answer_tokens, scratch, progress)
 
     ingest = median(rates)
     results.append(Result("ingest_tokens_per_s", ingest, "tokens/s", note=focus_note))

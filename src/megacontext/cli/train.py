@@ -293,8 +293,9 @@ def focus(
         float | None,
         typer.Option(
             "--budget-hours",
-            help="Wall-clock budget; GistNet's stage gets 60% of it (its recipe's own budget "
-            "otherwise).",
+            help="Wall-clock budget: GistNet's training gets 60% of it and LensNet's labelling "
+            "25% (the recipes' own budgets otherwise); the key head, LensNet and the bench "
+            "use the rest.",
         ),
     ] = None,
     out: Annotated[

@@ -94,10 +94,23 @@ def global_sum(value: float) -> float:
     return float(total.item())
 
 
+def global_min(value: int) -> int:
+    """The smallest of ``value`` over the process group (itself in one process)."""
+    import torch.distributed as dist
+
+    _, world = data_parallel()
+    if world == 1:
+        return value
+    device = torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
+    least = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(least, op=dist.ReduceOp.MIN)
+    return int(least.item())
+
+
 def global_mean(value: float) -> float:
     """``value`` averaged over the process group (itself in one process)."""
     _, world = data_parallel()
     return value if world == 1 else global_sum(value) / world
 
 
-__all__ = ["data_parallel", "global_mean", "global_sum", "launch", "rank_zero"]
+__all__ = ["data_parallel", "global_mean", "global_min", "global_sum", "launch", "rank_zero"]

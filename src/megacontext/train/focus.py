@@ -36,7 +36,10 @@ if TYPE_CHECKING:
     from megacontext.train.lens import LensRunConfig
 
 STAGES = ("corpus", "gist", "lens", "bench", "card")
-GIST_SHARE = 0.6  # of --budget-hours: GistNet's time budget; the rest is labels, LensNet, bench
+# Shares of --budget-hours: GistNet's training, then LensNet's labelling (a base forward per
+# gist in each sampled WC); the rest is the key head, LensNet's training and evaluation, bench.
+GIST_SHARE = 0.6
+LABEL_SHARE = 0.25
 RECORD = "stages.json"
 
 
@@ -193,6 +196,7 @@ def run_focus(
     budget_s = run.budget_hours * 3600 if run.budget_hours else None
     if budget_s is not None:
         gist_run.gist.time_budget_s = GIST_SHARE * budget_s
+        lens_run.lens.label_budget_s = LABEL_SHARE * budget_s
     log(
         f"focus bundle for {run.base} in {out}: recipes {gist_file} and {lens_file}; "
         + ", ".join(f"{s} {'done' if record.done(s) else 'to do'}" for s in STAGES)

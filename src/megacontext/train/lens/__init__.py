@@ -12,6 +12,7 @@ LensNet's inputs are built by :class:`megacontext.focus.LensScorer`, the code se
 
 from megacontext.train.lens.evaluation import LensReport, evaluate_lensnet, lens_scores
 from megacontext.train.lens.labels import (
+    MIN_LABELLED,
     RETRIEVAL_KINDS,
     LensSample,
     LensTrainConfig,
@@ -32,6 +33,7 @@ from megacontext.train.lens.training import (
 
 __all__ = [
     "ABLATIONS",
+    "MIN_LABELLED",
     "RETRIEVAL_KINDS",
     "LensReport",
     "LensRunConfig",

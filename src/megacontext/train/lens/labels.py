@@ -25,7 +25,9 @@ score with.
 
 from __future__ import annotations
 
+import math
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +55,8 @@ from megacontext.store.lexical import AnyLexicalIndex, LexicalIndex
 from megacontext.train.tasks import GENERATORS
 
 RETRIEVAL_KINDS = ("passkey", "kv", "vartrack")
+# A labelling budget never cuts a set below this many samples (both kinds, for the slices).
+MIN_LABELLED = 4
 
 
 @dataclass
@@ -89,6 +93,10 @@ class LensTrainConfig:
     focus_steps: int = 3
     focus_max_edits: int = 2
     descent_labels: bool = True
+    # Seconds of labelling (train and val together, shared in proportion to their counts): a
+    # set stops early when its share is spent, keeping at least MIN_LABELLED samples. On a real
+    # base a sample costs a base forward per gist in the WC, so this is what bounds a CPU run.
+    label_budget_s: float | None = None
     lensnet: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -106,6 +114,10 @@ class LensTrainConfig:
         if self.batch_size < 1:
             raise InvalidInputError(
                 f"batch_size (samples per LensNet step) must be >= 1, got {self.batch_size}"
+            )
+        if self.label_budget_s is not None and self.label_budget_s <= 0:
+            raise InvalidInputError(
+                f"label_budget_s must be > 0 seconds (or unset), got {self.label_budget_s}"
             )
         if self.key_targets not in ("gain", "evidence"):
             raise InvalidInputError(
@@ -390,14 +402,29 @@ def make_samples(  # noqa: PLR0913, PLR0917  (the sample recipe: base, nets, tex
     special_ids: tuple[int, ...] = (),
     progress: bool = True,
     desc: str = "labelling",
+    budget_s: float | None = None,
 ) -> list[LensSample]:
-    """``count`` labelled samples: a ``retrieval_fraction`` of task samples, the rest text."""
+    """Up to ``count`` labelled samples, a ``retrieval_fraction`` of them task samples spread
+    evenly among the text ones (so a set cut short by ``budget_s`` keeps the mix). With
+    ``budget_s``, labelling stops once that many seconds are spent and at least
+    :data:`MIN_LABELLED` samples are done."""
     rng = random.Random(seed)
     filler = Filler(text_stream, special_ids)
     version = gistnet.weights_version()
-    samples = []
-    for i in tqdm(range(count), desc=desc, disable=not progress, dynamic_ncols=True):
-        retrieval = i < round(count * cfg.retrieval_fraction)
+    samples: list[LensSample] = []
+    started = time.perf_counter()
+    bar = tqdm(range(count), desc=desc, disable=not progress, dynamic_ncols=True)
+    for i in bar:
+        if (
+            budget_s is not None
+            and len(samples) >= MIN_LABELLED
+            and time.perf_counter() - started >= budget_s
+        ):
+            bar.close()
+            break
+        retrieval = math.floor((i + 1) * cfg.retrieval_fraction) > math.floor(
+            i * cfg.retrieval_fraction
+        )
         kind = rng.choice(cfg.task_kinds) if retrieval else "text"
         sample = make_sample(base, gistnet, filler, text_stream, cfg, rng, kind)
         sample.gist_version = version
@@ -409,6 +436,7 @@ def make_samples(  # noqa: PLR0913, PLR0917  (the sample recipe: base, nets, tex
 
 
 __all__ = [
+    "MIN_LABELLED",
     "RETRIEVAL_KINDS",
     "LensSample",
     "LensTrainConfig",

@@ -21,7 +21,7 @@ from megacontext.errors import InvalidInputError
 from megacontext.models.gistnet import GistNet
 from megacontext.models.lensnet import LensNet, LensNetConfig
 from megacontext.train.config import RunSettings, start_run
-from megacontext.train.distributed import data_parallel, rank_zero
+from megacontext.train.distributed import data_parallel, global_min, rank_zero
 from megacontext.train.lens.evaluation import evaluate_lensnet
 from megacontext.train.lens.labels import LensTrainConfig, make_samples
 from megacontext.train.lens.training import refresh_keys, train_key_head, train_lensnet
@@ -96,6 +96,12 @@ def _label_and_train(
     train_text = _prose_stream(train_streams)
     val_text = _prose_stream(val_streams)
     progress = not rank
+    total = run.train_samples + run.val_samples
+    budget = cfg.label_budget_s
+
+    def share(count: int) -> float | None:
+        return None if budget is None else budget * count / max(total, 1)
+
     train = make_samples(
         base,
         gistnet,
@@ -106,6 +112,7 @@ def _label_and_train(
         special,
         desc="labelling train",
         progress=progress,
+        budget_s=share(run.train_samples),
     )
     val = make_samples(
         base,
@@ -117,7 +124,15 @@ def _label_and_train(
         special,
         desc="labelling val",
         progress=progress,
+        budget_s=share(run.val_samples),
     )
+    if budget is not None:
+        # Processes label at their own speed; they must train on one set.
+        train, val = train[: global_min(len(train))], val[: global_min(len(val))]
+        log(
+            f"labelled {len(train)} of {run.train_samples} train and {len(val)} of "
+            f"{run.val_samples} val samples in the {budget:.0f} s labelling budget"
+        )
     key_losses = train_key_head(base, gistnet, train, cfg, progress=progress)
     for sample in [*train, *val]:
         refresh_keys(sample, base, gistnet)
