@@ -16,6 +16,7 @@ from megacontext.models.tiny import make_tiny_model_dir
 from megacontext.train.gist import (
     GistTrainConfig,
     WindowSampler,
+    _use_bf16,
     contrast_loss,
     evaluate_gists,
     make_gistnet,
@@ -318,6 +319,19 @@ def test_reconstruction_and_the_anchored_head_train_and_round_trip(base, tmp_pat
     assert loaded.config.gist_head == "anchored"
     x = torch.randn(3, K, base.d_model)
     torch.testing.assert_close(loaded(x, 1)[0], result.gistnet.eval()(x, 1)[0])
+
+
+def test_autocast_auto_times_both_precisions_and_bad_values_are_refused(base) -> None:  # type: ignore[no-untyped-def]
+    messages: list[str] = []
+    chosen = _use_bf16(base, config(autocast="auto"), messages.append)
+    assert isinstance(chosen, bool) and len(messages) == 1
+    assert "fp32" in messages[0] and "bf16" in messages[0]
+    assert messages[0].startswith(f"bf16 autocast {'on' if chosen else 'off'}")
+    assert _use_bf16(base, config(autocast=True), messages.append) is True
+    assert _use_bf16(base, config(autocast=False), messages.append) is False
+    assert len(messages) == 1  # a forced setting is not timed
+    with pytest.raises(InvalidInputError, match="autocast must be true, false or auto"):
+        config(autocast="yes")
 
 
 class _Interrupted(Exception):

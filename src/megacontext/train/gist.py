@@ -63,9 +63,10 @@ from megacontext.models.bundle import save_bundle
 from megacontext.models.context import level1_inputs
 from megacontext.models.gistnet import GistNet, GistNetConfig
 from megacontext.models.lora import LoraAdapter, LoraSettings
+from megacontext.train.base import bf16_is_faster
 from megacontext.train.checkpoint import load_payload, save_atomically
 from megacontext.train.config import RunSettings, start_run
-from megacontext.train.distributed import data_parallel, global_mean, rank_zero
+from megacontext.train.distributed import data_parallel, global_mean, global_min, rank_zero
 
 CODE_SOURCES = frozenset({"stdlib"})
 CHECKPOINT = "checkpoint.pt"  # in a run's out_dir: where `train gist` resumes from
@@ -99,7 +100,9 @@ class GistTrainConfig:
     # LoRA on the base's attention, trained with GistNet so that the base learns to read gists
     # (``{r, alpha, targets, dropout}``, see LoraSettings); None trains GistNet alone.
     lora: dict[str, Any] | None = None
-    autocast: bool = False
+    # bf16 autocast for the base's forwards: true, false, or "auto" (on where the device runs
+    # bf16 natively: CUDA with bf16, or a CPU on which a timed forward is faster in bf16).
+    autocast: bool | str = False
     checkpoint_interval: int = 0
     time_budget_s: float | None = None
     eval_interval: int = 200
@@ -136,6 +139,8 @@ class GistTrainConfig:
             )
         if self.lod2_teacher not in ("gists", "tokens"):
             raise InvalidInputError("lod2_teacher must be 'gists' or 'tokens'")
+        if self.autocast not in (True, False, "auto"):
+            raise InvalidInputError(f"autocast must be true, false or auto, got {self.autocast!r}")
 
 
 # --------------------------------------------------------------------------- data
@@ -554,6 +559,29 @@ def make_gistnet(base: BaseAdapter, cfg: GistTrainConfig, K: int = 32) -> GistNe
     return GistNet(config).to(base.device)
 
 
+def _use_bf16(base: BaseAdapter, cfg: GistTrainConfig, log: Callable[[str], None]) -> bool:
+    """``cfg.autocast`` decided: "auto" times a forward of the base in both precisions on CPU
+    (every process must agree, so bf16 only if it won in all of them)."""
+    if cfg.autocast != "auto":
+        return bool(cfg.autocast)
+    if base.device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    ids = torch.arange(3, 131, device=base.device)[None] % base.vocab_size
+    embeds, positions = base.embed(ids), torch.arange(ids.shape[1], device=base.device)[None]
+
+    @torch.no_grad()
+    def forward(bf16: bool) -> None:
+        with torch.autocast(base.device.type, dtype=torch.bfloat16, enabled=bf16):
+            base.forward(embeds, positions, use_cache=False)
+
+    forward(False)  # warm up
+    faster, timings = bf16_is_faster(forward, ids.shape[1])
+    use = bool(global_min(int(faster)))
+    rates = ", ".join(f"{k.split('_')[0]} {v:,.0f} tok/s" for k, v in timings.items())
+    log(f"bf16 autocast {'on' if use else 'off'} (auto: a base forward ran {rates})")
+    return use
+
+
 def train_gistnet(  # noqa: C901, PLR0912, PLR0913, PLR0917, PLR0915  (the distillation loop; co-learning passes its own parameters and phases)
     base: BaseAdapter,
     train: WindowSampler,
@@ -616,6 +644,7 @@ def train_gistnet(  # noqa: C901, PLR0912, PLR0913, PLR0917, PLR0915  (the disti
         tokens, first_step, elapsed = resumed["tokens"], resumed["step"], resumed["seconds"]
         best, stale = resumed["best"], resumed["stale"]
         log(f"{desc}: resuming from {checkpoint} at step {first_step}")
+    use_bf16 = _use_bf16(base, cfg, log)
     started = time.perf_counter() - elapsed
     bar = tqdm(
         range(first_step, cfg.steps),
@@ -642,7 +671,7 @@ def train_gistnet(  # noqa: C901, PLR0912, PLR0913, PLR0917, PLR0915  (the disti
             group["lr"] = lr
         gistnet.train()
         embeds = base.embed(ids)
-        precision = torch.autocast(base.device.type, dtype=torch.bfloat16, enabled=cfg.autocast)
+        precision = torch.autocast(base.device.type, dtype=torch.bfloat16, enabled=use_bf16)
         with precision:
             loss, parts = _step_loss(
                 base, gistnet, step_module, ids, embeds, level, rng, cfg, teacher
