@@ -73,3 +73,18 @@ def test_bad_bundles(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(InvalidInputError, match="not a directory"):
         save_bundle(tmp_path / "file", {}, fingerprints=FP)
+
+
+def test_default_focus_is_the_packaged_bundle_of_the_base_or_says_how_to_train_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from megacontext.models.bundle import PACKAGED_BUNDLES, resolve_focus
+    from megacontext.models.errors import NoFocusBundleError
+
+    monkeypatch.delenv("MEGACONTEXT_FOCUS_BUNDLE", raising=False)
+    tiny = read_manifest(PACKAGED_BUNDLES / "tiny")["fingerprints"]
+    assert resolve_focus("default", tiny, "tiny").name == "tiny"
+    with pytest.raises(NoFocusBundleError) as refused:
+        resolve_focus("default", FP, "my-base")
+    # A base without a shipped bundle hears the one command that trains its own.
+    assert "megacontext train focus --base my-base" in str(refused.value)

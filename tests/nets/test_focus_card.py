@@ -86,6 +86,19 @@ def test_card_reports_every_metric_against_its_goal(tmp_path: Path) -> None:
     assert "](gistnet_training.png)" in card and "lensnet_training.png" not in card
     # The card never touches what the bundle loads.
     assert load_bundle(root, fingerprints=FP).metrics["train_samples"] == 40
+    assert card.startswith("# MegaContext focus bundle for the default base")
+    assert "Reproduce: `make focus-models`" in card
+
+
+def test_card_names_the_base_and_the_command_that_made_it(tmp_path: Path) -> None:
+    root = bundle(tmp_path)
+    bench = tmp_path / "gist.json"
+    bench.write_text(json.dumps({**bench_document(), "base": "smollm2"}), "utf-8")
+    command = "megacontext train focus --base smollm2 --budget-hours 1"
+    card = write_focus_card(root, bench, made_by=command).read_text("utf-8")
+    assert card.startswith("# MegaContext focus bundle for `smollm2`")
+    assert f"by `{command}`" in card and f"Reproduce: `{command}`" in card
+    assert "make focus-models" not in card
 
 
 @pytest.mark.parametrize(

@@ -429,6 +429,10 @@ def card(
         list[Path] | None,
         typer.Option("--plots", help="A training run directory to copy the PNG plots from."),
     ] = None,
+    made_by: Annotated[
+        str,
+        typer.Option("--made-by", help="The command that made the bundle, for its card."),
+    ] = "make focus-models",
 ) -> None:
     """Write the card (README.md) of a focus bundle: modules, training, every metric and goal.
 
@@ -441,5 +445,5 @@ def card(
     """
     from megacontext.train.focus_card import write_focus_card
 
-    path = write_focus_card(bundle, bench, plots or [])
+    path = write_focus_card(bundle, bench, plots or [], made_by)
     console.print(f"wrote {path}")

@@ -137,8 +137,8 @@ def resolve_focus(focus: str | Path, fingerprints: Mapping[str, str], base_name:
         )
         raise NoFocusBundleError(
             f"no focus bundle (GistNet, LensNet) ships for the base {base_name!r} (shipped: "
-            f"{', '.join(shipped) or 'none'}); train one with `{FOCUS_BUILD_HINT}`, or pass "
-            "--focus DIR"
+            f"{', '.join(shipped) or 'none'}); train one with `megacontext train focus --base "
+            f"{base_name}` (`{FOCUS_BUILD_HINT}` for the tiny base), or pass --focus DIR"
         )
     return found
 

@@ -270,7 +270,10 @@ def run_focus(
         if bundle.exists():
             shutil.rmtree(bundle)
         shutil.copytree(out / "lens" / "bundle", bundle)
-        card = write_focus_card(bundle, bench_json, [out / "gist", out / "lens"])
+        command = f"megacontext train focus --base {run.base}" + (
+            f" --budget-hours {run.budget_hours:g}" if run.budget_hours else ""
+        )
+        card = write_focus_card(bundle, bench_json, [out / "gist", out / "lens"], command)
         record.finish("card", seconds=time.perf_counter() - t0, card=str(card))
     return {"out_dir": str(out), "bundle": str(out / "bundle"), "stages": record.stages}
 

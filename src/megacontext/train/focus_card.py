@@ -33,6 +33,7 @@ GOALS: dict[str, float] = {
 }
 
 PLOTS = ("gistnet_training.png", "lensnet_training.png")
+TINY_RECIPE = "make focus-models"  # how the tiny base's bundle is made (docs/training.md)
 
 # Training-run metrics reported on the card when no benchmark JSON is given (or beside it).
 _TRAINING_METRICS = (
@@ -85,22 +86,26 @@ def focus_card(
     manifest: Mapping[str, Any],
     bench: Mapping[str, Any] | None = None,
     plots: Sequence[str] = (),
+    made_by: str = TINY_RECIPE,
 ) -> str:
-    """The card (Markdown) of a focus bundle from its manifest, optional ``bench gist`` JSON and
-    the file names of the training plots beside it."""
+    """The card (Markdown) of a focus bundle from its manifest, optional ``bench gist`` JSON,
+    the file names of the training plots beside it and the command that made it. The base is
+    named as the benchmark named it (else "the default base")."""
     modules = manifest.get("modules", {})
     metrics = manifest.get("metrics", {})
     training = manifest.get("training", {})
     gist_cfg = training.get("gist", {})
     lens_cfg = training.get("lens", {})
     fingerprints = manifest.get("fingerprints", {})
+    base = str((bench or {}).get("base") or "default")
+    base = "the default base" if base in ("default", "tiny") else f"`{base}`"
     lines = [
-        "# MegaContext focus bundle for the default base",
+        f"# MegaContext focus bundle for {base}",
         "",
         "GistNet (gists the frozen base reads in place of 32 tokens or 32 child gists, plus",
-        "retrieval keys) and LensNet (one focus score per working-context entry), trained for the",
-        "embedded default base by `make focus-models`. The bundle loads only with the base and",
-        "tokenizer it was trained for:",
+        "retrieval keys) and LensNet (one focus score per working-context entry), trained for",
+        f"{base} by `{made_by}`. The bundle loads only with the base and tokenizer it was",
+        "trained for:",
         "",
         "| | |",
         "|---|---|",
@@ -186,8 +191,8 @@ def focus_card(
             lines.append(f"| `{name}` | {_fmt(metrics[name])} | {_verdict(name, metrics[name])} |")
     lines += [
         "",
-        "Reproduce: `make focus-models` (GistNet, then LensNet, then `megacontext bench gist` and "
-        "this card).",
+        f"Reproduce: `{made_by}` (GistNet, then LensNet, then `megacontext bench gist` and this "
+        "card).",
         "",
     ]
     return "\n".join(lines)
@@ -197,6 +202,7 @@ def write_focus_card(
     bundle_dir: str | Path,
     bench_json: str | Path | None = None,
     plots_from: Sequence[str | Path] = (),
+    made_by: str = TINY_RECIPE,
 ) -> Path:
     """Write ``README.md`` into ``bundle_dir``; copy training plots found in ``plots_from``."""
     root = Path(bundle_dir)
@@ -209,7 +215,7 @@ def write_focus_card(
                 shutil.copyfile(source, root / plot)
     card = root / "README.md"
     present = [plot for plot in PLOTS if (root / plot).is_file()]
-    card.write_text(focus_card(manifest, bench, present), encoding="utf-8")
+    card.write_text(focus_card(manifest, bench, present, made_by), encoding="utf-8")
     return card
 
 
