@@ -4,6 +4,7 @@ and key training run end to end on a tiny random-init base."""
 from __future__ import annotations
 
 import copy
+import random
 
 import numpy as np
 import pytest
@@ -106,6 +107,28 @@ def test_expand_label_is_the_nll_change_of_that_edit(world) -> None:  # type: ig
     direct = wc_nll(base, s.tree, room, s.scored)
     assert gain[pos] == pytest.approx(-(direct - nll0) / (K - 1), rel=1e-4, abs=1e-6)
     assert labels[pos] == gain[pos]
+
+
+def test_label_candidates_score_a_seeded_subset_and_always_the_evidence(world) -> None:  # type: ignore[no-untyped-def]
+    base, _, _, samples = world
+    retrieval = next(s for s in samples if s.retrieval)
+    full, _, _ = counterfactual_labels(base, retrieval)
+    part, _, _ = counterfactual_labels(base, retrieval, candidates=2, rng=random.Random(3))
+    labelled = np.isfinite(part)
+    assert labelled.any() and labelled.sum() < np.isfinite(full).sum()
+    assert np.isfinite(full[labelled]).all()  # a subset of the legal edits ...
+    np.testing.assert_allclose(part[labelled], full[labelled], rtol=1e-4, atol=1e-6)  # ... same
+    # Every gist over the evidence is labelled, whatever the draw.
+    wc = retrieval.wc
+    over_evidence = []
+    for pos in np.flatnonzero(wc.levels > 0):
+        span = K ** int(wc.levels[pos])
+        lo = int(wc.indices[pos]) * span
+        if any(a < lo + span and b > lo for a, b in retrieval.evidence):
+            over_evidence.append(int(pos))
+    assert over_evidence and labelled[over_evidence].all()
+    with pytest.raises(InvalidInputError, match="label_candidates must be >= 1"):
+        LensTrainConfig(label_candidates=0)
 
 
 def test_evidence_path_label_values_opening_a_needle_ancestor_to_tokens(world) -> None:  # type: ignore[no-untyped-def]

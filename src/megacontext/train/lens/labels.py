@@ -97,6 +97,11 @@ class LensTrainConfig:
     # set stops early when its share is spent, keeping at least MIN_LABELLED samples. On a real
     # base a sample costs a base forward per gist in the WC, so this is what bounds a CPU run.
     label_budget_s: float | None = None
+    # At most this many single edits (expansions and collapses, drawn at random, seeded) are
+    # labelled per *training* sample; the rest are masked like illegal ones. A sample then costs
+    # this many base forwards instead of one per gist, so a labelling budget buys more, and more
+    # varied, working contexts. Evidence-path labels and validation samples are always complete.
+    label_candidates: int | None = None
     lensnet: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -114,6 +119,10 @@ class LensTrainConfig:
         if self.batch_size < 1:
             raise InvalidInputError(
                 f"batch_size (samples per LensNet step) must be >= 1, got {self.batch_size}"
+            )
+        if self.label_candidates is not None and self.label_candidates < 1:
+            raise InvalidInputError(
+                f"label_candidates must be >= 1 (or unset), got {self.label_candidates}"
             )
         if self.label_budget_s is not None and self.label_budget_s <= 0:
             raise InvalidInputError(
@@ -186,9 +195,15 @@ def counterfactual_labels(
     wc: WorkingContext | None = None,
     batch: int = 32,
     descent: bool = False,
+    candidates: int | None = None,
+    rng: random.Random | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Per-entry labels and expand gains of every legal single edit on ``wc`` (default: the
     sample's). Returns ``(labels, expand_gain, nll_unedited)``; both arrays are per entry.
+
+    With ``candidates``, only that many of the edits are scored — the expansions over the
+    sample's evidence, then edits drawn with ``rng`` — and the others' entries stay NaN (masked,
+    as illegal ones are).
 
     With ``descent``, a gist at level ≥ 2 that covers some of the sample's evidence is valued by
     the better of its single expansion and opening the paths to its evidence blocks down to raw
@@ -210,6 +225,13 @@ def counterfactual_labels(
         ("collapse", int(first), Edit.collapse(int(lv), int(ix)))
         for first, lv, ix in zip(groups.first, groups.level, groups.index, strict=True)
     ]
+    if candidates is not None and len(edits) > candidates:
+        # A retrieval sample always labels the expansions over its evidence: they are the
+        # labels it exists for.
+        keep = [e for e in edits if e[0] == "expand" and _covers(e[2], K, sample.evidence)]
+        rest = [e for e in edits if e not in keep]
+        room = max(candidates - len(keep), 0)
+        edits = keep + (rng or random.Random(0)).sample(rest, min(room, len(rest)))
     for kind in ("expand", "collapse"):
         todo = [(pos, edit) for k, pos, edit in edits if k == kind]
         for lo in range(0, len(todo), batch):
@@ -230,6 +252,13 @@ def counterfactual_labels(
     if descent and sample.evidence:
         _descent_labels(base, sample, wc, nll0, batch, labels, gain)
     return labels, gain, nll0
+
+
+def _covers(edit: Edit, K: int, evidence: Sequence[tuple[int, int]]) -> bool:
+    """Whether the node an edit opens spans any of the evidence token ranges."""
+    span = K**edit.level
+    lo = edit.index * span
+    return any(a < lo + span and b > lo for a, b in evidence)
 
 
 def _descent_labels(
@@ -403,11 +432,13 @@ def make_samples(  # noqa: PLR0913, PLR0917  (the sample recipe: base, nets, tex
     progress: bool = True,
     desc: str = "labelling",
     budget_s: float | None = None,
+    subsample: bool = False,
 ) -> list[LensSample]:
     """Up to ``count`` labelled samples, a ``retrieval_fraction`` of them task samples spread
     evenly among the text ones (so a set cut short by ``budget_s`` keeps the mix). With
     ``budget_s``, labelling stops once that many seconds are spent and at least
-    :data:`MIN_LABELLED` samples are done."""
+    :data:`MIN_LABELLED` samples are done. With ``subsample`` (training sets), each sample labels
+    at most ``cfg.label_candidates`` edits."""
     rng = random.Random(seed)
     filler = Filler(text_stream, special_ids)
     version = gistnet.weights_version()
@@ -429,7 +460,12 @@ def make_samples(  # noqa: PLR0913, PLR0917  (the sample recipe: base, nets, tex
         sample = make_sample(base, gistnet, filler, text_stream, cfg, rng, kind)
         sample.gist_version = version
         sample.labels, sample.expand_gain, _ = counterfactual_labels(
-            base, sample, batch=cfg.label_batch, descent=cfg.descent_labels
+            base,
+            sample,
+            batch=cfg.label_batch,
+            descent=cfg.descent_labels,
+            candidates=cfg.label_candidates if subsample else None,
+            rng=rng,
         )
         samples.append(sample)
     return samples

@@ -113,6 +113,7 @@ def _label_and_train(
         desc="labelling train",
         progress=progress,
         budget_s=share(run.train_samples),
+        subsample=True,
     )
     val = make_samples(
         base,
