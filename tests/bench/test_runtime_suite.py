@@ -32,6 +32,15 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BaseAdapter, P
     return base_dir, base, focus
 
 
+def test_the_stand_in_has_the_shapes_of_the_bases_own_recipe() -> None:
+    """What is timed without a trained bundle is what `train focus --base` would train: for
+    SmolLM2 a GistNet that runs the base over every block, for other bases the default shape."""
+    smol = rt._recipe_shape("gist", "smollm2-135m-instruct")
+    assert smol["inputs"] == "hidden" and smol["input_layer"] == 15
+    assert rt._recipe_shape("lens", "smollm2-135m-instruct")["width"] == 128
+    assert rt._recipe_shape("gist", "tiny").get("inputs", "embeddings") == "embeddings"
+
+
 def test_largest_rss_size_that_fits_the_budget() -> None:
     # 1e-4 s per token: 10M needs 1000 s, 4M 400 s, 2M 200 s.
     assert rt._largest_that_fits(1e-4, 2000.0, 10_000_000) == 10_000_000

@@ -31,7 +31,8 @@ Results (goals from DESIGN §9 and issue 7 in parentheses):
   instead and the result is named after it. ``--quick`` measures 200k.
 
 The focus bundle is the one shipped for the base (``resolve_focus``). Without it the suite times an
-untrained stand-in of the default GistNet/LensNet shapes: every cost above depends on the shapes,
+untrained stand-in in the shapes of the base's own recipes (those ``train focus --base`` trains;
+for SmolLM2 a GistNet over its layer-15 hidden states): every cost above depends on the shapes,
 not the weights, except how many edits LensNet asks for (at most ``max_edits`` per step), so the
 refocus results say which bundle was used. The base is ``$MEGACONTEXT_BENCH_BASE`` (default: the
 embedded default base).
@@ -115,17 +116,19 @@ def _threads(n: int) -> Iterator[None]:
 # ----------------------------------------------------------------------------- models
 
 
-def _default_shape(config_name: str, section: str, module: str) -> dict[str, Any]:
-    """The module shape a packaged training recipe uses (``train/configs/*-default.yaml``);
-    a missing recipe is an error, never an empty shape."""
-    from megacontext.train.config import packaged_config
+def _recipe_shape(kind: str, base_name: str) -> dict[str, Any]:
+    """The module shape of the packaged recipe ``train focus`` would use for the base
+    (``gist-smollm2.yaml`` for SmolLM2, else ``gist-default.yaml``; the same for ``lens``)."""
+    from megacontext.train.focus import recipe
 
-    shape = (packaged_config(config_name).get(section) or {}).get(module) or {}
-    return dict(shape)
+    _, settings = recipe(kind, base_name)
+    return dict((settings.get(kind) or {}).get(f"{kind}net") or {})
 
 
 def stand_in_bundle(base: Any, path: Path, seed: int = 0) -> Path:
-    """Save an untrained GistNet + LensNet with the default shapes for ``base``; returns ``path``.
+    """Save an untrained GistNet + LensNet in the shapes of the base's own recipes (those
+    ``megacontext train focus --base`` trains: for SmolLM2, a GistNet over the base's layer-15
+    hidden states); returns ``path``.
 
     Used when no trained focus bundle exists: costs depend on the shapes, not on the weights.
     """
@@ -134,15 +137,15 @@ def stand_in_bundle(base: Any, path: Path, seed: int = 0) -> Path:
     from megacontext.models.lensnet import LensNet, LensNetConfig
 
     torch.manual_seed(seed)
-    gist_shape = _default_shape("gist-default.yaml", "gist", "gistnet")
-    lens_shape = _default_shape("lens-default.yaml", "lens", "lensnet")
+    gist_shape = _recipe_shape("gist", base.source)
+    lens_shape = _recipe_shape("lens", base.source)
     gistnet = GistNet(GistNetConfig(d_model=base.d_model, **gist_shape))
     lensnet = LensNet(LensNetConfig(d_model=base.d_model, **lens_shape))
     return save_bundle(
         path,
         {"gistnet": gistnet, "lensnet": lensnet},
         fingerprints=base.fingerprints,
-        training={"stand_in": "untrained, default shapes, for megacontext bench runtime"},
+        training={"stand_in": "untrained, the base's recipe shapes, for megacontext bench runtime"},
     )
 
 
@@ -155,7 +158,8 @@ def focus_bundle(base: Any, scratch: Path, progress: Progress) -> tuple[Path, st
         return resolve_focus("default", base.fingerprints, base.source), "packaged"
     except NoFocusBundleError as exc:
         progress(
-            f"{exc}: timing an untrained stand-in of the default GistNet/LensNet shapes "
+            f"{exc}: timing an untrained stand-in in the shapes of the base's GistNet/LensNet "
+            "recipes "
             "(quality is not measured by this suite)"
         )
     return stand_in_bundle(base, scratch / "stand-in-focus"), "untrained stand-in"
