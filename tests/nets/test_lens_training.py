@@ -254,8 +254,9 @@ def test_bad_config() -> None:
         LensTrainConfig(protected_recent=4, query_tokens=8)
     with pytest.raises(InvalidInputError, match="unknown task kinds"):
         LensTrainConfig(task_kinds=("telepathy",))
-    with pytest.raises(InvalidInputError, match="label_budget_s must be > 0"):
-        LensTrainConfig(label_budget_s=0)
+    for bad in (0, "soon"):
+        with pytest.raises(InvalidInputError, match="label_budget_s must be > 0"):
+            LensTrainConfig(label_budget_s=bad)  # type: ignore[arg-type]
 
 
 def test_stale_labels_are_refused(world) -> None:  # type: ignore[no-untyped-def]

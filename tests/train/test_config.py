@@ -90,3 +90,12 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
         load_config(bad)
     with pytest.raises(InvalidInputError, match=r"section\.key=value"):
         load_config(None, {"max_steps": 3})
+
+
+def test_set_values_are_read_as_yaml_and_exponents_as_numbers() -> None:
+    from megacontext.train.config import parse_overrides
+
+    values = parse_overrides(["a=3", "b=[0, 1]", "c=true", "d=1e-6", "e=2.5E3", "f=1e", "g.h=word"])
+    assert values == {
+        "a": 3, "b": [0, 1], "c": True, "d": 1e-6, "e": 2500.0, "f": "1e", "g.h": "word",
+    }  # fmt: skip

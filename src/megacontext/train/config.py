@@ -13,6 +13,7 @@ the start-up (threads, base, corpus streams) that ``train gist``, ``train lens``
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,15 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise InvalidInputError(f"--set {item!r} must look like key=value or section.key=value")
-        out[key.strip()] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        # YAML 1.1 reads "1e-6" (exponent, no dot) as a string; on a command line it is a number.
+        if isinstance(parsed, str) and _EXPONENT.fullmatch(parsed.strip()):
+            parsed = float(parsed)
+        out[key.strip()] = parsed
     return out
+
+
+_EXPONENT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -124,7 +124,9 @@ class LensTrainConfig:
             raise InvalidInputError(
                 f"label_candidates must be >= 1 (or unset), got {self.label_candidates}"
             )
-        if self.label_budget_s is not None and self.label_budget_s <= 0:
+        if self.label_budget_s is not None and (
+            not isinstance(self.label_budget_s, (int, float)) or self.label_budget_s <= 0
+        ):
             raise InvalidInputError(
                 f"label_budget_s must be > 0 seconds (or unset), got {self.label_budget_s}"
             )
