@@ -80,31 +80,27 @@ def _silent(_message: str) -> None:
     pass
 
 
-def global_sum(value: float) -> float:
-    """``value`` summed over the process group (itself in one process)."""
+def _all_reduce(value: float, dtype: torch.dtype, op: str) -> float:
+    """``value`` reduced over the process group with ``torch.distributed.ReduceOp.<op>``."""
     import torch.distributed as dist
 
-    _, world = data_parallel()
-    if world == 1:
-        return value
     # nccl reduces GPU tensors only; gloo takes CPU ones.
     device = torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
-    total = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(total)
-    return float(total.item())
+    tensor = torch.tensor([value], dtype=dtype, device=device)
+    dist.all_reduce(tensor, op=getattr(dist.ReduceOp, op))
+    return float(tensor.item())
+
+
+def global_sum(value: float) -> float:
+    """``value`` summed over the process group (itself in one process)."""
+    _, world = data_parallel()
+    return value if world == 1 else _all_reduce(value, torch.float64, "SUM")
 
 
 def global_min(value: int) -> int:
     """The smallest of ``value`` over the process group (itself in one process)."""
-    import torch.distributed as dist
-
     _, world = data_parallel()
-    if world == 1:
-        return value
-    device = torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
-    least = torch.tensor([value], dtype=torch.int64, device=device)
-    dist.all_reduce(least, op=dist.ReduceOp.MIN)
-    return int(least.item())
+    return value if world == 1 else int(_all_reduce(value, torch.int64, "MIN"))
 
 
 def global_mean(value: float) -> float:
