@@ -169,6 +169,30 @@ def test_interface_shapes(load_tiny: Loader) -> None:
     assert last.hidden.shape == hidden.shape
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gpt2"])
+def test_a_shared_cache_prefix_reads_a_batch_of_suffixes_as_full_forwards(
+    load_tiny: Loader, family: str
+) -> None:
+    """Variants of one context that differ from entry 2 on: the first 2 positions of the
+    context's cache, repeated per variant, then each variant's suffix — the logits of reading
+    every variant whole (what LensNet's labels rely on)."""
+    base = load_tiny(family)
+    ids = torch.tensor([[3, 4, 5, 6, 7]])
+    cache = base.forward(base.embed(ids), torch.arange(5)).cache
+    variants = torch.tensor([[3, 4, 9, 10, 11], [3, 4, 12, 13, 14], [3, 4, 5, 6, 7]])
+    full = base.forward(base.embed(variants), torch.arange(5), use_cache=False).logits
+    shared = base.cache_prefix(cache, 2, batch=3)
+    assert base.cache_length(shared) == 2 and base.cache_length(cache) == 5  # a copy
+    suffix = base.forward(base.embed(variants[:, 2:]), torch.arange(2, 5), shared).logits
+    torch.testing.assert_close(suffix, full[:, 2:], rtol=1e-4, atol=1e-4)
+    with pytest.raises(InvalidInputError, match="positions of a cache"):
+        base.cache_prefix(cache, 6)
+    with pytest.raises(InvalidInputError, match="batch"):
+        base.cache_prefix(cache, 2, batch=0)
+    with pytest.raises(InvalidInputError, match="one sequence"):
+        base.cache_prefix(shared, 1)
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_hidden_states_after_a_layer_match_transformers(load_tiny: Loader, family: str) -> None:
     """``hidden_states(layer=L)`` is the residual stream after decoder layer L (transformers'

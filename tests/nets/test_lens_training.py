@@ -4,6 +4,7 @@ and key training run end to end on a tiny random-init base."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 
 import numpy as np
@@ -109,6 +110,37 @@ def test_expand_label_is_the_nll_change_of_that_edit(world) -> None:  # type: ig
     assert labels[pos] == gain[pos]
 
 
+def test_every_label_equals_a_full_recompute_of_its_edited_context(world) -> None:  # type: ignore[no-untyped-def]
+    # Labels reuse the unedited context's KV cache up to each edit's first changed entry; each
+    # must equal reading the whole edited context from scratch (expansions and collapses).
+    base, _, _, samples = world
+    s = next(x for x in samples if x.retrieval)
+    labels, gain, nll0 = counterfactual_labels(base, s, batch=3)
+    roomy = dict(
+        num_tokens=s.wc.num_tokens,
+        W_max=s.wc.W_max + K,
+        K=K,
+        protected_recent=s.wc.protected_recent,
+    )
+    checked = set()
+    for pos in np.flatnonzero(s.wc.levels > 0):
+        edited = WorkingContext(s.wc.levels, s.wc.indices, **roomy)
+        edited.expand(int(s.wc.levels[pos]), int(s.wc.indices[pos]))
+        direct = (wc_nll(base, s.tree, edited, s.scored) - nll0) / (K - 1)
+        assert gain[pos] == pytest.approx(-direct, rel=1e-4, abs=1e-6)
+        checked.add("expand")
+    for pos in np.flatnonzero(np.isfinite(labels) & (s.wc.levels == 0)):
+        # A raw token's label is its group's collapse; the group starts at a multiple of K.
+        first = int(pos - s.wc.indices[pos] % K)
+        edited = WorkingContext(s.wc.levels, s.wc.indices, **roomy)
+        edited.collapse(1, int(s.wc.indices[first]) // K)
+        direct = (wc_nll(base, s.tree, edited, s.scored) - nll0) / (K - 1)
+        assert labels[pos] == pytest.approx(direct, rel=1e-4, abs=1e-6)
+        checked.add("collapse")
+    # Both paths ran: an edit of the first entry (nothing cached to reuse) and later ones.
+    assert checked == {"expand", "collapse"} and s.wc.levels[0] > 0
+
+
 def test_label_candidates_score_a_seeded_subset_and_always_the_evidence(world) -> None:  # type: ignore[no-untyped-def]
     base, _, _, samples = world
     retrieval = next(s for s in samples if s.retrieval)
@@ -198,8 +230,21 @@ def test_key_head_training_lowers_its_loss_and_refresh_updates_keys(world) -> No
         assert losses[-1] <= losses[0]
     torch.testing.assert_close(gistnet(x, 1)[0].detach(), gist_before)  # gists untouched
     s = samples[0]
-    refresh_keys(s, base, gistnet)
-    assert s.tree.keys(1, 0, 1).shape == (1, gistnet.config.key_dim)
+    levels = range(1, s.tree.num_levels + 1)
+    counts = {lv: s.tree.backend.count(lv) for lv in levels}
+    before = {lv: s.tree.keys(lv, 0, counts[lv]).copy() for lv in levels}
+    gists = {lv: s.tree.gists(lv, 0, counts[lv]).copy() for lv in levels}
+    assert set(s.key_features) == set(levels)
+    # The same refresh from scratch: every node read again (no kept features).
+    again = dataclasses.replace(s, key_features={})
+    refresh_keys(again, base, gistnet)
+    refresh_keys(s, base, gistnet)  # from the kept features, without the base
+    for lv in levels:
+        keys = s.tree.keys(lv, 0, counts[lv])
+        assert keys.shape == (counts[lv], gistnet.config.key_dim)
+        np.testing.assert_allclose(keys, again.tree.keys(lv, 0, counts[lv]), atol=1e-5)
+        assert not np.allclose(keys, before[lv], atol=1e-3)  # the trained head's keys
+        np.testing.assert_array_equal(s.tree.gists(lv, 0, counts[lv]), gists[lv])
 
 
 def test_key_targets_follow_the_evidence_or_the_gain() -> None:

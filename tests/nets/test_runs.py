@@ -120,6 +120,9 @@ def test_gist_then_lens_runs_write_bundles_and_plots(
     assert {"gistnet", "lensnet", "lensnet_gists_only", "lensnet_keys_only"} <= set(bundle.modules)
     assert bundle.lora is not None and bundle.lora[0]["r"] == 2
     assert "lod1" in bundle.metrics and "focus_gain_text" in bundle.metrics
+    phases = {"labelling", "key_head", "refresh_keys", "lensnet_training", "evaluation"}
+    assert set(bundle.metrics["seconds"]) == phases
+    assert all(v >= 0 for v in bundle.metrics["seconds"].values())
     assert (tmp_path / "lens" / "lensnet_training.png").stat().st_size > 0
 
 

@@ -296,6 +296,33 @@ class BaseAdapter:
             cache.crop(n - length)
         return cache
 
+    def cache_prefix(self, cache: Any, n: int, batch: int = 1) -> Any:
+        """A new cache holding the first ``n`` positions of ``cache`` (one sequence), repeated
+        ``batch`` times; ``cache`` itself is unchanged.
+
+        Many variants of one context that agree up to entry ``n`` (the single edits that
+        LensNet's labels compare) then recompute only their suffixes, in one batch (D10).
+
+        Raises:
+            InvalidInputError: ``n`` is outside the cache, ``batch`` < 1, or ``cache`` holds
+                more than one sequence.
+        """
+        length = self.cache_length(cache)
+        if not 0 <= n <= length:
+            raise InvalidInputError(f"cannot take {n} positions of a cache of {length}")
+        if batch < 1:
+            raise InvalidInputError(f"batch must be >= 1, got {batch}")
+        out = self.new_cache()
+        for index, layer in enumerate(cache.layers):
+            if layer.keys.shape[0] != 1:
+                raise InvalidInputError(
+                    f"cache_prefix repeats one sequence; this cache holds {layer.keys.shape[0]}"
+                )
+            keys = layer.keys[:, :, :n].expand(batch, -1, -1, -1).contiguous()
+            values = layer.values[:, :, :n].expand(batch, -1, -1, -1).contiguous()
+            out.update(keys, values, index)
+        return out
+
     # ----------------------------------------------------------------- forward
     def forward(
         self,

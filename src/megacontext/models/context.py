@@ -50,7 +50,13 @@ class GistNetGister:
     """The tree's gister backed by GistNet, reading level-1 blocks as :func:`level1_inputs`
     makes them (the base's embeddings or hidden states)."""
 
-    def __init__(self, gistnet: GistNet, base: BaseAdapter, batch_size: int = 4096):
+    def __init__(
+        self,
+        gistnet: GistNet,
+        base: BaseAdapter,
+        batch_size: int = 4096,
+        features: dict[int, list[np.ndarray]] | None = None,
+    ):
         if gistnet.config.d_model != base.d_model:
             raise InvalidInputError(
                 f"GistNet writes {gistnet.config.d_model}-dim gists but the base reads "
@@ -65,6 +71,9 @@ class GistNetGister:
         self.gistnet = gistnet.eval()
         self.base = base
         self.batch_size = batch_size
+        # When given, the pooled trunk features of every node gisted, appended per level in the
+        # tree's order (LensNet training derives refreshed keys from them).
+        self.features = features
 
     @property
     def dim(self) -> int:
@@ -85,7 +94,10 @@ class GistNetGister:
                 x = level1_inputs(self.gistnet, self.base, ids)
             else:
                 x = torch.tensor(np.asarray(chunk, dtype=np.float32), device=device)
-            gist, key = self.gistnet(x.float(), level)
+            pooled = self.gistnet.pooled(x.float(), level)
+            if self.features is not None:
+                self.features.setdefault(level, []).append(pooled.float().cpu().numpy())
+            gist, key = self.gistnet.heads(pooled, level)
             gists.append(gist.float().cpu().numpy())
             keys.append(key.float().cpu().numpy())
         return GistBatch(np.concatenate(gists), np.concatenate(keys))

@@ -188,13 +188,22 @@ class GistNet(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``inputs``: ``(n, K, d_model)``; ``level``: int or ``(n,)``. Returns (gists, keys):
         gists ``(n, d_model)``, or ``(n, gists_per_block, d_model)`` when that is above 1."""
-        pooled = self.pooled(inputs, level)
+        return self.heads(self.pooled(inputs, level), level)
+
+    def heads(
+        self, pooled: torch.Tensor, level: int | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The trunk's pooled features (:meth:`pooled`) to (gists, keys), as :meth:`forward`."""
         gist = self.gist_head(pooled)
         if self.config.gist_head == "anchored":
             gist = self._anchored(gist, level)
         gist = self.config.target_norm * gist / gist.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        key = F.normalize(self.key_head(pooled if pooled.ndim == 2 else pooled.mean(1)), dim=-1)
-        return gist, key
+        return gist, self.keys_of(pooled)
+
+    def keys_of(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Unit keys of pooled features: after training the key head alone, the keys of stored
+        nodes follow from their pooled features without reading the nodes again."""
+        return F.normalize(self.key_head(pooled if pooled.ndim == 2 else pooled.mean(1)), dim=-1)
 
     def _anchored(self, raw: torch.Tensor, level: int | torch.Tensor) -> torch.Tensor:
         """Placeholder + content of a fixed relative norm; the content is ``raw`` centred on the

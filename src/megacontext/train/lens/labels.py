@@ -154,6 +154,9 @@ class LensSample:
     expand_gain: np.ndarray = field(
         default_factory=lambda: np.zeros(0)
     )  # per entry; NaN if no gist
+    # GistNet's pooled trunk features of every node of the tree, per level in node order: the
+    # keys follow from them after the key head is trained (refresh_keys) without the base.
+    key_features: dict[int, np.ndarray] = field(default_factory=dict)
     # NLLs that do not depend on the scorer under evaluation (recency; the oracle at a label
     # scale), kept so that evaluating several LensNets on one sample labels it only once.
     reference_nll: dict[str, float] = field(default_factory=dict)
@@ -172,13 +175,19 @@ class LensSample:
 
 def _scored_nll(base: BaseAdapter, prefixes: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
     """Mean NLL of ``scored`` (H,) after each prefix ``(B, W, d)``; compact positions."""
-    b, w, _ = prefixes.shape
+    b = prefixes.shape[0]
     tail = base.embed(scored[:-1].to(base.device))[None].expand(b, -1, -1)
     seq = torch.cat([prefixes, tail.to(prefixes.dtype)], dim=1)
     positions = torch.arange(seq.shape[1], device=base.device)[None].expand(b, -1)
-    logits = base.forward(seq, positions, use_cache=False).logits[:, w - 1 :].float()
-    targets = scored.to(base.device)[None].expand(b, -1)
-    losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+    logits = base.forward(seq, positions, use_cache=False, logits_last=len(scored)).logits
+    return _mean_nll(logits, scored.to(base.device))
+
+
+def _mean_nll(logits: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """Per-row mean NLL of ``scored`` (H,) under ``logits`` (B, H, vocab)."""
+    b = logits.shape[0]
+    targets = scored[None].expand(b, -1)
+    losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
     return losses.view(b, -1).mean(dim=1)
 
 
@@ -188,6 +197,72 @@ def wc_nll(
 ) -> float:
     vectors = entry_vectors(wc, tree, base)[None]
     return float(_scored_nll(base, vectors, torch.as_tensor(scored, dtype=torch.long))[0])
+
+
+class _EditedNLL:
+    """The scored tokens' NLL after edited copies of one working context, each computed from its
+    first changed entry on.
+
+    The unedited context is read once and its KV cache kept. A copy whose entries first differ
+    at entry ``first`` starts from the first ``first`` positions of that cache and recomputes
+    only the rest — equal to a full recompute (D10) — so an edit near the recent end costs a
+    fraction of a forward. Logits are computed for the scored tokens only.
+    """
+
+    def __init__(
+        self, base: BaseAdapter, tree: MegaContextTree, wc: WorkingContext, scored: np.ndarray
+    ):
+        self.base, self.tree, self.size = base, tree, wc.size
+        self.scored = torch.as_tensor(scored, dtype=torch.long, device=base.device)
+        seq = self._with_tail(entry_vectors(wc, tree, base)[None])
+        positions = torch.arange(seq.shape[1], device=base.device)[None]
+        out = base.forward(seq, positions, use_cache=True, logits_last=len(self.scored))
+        self.cache = out.cache
+        self.unedited = float(_mean_nll(out.logits, self.scored)[0])
+
+    def _with_tail(self, entries: torch.Tensor) -> torch.Tensor:
+        tail = self.base.embed(self.scored[:-1])[None].expand(entries.shape[0], -1, -1)
+        return torch.cat([entries, tail.to(entries.dtype)], dim=1)
+
+    def __call__(self, edited: Sequence[WorkingContext], firsts: Sequence[int]) -> np.ndarray:
+        """NLL after each of ``edited`` (all of one size), whose entries before ``firsts[i]``
+        are those of the unedited context."""
+        if len({e.size for e in edited}) != 1 or len(firsts) != len(edited):
+            raise InvalidInputError("_EditedNLL scores a batch of edited contexts of one size")
+        first = min(firsts)
+        if not 0 <= first <= self.size:
+            raise InvalidInputError(f"first changed entry {first} outside [0, {self.size}]")
+        suffixes = torch.stack(
+            [entry_vectors(e, self.tree, self.base, start=first) for e in edited]
+        )
+        seq = self._with_tail(suffixes)
+        b = seq.shape[0]
+        positions = torch.arange(first, first + seq.shape[1], device=self.base.device)
+        past = self.base.cache_prefix(self.cache, first, b) if first else None
+        out = self.base.forward(
+            seq,
+            positions[None].expand(b, -1),
+            past,
+            use_cache=past is not None,
+            logits_last=len(self.scored),
+        )
+        return _mean_nll(out.logits, self.scored).cpu().numpy()
+
+    def batched(self, edited: Sequence[tuple[WorkingContext, int]], batch: int) -> np.ndarray:
+        """NLL after each ``(context, first changed entry)``, in the given order: contexts of
+        one size and nearby first changes share a forward, ``batch`` at most."""
+        order = sorted(range(len(edited)), key=lambda i: (edited[i][0].size, edited[i][1]))
+        out = np.empty(len(edited))
+        lo = 0
+        while lo < len(order):
+            size = edited[order[lo]][0].size
+            hi = lo + 1
+            while hi < len(order) and hi - lo < batch and edited[order[hi]][0].size == size:
+                hi += 1
+            chunk = order[lo:hi]
+            out[chunk] = self([edited[i][0] for i in chunk], [edited[i][1] for i in chunk])
+            lo = hi
+        return out
 
 
 @torch.no_grad()
@@ -213,8 +288,8 @@ def counterfactual_labels(
     """
     wc = wc or sample.wc
     K = wc.K
-    scored = torch.as_tensor(sample.scored, dtype=torch.long)
-    nll0 = wc_nll(base, sample.tree, wc, sample.scored)
+    nll = _EditedNLL(base, sample.tree, wc, sample.scored)
+    nll0 = nll.unedited
     labels = np.full(wc.size, np.nan)
     gain = np.full(wc.size, np.nan)
     gist_positions = np.flatnonzero(wc.levels > 0)
@@ -234,25 +309,19 @@ def counterfactual_labels(
         rest = [e for e in edits if e not in keep]
         room = max(candidates - len(keep), 0)
         edits = keep + (rng or random.Random(0)).sample(rest, min(room, len(rest)))
-    for kind in ("expand", "collapse"):
-        todo = [(pos, edit) for k, pos, edit in edits if k == kind]
-        for lo in range(0, len(todo), batch):
-            chunk = todo[lo : lo + batch]
-            prefixes = []
-            for _, edit in chunk:
-                edited = _with_budget_room(wc, K)
-                edited.apply(EditPlan(edited.version, (edit,)))
-                prefixes.append(entry_vectors(edited, sample.tree, base))
-            nll = _scored_nll(base, torch.stack(prefixes), scored).cpu().numpy()
-            for (pos, _), value in zip(chunk, nll, strict=True):
-                delta = (float(value) - nll0) / (K - 1)
-                if kind == "expand":
-                    gain[pos] = -delta
-                    labels[pos] = -delta
-                else:
-                    labels[pos : pos + K] = delta
+    edited = []
+    for _, _, edit in edits:
+        copy = _with_budget_room(wc, K)
+        edited.append((copy, copy.apply(EditPlan(copy.version, (edit,))).first_changed))
+    for (kind, pos, _), value in zip(edits, nll.batched(edited, batch), strict=True):
+        delta = (float(value) - nll0) / (K - 1)
+        if kind == "expand":
+            gain[pos] = -delta
+            labels[pos] = -delta
+        else:
+            labels[pos : pos + K] = delta
     if descent and sample.evidence:
-        _descent_labels(base, sample, wc, nll0, batch, labels, gain)
+        _descent_labels(nll, sample, wc, batch, labels, gain)
     return labels, gain, nll0
 
 
@@ -264,10 +333,9 @@ def _covers(edit: Edit, K: int, evidence: Sequence[tuple[int, int]]) -> bool:
 
 
 def _descent_labels(
-    base: BaseAdapter,
+    nll: _EditedNLL,
     sample: LensSample,
     wc: WorkingContext,
-    nll0: float,
     batch: int,
     labels: np.ndarray,
     gain: np.ndarray,
@@ -275,23 +343,18 @@ def _descent_labels(
     """Raise the labels of level-2+ gists over evidence to the value of opening the path to it
     (in place; see :func:`counterfactual_labels`)."""
     K = wc.K
-    scored = torch.as_tensor(sample.scored, dtype=torch.long)
-    # (WC position of the gist, the WC with its evidence opened, expansions it took); paths of
-    # one length share a batched forward.
-    by_size: dict[int, list[tuple[int, WorkingContext, int]]] = {}
+    # (WC position of the gist, the WC with its evidence opened, expansions it took).
+    paths: list[tuple[int, WorkingContext, int]] = []
     for gist_pos in np.flatnonzero(wc.levels > 1).tolist():
         level = int(wc.levels[gist_pos])
         opened = evidence_path(wc, level, int(wc.indices[gist_pos]), sample.evidence)
         if opened is not None:
-            by_size.setdefault(opened[0].size, []).append((gist_pos, *opened))
-    for group in by_size.values():
-        for lo in range(0, len(group), batch):
-            part = group[lo : lo + batch]
-            vectors = [entry_vectors(edited, sample.tree, base) for _, edited, _ in part]
-            nlls = _scored_nll(base, torch.stack(vectors), scored).cpu().numpy()
-            for (gist_pos, _, expansions), value in zip(part, nlls, strict=True):
-                per_entry = (nll0 - float(value)) / (expansions * (K - 1))
-                gain[gist_pos] = labels[gist_pos] = max(gain[gist_pos], per_entry)
+            paths.append((gist_pos, *opened))
+    # Opening a gist's path changes the context from that gist's entry on.
+    values = nll.batched([(opened, gist_pos) for gist_pos, opened, _ in paths], batch)
+    for (gist_pos, _, expansions), value in zip(paths, values, strict=True):
+        per_entry = (nll.unedited - float(value)) / (expansions * (K - 1))
+        gain[gist_pos] = labels[gist_pos] = max(gain[gist_pos], per_entry)
 
 
 def evidence_path(
@@ -374,13 +437,16 @@ def make_sample(
         history = ids[: task.prompt_len]
         scored = ids[task.prompt_len : task.prompt_len + cfg.max_answer_tokens]
         evidence = tuple((a, b) for a, b in task.evidence if b <= len(history))
+    features: dict[int, list[np.ndarray]] = {}
+    gister = GistNetGister(gistnet, base, features=features)
     tree = MegaContextTree(
         MemoryBackend(base.d_model, np.float32),
-        GistNetGister(gistnet, base),
+        gister,
         K=K,
         key_backend=MemoryBackend(gistnet.config.key_dim, np.float32),
     )
     tree.append(history)
+    gister.features = None  # the tree is complete: nothing more to record
     lexical = LexicalIndex(K=K)
     lexical.add_blocks(0, _detok_blocks(base, history, K))
     recency = WorkingContext.assemble(
@@ -397,6 +463,7 @@ def make_sample(
         query=FocusQuery.of(base, gistnet, history[-cfg.query_tokens :]),
         scored=scored,
         evidence=evidence,
+        key_features={level: np.concatenate(parts) for level, parts in features.items()},
     )
 
 

@@ -9,6 +9,7 @@ trains its share of each global batch; rank 0 alone logs and writes the run dire
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -78,6 +79,19 @@ def run_lens(run: LensRunConfig, log: Callable[[str], None] = print) -> dict[str
             lora.detach()
 
 
+class _Laps:
+    """Seconds per phase of a run: ``lap(name)`` adds the time since the previous lap."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._clock
+        self._clock = now
+
+
 def _label_and_train(
     run: LensRunConfig,
     base: Any,
@@ -97,6 +111,7 @@ def _label_and_train(
     val_text = _prose_stream(val_streams)
     progress = not rank
     total = run.train_samples + run.val_samples
+    lap = _Laps()  # where the run's time goes (labelling, on a real base)
     budget = cfg.label_budget_s
 
     def share(count: int) -> float | None:
@@ -134,9 +149,12 @@ def _label_and_train(
             f"labelled {len(train)} of {run.train_samples} train and {len(val)} of "
             f"{run.val_samples} val samples in the {budget:.0f} s labelling budget"
         )
+    lap("labelling")
     key_losses = train_key_head(base, gistnet, train, cfg, progress=progress)
+    lap("key_head")
     for sample in [*train, *val]:
         refresh_keys(sample, base, gistnet)
+    lap("refresh_keys")
     slices = {
         "text": [s for s in val if not s.retrieval],
         "retrieval": [s for s in val if s.retrieval],
@@ -154,6 +172,7 @@ def _label_and_train(
             continue
         config = LensNetConfig(d_model=base.d_model, **{**cfg.lensnet, **switches})
         lens, scale, losses = train_lensnet(base, train, cfg, config, progress, log)
+        lap("lensnet_training")
         models[name], curves[name] = lens, losses
         metrics[f"label_scale_{name}"] = scale
         for slice_name, samples in slices.items():
@@ -170,6 +189,9 @@ def _label_and_train(
                 "oracle": report.nll_oracle,
             }
             log(f"{name} / {slice_name}: {report}")
+        lap("evaluation")
+    metrics["seconds"] = {name: round(value, 1) for name, value in lap.seconds.items()}
+    log("seconds: " + ", ".join(f"{name} {value:.0f}" for name, value in lap.seconds.items()))
     if rank:
         return metrics
     out = Path(run.out_dir)

@@ -241,7 +241,7 @@ def train_key_head(
         with torch.no_grad():
             nodes = torch.stack(
                 [
-                    _pooled_node(base, gistnet, s.tree, int(s.wc.levels[p]), int(s.wc.indices[p]))
+                    _pooled_node(base, gistnet, s, int(s.wc.levels[p]), int(s.wc.indices[p]))
                     for p in gists
                 ]
             )
@@ -287,9 +287,13 @@ class _KeyStep(torch.nn.Module):
 
 
 def _pooled_node(
-    base: BaseAdapter, gistnet: GistNet, tree: MegaContextTree, level: int, index: int
+    base: BaseAdapter, gistnet: GistNet, sample: LensSample, level: int, index: int
 ) -> torch.Tensor:
-    K = gistnet.config.K
+    """GistNet's pooled trunk features of one node: kept by the sample, or computed again."""
+    kept = sample.key_features.get(level)
+    if kept is not None and index < len(kept):
+        return torch.as_tensor(kept[index], device=base.device)
+    tree, K = sample.tree, gistnet.config.K
     if level == 1:
         ids = torch.as_tensor(
             tree.tokens(index * K, (index + 1) * K).astype(np.int64), device=base.device
@@ -303,9 +307,17 @@ def _pooled_node(
     return gistnet.pooled(x, level)[0]
 
 
+@torch.no_grad()
 def refresh_keys(sample: LensSample, base: BaseAdapter, gistnet: GistNet) -> None:
-    """Recompute a sample's stored keys and query key after the key head changed."""
+    """Recompute a sample's stored keys and query key after the key head changed.
+
+    The keys of the nodes whose pooled features the sample kept (all, for a sample from
+    :func:`make_sample`) come from the key head alone; the tree gists any others again.
+    """
     key_backend = MemoryBackend(gistnet.config.key_dim, np.float32)
+    for level in sorted(sample.key_features):
+        pooled = torch.as_tensor(sample.key_features[level], device=base.device)
+        key_backend.append(level, gistnet.keys_of(pooled).float().cpu().numpy())
     sample.tree = MegaContextTree(
         sample.tree.backend, GistNetGister(gistnet, base), K=sample.tree.K, key_backend=key_backend
     )
