@@ -115,7 +115,7 @@ def per_sample_key_head(base, gistnet, samples, cfg):  # type: ignore[no-untyped
         with torch.no_grad():
             levels, indices = s.wc.levels, s.wc.indices
             nodes = torch.stack(
-                [_pooled_node(base, gistnet, s, int(levels[p]), int(indices[p])) for p in gists]
+                [_pooled_node(base, s, int(levels[p]), int(indices[p])) for p in gists]
             )
             block = base.embed(torch.as_tensor(s.query.ids[-gistnet.config.K :]))[None]
             query = gistnet.pooled(block.float(), 1)[0]

@@ -173,30 +173,35 @@ class LensSample:
 # --------------------------------------------------------------------------- scoring
 
 
-def _scored_nll(base: BaseAdapter, prefixes: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
-    """Mean NLL of ``scored`` (H,) after each prefix ``(B, W, d)``; compact positions."""
-    b = prefixes.shape[0]
-    tail = base.embed(scored[:-1].to(base.device))[None].expand(b, -1, -1)
-    seq = torch.cat([prefixes, tail.to(prefixes.dtype)], dim=1)
-    positions = torch.arange(seq.shape[1], device=base.device)[None].expand(b, -1)
-    logits = base.forward(seq, positions, use_cache=False, logits_last=len(scored)).logits
-    return _mean_nll(logits, scored.to(base.device))
-
-
-def _mean_nll(logits: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
-    """Per-row mean NLL of ``scored`` (H,) under ``logits`` (B, H, vocab)."""
-    b = logits.shape[0]
+def _answer_nll(
+    base: BaseAdapter,
+    entries: torch.Tensor,
+    scored: torch.Tensor,
+    first: int = 0,
+    past: Any = None,
+    keep_cache: bool = False,
+) -> tuple[torch.Tensor, Any]:
+    """Per-row mean NLL of ``scored`` (H,) after each row of ``entries`` ``(B, n, d)``, which
+    start at compact position ``first`` and continue ``past`` (a cache of the first ``first``
+    positions, or None when ``first`` is 0). Logits for the scored tokens only. Returns the NLLs
+    and, with ``keep_cache``, the cache extended by this read."""
+    b = entries.shape[0]
+    tail = base.embed(scored[:-1])[None].expand(b, -1, -1)
+    seq = torch.cat([entries, tail.to(entries.dtype)], dim=1)
+    positions = torch.arange(first, first + seq.shape[1], device=base.device)[None].expand(b, -1)
+    use_cache = keep_cache or past is not None
+    out = base.forward(seq, positions, past, use_cache=use_cache, logits_last=len(scored))
     targets = scored[None].expand(b, -1)
-    losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-    return losses.view(b, -1).mean(dim=1)
+    losses = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+    return losses.view(b, -1).mean(dim=1), out.cache
 
 
 @torch.no_grad()
 def wc_nll(
     base: BaseAdapter, tree: MegaContextTree, wc: WorkingContext, scored: np.ndarray
 ) -> float:
-    vectors = entry_vectors(wc, tree, base)[None]
-    return float(_scored_nll(base, vectors, torch.as_tensor(scored, dtype=torch.long))[0])
+    ids = torch.as_tensor(scored, dtype=torch.long, device=base.device)
+    return float(_answer_nll(base, entry_vectors(wc, tree, base)[None], ids)[0][0])
 
 
 class _EditedNLL:
@@ -214,15 +219,9 @@ class _EditedNLL:
     ):
         self.base, self.tree, self.size = base, tree, wc.size
         self.scored = torch.as_tensor(scored, dtype=torch.long, device=base.device)
-        seq = self._with_tail(entry_vectors(wc, tree, base)[None])
-        positions = torch.arange(seq.shape[1], device=base.device)[None]
-        out = base.forward(seq, positions, use_cache=True, logits_last=len(self.scored))
-        self.cache = out.cache
-        self.unedited = float(_mean_nll(out.logits, self.scored)[0])
-
-    def _with_tail(self, entries: torch.Tensor) -> torch.Tensor:
-        tail = self.base.embed(self.scored[:-1])[None].expand(entries.shape[0], -1, -1)
-        return torch.cat([entries, tail.to(entries.dtype)], dim=1)
+        entries = entry_vectors(wc, tree, base)[None]
+        nll, self.cache = _answer_nll(base, entries, self.scored, keep_cache=True)
+        self.unedited = float(nll[0])
 
     def __call__(self, edited: Sequence[WorkingContext], firsts: Sequence[int]) -> np.ndarray:
         """NLL after each of ``edited`` (all of one size), whose entries before ``firsts[i]``
@@ -235,18 +234,9 @@ class _EditedNLL:
         suffixes = torch.stack(
             [entry_vectors(e, self.tree, self.base, start=first) for e in edited]
         )
-        seq = self._with_tail(suffixes)
-        b = seq.shape[0]
-        positions = torch.arange(first, first + seq.shape[1], device=self.base.device)
-        past = self.base.cache_prefix(self.cache, first, b) if first else None
-        out = self.base.forward(
-            seq,
-            positions[None].expand(b, -1),
-            past,
-            use_cache=past is not None,
-            logits_last=len(self.scored),
-        )
-        return _mean_nll(out.logits, self.scored).cpu().numpy()
+        past = self.base.cache_prefix(self.cache, first, len(edited)) if first else None
+        nll, _ = _answer_nll(self.base, suffixes, self.scored, first, past)
+        return nll.cpu().numpy()
 
     def batched(self, edited: Sequence[tuple[WorkingContext, int]], batch: int) -> np.ndarray:
         """NLL after each ``(context, first changed entry)``, in the given order: contexts of

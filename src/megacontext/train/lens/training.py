@@ -240,10 +240,7 @@ def train_key_head(
             continue
         with torch.no_grad():
             nodes = torch.stack(
-                [
-                    _pooled_node(base, gistnet, s, int(s.wc.levels[p]), int(s.wc.indices[p]))
-                    for p in gists
-                ]
+                [_pooled_node(base, s, int(s.wc.levels[p]), int(s.wc.indices[p])) for p in gists]
             )
             block = torch.as_tensor(s.query.ids[-gistnet.config.K :], device=base.device)
             query = gistnet.pooled(level1_inputs(gistnet, base, block[None]).float(), 1)[0]
@@ -286,25 +283,10 @@ class _KeyStep(torch.nn.Module):
         return weight * torch.stack(parts).sum(), [float(p.detach()) for p in parts]
 
 
-def _pooled_node(
-    base: BaseAdapter, gistnet: GistNet, sample: LensSample, level: int, index: int
-) -> torch.Tensor:
-    """GistNet's pooled trunk features of one node: kept by the sample, or computed again."""
-    kept = sample.key_features.get(level)
-    if kept is not None and index < len(kept):
-        return torch.as_tensor(kept[index], device=base.device)
-    tree, K = sample.tree, gistnet.config.K
-    if level == 1:
-        ids = torch.as_tensor(
-            tree.tokens(index * K, (index + 1) * K).astype(np.int64), device=base.device
-        )
-        x = level1_inputs(gistnet, base, ids[None]).float()
-    else:
-        x = torch.tensor(
-            np.asarray(tree.gists(level - 1, index * K, (index + 1) * K), dtype=np.float32),
-            device=base.device,
-        )[None]
-    return gistnet.pooled(x, level)[0]
+def _pooled_node(base: BaseAdapter, sample: LensSample, level: int, index: int) -> torch.Tensor:
+    """GistNet's pooled trunk features of one node, as the sample kept them when its tree was
+    built (:attr:`LensSample.key_features`)."""
+    return torch.as_tensor(sample.key_features[level][index], device=base.device)
 
 
 @torch.no_grad()
