@@ -28,6 +28,7 @@ def state_snapshot(state: AllocatorState) -> tuple[int, dict[object, object], di
 @settings(max_examples=200)
 @given(
     K=st.integers(2, 6),
+    G=st.integers(1, 4),
     n=st.integers(1, 4000),
     slack=st.integers(0, 200),
     recent=st.integers(0, 12),
@@ -45,12 +46,14 @@ def state_snapshot(state: AllocatorState) -> tuple[int, dict[object, object], di
     data=st.data(),
 )
 def test_allocator_sequences_keep_every_promise(
-    K: int, n: int, slack: int, recent: int, config: AllocatorConfig, data: st.DataObject
+    K: int, G: int, n: int, slack: int, recent: int, config: AllocatorConfig, data: st.DataObject
 ) -> None:
+    # G gists per node: a gist takes G positions of the budget (G < K, or it saves nothing).
+    G = min(G, K - 1)
     recent = min(recent, n)
     raw_from = ((n - recent) // K) * K
-    w_max = coarsest_size(raw_from, K) + (n - raw_from) + 3 * K + slack
-    wc = WorkingContext.assemble(n, w_max, K=K, protected_recent=recent)
+    w_max = coarsest_size(raw_from, K, G) + (n - raw_from) + 3 * K * G + slack
+    wc = WorkingContext.assemble(n, w_max, K=K, protected_recent=recent, gists_per_node=G)
     allocator, state = FocusAllocator(config), AllocatorState()
     history: dict[tuple[int, int], list[tuple[int, EditKind]]] = {}
     rng = np.random.default_rng(data.draw(st.integers(0, 1000)))
@@ -59,13 +62,13 @@ def test_allocator_sequences_keep_every_promise(
         scores = rng.uniform(-1, 1, size=wc.size)
         before_wc = (wc.version, wc.levels.tolist(), wc.indices.tolist())
         before_state = state_snapshot(state)
-        over = wc.size > wc.W_max - grow
+        over = wc.length > wc.W_max - grow
         try:
             plan = allocator.plan(wc, scores, state, reserve=grow)
         except BudgetError:
             # Honest only when even the coarsest legal WC cannot leave room for `grow` tokens.
             raw_from = ((wc.num_tokens - min(recent, wc.num_tokens)) // K) * K
-            smallest = coarsest_size(raw_from, K) + wc.num_tokens - raw_from
+            smallest = coarsest_size(raw_from, K, G) + wc.num_tokens - raw_from
             assert smallest + grow > wc.W_max
             break
         # Pure: planning changed neither the WC nor the state.
@@ -80,13 +83,14 @@ def test_allocator_sequences_keep_every_promise(
             for when, kind in history.get((edit.level, edit.index), []):
                 if kind is not edit.kind:
                     assert step - when > config.cooldown_steps
-        size = wc.size
+        size, length, growth = wc.size, wc.length, wc.growth(plan)
         wc.apply(plan)
         state.record(plan, wc, config.cooldown_steps)
         for edit in plan.edits:
             history.setdefault((edit.level, edit.index), []).append((step, edit.kind))
         assert wc.size == size + plan.size_change(K)
-        assert wc.size <= wc.W_max - grow  # budget kept, with room for what comes next
+        assert wc.length == length + growth
+        assert wc.length <= wc.W_max - grow  # budget kept, with room for what comes next
         wc.check_invariants()
         wc.extend(grow)
         wc.check_invariants()
@@ -232,3 +236,22 @@ def test_bad_config_and_reserve() -> None:
     wc = wc_with_gists()
     with pytest.raises(InvalidInputError, match="reserve"):
         FocusAllocator().plan(wc, np.zeros(wc.size), reserve=-1)
+
+
+def test_a_collapse_pays_for_an_expansion_only_when_it_refunds_enough() -> None:
+    # K=4, G=2: a level-2 gist (2 positions), tokens 16..19 (4), a level-1 gist (2): 8 of 8.
+    # Expanding the level-2 gist costs 4·2 − 2 = 6; collapsing the tokens refunds 4 − 2 = 2.
+    wc = WorkingContext(
+        [2, 0, 0, 0, 0, 1], [0, 16, 17, 18, 19, 5], num_tokens=24, W_max=8, K=4, gists_per_node=2
+    )
+    scores = np.array([0.9, -0.5, -0.5, -0.5, -0.5, 0.0])
+    plan = FocusAllocator(AllocatorConfig(max_edits=4)).plan(wc, scores)
+    assert Edit.expand(2, 0) not in plan.edits
+    assert plan.edits == (Edit.collapse(1, 4),)  # the unwanted tokens still go
+    wc.apply(plan)
+    assert wc.length == 6
+    # With the room, the expansion happens: 6 free positions after the collapse.
+    wc2 = WorkingContext([2, 1, 1], [0, 4, 5], num_tokens=24, W_max=12, K=4, gists_per_node=2)
+    plan = FocusAllocator().plan(wc2, np.array([0.9, 0.0, 0.0]))
+    assert plan.edits == (Edit.expand(2, 0),)
+    assert wc2.apply(plan).length == 12

@@ -20,13 +20,14 @@ from megacontext.errors import (
 @st.composite
 def assembled(draw: st.DrawFn) -> WorkingContext:
     K = draw(st.integers(2, 8))
+    G = draw(st.integers(1, min(4, K - 1)))  # positions a gist takes
     n = draw(st.integers(0, 5000))
     recent = draw(st.integers(0, 3 * K))
-    need = coarsest_size(max(0, ((n - min(recent, n)) // K) * K), K) + (
+    need = coarsest_size(max(0, ((n - min(recent, n)) // K) * K), K, G) + (
         n - max(0, ((n - min(recent, n)) // K) * K)
     )
     w_max = draw(st.integers(max(1, need, recent), max(1, need, recent) + 300))
-    return WorkingContext.assemble(n, w_max, K=K, protected_recent=recent)
+    return WorkingContext.assemble(n, w_max, K=K, protected_recent=recent, gists_per_node=G)
 
 
 def snapshot(wc: WorkingContext) -> tuple[int, int, list[int], list[int]]:
@@ -37,12 +38,17 @@ def snapshot(wc: WorkingContext) -> tuple[int, int, list[int], list[int]]:
 @given(assembled())
 def test_assembly_covers_history_within_budget_and_uses_it(wc: WorkingContext) -> None:
     wc.check_invariants()
-    assert wc.size <= wc.W_max
+    assert wc.length <= wc.W_max
+    costs = np.where(wc.levels > 0, wc.gists_per_node, 1)
+    assert wc.length == costs.sum()
+    assert wc.offsets().tolist() == (np.cumsum(costs) - costs).tolist()
+    assert len(wc_positions(wc, "gaussian").position_ids) == wc.length
     starts, ends = wc.spans()
     if wc.num_tokens:
         assert starts[0] == 0 and ends[-1] == wc.num_tokens
-    # Budget is used: no further expansion fits, or nothing is left to expand.
-    assert wc.size + wc.K - 1 > wc.W_max or not np.any(wc.levels > 0)
+    # Budget is used: expanding the newest gist does not fit, or nothing is left to expand.
+    gists = np.flatnonzero(wc.levels > 0)
+    assert not gists.size or wc.length + wc.expand_cost(int(wc.levels[gists[-1]])) > wc.W_max
     # Refined toward the present: levels never get coarser as time moves forward.
     assert np.all(np.diff(wc.levels) <= 0)
     assert np.all(wc.levels[wc.protected_mask()] == 0)
@@ -54,7 +60,7 @@ def test_random_edits_keep_invariants_and_costs(wc: WorkingContext, data: st.Dat
     K = wc.K
     for _ in range(data.draw(st.integers(1, 25))):
         before = snapshot(wc)
-        size = wc.size
+        size, length = wc.size, wc.length
         action = data.draw(st.sampled_from(["expand", "collapse", "extend", "illegal"]))
         if action == "expand":
             gists = np.flatnonzero(wc.levels > 0)
@@ -62,14 +68,19 @@ def test_random_edits_keep_invariants_and_costs(wc: WorkingContext, data: st.Dat
                 continue
             pos = int(data.draw(st.sampled_from(gists.tolist())))
             edit = Edit.expand(int(wc.levels[pos]), int(wc.indices[pos]))
-            if size + K - 1 > wc.W_max:
+            # K children in place of one gist: K - 1 when children and gist take one position.
+            cost = K * (1 if edit.level == 1 else wc.gists_per_node) - wc.gists_per_node
+            if length + cost > wc.W_max:
                 with pytest.raises(BudgetError):
                     wc.apply(EditPlan(wc.version, (edit,)))
                 assert snapshot(wc) == before
                 continue
+            first_position = wc.position_of(pos)
             result = wc.apply(EditPlan(wc.version, (edit,)))
-            assert wc.size == size + K - 1  # expand costs exactly K - 1
+            assert wc.size == size + K - 1
+            assert wc.length == result.length == length + cost
             assert result.first_changed == pos
+            assert result.first_position == first_position == wc.position_of(pos)
         elif action == "collapse":
             from megacontext.core import sibling_groups
 
@@ -78,16 +89,17 @@ def test_random_edits_keep_invariants_and_costs(wc: WorkingContext, data: st.Dat
                 continue
             g = data.draw(st.integers(0, groups.first.size - 1))
             wc.collapse(int(groups.level[g]), int(groups.index[g]))
-            assert wc.size == size - (K - 1)  # collapse refunds exactly K - 1
+            assert wc.size == size - (K - 1)  # collapse refunds what expanding it costs
+            assert wc.length == length - wc.expand_cost(int(groups.level[g]))
         elif action == "extend":
             count = data.draw(st.integers(0, 2 * K))
-            if size + count > wc.W_max:
+            if length + count > wc.W_max:
                 with pytest.raises(BudgetError):
                     wc.extend(count)
                 assert snapshot(wc) == before
                 continue
             wc.extend(count)
-            assert wc.size == size + count
+            assert wc.size == size + count and wc.length == length + count
         else:
             bad = data.draw(
                 st.sampled_from(
@@ -204,3 +216,26 @@ def test_entry_lookup() -> None:
         assert wc.entry_at(int(ends[pos]) - 1) == pos
     with pytest.raises(InvalidInputError):
         wc.entry_at(70)
+
+
+def test_gists_per_node_must_compress() -> None:
+    for bad in (0, True, 1.5):
+        with pytest.raises(InvalidInputError, match="gists_per_node"):
+            WorkingContext.assemble(64, 40, K=4, gists_per_node=bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="saves nothing"):
+        WorkingContext([1], [0], num_tokens=4, W_max=8, K=4, gists_per_node=4)
+
+
+def test_budget_counts_positions_when_a_gist_is_several_vectors() -> None:
+    # K=4, G=3: a level-1 gist takes 3 positions; expanding it adds only 1.
+    wc = WorkingContext([1, 1], [0, 1], num_tokens=8, W_max=7, K=4, gists_per_node=3)
+    assert (wc.size, wc.length, wc.utilization) == (2, 6, 6 / 7)
+    assert wc.expand(1, 1).first_position == 3
+    assert (wc.size, wc.length) == (5, 7)
+    with pytest.raises(BudgetError, match="8 positions, over W_max=7"):
+        wc.expand(1, 0)
+    with pytest.raises(InvariantError, match="budget: 9 positions"):
+        WorkingContext([1, 1, 1], [0, 1, 2], num_tokens=12, W_max=8, K=4, gists_per_node=3)
+    with pytest.raises(BudgetError, match="needs 10 positions"):
+        # 36 tokens: two level-2 nodes (3 positions each) + 4 raw protected tokens = 10.
+        WorkingContext.assemble(36, 9, K=4, protected_recent=4, gists_per_node=3)

@@ -488,11 +488,13 @@ def test_hidden_inputs_train(base) -> None:  # type: ignore[no-untyped-def]
     assert np.mean(kl[-8:]) < np.mean(kl[:8])
 
 
-def test_several_gists_per_block_train_at_lod1_and_the_runtime_refuses_them(base) -> None:  # type: ignore[no-untyped-def]
+def test_several_gists_per_block_train_at_lod1_and_the_tree_stores_them(base) -> None:  # type: ignore[no-untyped-def]
     """G gists per block: the reconstruction reads ``[G gists][block tokens]``, the student
     splices G vectors per gisted block, the controls keep one constant per slot (a per-slot
-    constant GistNet has content gap closure 0), and the tree's gister refuses the net."""
-    from megacontext.models.context import GistNetGister
+    constant GistNet has content gap closure 0), and the tree stores the trained net's G
+    vectors per node, the ones training scores."""
+    from megacontext.core import MegaContextTree, MemoryBackend
+    from megacontext.models.context import GistNetGister, level1_inputs
 
     net = {"width": 32, "n_layers": 1, "n_heads": 2, "key_dim": 8, "pooling": "query"}
     cfg = config(
@@ -522,8 +524,17 @@ def test_several_gists_per_block_train_at_lod1_and_the_runtime_refuses_them(base
         progress=False, log=lambda _m: None,
     )  # fmt: skip
     assert len(result.history) == 12 and np.isfinite(result.reports[1].content_gap_closure)
-    with pytest.raises(InvalidInputError, match="one per node"):
-        GistNetGister(gistnet, base)
+    gistnet.eval()
+    tree = MegaContextTree(
+        MemoryBackend(2 * base.d_model, np.float32), GistNetGister(gistnet, base), K=K
+    )
+    tokens = stream(2)[: 6 * K]
+    tree.append(tokens)
+    assert tree.gists_per_node == 2 and tree.gists(1, 0, 6).shape == (6, 2, base.d_model)
+    with torch.no_grad():
+        ids = torch.as_tensor(tokens.astype(np.int64)).view(6, K)
+        want = gistnet(level1_inputs(gistnet, base, ids).float(), 1)[0]
+    np.testing.assert_allclose(tree.gists(1, 0, 6), want.numpy(), rtol=1e-4, atol=1e-5)
     with pytest.raises(InvalidInputError, match="LOD1 only"):
         train_gistnet(base, WindowSampler({"text": stream(1)}), {}, config(gistnet=cfg.gistnet),
                       gistnet, progress=False)  # fmt: skip

@@ -72,9 +72,6 @@ def run(quick: bool, progress: Progress, options: BenchOptions) -> list[Result]:
             results += lens_results(base, bundle, val, quick, progress)
         else:  # a GistNet-only bundle (`train gist` writes one): its gists, without focus
             progress(f"{bundle_dir} has no LensNet: the focus results are skipped")
-        if bundle.get("gistnet").config.gists_per_block > 1:
-            progress("several gists per block: the tree stores one per node, ingest not measured")
-            return results
         return results + ingest_results(base, bundle, val, quick, progress)
     finally:
         if lora is not None:
@@ -254,7 +251,8 @@ def ingest_results(
     gister = GistNetGister(gistnet, base)
     gist_times, prefill_times = [], []
     for _ in range(3):
-        tree = MegaContextTree(MemoryBackend(base.d_model, np.float16), gister, K=K)
+        backend = MemoryBackend(base.d_model * gister.gists_per_node, np.float16)
+        tree = MegaContextTree(backend, gister, K=K)
         start = time.perf_counter()
         tree.append(stream)
         gist_times.append(time.perf_counter() - start)

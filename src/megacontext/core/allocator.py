@@ -6,7 +6,8 @@ collapse here). The greedy policy:
 1. If the WC is over its target size (``W_max − reserve``), collapse the lowest-scoring sibling
    groups until it fits (mandatory: the budget wins over the edit limit, and over the cooldown
    when no other group can pay).
-2. Expand gists in order of score (above ``expand_threshold``). An expansion costs ``K − 1``;
+2. Expand gists in order of score (above ``expand_threshold``). An expansion costs
+   :meth:`~WorkingContext.expand_cost` positions (``K − 1`` when a gist takes one position);
    when the free budget cannot pay, it is paid for by collapsing the lowest-scoring sibling group,
    but only a group scoring at least ``min_gain`` below the gist (no churn for nothing).
 3. Collapse groups scoring below ``−collapse_threshold`` while edits remain.
@@ -191,7 +192,7 @@ class FocusAllocator:
     ) -> EditPlan:
         """Plan the edits of one refocus step. Pure: neither ``wc`` nor ``state`` changes.
 
-        ``reserve`` entries are kept free after the plan (e.g. room for the next K tokens).
+        ``reserve`` positions are kept free after the plan (e.g. room for the next K tokens).
         """
         cfg = self.config
         state = state or AllocatorState()
@@ -199,16 +200,17 @@ class FocusAllocator:
         s = _check_scores(scores, wc.size)
         if reserve < 0 or reserve > wc.W_max:
             raise InvalidInputError(f"reserve must be in [0, W_max={wc.W_max}], got {reserve}")
-        free = wc.W_max - reserve - wc.size
+        free = wc.W_max - reserve - wc.length
         groups = sibling_groups(wc, s)
         used = np.zeros(wc.size, dtype=bool)
         edits: list[Edit] = []
         group_cursor = 0
 
         def take_group(
-            max_score: float, exclude: int = -1, honour_cooldown: bool = True
+            max_score: float, exclude: int = -1, honour_cooldown: bool = True, refund: int = 0
         ) -> int | None:
-            """Lowest-scoring usable group with score < max_score; advances past used groups."""
+            """Lowest-scoring usable group with score < max_score that refunds at least
+            ``refund`` positions; advances past used groups."""
             nonlocal group_cursor
             g = group_cursor
             while g < groups.first.size and groups.score[g] < max_score:
@@ -217,6 +219,7 @@ class FocusAllocator:
                 if (
                     not used[first : first + K].any()
                     and not first <= exclude < first + K
+                    and wc.expand_cost(node[0]) >= refund
                     and not (
                         honour_cooldown
                         and state.blocked(node, EditKind.COLLAPSE, cfg.cooldown_steps)
@@ -235,7 +238,7 @@ class FocusAllocator:
             first = int(groups.first[g])
             used[first : first + K] = True
             edits.append(Edit.collapse(int(groups.level[g]), int(groups.index[g])))
-            free += K - 1
+            free += wc.expand_cost(int(groups.level[g]))
 
         # 1. Mandatory collapses until the WC fits its target size. The budget wins over the
         #    cooldown: a recently expanded group is reversed only when nothing else can pay.
@@ -245,7 +248,7 @@ class FocusAllocator:
                 g = take_group(np.inf, honour_cooldown=False)
             if g is None:
                 raise BudgetError(
-                    f"the working context needs {-free} more free entries but no legal collapse "
+                    f"the working context needs {-free} more free positions but no legal collapse "
                     f"is left (W_max={wc.W_max}, reserve={reserve}, protected window "
                     f"{wc.protected_recent} tokens); raise W_max or lower reserve"
                 )
@@ -269,16 +272,19 @@ class FocusAllocator:
             node = (int(levels[pos]), int(wc.indices[pos]))
             if used[pos] or state.blocked(node, EditKind.EXPAND, cfg.cooldown_steps):
                 continue
-            if free < K - 1:
+            cost = wc.expand_cost(node[0])
+            if free < cost:
                 if len(edits) + 2 > cfg.max_edits:
                     break
-                g = take_group(float(s[pos]) - cfg.min_gain, exclude=pos)
+                # One collapse pays for one expansion only where it refunds enough: with several
+                # gists per node a group of tokens refunds less than a LOD2 expansion costs.
+                g = take_group(float(s[pos]) - cfg.min_gain, exclude=pos, refund=cost - free)
                 if g is None:
                     continue
                 plan_collapse(g)
             used[pos] = True
             edits.append(Edit.expand(*node))
-            free -= K - 1
+            free -= cost
 
         # 3. Voluntary collapses of clearly unwanted detail.
         while len(edits) < cfg.max_edits:

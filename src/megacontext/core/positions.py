@@ -11,6 +11,10 @@
 
 Integer ``position_ids`` are always provided (the floor of the centre for gists); ``mu`` and
 ``sigma`` carry the exact values for policies that can use them.
+
+Positions are per input position, not per entry: a gist node that stores ``G`` vectors
+(``gists_per_node``) takes ``G`` consecutive positions, and under ``global``/``gaussian`` its
+``j``-th vector stands for the ``j``-th of ``G`` equal parts of its span.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from megacontext.core.spans import IntArray, spans_of
+from megacontext.core.spans import IntArray, check_gists_per_node, entry_costs, spans_of
 from megacontext.core.working_context import WorkingContext
 from megacontext.errors import InvalidInputError
 
@@ -31,7 +35,7 @@ POLICIES: tuple[PositionPolicy, ...] = ("compact", "global", "gaussian")
 
 @dataclass(frozen=True)
 class Positions:
-    """Per-entry positions for the model layer."""
+    """Per-position positions for the model layer (one per entry when a gist takes one)."""
 
     policy: PositionPolicy
     position_ids: IntArray
@@ -40,27 +44,38 @@ class Positions:
 
 
 def entry_positions(
-    levels: IntArray, indices: IntArray, K: int, policy: PositionPolicy = "compact", offset: int = 0
+    levels: IntArray,
+    indices: IntArray,
+    K: int,
+    policy: PositionPolicy = "compact",
+    offset: int = 0,
+    gists_per_node: int = 1,
 ) -> Positions:
-    """Positions of entries given as ``(levels, indices)`` arrays under ``policy``."""
+    """Positions of entries given as ``(levels, indices)`` arrays under ``policy``: one per
+    token, ``gists_per_node`` per gist."""
     if policy not in POLICIES:
         raise InvalidInputError(f"unknown position policy {policy!r}; choose one of {POLICIES}")
     if offset < 0:
         raise InvalidInputError(f"position offset must be >= 0, got {offset}")
-    n = levels.size
+    G = check_gists_per_node(gists_per_node)
+    costs = entry_costs(levels, G)
+    n = int(costs.sum())
     if policy == "compact":
         ids = np.arange(offset, offset + n, dtype=np.int64)
         return Positions(policy, ids, ids.astype(np.float64), np.zeros(n))
     starts, ends = spans_of(levels, indices, K)
-    width = (ends - starts).astype(np.float64)
-    mu = offset + starts + (width - 1.0) / 2.0
+    # Each entry in `costs` equal parts; slot j of an entry covers [start + j·w, start + (j+1)·w).
+    part = np.repeat((ends - starts) / costs, costs)
+    slot = np.arange(n) - np.repeat(np.cumsum(costs) - costs, costs)
+    first = np.repeat(starts, costs) + slot * part
+    mu = offset + first + (part - 1.0) / 2.0
     ids = np.floor(mu).astype(np.int64)
-    sigma = np.where(width > 1, width / np.sqrt(12.0), 0.0) if policy == "gaussian" else np.zeros(n)
+    sigma = np.where(part > 1, part / np.sqrt(12.0), 0.0) if policy == "gaussian" else np.zeros(n)
     return Positions(policy, ids, mu, sigma)
 
 
 def wc_positions(
     wc: WorkingContext, policy: PositionPolicy = "compact", offset: int = 0
 ) -> Positions:
-    """Positions of every entry of a working context under ``policy``."""
-    return entry_positions(wc.levels, wc.indices, wc.K, policy, offset)
+    """Positions of every input position of a working context under ``policy``."""
+    return entry_positions(wc.levels, wc.indices, wc.K, policy, offset, wc.gists_per_node)

@@ -79,18 +79,37 @@ def levels_needed(num_tokens: int, K: int) -> int:
     return levels
 
 
-def coarsest_size(num_tokens: int, K: int) -> int:
-    """Entries of the coarsest legal tiling of ``[0, num_tokens)``: the base-K digit sum.
+def coarsest_size(num_tokens: int, K: int, gists_per_node: int = 1) -> int:
+    """Positions of the coarsest legal tiling of ``[0, num_tokens)``: the base-K digit sum, with
+    the digits above the lowest weighted by ``gists_per_node`` (what a gist costs, D3).
 
     Aligned nodes tile a prefix minimally by taking, from the left, the largest complete node that
     starts at the current position; the count at each level is one base-K digit of the length.
     """
-    total = 0
     n = int(num_tokens)
+    total = n % K
+    n //= K
     while n:
-        total += n % K
+        total += gists_per_node * (n % K)
         n //= K
     return total
+
+
+def check_gists_per_node(gists_per_node: int) -> int:
+    """Validate how many vectors a gist node holds (at least 1) and return it as an ``int``."""
+    if (
+        isinstance(gists_per_node, bool)
+        or not isinstance(gists_per_node, int | np.integer)
+        or int(gists_per_node) < 1
+    ):
+        raise InvalidInputError(f"gists_per_node must be an integer >= 1, got {gists_per_node!r}")
+    return int(gists_per_node)
+
+
+def entry_costs(levels: IntArray, gists_per_node: int) -> IntArray:
+    """Positions each entry takes in the base's input: 1 for a token, ``gists_per_node`` for a
+    gist (a node stores that many vectors)."""
+    return np.where(levels > 0, np.int64(gists_per_node), np.int64(1))
 
 
 @dataclass(frozen=True, slots=True)

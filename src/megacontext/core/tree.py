@@ -1,6 +1,7 @@
 """The MegaContext tree: a logical, append-only index of tokens and gists over a storage backend.
 
-Level 0 holds token ids; level ``ℓ ≥ 1`` holds one gist per complete level-``ℓ`` node. Appending
+Level 0 holds token ids; level ``ℓ ≥ 1`` holds one gist per complete level-``ℓ`` node: one vector,
+or ``G`` of them (the gister's ``gists_per_node``, stored as one record of ``G·dim``). Appending
 tokens gists every node that completes — level by level, one batched gister call per level (D5) —
 and never an incomplete node (D4). Levels appear as soon as their first node completes.
 
@@ -33,12 +34,15 @@ class GistBatch(NamedTuple):
 
 @runtime_checkable
 class Gister(Protocol):
-    """Turns K children into one gist vector, for many nodes at once.
+    """Turns K children into one gist, for many nodes at once.
 
     ``level == 1``: ``inputs`` are token ids, shape ``(n, K)``, dtype uint32.
     ``level >= 2``: ``inputs`` are child gists, shape ``(n, K, dim)``.
     Returns an array of shape ``(n, dim)``, or a :class:`GistBatch` that adds ``(n, key_dim)``
     keys. A gister must be deterministic: re-gisting a node gives the same result.
+
+    A gister with a ``gists_per_node`` attribute ``G > 1`` writes ``G`` vectors per node: it
+    returns ``(n, G, dim)`` gists and reads child gists as ``(n, K, G, dim)``.
     """
 
     @property
@@ -186,6 +190,14 @@ class MemoryBackend:
         return None
 
 
+def gists_per_node_of(gister: Gister) -> int:
+    """Vectors a gister writes per node (its ``gists_per_node``, 1 when it has none)."""
+    G = getattr(gister, "gists_per_node", 1)
+    if isinstance(G, bool) or not isinstance(G, int) or G < 1:
+        raise InvalidInputError(f"a gister's gists_per_node must be an integer >= 1, got {G!r}")
+    return G
+
+
 def gist_batches(first: int, stop: int, batch_size: int | None) -> list[tuple[int, int]]:
     """The node ranges ``[lo, hi)`` a tree gists nodes ``[first, stop)`` of a level in: one
     gister call each (``batch_size`` nodes at most; ``None``: all in one call).
@@ -272,9 +284,12 @@ class MegaContextTree:
             raise InvalidInputError(
                 f"vocab_size must be a positive integer or None, got {vocab_size!r}"
             )
-        if gister.dim != backend.dim:
+        self.gists_per_node = gists_per_node_of(gister)
+        if gister.dim * self.gists_per_node != backend.dim:
+            written = f"{self.gists_per_node} × {gister.dim}" if self.gists_per_node > 1 else ""
             raise InvalidInputError(
-                f"gister writes {gister.dim}-dim gists, the backend stores {backend.dim}-dim ones"
+                f"gister writes {written or gister.dim}-dim gists, the backend stores "
+                f"{backend.dim}-dim ones"
             )
         if gist_batch_size is not None and gist_batch_size < 1:
             raise InvalidInputError(f"gist_batch_size must be >= 1 or None, got {gist_batch_size}")
@@ -289,7 +304,8 @@ class MegaContextTree:
 
     @property
     def dim(self) -> int:
-        return self.backend.dim
+        """Width of one gist vector (a node stores ``gists_per_node`` of them)."""
+        return self.backend.dim // self.gists_per_node
 
     @property
     def num_tokens(self) -> int:
@@ -389,14 +405,16 @@ class MegaContextTree:
     def _gist_range(self, level: int, first: int, stop: int, store_gists: bool = True) -> None:
         for lo, hi in gist_batches(first, stop, self.gist_batch_size):
             children = self.backend.read(level - 1, lo * self.K, hi * self.K)
-            shape = (hi - lo, self.K) if level == 1 else (hi - lo, self.K, self.dim)
+            node = self._node_shape
+            shape = (hi - lo, self.K) if level == 1 else (hi - lo, self.K, *node)
             output = self.gister(level, children.reshape(shape))
             gists = np.asarray(output.gists if isinstance(output, GistBatch) else output)
-            if gists.shape != (hi - lo, self.dim):
+            if gists.shape != (hi - lo, *node):
                 raise InvariantError(
                     f"gister returned shape {gists.shape} for {hi - lo} level-{level} nodes; "
-                    f"expected {(hi - lo, self.dim)}"
+                    f"expected {(hi - lo, *node)}"
                 )
+            gists = gists.reshape(hi - lo, self.backend.dim)
             keys = None
             if self.key_backend is not None:
                 if not isinstance(output, GistBatch):
@@ -423,12 +441,20 @@ class MegaContextTree:
         self._check_range(0, start, stop)
         return self.backend.read(0, start, stop).astype(TOKEN_DTYPE, copy=False)
 
+    @property
+    def _node_shape(self) -> tuple[int, ...]:
+        return (self.dim,) if self.gists_per_node == 1 else (self.gists_per_node, self.dim)
+
     def gists(self, level: int, start: int, stop: int) -> npt.NDArray[np.generic]:
-        """Gists ``[start, stop)`` of ``level`` (≥ 1), shape ``(stop - start, dim)``."""
+        """Gists ``[start, stop)`` of ``level`` (≥ 1), shape ``(stop - start, dim)``, or
+        ``(stop - start, gists_per_node, dim)`` when a node stores several vectors."""
         if level < 1:
             raise InvalidInputError(f"gists live at levels >= 1, got level {level}; use tokens()")
         self._check_range(level, start, stop)
-        return self.backend.read(level, start, stop)
+        records: npt.NDArray[np.generic] = self.backend.read(level, start, stop)
+        if self.gists_per_node > 1:
+            records = records.reshape(-1, *self._node_shape)
+        return records
 
     def keys(self, level: int, start: int, stop: int) -> npt.NDArray[np.generic]:
         """Retrieval keys ``[start, stop)`` of ``level`` (≥ 1), one ``(key_dim,)`` row each."""
@@ -440,10 +466,13 @@ class MegaContextTree:
         return self.key_backend.read(level, start, stop)
 
     def node(self, level: int, index: int) -> npt.NDArray[np.generic]:
-        """The record of one node: a 0-d token id at level 0, a ``(dim,)`` gist above."""
+        """The record of one node: a 0-d token id at level 0, a gist above (as :meth:`gists`)."""
         self._check_node(level, index)
-        record: npt.NDArray[np.generic] = self.backend.read(level, index, index + 1)[0]
-        return record
+        if level == 0:
+            token: npt.NDArray[np.generic] = self.backend.read(0, index, index + 1)[0]
+            return token
+        gist: npt.NDArray[np.generic] = self.gists(level, index, index + 1)[0]
+        return gist
 
     def children(self, level: int, index: int) -> tuple[int, range]:
         """``(child_level, child_indices)`` of a gist node."""

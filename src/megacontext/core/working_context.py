@@ -2,14 +2,16 @@
 
 A working context (WC) is an ordered list of entries, each a tree node ``(level, index)``: a raw
 token at level 0, a gist above. The entries tile ``[0, N)`` with no gap or overlap (D3), in time
-order, and there are at most ``W_max`` of them (every entry costs 1). The newest
-``protected_recent`` tokens are always raw.
+order. A token takes one position of the base's input and a gist ``G`` (``gists_per_node``: the
+vectors a tree node stores, 1 by default), and the entries take at most ``W_max`` positions in
+all (their :attr:`~WorkingContext.length`). The newest ``protected_recent`` tokens are always raw.
 
 Edits are named by tree node, not by WC position, so a plan stays meaningful however it is ordered:
 
-* ``expand (ℓ, i)``: the gist is replaced by its K children. Cost: exactly ``K − 1`` entries.
+* ``expand (ℓ, i)``: the gist is replaced by its K children. Cost: ``K·c(ℓ−1) − G`` positions,
+  where a child costs ``c = 1`` (a token) or ``G`` (a gist): ``K − 1`` when ``G = 1``.
 * ``collapse (ℓ, i)``: the K children of node ``(ℓ, i)``, all present, are replaced by it.
-  Refund: exactly ``K − 1`` entries.
+  Refund: the same number of positions.
 
 Applying a plan is atomic: it is validated as a whole against this version of the WC and either
 every edit happens or none does.
@@ -26,7 +28,9 @@ import numpy as np
 from megacontext.core.spans import (
     IntArray,
     check_block_size,
+    check_gists_per_node,
     coarsest_size,
+    entry_costs,
     spans_of,
 )
 from megacontext.errors import (
@@ -76,7 +80,8 @@ class EditPlan:
         return sum(1 for e in self.edits if e.kind is EditKind.COLLAPSE)
 
     def size_change(self, K: int) -> int:
-        """Net change in WC entries if applied: ``(expands − collapses) · (K − 1)``."""
+        """Net change in WC entries if applied: ``(expands − collapses) · (K − 1)`` (in positions
+        too when a gist costs one; see :meth:`WorkingContext.growth`)."""
         return (self.expands - self.collapses) * (K - 1)
 
     def __len__(self) -> int:
@@ -85,12 +90,16 @@ class EditPlan:
 
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
-    """What an applied plan changed. ``first_changed`` is the first WC entry that differs (D10)."""
+    """What an applied plan changed. ``first_changed`` is the first WC entry that differs (D10),
+    ``first_position`` the first position of the base's input that does (they are equal when a
+    gist costs one position); ``size`` and ``length`` are the entries and positions after."""
 
     first_changed: int
     expands: int
     collapses: int
     size: int
+    first_position: int
+    length: int
 
 
 # The working-context budget (entries fed to the base) every command and session uses when none
@@ -104,7 +113,8 @@ def default_protected_recent(W_max: int) -> int:
 
 
 class WorkingContext:
-    """Entries ``(level, index)`` tiling ``[0, num_tokens)`` within a budget of ``W_max``.
+    """Entries ``(level, index)`` tiling ``[0, num_tokens)`` within a budget of ``W_max``
+    positions.
 
     The WC is pure index arithmetic (D2): it never touches token ids or gist vectors, and it knows
     which nodes exist from ``num_tokens`` alone (a node exists once it is complete).
@@ -119,8 +129,10 @@ class WorkingContext:
         W_max: int,
         K: int = 32,
         protected_recent: int = 0,
+        gists_per_node: int = 1,
     ):
         self.K = check_block_size(K)
+        self.gists_per_node = _check_compresses(gists_per_node, self.K)
         self.W_max = _positive_int(W_max, "W_max")
         if (
             isinstance(protected_recent, bool)
@@ -149,13 +161,19 @@ class WorkingContext:
         self._indices = np.array(indices, dtype=np.int64)
         self._version = 0
         self._spans_cache: tuple[int, IntArray, IntArray] | None = None
+        self._offsets_cache: tuple[int, IntArray] | None = None
         self.check_invariants()
 
     # -- construction --------------------------------------------------------------------------
 
     @classmethod
     def assemble(
-        cls, num_tokens: int, W_max: int, K: int = 32, protected_recent: int = 0
+        cls,
+        num_tokens: int,
+        W_max: int,
+        K: int = 32,
+        protected_recent: int = 0,
+        gists_per_node: int = 1,
     ) -> WorkingContext:
         """Build the initial WC for a history of ``num_tokens`` tokens.
 
@@ -164,6 +182,7 @@ class WorkingContext:
         further expansion fits, or everything is raw.
         """
         K = check_block_size(K)
+        G = _check_compresses(gists_per_node, K)
         W_max = _positive_int(W_max, "W_max")
         if protected_recent > W_max:
             raise BudgetError(
@@ -177,11 +196,11 @@ class WorkingContext:
         raw_from = ((n - recent) // K) * K
         raw = n - raw_from
         budget = W_max - raw
-        if budget < 0 or coarsest_size(raw_from, K) > budget:
-            need = coarsest_size(raw_from, K) + raw
+        if budget < 0 or coarsest_size(raw_from, K, G) > budget:
+            need = coarsest_size(raw_from, K, G) + raw
             raise BudgetError(
                 f"W_max={W_max} cannot hold {n} tokens: the coarsest legal working context with "
-                f"{raw} protected raw tokens needs {need} entries; raise W_max or shrink "
+                f"{raw} protected raw tokens needs {need} positions; raise W_max or shrink "
                 "protected_recent"
             )
         # Walk back from the raw region: at each point take the finest node that still leaves
@@ -192,29 +211,39 @@ class WorkingContext:
         while pos > 0:
             level, width = 0, 1
             # Terminates at the coarsest aligned node ending at pos at the latest, which always
-            # fits: 1 + coarsest_size(pos - that width) == coarsest_size(pos) <= budget.
-            while 1 + coarsest_size(pos - width, K) > budget:
+            # fits: its cost + coarsest_size(pos - that width) == coarsest_size(pos) <= budget.
+            while (1 if level == 0 else G) + coarsest_size(pos - width, K, G) > budget:
                 level, width = level + 1, width * K
             rev_levels.append(level)
             rev_indices.append(pos // width - 1)
             pos -= width
-            budget -= 1
+            budget -= 1 if level == 0 else G
         levels = np.concatenate(
             [np.array(rev_levels[::-1], dtype=np.int64), np.zeros(raw, dtype=np.int64)]
         )
         indices = np.concatenate(
             [np.array(rev_indices[::-1], dtype=np.int64), np.arange(raw_from, n, dtype=np.int64)]
         )
-        wc = cls(levels, indices, num_tokens=n, W_max=W_max, K=K, protected_recent=protected_recent)
+        wc = cls(
+            levels,
+            indices,
+            num_tokens=n,
+            W_max=W_max,
+            K=K,
+            protected_recent=protected_recent,
+            gists_per_node=G,
+        )
         wc._fill_budget_from_present()
         return wc
 
     def _fill_budget_from_present(self) -> None:
-        while self.size + self.K - 1 <= self.W_max:
+        while True:
             gists = np.flatnonzero(self._levels > 0)
             if gists.size == 0:
                 return
             newest = int(gists[-1])
+            if self.length + self.expand_cost(int(self._levels[newest])) > self.W_max:
+                return
             self.apply(
                 EditPlan(
                     self._version,
@@ -225,9 +254,11 @@ class WorkingContext:
     def copy(self) -> WorkingContext:
         clone = WorkingContext.__new__(WorkingContext)
         clone.K, clone.W_max, clone.protected_recent = self.K, self.W_max, self.protected_recent
+        clone.gists_per_node = self.gists_per_node
         clone._num_tokens, clone._version = self._num_tokens, self._version
         clone._levels, clone._indices = self._levels.copy(), self._indices.copy()
         clone._spans_cache = None
+        clone._offsets_cache = None
         return clone
 
     # -- views -----------------------------------------------------------------------------------
@@ -244,15 +275,55 @@ class WorkingContext:
 
     @property
     def size(self) -> int:
-        """Number of entries (= positions fed to the base model)."""
+        """Number of entries (one score each; positions too when a gist costs one)."""
         return int(self._levels.size)
 
     def __len__(self) -> int:
         return self.size
 
     @property
+    def length(self) -> int:
+        """Positions the base model reads: a token takes one, a gist ``gists_per_node``."""
+        if self.gists_per_node == 1:
+            return self.size
+        return self.size + int(np.count_nonzero(self._levels)) * (self.gists_per_node - 1)
+
+    @property
     def utilization(self) -> float:
-        return self.size / self.W_max
+        """Share of the budget in use: :attr:`length` / ``W_max``."""
+        return self.length / self.W_max
+
+    def cost(self, level: int) -> int:
+        """Positions one entry of ``level`` takes."""
+        return 1 if level == 0 else self.gists_per_node
+
+    def expand_cost(self, level: int) -> int:
+        """Positions expanding a level-``level`` gist adds (and collapsing into one refunds)."""
+        return self.K * self.cost(level - 1) - self.cost(level)
+
+    def growth(self, plan: EditPlan) -> int:
+        """Net change in :attr:`length` if ``plan`` were applied."""
+        return sum(
+            self.expand_cost(e.level) * (1 if e.kind is EditKind.EXPAND else -1) for e in plan.edits
+        )
+
+    def offsets(self) -> IntArray:
+        """The first position of every entry in the base's input (cached per version): the
+        entry index itself when a gist costs one position."""
+        if self._offsets_cache is None or self._offsets_cache[0] != self._version:
+            costs = entry_costs(self._levels, self.gists_per_node)
+            offsets = np.concatenate([[0], np.cumsum(costs)[:-1]]).astype(np.int64)
+            offsets.flags.writeable = False
+            self._offsets_cache = (self._version, offsets[: self.size])
+        return self._offsets_cache[1]
+
+    def position_of(self, entry: int) -> int:
+        """The first input position of WC entry ``entry`` (``size`` maps to :attr:`length`)."""
+        if not 0 <= entry <= self.size:
+            raise InvalidInputError(f"entry must be in [0, {self.size}], got {entry}")
+        if self.gists_per_node == 1:
+            return int(entry)
+        return self.length if entry == self.size else int(self.offsets()[entry])
 
     @property
     def levels(self) -> IntArray:
@@ -325,7 +396,7 @@ class WorkingContext:
                 f"at version {self._version}; plan again on the current WC"
             )
         if not plan.edits:
-            return ApplyResult(self.size, 0, 0, self.size)
+            return ApplyResult(self.size, 0, 0, self.size, self.length, self.length)
         K = self.K
         replacements: list[
             tuple[int, int, IntArray, IntArray]
@@ -361,12 +432,13 @@ class WorkingContext:
                     "plan contains overlapping edits (the same entries are expanded or collapsed "
                     "twice); plan each span at most once"
                 )
-        new_size = self.size + plan.size_change(K)
-        if new_size > self.W_max:
+        new_length = self.length + self.growth(plan)
+        if new_length > self.W_max:
             raise BudgetError(
-                f"plan would grow the working context to {new_size} entries, over W_max="
+                f"plan would grow the working context to {new_length} positions, over W_max="
                 f"{self.W_max}; pay for expansions with collapses"
             )
+        first_position = self.position_of(replacements[0][0])
         level_parts: list[IntArray] = []
         index_parts: list[IntArray] = []
         cursor = 0
@@ -379,7 +451,14 @@ class WorkingContext:
         self._levels = np.concatenate(level_parts)
         self._indices = np.concatenate(index_parts)
         self._version += 1
-        return ApplyResult(replacements[0][0], plan.expands, plan.collapses, self.size)
+        return ApplyResult(
+            replacements[0][0],
+            plan.expands,
+            plan.collapses,
+            self.size,
+            first_position,
+            self.length,
+        )
 
     def extend(self, count: int) -> ApplyResult:
         """The history grew by ``count`` tokens: append them as raw entries.
@@ -389,13 +468,13 @@ class WorkingContext:
         """
         if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 0:
             raise InvalidInputError(f"count must be a non-negative integer, got {count!r}")
-        if self.size + count > self.W_max:
+        if self.length + count > self.W_max:
             raise BudgetError(
                 f"appending {count} tokens would grow the working context to "
-                f"{self.size + count} entries, over W_max={self.W_max}; collapse first "
+                f"{self.length + count} positions, over W_max={self.W_max}; collapse first "
                 "(plan with reserve >= the tokens to append)"
             )
-        first = self.size
+        first, first_position = self.size, self.length
         if count:
             self._levels = np.concatenate([self._levels, np.zeros(count, dtype=np.int64)])
             self._indices = np.concatenate(
@@ -406,7 +485,7 @@ class WorkingContext:
             )
             self._num_tokens += int(count)
             self._version += 1
-        return ApplyResult(first, 0, 0, self.size)
+        return ApplyResult(first, 0, 0, self.size, first_position, self.length)
 
     def _locate_expand(self, edit: Edit) -> int:
         if edit.level < 1:
@@ -464,8 +543,8 @@ class WorkingContext:
             raise InvariantError(
                 f"levels {levels.shape} and indices {indices.shape} must be equal 1-D"
             )
-        if self.size > self.W_max:
-            raise InvariantError(f"budget: {self.size} entries exceed W_max={self.W_max}")
+        if self.length > self.W_max:
+            raise InvariantError(f"budget: {self.length} positions exceed W_max={self.W_max}")
         if n == 0:
             if self.size:
                 raise InvariantError("an empty history must have an empty working context")
@@ -499,10 +578,12 @@ class WorkingContext:
 
     def __repr__(self) -> str:
         hist = ", ".join(f"L{k}:{v}" for k, v in sorted(self.level_histogram().items()))
-        return (
-            f"WorkingContext(N={self._num_tokens}, size={self.size}/{self.W_max}, "
-            f"version={self._version}, {hist})"
+        used = (
+            f"size={self.size}/{self.W_max}"
+            if self.gists_per_node == 1
+            else f"length={self.length}/{self.W_max}, G={self.gists_per_node}"
         )
+        return f"WorkingContext(N={self._num_tokens}, {used}, version={self._version}, {hist})"
 
 
 def layout_runs(levels: IntArray, indices: IntArray) -> list[list[int]]:
@@ -522,6 +603,16 @@ def layout_runs(levels: IntArray, indices: IntArray) -> list[list[int]]:
 def entries_of_runs(runs: list[list[int]]) -> list[tuple[int, int]]:
     """The ``(level, index)`` entries that :func:`layout_runs` encoded."""
     return [(level, first + k) for level, first, count in runs for k in range(count)]
+
+
+def _check_compresses(gists_per_node: int, K: int) -> int:
+    G = check_gists_per_node(gists_per_node)
+    if G >= K:
+        raise InvalidInputError(
+            f"gists_per_node={G} must be below K={K}: a gist that takes as many positions as its "
+            "K children saves nothing"
+        )
+    return G
 
 
 def _positive_int(value: object, name: str) -> int:

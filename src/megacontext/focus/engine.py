@@ -57,8 +57,9 @@ class FocusEngine:
 
     Args:
         config: The allocator's settings (thresholds, edits per step, cooldown).
-        on_change: Called with the first changed entry after a plan changed the context (a
-            session crops its KV cache there).
+        on_change: Called with the first changed input position (the first changed entry's
+            first position) after a plan changed the context (a session crops its KV cache
+            there).
     """
 
     def __init__(
@@ -83,9 +84,10 @@ class FocusEngine:
         start = time.perf_counter()
         first = wc.size
         if plan.edits:
-            first = wc.apply(plan).first_changed
+            done = wc.apply(plan)
+            first = done.first_changed
             if self.on_change is not None:
-                self.on_change(first)
+                self.on_change(done.first_position)
         self.state.record(plan, wc, self.config.cooldown_steps)
         return FocusStep(plan, first, {"apply": time.perf_counter() - start})
 

@@ -6,9 +6,10 @@
 * :class:`GistNetGister` gists a :class:`~megacontext.core.MegaContextTree` with a trained
   GistNet: level-1 nodes from :func:`level1_inputs`, higher levels from child gists, one
   batched forward per call (D5), returning gists and keys (D7).
-* :func:`materialize` turns working-context entries into input vectors (token embeddings for raw
-  tokens, stored gists for gists) and positions under a policy (D6), ready for
-  :meth:`BaseAdapter.forward`.
+* :func:`input_vectors` turns working-context entries into what the base reads (token
+  embeddings for raw tokens, stored gists for gists: ``G`` vectors for a node that stores
+  ``G``), :func:`entry_vectors` into one vector per entry (what LensNet reads), and
+  :func:`materialize` adds positions under a policy (D6), ready for :meth:`BaseAdapter.forward`.
 """
 
 from __future__ import annotations
@@ -62,12 +63,6 @@ class GistNetGister:
                 f"GistNet writes {gistnet.config.d_model}-dim gists but the base reads "
                 f"{base.d_model}-dim embeddings; use a GistNet trained for this base"
             )
-        if gistnet.config.gists_per_block > 1:
-            raise InvalidInputError(
-                f"this GistNet writes {gistnet.config.gists_per_block} gists per block, but the "
-                "MegaContext tree stores one per node: it is a training experiment "
-                "(`train gist`, `bench gist`), not a bundle sessions can use"
-            )
         self.gistnet = gistnet.eval()
         self.base = base
         self.batch_size = batch_size
@@ -78,6 +73,11 @@ class GistNetGister:
     @property
     def dim(self) -> int:
         return self.gistnet.config.d_model
+
+    @property
+    def gists_per_node(self) -> int:
+        """Vectors per node: GistNet's ``gists_per_block``."""
+        return self.gistnet.config.gists_per_block
 
     @property
     def key_dim(self) -> int:
@@ -94,6 +94,8 @@ class GistNetGister:
                 x = level1_inputs(self.gistnet, self.base, ids)
             else:
                 x = torch.tensor(np.asarray(chunk, dtype=np.float32), device=device)
+                if x.ndim == 4:  # (n, K, G, d): a child of several gists reads as their mean
+                    x = x.mean(dim=2)
             pooled = self.gistnet.pooled(x.float(), level)
             if self.features is not None:
                 self.features.setdefault(level, []).append(pooled.float().cpu().numpy())
@@ -113,26 +115,60 @@ class Materialized:
     sigma: torch.Tensor | None  # (1, W) widths for the gaussian policy
 
 
+def input_vectors(
+    wc: WorkingContext, tree: MegaContextTree, base: BaseAdapter, start: int = 0
+) -> torch.Tensor:
+    """``(length − start, d)`` vectors the base reads from input position ``start`` on (an
+    entry's first position): token embeddings and stored gists (every vector of a node), in WC
+    order (decoding with a KV cache needs only the uncached suffix)."""
+    offsets = wc.offsets()
+    first = int(np.searchsorted(offsets, start))
+    if not 0 <= start <= wc.length or (first < wc.size and offsets[first] != start):
+        raise InvalidInputError(
+            f"start must be the first position of an entry in [0, {wc.length}], got {start}"
+        )
+    return _vectors(wc, tree, base, first, per_position=True)
+
+
 def entry_vectors(
     wc: WorkingContext, tree: MegaContextTree, base: BaseAdapter, start: int = 0
 ) -> torch.Tensor:
-    """``(W − start, d)`` vectors of the entries from ``start`` on: token embeddings and stored
-    gists, in WC order (decoding with a KV cache needs only the uncached suffix)."""
+    """``(W − start, d)`` vectors, one per entry from entry ``start`` on (what LensNet reads):
+    token embeddings and stored gists, the mean of a node's vectors when it stores several.
+    The same as :func:`input_vectors` when a node stores one."""
     if not 0 <= start <= wc.size:
         raise InvalidInputError(f"start must be in [0, {wc.size}], got {start}")
+    return _vectors(wc, tree, base, start, per_position=False)
+
+
+def _vectors(
+    wc: WorkingContext, tree: MegaContextTree, base: BaseAdapter, start: int, per_position: bool
+) -> torch.Tensor:
+    if wc.gists_per_node != tree.gists_per_node:
+        raise InvalidInputError(
+            f"the working context takes {wc.gists_per_node} position(s) per gist but the tree "
+            f"stores {tree.gists_per_node} vector(s) per node; assemble it with "
+            "gists_per_node=tree.gists_per_node"
+        )
     levels, indices = wc.levels[start:], wc.indices[start:]
-    out = torch.empty(len(levels), base.d_model, dtype=base.dtype, device=base.device)
+    G = wc.gists_per_node if per_position else 1
+    at = np.arange(len(levels)) if G == 1 else wc.offsets()[start:] - wc.position_of(start)
+    total = len(levels) if G == 1 else wc.length - wc.position_of(start)
+    out = torch.empty(total, base.d_model, dtype=base.dtype, device=base.device)
     raw = np.flatnonzero(levels == 0)
     if raw.size:
         ids = torch.as_tensor(tree_tokens_at(tree, indices[raw]), device=base.device)
-        out[torch.as_tensor(raw, device=base.device)] = base.embed(ids).to(out.dtype)
+        out[torch.as_tensor(at[raw], device=base.device)] = base.embed(ids).to(out.dtype)
     for level in np.unique(levels[levels > 0]):
         where = np.flatnonzero(levels == level)
         rows = indices[where]
         lo, hi = int(rows.min()), int(rows.max()) + 1
-        block = tree.gists(int(level), lo, hi)[rows - lo]
-        out[torch.as_tensor(where, device=base.device)] = torch.tensor(
-            np.asarray(block, dtype=np.float32), device=base.device
+        block = np.asarray(tree.gists(int(level), lo, hi)[rows - lo], dtype=np.float32)
+        if block.ndim == 3 and G == 1:  # one vector per entry: the mean of the node's
+            block = block.mean(axis=1)
+        slots = (at[where][:, None] + np.arange(G)).reshape(-1)
+        out[torch.as_tensor(slots, device=base.device)] = torch.tensor(
+            block.reshape(-1, base.d_model), device=base.device
         ).to(out.dtype)
     return out
 
@@ -167,7 +203,7 @@ def materialize(
         if policy == "gaussian":
             sigma = torch.as_tensor(positions.sigma, device=device)[None]
     return Materialized(
-        embeds=entry_vectors(wc, tree, base)[None],
+        embeds=input_vectors(wc, tree, base)[None],
         position_ids=torch.as_tensor(positions.position_ids, device=device)[None],
         mu=mu,
         sigma=sigma,

@@ -22,8 +22,9 @@ block, the network. Design (DESIGN §6, D4, D5, D7):
   cannot make spans alike, so the loss has to make their differences useful;
 * the **key head**, a small unit vector matched against queries by LensNet;
 * ``gists_per_block`` G > 1 (query pooling: G learned queries) writes G gists per block, each
-  slot with its own anchored placeholder — a training experiment, since the tree stores one
-  gist per node.
+  slot with its own anchored placeholder; the tree stores the G vectors as one node and the
+  working context gives the node G positions (``gists_per_node``). At level ≥ 2 a child of G
+  vectors is read as their mean.
 
 GistNet only ever sees complete nodes: there is no padding and so no attention mask.
 """
@@ -70,8 +71,8 @@ class GistNetConfig:
     # L/n of a forward at ingest.
     input_layer: int = 0
     # Gists written per block (a compression of K / gists_per_block tokens per vector), from as
-    # many learned queries (pooling "query"). The tree stores one gist per node, so a GistNet
-    # with more is a training experiment (issue 16): the runtime refuses it.
+    # many learned queries (pooling "query"); the tree stores them as one node of that many
+    # vectors, each taking a position of the working context.
     gists_per_block: int = 1
 
     def __post_init__(self) -> None:

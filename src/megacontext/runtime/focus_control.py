@@ -28,7 +28,7 @@ class Focus:
         if pos is None or level < 1:
             s._apply(EditPlan(s.wc.version, (Edit.expand(level, index),)))  # raises, names why
             return
-        if s.wc.size + s.wc.K - 1 <= s.wc.W_max:
+        if s.wc.length + s.wc.expand_cost(level) <= s.wc.W_max:
             s._apply(EditPlan(s.wc.version, (Edit.expand(level, index),)))
             return
         # One plan: this expansion, paid by the lowest-scoring group that does not contain it.

@@ -167,7 +167,7 @@ def open_session(
     else:
         store = LocalStore.create(
             tree_dir,
-            dim=adapter.d_model,
+            dim=adapter.d_model * gistnet.config.gists_per_block,
             K=gistnet.config.K,
             fingerprints=fingerprints,
             metadata_url=metadata_url,

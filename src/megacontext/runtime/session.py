@@ -39,6 +39,7 @@ from megacontext.core import (
     MemoryBackend,
     WorkingContext,
     as_token_ids,
+    entry_costs,
     layout_runs,
     wc_positions,
 )
@@ -53,7 +54,7 @@ from megacontext.focus.access import (
 )
 from megacontext.models.adapter import BaseAdapter
 from megacontext.models.bundle import Bundle
-from megacontext.models.context import GistNetGister, entry_vectors
+from megacontext.models.context import GistNetGister, input_vectors
 from megacontext.models.generation import choose_token, decode
 from megacontext.models.lensnet import FEATURES, LensNet
 from megacontext.models.prompting import PromptFormat
@@ -230,7 +231,7 @@ class Session:
         gistnet = bundle.get("gistnet")
         K = gistnet.config.K
         tree = MegaContextTree(
-            MemoryBackend(base.d_model, np.float32),
+            MemoryBackend(base.d_model * gistnet.config.gists_per_block, np.float32),
             GistNetGister(gistnet, base),
             K=K,
             vocab_size=base.vocab_size,
@@ -501,6 +502,7 @@ class Session:
             self.config.W_max,
             K=self.tree.K,
             protected_recent=int(self.config.protected_recent or 0),
+            gists_per_node=self.tree.gists_per_node,
         )
 
     def reset_focus(self) -> None:
@@ -600,16 +602,16 @@ class Session:
         while remaining:
             step = min(remaining, self.wc.K - 1)
             self._make_room(step)
-            self._crop(self.wc.extend(step).first_changed)
+            self._crop(self.wc.extend(step).first_position)
             remaining -= step
             self._since_refocus += step
             if refocus and self._since_refocus >= self.config.refocus_every:
                 self.refocus()
 
     def _room_to_free(self, needed: int) -> int:
-        """Entries to keep free after a plan that must make room for ``needed`` more."""
+        """Positions to keep free after a plan that must make room for ``needed`` more."""
         most = self.wc.W_max - self.wc.protected_recent - 1
-        if self.wc.size + needed > self.wc.W_max:
+        if self.wc.length + needed > self.wc.W_max:
             needed = max(needed, int(self.config.collapse_ahead or 0))
         return min(needed, most)
 
@@ -631,8 +633,9 @@ class Session:
         return self.engine.plan(self.wc, scores)
 
     def _make_room(self, entries: int) -> None:
-        """Collapse the least useful groups until ``entries`` more fit (oldest first on ties)."""
-        if self.wc.size + entries <= self.wc.W_max:
+        """Collapse the least useful groups until ``entries`` more tokens fit (oldest first on
+        ties)."""
+        if self.wc.length + entries <= self.wc.W_max:
             return
         scores = self._with_pins(np.zeros(self.wc.size))
         reserve = max(self._room_to_free(entries), entries)
@@ -655,7 +658,8 @@ class Session:
             self.engine.apply(self.wc, plan)
 
     def _crop(self, first_changed: int) -> None:
-        """The working context changed from entry ``first_changed`` on: drop that KV suffix."""
+        """The working context changed from input position ``first_changed`` on: drop that KV
+        suffix."""
         keep = len(self._prefix) + first_changed
         if self._kv is not None and keep < self._kv_entries:
             self.base.crop_cache(self._kv, keep)
@@ -691,14 +695,14 @@ class Session:
         position_ids = torch.as_tensor(ids, device=device)[None]
         out = self.base.forward(vectors, position_ids, self._kv, **extra)
         self._base_seconds += time.perf_counter() - fetched
-        metrics.record_forward(time.perf_counter() - fetched, P + wc.size - start, start)
+        metrics.record_forward(time.perf_counter() - fetched, P + wc.length - start, start)
         if self.timing_log is not None:
             self.timing_log.append(
                 ForwardTiming(
-                    P + wc.size - start, start, fetched - clock, time.perf_counter() - fetched
+                    P + wc.length - start, start, fetched - clock, time.perf_counter() - fetched
                 )
             )
-        self._kv, self._kv_entries = out.cache, P + wc.size
+        self._kv, self._kv_entries = out.cache, P + wc.length
         return choose_token(
             out.logits[0, -1], self.config.temperature, self.config.top_k, self._rng
         )
@@ -991,20 +995,23 @@ class Session:
     # ----------------------------------------------------------------------------- views
 
     def context_vectors(self) -> torch.Tensor:
-        """``(W, d)`` input vectors of the working context (token embeddings and gists; the
-        redaction vector for entries the principal may not see)."""
+        """``(length, d)`` input vectors of the working context (token embeddings and gists;
+        the redaction vector for entries the principal may not see)."""
         with torch.no_grad():
             return self._vectors(self.wc, 0)
 
     def _vectors(self, wc: WorkingContext, start: int) -> torch.Tensor:
-        """What the base reads for the entries of ``wc`` from ``start`` on: every base input of
+        """What the base reads of ``wc`` from input position ``start`` on: every base input of
         the context comes through here, so the access filter cannot be bypassed."""
-        vectors = entry_vectors(wc, self.tree, self.base, start)
+        vectors = input_vectors(wc, self.tree, self.base, start)
         if self.access is None:
             return vectors
         if self._redaction is None:
             self._redaction = redaction_vector(self.base)
-        return redact(vectors, self.access.mask(wc)[start:], self._redaction)
+        hidden = self.access.mask(wc)
+        if wc.gists_per_node > 1:  # one flag per input position
+            hidden = np.repeat(hidden, entry_costs(wc.levels, wc.gists_per_node))
+        return redact(vectors, hidden[start:], self._redaction)
 
     def restrict(self, labels: Iterable[str] | None) -> int:
         """Show the history as a principal holding ``labels`` sees it: sources with an access

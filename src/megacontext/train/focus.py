@@ -153,8 +153,8 @@ def stage_configs(run: FocusRunConfig) -> tuple[str, GistRunConfig, str, LensRun
     check_global_batch(lens_run.lens.batch_size, run.nproc)
     if int(gist_run.gist.gistnet.get("gists_per_block", 1)) > 1:
         raise InvalidInputError(
-            "train focus makes a bundle sessions can use, and the tree stores one gist per "
-            "node: several gists per block is a `train gist` experiment (drop "
+            "train focus trains LensNet, whose labels are defined for one gist per node: "
+            "several gists per block is trained with `train gist` for now (drop "
             "gist.gist.gistnet.gists_per_block)"
         )
     if run.nproc > 1 and gist_run.gist.lora is not None:

@@ -49,7 +49,7 @@ from megacontext.data import Filler
 from megacontext.errors import InvalidInputError
 from megacontext.focus import FocusQuery, LensScorer
 from megacontext.models.adapter import BaseAdapter
-from megacontext.models.context import GistNetGister, entry_vectors
+from megacontext.models.context import GistNetGister, input_vectors
 from megacontext.models.gistnet import GistNet
 from megacontext.store.lexical import AnyLexicalIndex, LexicalIndex
 from megacontext.train.tasks import GENERATORS
@@ -201,15 +201,15 @@ def wc_nll(
     base: BaseAdapter, tree: MegaContextTree, wc: WorkingContext, scored: np.ndarray
 ) -> float:
     ids = torch.as_tensor(scored, dtype=torch.long, device=base.device)
-    return float(_answer_nll(base, entry_vectors(wc, tree, base)[None], ids)[0][0])
+    return float(_answer_nll(base, input_vectors(wc, tree, base)[None], ids)[0][0])
 
 
 class _EditedNLL:
     """The scored tokens' NLL after edited copies of one working context, each computed from its
-    first changed entry on.
+    first changed input position on.
 
-    The unedited context is read once and its KV cache kept. A copy whose entries first differ
-    at entry ``first`` starts from the first ``first`` positions of that cache and recomputes
+    The unedited context is read once and its KV cache kept. A copy whose inputs first differ
+    at position ``first`` starts from the first ``first`` positions of that cache and recomputes
     only the rest — equal to a full recompute (D10) — so an edit near the recent end costs a
     fraction of a forward. Logits are computed for the scored tokens only.
     """
@@ -217,37 +217,37 @@ class _EditedNLL:
     def __init__(
         self, base: BaseAdapter, tree: MegaContextTree, wc: WorkingContext, scored: np.ndarray
     ):
-        self.base, self.tree, self.size = base, tree, wc.size
+        self.base, self.tree, self.length = base, tree, wc.length
         self.scored = torch.as_tensor(scored, dtype=torch.long, device=base.device)
-        entries = entry_vectors(wc, tree, base)[None]
+        entries = input_vectors(wc, tree, base)[None]
         nll, self.cache = _answer_nll(base, entries, self.scored, keep_cache=True)
         self.unedited = float(nll[0])
 
     def __call__(self, edited: Sequence[WorkingContext], firsts: Sequence[int]) -> np.ndarray:
-        """NLL after each of ``edited`` (all of one size), whose entries before ``firsts[i]``
-        are those of the unedited context."""
-        if len({e.size for e in edited}) != 1 or len(firsts) != len(edited):
-            raise InvalidInputError("_EditedNLL scores a batch of edited contexts of one size")
+        """NLL after each of ``edited`` (all of one length), whose input positions before
+        ``firsts[i]`` are those of the unedited context."""
+        if len({e.length for e in edited}) != 1 or len(firsts) != len(edited):
+            raise InvalidInputError("_EditedNLL scores a batch of edited contexts of one length")
         first = min(firsts)
-        if not 0 <= first <= self.size:
-            raise InvalidInputError(f"first changed entry {first} outside [0, {self.size}]")
+        if not 0 <= first <= self.length:
+            raise InvalidInputError(f"first changed position {first} outside [0, {self.length}]")
         suffixes = torch.stack(
-            [entry_vectors(e, self.tree, self.base, start=first) for e in edited]
+            [input_vectors(e, self.tree, self.base, start=first) for e in edited]
         )
         past = self.base.cache_prefix(self.cache, first, len(edited)) if first else None
         nll, _ = _answer_nll(self.base, suffixes, self.scored, first, past)
         return nll.cpu().numpy()
 
     def batched(self, edited: Sequence[tuple[WorkingContext, int]], batch: int) -> np.ndarray:
-        """NLL after each ``(context, first changed entry)``, in the given order: contexts of
-        one size and nearby first changes share a forward, ``batch`` at most."""
-        order = sorted(range(len(edited)), key=lambda i: (edited[i][0].size, edited[i][1]))
+        """NLL after each ``(context, first changed position)``, in the given order: contexts of
+        one length and nearby first changes share a forward, ``batch`` at most."""
+        order = sorted(range(len(edited)), key=lambda i: (edited[i][0].length, edited[i][1]))
         out = np.empty(len(edited))
         lo = 0
         while lo < len(order):
-            size = edited[order[lo]][0].size
+            size = edited[order[lo]][0].length
             hi = lo + 1
-            while hi < len(order) and hi - lo < batch and edited[order[hi]][0].size == size:
+            while hi < len(order) and hi - lo < batch and edited[order[hi]][0].length == size:
                 hi += 1
             chunk = order[lo:hi]
             out[chunk] = self([edited[i][0] for i in chunk], [edited[i][1] for i in chunk])
@@ -278,6 +278,11 @@ def counterfactual_labels(
     """
     wc = wc or sample.wc
     K = wc.K
+    if wc.gists_per_node > 1:
+        raise InvalidInputError(
+            f"LensNet labels are defined per entry of one position; this working context takes "
+            f"{wc.gists_per_node} per gist (train LensNet over a GistNet with gists_per_block 1)"
+        )
     nll = _EditedNLL(base, sample.tree, wc, sample.scored)
     nll0 = nll.unedited
     labels = np.full(wc.size, np.nan)
@@ -302,7 +307,7 @@ def counterfactual_labels(
     edited = []
     for _, _, edit in edits:
         copy = _with_budget_room(wc, K)
-        edited.append((copy, copy.apply(EditPlan(copy.version, (edit,))).first_changed))
+        edited.append((copy, copy.apply(EditPlan(copy.version, (edit,))).first_position))
     for (kind, pos, _), value in zip(edits, nll.batched(edited, batch), strict=True):
         delta = (float(value) - nll0) / (K - 1)
         if kind == "expand":
@@ -341,7 +346,9 @@ def _descent_labels(
         if opened is not None:
             paths.append((gist_pos, *opened))
     # Opening a gist's path changes the context from that gist's entry on.
-    values = nll.batched([(opened, gist_pos) for gist_pos, opened, _ in paths], batch)
+    values = nll.batched(
+        [(opened, wc.position_of(gist_pos)) for gist_pos, opened, _ in paths], batch
+    )
     for (gist_pos, _, expansions), value in zip(paths, values, strict=True):
         per_entry = (nll.unedited - float(value)) / (expansions * (K - 1))
         gain[gist_pos] = labels[gist_pos] = max(gain[gist_pos], per_entry)
