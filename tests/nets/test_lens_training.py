@@ -141,6 +141,53 @@ def test_every_label_equals_a_full_recompute_of_its_edited_context(world) -> Non
     assert checked == {"expand", "collapse"} and s.wc.levels[0] > 0
 
 
+def test_labels_are_per_position_of_budget_with_several_gists_per_node(world) -> None:  # type: ignore[no-untyped-def]
+    # G = 2 vectors per node: an expansion spends K·c − 2 positions, and each label is the NLL
+    # change of its edit per position spent, read from scratch.
+    from megacontext.models.gistnet import GistNet, GistNetConfig
+
+    base, _, cfg, _ = world
+    torch.manual_seed(3)
+    gistnet = GistNet(
+        GistNetConfig(
+            d_model=base.d_model, K=K, width=32, n_heads=2, key_dim=8, pooling="query",
+            gists_per_block=2,
+        )
+    )  # fmt: skip
+    stream = np.random.default_rng(0).integers(3, base.vocab_size, size=20_000)
+    samples = make_samples(
+        base, gistnet, stream, cfg, count=2, seed=1, special_ids=(0, 1, 2), progress=False
+    )
+    s = samples[1]
+    assert s.tree.gists_per_node == s.wc.gists_per_node == 2 and s.wc.length <= cfg.W_max
+    labels, gain, nll0 = counterfactual_labels(base, s, batch=3)
+    roomy = dict(
+        num_tokens=s.wc.num_tokens,
+        W_max=s.wc.W_max + 2 * K * K,
+        K=K,
+        protected_recent=s.wc.protected_recent,
+        gists_per_node=2,
+    )
+    levels = set()
+    for pos in np.flatnonzero(s.wc.levels > 0):
+        edited = WorkingContext(s.wc.levels, s.wc.indices, **roomy)
+        level = int(s.wc.levels[pos])
+        edited.expand(level, int(s.wc.indices[pos]))
+        assert edited.length - s.wc.length == (K - 2 if level == 1 else 2 * K - 2)
+        direct = (wc_nll(base, s.tree, edited, s.scored) - nll0) / (edited.length - s.wc.length)
+        assert gain[pos] == pytest.approx(-direct, rel=1e-4, abs=1e-6)
+        levels.add(level)
+    assert levels >= {1, 2}  # both costs were checked
+    raw = np.flatnonzero(np.isfinite(labels) & (s.wc.levels == 0))
+    assert raw.size
+    for pos in raw[:: K // 2]:
+        edited = WorkingContext(s.wc.levels, s.wc.indices, **roomy)
+        edited.collapse(1, int(s.wc.indices[pos]) // K)
+        assert s.wc.length - edited.length == K - 2  # K tokens in, one node of 2 vectors out
+        direct = (wc_nll(base, s.tree, edited, s.scored) - nll0) / (K - 2)
+        assert labels[pos] == pytest.approx(direct, rel=1e-4, abs=1e-6)
+
+
 def test_label_candidates_score_a_seeded_subset_and_always_the_evidence(world) -> None:  # type: ignore[no-untyped-def]
     base, _, _, samples = world
     retrieval = next(s for s in samples if s.retrieval)

@@ -204,7 +204,13 @@ class GistNet(nn.Module):
     def keys_of(self, pooled: torch.Tensor) -> torch.Tensor:
         """Unit keys of pooled features: after training the key head alone, the keys of stored
         nodes follow from their pooled features without reading the nodes again."""
-        return F.normalize(self.key_head(pooled if pooled.ndim == 2 else pooled.mean(1)), dim=-1)
+        return F.normalize(self.key_head(self.key_input(pooled)), dim=-1)
+
+    @staticmethod
+    def key_input(pooled: torch.Tensor) -> torch.Tensor:
+        """What the key head reads of pooled features: ``(n, width)``, the mean of a node's
+        slots when it has several gists (one key per node)."""
+        return pooled if pooled.ndim == 2 else pooled.mean(1)
 
     def _anchored(self, raw: torch.Tensor, level: int | torch.Tensor) -> torch.Tensor:
         """Placeholder + content of a fixed relative norm; the content is ``raw`` centred on the

@@ -151,12 +151,6 @@ def stage_configs(run: FocusRunConfig) -> tuple[str, GistRunConfig, str, LensRun
     lens = _merge(lens, run.lens)
     gist_run, lens_run = GistRunConfig.from_dict(gist), LensRunConfig.from_dict(lens)
     check_global_batch(lens_run.lens.batch_size, run.nproc)
-    if int(gist_run.gist.gistnet.get("gists_per_block", 1)) > 1:
-        raise InvalidInputError(
-            "train focus trains LensNet, whose labels are defined for one gist per node: "
-            "several gists per block is trained with `train gist` for now (drop "
-            "gist.gist.gistnet.gists_per_block)"
-        )
     if run.nproc > 1 and gist_run.gist.lora is not None:
         raise InvalidInputError(
             "--nproc trains GistNet alone; a recipe with gist.lora (LoRA) trains in one process"

@@ -141,6 +141,11 @@ class GistTrainConfig:
             raise InvalidInputError("lod2_teacher must be 'gists' or 'tokens'")
         if self.autocast not in (True, False, "auto"):
             raise InvalidInputError(f"autocast must be true, false or auto, got {self.autocast!r}")
+        if int(self.gistnet.get("gists_per_block", 1)) > 1 and self.lod2_probability > 0:
+            raise InvalidInputError(
+                "a GistNet with several gists per block is trained at LOD1 only: set "
+                "gist.lod2_probability=0"
+            )
 
 
 # --------------------------------------------------------------------------- data

@@ -278,11 +278,6 @@ def counterfactual_labels(
     """
     wc = wc or sample.wc
     K = wc.K
-    if wc.gists_per_node > 1:
-        raise InvalidInputError(
-            f"LensNet labels are defined per entry of one position; this working context takes "
-            f"{wc.gists_per_node} per gist (train LensNet over a GistNet with gists_per_block 1)"
-        )
     nll = _EditedNLL(base, sample.tree, wc, sample.scored)
     nll0 = nll.unedited
     labels = np.full(wc.size, np.nan)
@@ -306,10 +301,11 @@ def counterfactual_labels(
         edits = keep + (rng or random.Random(0)).sample(rest, min(room, len(rest)))
     edited = []
     for _, _, edit in edits:
-        copy = _with_budget_room(wc, K)
+        copy = _with_budget_room(wc)
         edited.append((copy, copy.apply(EditPlan(copy.version, (edit,))).first_position))
-    for (kind, pos, _), value in zip(edits, nll.batched(edited, batch), strict=True):
-        delta = (float(value) - nll0) / (K - 1)
+    for (kind, pos, edit), value in zip(edits, nll.batched(edited, batch), strict=True):
+        # Per position of budget the edit spends (expand) or frees (collapse).
+        delta = (float(value) - nll0) / wc.expand_cost(edit.level)
         if kind == "expand":
             gain[pos] = -delta
             labels[pos] = -delta
@@ -337,8 +333,7 @@ def _descent_labels(
 ) -> None:
     """Raise the labels of level-2+ gists over evidence to the value of opening the path to it
     (in place; see :func:`counterfactual_labels`)."""
-    K = wc.K
-    # (WC position of the gist, the WC with its evidence opened, expansions it took).
+    # (WC position of the gist, the WC with its evidence opened, positions it spent).
     paths: list[tuple[int, WorkingContext, int]] = []
     for gist_pos in np.flatnonzero(wc.levels > 1).tolist():
         level = int(wc.levels[gist_pos])
@@ -349,16 +344,17 @@ def _descent_labels(
     values = nll.batched(
         [(opened, wc.position_of(gist_pos)) for gist_pos, opened, _ in paths], batch
     )
-    for (gist_pos, _, expansions), value in zip(paths, values, strict=True):
-        per_entry = (nll.unedited - float(value)) / (expansions * (K - 1))
-        gain[gist_pos] = labels[gist_pos] = max(gain[gist_pos], per_entry)
+    for (gist_pos, _, spent), value in zip(paths, values, strict=True):
+        per_position = (nll.unedited - float(value)) / spent
+        gain[gist_pos] = labels[gist_pos] = max(gain[gist_pos], per_position)
 
 
 def evidence_path(
     wc: WorkingContext, level: int, index: int, evidence: Sequence[tuple[int, int]]
 ) -> tuple[WorkingContext, int] | None:
     """``wc`` with gist ``(level, index)`` opened down to raw tokens over every evidence block it
-    covers, and the number of expansions that took; ``None`` if it covers no evidence.
+    covers, and the positions of budget that took (``K − 1`` per expansion when a gist takes one
+    position); ``None`` if it covers no evidence.
 
     The budget is ignored, as for every label.
     """
@@ -375,28 +371,28 @@ def evidence_path(
     )
     if not blocks:
         return None
-    opened = _with_budget_room(wc, K, len(blocks) * level)
-    expansions = 0
+    opened = _with_budget_room(wc, len(blocks) * level)
     for block in blocks:
         for lv in range(level, 0, -1):
             node = block // K ** (lv - 1)
             present = (opened.levels == lv) & (opened.indices == node)
             if present.any():
                 opened.expand(lv, node)
-                expansions += 1
-    return opened, expansions
+    return opened, opened.length - wc.length
 
 
-def _with_budget_room(wc: WorkingContext, K: int, expansions: int = 1) -> WorkingContext:
-    """A copy of ``wc`` whose budget admits ``expansions`` more expansions (labels ignore the
-    budget)."""
+def _with_budget_room(wc: WorkingContext, expansions: int = 1) -> WorkingContext:
+    """A copy of ``wc`` whose budget admits ``expansions`` more expansions of any level (labels
+    ignore the budget)."""
+    most = max(wc.expand_cost(level) for level in range(1, int(wc.levels.max(initial=1)) + 1))
     room = WorkingContext(
         wc.levels,
         wc.indices,
         num_tokens=wc.num_tokens,
-        W_max=max(wc.W_max, wc.size + expansions * (K - 1)),
-        K=K,
+        W_max=max(wc.W_max, wc.length + expansions * most),
+        K=wc.K,
         protected_recent=wc.protected_recent,
+        gists_per_node=wc.gists_per_node,
     )
     return room
 
@@ -437,7 +433,7 @@ def make_sample(
     features: dict[int, list[np.ndarray]] = {}
     gister = GistNetGister(gistnet, base, features=features)
     tree = MegaContextTree(
-        MemoryBackend(base.d_model, np.float32),
+        MemoryBackend(base.d_model * gister.gists_per_node, np.float32),
         gister,
         K=K,
         key_backend=MemoryBackend(gistnet.config.key_dim, np.float32),
@@ -447,7 +443,11 @@ def make_sample(
     lexical = LexicalIndex(K=K)
     lexical.add_blocks(0, _detok_blocks(base, history, K))
     recency = WorkingContext.assemble(
-        len(history), cfg.W_max, K=K, protected_recent=cfg.protected_recent
+        len(history),
+        cfg.W_max,
+        K=K,
+        protected_recent=cfg.protected_recent,
+        gists_per_node=gister.gists_per_node,
     )
     wc = recency.copy()
     _perturb(wc, rng, cfg.perturb_edits)
@@ -473,7 +473,14 @@ def _perturb(wc: WorkingContext, rng: random.Random, edits: int) -> None:
             return
         g = rng.randrange(len(groups.first))
         first = int(groups.first[g])
-        candidates = [int(p) for p in gists if not first <= p < first + wc.K]
+        # What the pair leaves free for the expansion (with several gists per node a group of
+        # tokens frees less than a LOD2 expansion costs).
+        free = wc.W_max - wc.length + wc.expand_cost(int(groups.level[g]))
+        candidates = [
+            int(p)
+            for p in gists
+            if not first <= p < first + wc.K and wc.expand_cost(int(wc.levels[p])) <= free
+        ]
         if not candidates:
             return
         p = rng.choice(candidates)

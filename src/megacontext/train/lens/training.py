@@ -239,11 +239,17 @@ def train_key_head(
         if len(gists) < 2 or target is None:
             continue
         with torch.no_grad():
-            nodes = torch.stack(
-                [_pooled_node(base, s, int(s.wc.levels[p]), int(s.wc.indices[p])) for p in gists]
+            nodes = gistnet.key_input(
+                torch.stack(
+                    [
+                        _pooled_node(base, s, int(s.wc.levels[p]), int(s.wc.indices[p]))
+                        for p in gists
+                    ]
+                )
             )
             block = torch.as_tensor(s.query.ids[-gistnet.config.K :], device=base.device)
-            query = gistnet.pooled(level1_inputs(gistnet, base, block[None]).float(), 1)[0]
+            pooled = gistnet.pooled(level1_inputs(gistnet, base, block[None]).float(), 1)
+            query = gistnet.key_input(pooled)[0]
         examples.append((nodes, query, target))
     step = _data_parallel(_KeyStep(head, cfg.key_temperature), cfg.batch_size)
     losses = []
