@@ -4,7 +4,9 @@ Runs the demo's MegaContext questions (the same document, session settings and p
 each question, decodes the answer twice from the same focused working context: as sessions do
 (every entry: raw tokens and gists), and with the gists dropped (only the raw tokens focus kept,
 in order). Where the evidence is raw and only the first answer is wrong, the gists derail the
-base.
+base. With ``--pin-evidence`` focus is taken out of the question: each fact's span is pinned raw
+in the recency-assembled working context and the session asks without refocusing (a bundle
+without a LensNet works too).
 
     .venv/bin/python scripts/demo-drop-gists.py --base smollm2 \\
         --focus runs/focus-smollm2/lens/bundle --json runs/demo-drop-gists.json
@@ -41,6 +43,9 @@ def main() -> None:
     parser.add_argument("--prompt", default="raw", help="prompt style, as `megacontext demo`")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument(
+        "--pin-evidence", action="store_true", help="pin each fact raw and ask without focus"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     base = load_base(args.base)
@@ -57,8 +62,16 @@ def main() -> None:
             session.ingest(document.ids[lo : lo + 4096])
         print(f"ingested {len(document.ids):,} tokens in {time.perf_counter() - started:.0f} s")
         for fact in document.facts:
+            session.focus.pinned.clear()
             session.reset_focus()
-            answer = session.ask(fact.question, cue=fact.cue, max_new_tokens=args.new_tokens)
+            if args.pin_evidence:
+                session.focus.pin(fact.start, fact.end)
+            answer = session.ask(
+                fact.question,
+                cue=fact.cue,
+                max_new_tokens=args.new_tokens,
+                focus_steps=0 if args.pin_evidence else None,
+            )
             wc = session.wc
             starts, ends = wc.spans()
             evidence_raw = bool(np.all(wc.levels[(ends > fact.start) & (starts < fact.end)] == 0))

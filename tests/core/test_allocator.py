@@ -250,6 +250,20 @@ def test_a_collapse_pays_for_an_expansion_only_when_it_refunds_enough() -> None:
     assert plan.edits == (Edit.collapse(1, 4),)  # the unwanted tokens still go
     wc.apply(plan)
     assert wc.length == 6
+
+    # Two groups of tokens together pay for it (2 + 2 + 2 free positions), within max_edits.
+    def two_groups() -> WorkingContext:
+        levels, indices = [2, *[0] * 8, 1], [0, *range(16, 24), 6]
+        return WorkingContext(levels, indices, num_tokens=28, W_max=14, K=4, gists_per_node=2)
+
+    scores3 = np.array([0.9, *[-0.5] * 8, 0.0])
+    wc3 = two_groups()
+    plan = FocusAllocator(AllocatorConfig(max_edits=4)).plan(wc3, scores3)
+    assert plan.edits == (Edit.collapse(1, 4), Edit.collapse(1, 5), Edit.expand(2, 0))
+    assert wc3.apply(plan).length == 14
+    # With two edits allowed the pair of collapses cannot be afforded: nothing is taken for it.
+    plan = FocusAllocator(AllocatorConfig(max_edits=2)).plan(two_groups(), scores3)
+    assert Edit.expand(2, 0) not in plan.edits
     # With the room, the expansion happens: 6 free positions after the collapse.
     wc2 = WorkingContext([2, 1, 1], [0, 4, 5], num_tokens=24, W_max=12, K=4, gists_per_node=2)
     plan = FocusAllocator().plan(wc2, np.array([0.9, 0.0, 0.0]))

@@ -8,8 +8,9 @@ collapse here). The greedy policy:
    when no other group can pay).
 2. Expand gists in order of score (above ``expand_threshold``). An expansion costs
    :meth:`~WorkingContext.expand_cost` positions (``K − 1`` when a gist takes one position);
-   when the free budget cannot pay, it is paid for by collapsing the lowest-scoring sibling group,
-   but only a group scoring at least ``min_gain`` below the gist (no churn for nothing).
+   when the free budget cannot pay, it is paid for by collapsing the lowest-scoring sibling group
+   (groups, when a node stores several gists and one group frees too little), but only groups
+   scoring at least ``min_gain`` below the gist (no churn for nothing).
 3. Collapse groups scoring below ``−collapse_threshold`` while edits remain.
 
 A sibling group's score is the mean of its members' scores (D7). No edit touches the protected
@@ -207,10 +208,9 @@ class FocusAllocator:
         group_cursor = 0
 
         def take_group(
-            max_score: float, exclude: int = -1, honour_cooldown: bool = True, refund: int = 0
+            max_score: float, exclude: int = -1, honour_cooldown: bool = True
         ) -> int | None:
-            """Lowest-scoring usable group with score < max_score that refunds at least
-            ``refund`` positions; advances past used groups."""
+            """Lowest-scoring usable group with score < max_score; advances past used groups."""
             nonlocal group_cursor
             g = group_cursor
             while g < groups.first.size and groups.score[g] < max_score:
@@ -219,7 +219,6 @@ class FocusAllocator:
                 if (
                     not used[first : first + K].any()
                     and not first <= exclude < first + K
-                    and wc.expand_cost(node[0]) >= refund
                     and not (
                         honour_cooldown
                         and state.blocked(node, EditKind.COLLAPSE, cfg.cooldown_steps)
@@ -239,6 +238,29 @@ class FocusAllocator:
             used[first : first + K] = True
             edits.append(Edit.collapse(int(groups.level[g]), int(groups.index[g])))
             free += wc.expand_cost(int(groups.level[g]))
+
+        def pay_for(pos: int, cost: int) -> list[int] | None:
+            """The lowest-scoring groups (each ``min_gain`` below the gist) whose collapses free
+            enough for expanding ``pos``, within the edit limit; ``None`` (and nothing taken)
+            when they cannot. One group always pays when a gist takes one position; with
+            several gists per node a group of tokens frees less than a LOD2 expansion costs."""
+            nonlocal group_cursor
+            saved, gained = group_cursor, free
+            payers: list[int] = []
+            while gained < cost and len(edits) + len(payers) + 1 < cfg.max_edits:
+                g = take_group(float(s[pos]) - cfg.min_gain, exclude=pos)
+                if g is None:
+                    break
+                first = int(groups.first[g])
+                used[first : first + K] = True  # taken for now: not offered twice
+                payers.append(g)
+                gained += wc.expand_cost(int(groups.level[g]))
+            for g in payers:
+                used[int(groups.first[g]) : int(groups.first[g]) + K] = False
+            if gained < cost:
+                group_cursor = saved
+                return None
+            return payers
 
         # 1. Mandatory collapses until the WC fits its target size. The budget wins over the
         #    cooldown: a recently expanded group is reversed only when nothing else can pay.
@@ -276,12 +298,11 @@ class FocusAllocator:
             if free < cost:
                 if len(edits) + 2 > cfg.max_edits:
                     break
-                # One collapse pays for one expansion only where it refunds enough: with several
-                # gists per node a group of tokens refunds less than a LOD2 expansion costs.
-                g = take_group(float(s[pos]) - cfg.min_gain, exclude=pos, refund=cost - free)
-                if g is None:
+                payers = pay_for(pos, cost)
+                if payers is None:
                     continue
-                plan_collapse(g)
+                for g in payers:
+                    plan_collapse(g)
             used[pos] = True
             edits.append(Edit.expand(*node))
             free -= cost

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from megacontext.core import Edit, EditKind, EditPlan, WorkingContext
+from megacontext.core import Edit, EditKind, EditPlan, FocusAllocator, WorkingContext
 from megacontext.errors import BudgetError, InvalidInputError
 from megacontext.runtime import metrics
 
@@ -31,10 +32,12 @@ class Focus:
         if s.wc.length + s.wc.expand_cost(level) <= s.wc.W_max:
             s._apply(EditPlan(s.wc.version, (Edit.expand(level, index),)))
             return
-        # One plan: this expansion, paid by the lowest-scoring group that does not contain it.
+        # One plan: this expansion, paid by the lowest-scoring groups that do not contain it
+        # (as many as it takes: an explicit request is not held to the per-step edit limit).
         scores = s._with_pins(np.zeros(s.wc.size))
         scores[pos] = 1.0
-        plan = s.engine.plan(s.wc, scores)
+        unlimited = replace(s.engine.config, max_edits=max(s.engine.config.max_edits, s.wc.size))
+        plan = FocusAllocator(unlimited).plan(s.wc, scores, s.engine.state)
         wanted = Edit.expand(level, index)
         if wanted not in plan.edits:
             metrics.FOCUS_EDITS_REFUSED.inc()
