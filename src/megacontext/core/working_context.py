@@ -102,7 +102,7 @@ class ApplyResult:
     length: int
 
 
-# The working-context budget (entries fed to the base) every command and session uses when none
+# The working-context budget (positions fed to the base) every command and session uses when none
 # is given.
 DEFAULT_W_MAX = 512
 
