@@ -24,6 +24,7 @@ from megacontext.train.gist import (
     reconstruction_nll,
     save_gist_run,
     spread_loss,
+    start_from_bundle,
     train_gistnet,
     window_length,
 )
@@ -321,6 +322,26 @@ def test_reconstruction_and_the_anchored_head_train_and_round_trip(base, tmp_pat
     torch.testing.assert_close(loaded(x, 1)[0], result.gistnet.eval()(x, 1)[0])
 
 
+def test_a_run_can_start_from_a_bundles_gistnet(base, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``init_from``: a fresh GistNet takes a trained bundle's weights (buffers included); a
+    GistNet of another shape is refused with what differs."""
+    net = {"width": 32, "n_layers": 1, "n_heads": 2, "key_dim": 8, "gist_head": "anchored"}
+    cfg = config(steps=6, lod2_probability=0.0, gistnet=net)
+    trained = train_quietly(base, cfg)
+    save_gist_run(trained, base, cfg, tmp_path / "run", started_from="elsewhere")
+    bundle = tmp_path / "run" / "bundle"
+    assert load_bundle(bundle).metrics["started_from"] == "elsewhere"
+    fresh = make_gistnet(base, cfg, K=K)
+    x = torch.randn(2, K, base.d_model)
+    before = fresh.eval()(x, 1)[0]
+    start_from_bundle(fresh, bundle, base)
+    torch.testing.assert_close(fresh.eval()(x, 1)[0], trained.gistnet.eval()(x, 1)[0])
+    assert not torch.allclose(before, fresh(x, 1)[0])
+    wider = make_gistnet(base, config(gistnet={**net, "width": 64}), K=K)
+    with pytest.raises(InvalidInputError, match="width 32 there, 64 here"):
+        start_from_bundle(wider, bundle, base)
+
+
 def test_autocast_auto_times_both_precisions_and_bad_values_are_refused(base) -> None:  # type: ignore[no-untyped-def]
     messages: list[str] = []
     chosen = _use_bf16(base, config(autocast="auto"), messages.append)
@@ -371,6 +392,37 @@ def test_a_stopped_run_resumes_from_its_checkpoint_unchanged(base, tmp_path: Pat
     with pytest.raises(InvalidInputError, match="lr"):
         fresh = make_gistnet(base, other, K=K)
         train_gistnet(base, sampler, {}, other, fresh, progress=False, checkpoint=ckpt)
+
+
+def test_a_finished_run_continues_when_its_budget_grows(base, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The run's last step is checkpointed even off the interval, and a longer budget (steps or
+    time) continues from it instead of being refused as another run."""
+    sampler = WindowSampler({"text": stream(1)})
+    ckpt = tmp_path / "checkpoint.pt"
+
+    def run(cfg: GistTrainConfig, log=lambda _m: None):  # type: ignore[no-untyped-def]
+        torch.manual_seed(0)
+        gistnet = make_gistnet(base, cfg, K=K)
+        return train_gistnet(base, sampler, {}, cfg, gistnet, log, progress=False, checkpoint=ckpt)
+
+    first = run(config(steps=7, checkpoint_interval=3))
+    assert [h["step"] for h in first.history] == list(range(7))
+    messages: list[str] = []
+    longer = run(config(steps=10, checkpoint_interval=3, time_budget_s=3600), messages.append)
+    assert any("resuming" in m and "step 7" in m for m in messages)
+    assert any("steps 7 -> 10" in m for m in messages)
+    assert [h["step"] for h in longer.history] == list(range(10))
+    assert longer.history[:7] == first.history
+    moved = [
+        name
+        for (name, a), b in zip(
+            first.gistnet.state_dict().items(), longer.gistnet.state_dict().values(), strict=True
+        )
+        if not torch.equal(a, b)
+    ]
+    assert moved  # the three new steps trained the net further
+    with pytest.raises(InvalidInputError, match=r"seed differ.*may change"):
+        run(config(steps=12, checkpoint_interval=3, seed=5))
 
 
 def test_lora_trains_with_gistnet_resumes_and_ships_in_the_bundle(base, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -100,6 +100,9 @@ def test_gist_then_lens_runs_write_bundles_and_plots(
     assert {"lod1_content_gap_closure", "gist_tokens_per_s"} <= measured
     # Measured in the run's own window layout (its lead), read from the GistNet-only manifest.
     assert rows["lod1_gap_closure"]["extra"]["lead_tokens"] == TINY_GIST["lead_tokens"]
+    # The layout with many gists before the scored tokens, beside the training layout.
+    assert rows["lod1_gap_closure_many"]["extra"]["prefix_blocks"] == 16
+    assert rows["lod1_gap_closure"]["extra"]["prefix_blocks"] < 16
     assert not any(name.startswith("lens_") for name in measured)  # no LensNet in this bundle
     monkeypatch.delenv("MEGACONTEXT_FOCUS_BUNDLE")
     lens_config = {

@@ -9,7 +9,9 @@ Results (goals in parentheses):
   ``…_constant_gap_closure``: one constant gist everywhere, the better of the mean gist and
   the mean gist at the gists' norm), ``…_content_gap_closure`` (≥ 0.75 at
   LOD1: the gap the constant gist leaves, closed by the gists' content) and
-  ``…_own_minus_shuffled`` (≥ 0.5 at LOD1);
+  ``…_own_minus_shuffled`` (≥ 0.5 at LOD1); ``…_far`` repeats LOD1 with 32 raw tokens between
+  the gists and the scored tokens, ``…_many`` with 16 gisted blocks (512 tokens) before them
+  (a working context holds hundreds of gists, the training layout a few);
 * retrieval tasks: ``lens_spearman_retrieval`` (≥ 0.5), ``lens_top1_retrieval`` (≥ 0.9),
   ``focus_gain_retrieval`` (≥ 0.8); natural text: ``lens_spearman_text`` (≥ 0.3),
   ``focus_gain_text`` (≥ 0.3);
@@ -40,6 +42,7 @@ from megacontext.bench import BenchOptions, Progress, Result, median
 from megacontext.train.focus_card import GOALS
 
 FAR_LEAD = 32  # raw tokens between the gisted prefix and the scored tokens in the `_far` layout
+MANY_BLOCKS = 16  # gisted blocks before the scored tokens in the `_many` layout
 
 
 def _goal_note(name: str) -> str:
@@ -105,6 +108,8 @@ def gist_results(
         progress("this GistNet was never trained at LOD2 (lod2_probability 0): LOD2 skipped")
     if gist_cfg.lead_tokens != FAR_LEAD:
         layouts.append((1, "_far", replace(gist_cfg, lead_tokens=FAR_LEAD)))
+    if gist_cfg.prefix_blocks < MANY_BLOCKS:
+        layouts.append((1, "_many", replace(gist_cfg, prefix_blocks=MANY_BLOCKS)))
     for level, suffix, cfg in layouts:
         progress(f"gap closure at LOD{level}{suffix}")
         report = evaluate_gists(
@@ -122,6 +127,7 @@ def gist_results(
             "nll_full_tokens": report.nll_full_tokens,
             "reference": report.reference,
             "lead_tokens": cfg.lead_tokens,
+            "prefix_blocks": cfg.prefix_blocks,
             "windows": report.windows,
             "ci95": list(report.gap_closure_ci),
             "nll_shuffled": report.nll_shuffled,
@@ -134,7 +140,8 @@ def gist_results(
                 "fraction",
                 note=(
                     f"95% CI {report.gap_closure_ci[0]:.3f}–{report.gap_closure_ci[1]:.3f}; "
-                    f"full = prefix as {report.reference}; lead {cfg.lead_tokens} tokens; "
+                    f"full = prefix as {report.reference}; {cfg.prefix_blocks} blocks gisted, "
+                    f"lead {cfg.lead_tokens} tokens; "
                     + _goal_note(f"lod{level}_gap_closure{suffix}")
                 ),
                 extra=nlls,

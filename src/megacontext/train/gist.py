@@ -59,7 +59,7 @@ from tqdm import tqdm
 
 from megacontext.errors import InvalidInputError
 from megacontext.models.adapter import BaseAdapter
-from megacontext.models.bundle import save_bundle
+from megacontext.models.bundle import load_bundle, save_bundle
 from megacontext.models.context import level1_inputs
 from megacontext.models.gistnet import GistNet, GistNetConfig
 from megacontext.models.lora import LoraAdapter, LoraSettings
@@ -70,6 +70,10 @@ from megacontext.train.distributed import data_parallel, global_mean, global_min
 
 CODE_SOURCES = frozenset({"stdlib"})
 CHECKPOINT = "checkpoint.pt"  # in a run's out_dir: where `train gist` resumes from
+# What may differ between a checkpoint's run and its continuation: how long the run goes (the
+# learning-rate schedule then decays to the new end from where the run is) and how much the
+# final evaluation reads. Anything else would make the continuation a different run.
+EXTENDABLE = frozenset({"steps", "time_budget_s", "final_eval_windows"})
 
 
 @dataclass
@@ -649,6 +653,9 @@ def train_gistnet(  # noqa: C901, PLR0912, PLR0913, PLR0917, PLR0915  (the disti
         tokens, first_step, elapsed = resumed["tokens"], resumed["step"], resumed["seconds"]
         best, stale = resumed["best"], resumed["stale"]
         log(f"{desc}: resuming from {checkpoint} at step {first_step}")
+        for key in sorted(EXTENDABLE):
+            if resumed["config"].get(key) != getattr(cfg, key):
+                log(f"{desc}: {key} {resumed['config'].get(key)} -> {getattr(cfg, key)}")
     use_bf16 = _use_bf16(base, cfg, log)
     started = time.perf_counter() - elapsed
     bar = tqdm(
@@ -660,6 +667,30 @@ def train_gistnet(  # noqa: C901, PLR0912, PLR0913, PLR0917, PLR0915  (the disti
         dynamic_ncols=True,
     )
     rank, _ = data_parallel()
+    saved_step = first_step
+
+    def save_checkpoint(next_step: int) -> None:
+        nonlocal saved_step
+        saved_step = next_step
+        if checkpoint is None or not cfg.checkpoint_interval or rank != 0:
+            return
+        save_atomically(
+            {
+                "config": asdict(cfg),
+                "gistnet": gistnet.state_dict(),
+                **({"lora": lora.state_dict()} if lora is not None else {}),
+                "optimizer": opt.state_dict(),
+                "history": history,
+                "evals": evals,
+                "tokens": tokens,
+                "step": next_step,
+                "seconds": time.perf_counter() - started,
+                "best": best,
+                "stale": stale,
+            },
+            checkpoint,
+        )
+
     for step in bar:
         seconds = time.perf_counter() - started
         if cfg.time_budget_s and seconds >= cfg.time_budget_s:
@@ -730,23 +761,11 @@ def train_gistnet(  # noqa: C901, PLR0912, PLR0913, PLR0917, PLR0915  (the disti
                     log(f"{desc}: held-out NLL plateaued at step {step + 1}; stopping the phase")
                     break
         due = cfg.checkpoint_interval and (step + 1) % cfg.checkpoint_interval == 0
-        if checkpoint is not None and due and rank == 0:
-            save_atomically(
-                {
-                    "config": asdict(cfg),
-                    "gistnet": gistnet.state_dict(),
-                    **({"lora": lora.state_dict()} if lora is not None else {}),
-                    "optimizer": opt.state_dict(),
-                    "history": history,
-                    "evals": evals,
-                    "tokens": tokens,
-                    "step": step + 1,
-                    "seconds": time.perf_counter() - started,
-                    "best": best,
-                    "stale": stale,
-                },
-                checkpoint,
-            )
+        if due:
+            save_checkpoint(step + 1)
+    # The run's end is a checkpoint too, so that a longer budget continues from its last step.
+    if history and history[-1]["step"] + 1 > saved_step:
+        save_checkpoint(int(history[-1]["step"]) + 1)
     seconds = time.perf_counter() - started
     reports = {
         lvl: evaluate_gists(
@@ -758,6 +777,22 @@ def train_gistnet(  # noqa: C901, PLR0912, PLR0913, PLR0917, PLR0915  (the disti
     return GistTrainResult(gistnet, history, evals, reports, seconds, tokens)
 
 
+def start_from_bundle(gistnet: GistNet, path: str | Path, base: BaseAdapter) -> None:
+    """Load the GistNet of the bundle at ``path`` into ``gistnet``; refused when the bundle was
+    made for another base or its GistNet has another shape."""
+    donor = load_bundle(path, fingerprints=base.fingerprints).get("gistnet")
+    assert isinstance(donor, GistNet)
+    theirs, ours = asdict(donor.config), asdict(gistnet.config)
+    differ = sorted(k for k in ours if theirs.get(k) != ours[k])
+    if differ:
+        shown = ", ".join(f"{k} {theirs.get(k)!r} there, {ours[k]!r} here" for k in differ)
+        raise InvalidInputError(
+            f"init_from {path}: its GistNet has another shape ({shown}); set gist.gistnet "
+            "to match it, or start from a fresh GistNet"
+        )
+    gistnet.load_state_dict(donor.state_dict())
+
+
 def _resume(
     path: Path | None, cfg: GistTrainConfig, gistnet: GistNet, lora: LoraAdapter | None
 ) -> dict[str, Any] | None:
@@ -766,13 +801,14 @@ def _resume(
     if path is None or not path.is_file():
         return None
     state = load_payload(path)
-    if state.get("config") != asdict(cfg):
-        changed = sorted(
-            k for k in asdict(cfg) if state.get("config", {}).get(k) != getattr(cfg, k)
-        )
+    saved = state.get("config", {})
+    changed = sorted(k for k in asdict(cfg) if saved.get(k) != getattr(cfg, k))
+    if set(changed) - EXTENDABLE:
         raise InvalidInputError(
-            f"{path} is a checkpoint of a GistNet run with other settings ({', '.join(changed)} "
-            "differ); use another out_dir, or delete the checkpoint to start over"
+            f"{path} is a checkpoint of a GistNet run with other settings "
+            f"({', '.join(sorted(set(changed) - EXTENDABLE))} differ); use another out_dir, or "
+            "delete the checkpoint to start over (only "
+            f"{', '.join(sorted(EXTENDABLE))} may change between a run and its continuation)"
         )
     gistnet.load_state_dict(state["gistnet"])
     if lora is not None:
@@ -862,11 +898,15 @@ def save_gist_run(
     cfg: GistTrainConfig,
     out_dir: str | Path,
     lora: LoraAdapter | None = None,
+    started_from: str | None = None,
 ) -> Path:
     """Bundle the trained GistNet (and LoRA, when it trained with it) with its metrics, and plot
-    the loss and gap-closure curves."""
+    the loss and gap-closure curves. ``started_from``: the bundle the net was initialised from
+    (its training time and tokens are not counted here)."""
     out = Path(out_dir)
     metrics: dict[str, Any] = {"train_seconds": result.seconds, "train_tokens": result.tokens}
+    if started_from:
+        metrics["started_from"] = started_from
     for lvl, report in result.reports.items():
         metrics[f"lod{lvl}"] = asdict(report)
     modules: dict[str, Any] = {"gistnet": result.gistnet}
@@ -942,6 +982,9 @@ class GistRunConfig(RunSettings):
 
     out_dir: str = "runs/gistnet"
     val_windows: int = 256
+    # A bundle whose GistNet this run starts from instead of a fresh one (same architecture):
+    # continue a trained net in another window layout. A checkpoint in out_dir still wins.
+    init_from: str | None = None
     gist: GistTrainConfig = field(default_factory=GistTrainConfig)
 
     @classmethod
@@ -966,6 +1009,9 @@ def run_gist(run: GistRunConfig, log: Callable[[str], None] = print) -> dict[str
         for level in levels
     }
     gistnet = make_gistnet(base, cfg, K=K)
+    if run.init_from:
+        start_from_bundle(gistnet, run.init_from, base)
+        log(f"GistNet starts from the one in {run.init_from}")
     lora = None
     if cfg.lora is not None:
         lora = LoraAdapter(base, LoraSettings.from_mapping(cfg.lora))
@@ -992,7 +1038,11 @@ def run_gist(run: GistRunConfig, log: Callable[[str], None] = print) -> dict[str
         checkpoint=Path(run.out_dir) / CHECKPOINT,
         lora=lora,
     )
-    out = save_gist_run(result, base, cfg, run.out_dir, lora) if rank == 0 else Path(run.out_dir)
+    out = (
+        save_gist_run(result, base, cfg, run.out_dir, lora, started_from=run.init_from)
+        if rank == 0
+        else Path(run.out_dir)
+    )
     if lora is not None:
         lora.detach()  # the loaded base is plain again for whoever holds it next
     summary: dict[str, Any] = {
@@ -1000,6 +1050,7 @@ def run_gist(run: GistRunConfig, log: Callable[[str], None] = print) -> dict[str
         "seconds": result.seconds,
         "tokens": result.tokens,
         "tokens_per_s": result.tokens / max(result.seconds, 1e-9),
+        "init_from": run.init_from,
     }
     for level, report in result.reports.items():
         summary[f"lod{level}_gap_closure"] = report.gap_closure
