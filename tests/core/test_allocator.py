@@ -196,6 +196,68 @@ def test_protected_window_is_never_touched() -> None:
     assert collapsed == [0, 1, 2, 3, 4]  # blocks 5..7 overlap the newest 9 tokens
 
 
+@settings(max_examples=150)
+@given(
+    K=st.integers(2, 5),
+    G=st.integers(1, 3),
+    n=st.integers(8, 1500),
+    slack=st.integers(0, 60),
+    reserve=st.integers(0, 40),
+    max_edits=st.integers(1, 6),
+    seed=st.integers(0, 1000),
+    data=st.data(),
+)
+def test_editable_from_keeps_every_edit_at_or_after_it(
+    K: int,
+    G: int,
+    n: int,
+    slack: int,
+    reserve: int,
+    max_edits: int,
+    seed: int,
+    data: st.DataObject,
+) -> None:
+    """Entries before ``editable_from`` are neither expanded nor collapsed, whatever the scores
+    ask; a plan that cannot fit there is refused rather than reaching back."""
+    G = min(G, K - 1)
+    wc = WorkingContext.assemble(n, coarsest_size(n, K, G) + slack, K=K, gists_per_node=G)
+    rng = np.random.default_rng(seed)
+    for _ in range(3):  # a few random edits, so that the context mixes levels
+        scores = rng.uniform(-1, 1, size=wc.size)
+        wc.apply(FocusAllocator(AllocatorConfig(max_edits=4)).plan(wc, scores))
+    editable_from = data.draw(st.integers(0, wc.size))
+    scores = rng.uniform(-1, 1, size=wc.size)
+    allocator = FocusAllocator(AllocatorConfig(max_edits=max_edits, collapse_threshold=0.2))
+    reserve = min(reserve, wc.W_max - wc.length)  # no mandatory collapse: nothing to refuse
+    plan = allocator.plan(wc, scores, reserve=reserve, editable_from=editable_from)
+    starts, _ = wc.spans()
+    first_token = int(starts[editable_from]) if editable_from < wc.size else wc.num_tokens
+    for edit in plan.edits:
+        # The expanded node, or the parent a group collapses into, starts at or after the first
+        # editable entry's first token.
+        assert edit.index * K**edit.level >= first_token, (edit, editable_from)
+    wc.apply(plan)
+    assert wc.length + reserve <= wc.W_max
+
+
+def test_room_is_made_within_editable_from_or_refused() -> None:
+    """A mandatory collapse takes the groups from editable_from on (the oldest of those on
+    ties), and is refused with the reach named when none is left there."""
+    wc = WorkingContext.assemble(64, 64, K=4)  # 64 raw tokens, W_max 64: full
+    zeros = np.zeros(wc.size)
+    plan = FocusAllocator().plan(wc, zeros, reserve=3, editable_from=40)
+    assert plan.edits == (Edit.collapse(1, 10),)  # tokens 40..43, not 0..3
+    assert FocusAllocator().plan(wc, zeros, reserve=3).edits == (Edit.collapse(1, 0),)
+    with pytest.raises(BudgetError, match="entries from 62 on"):
+        FocusAllocator().plan(wc, zeros, reserve=3, editable_from=62)
+
+
+def test_editable_from_is_checked() -> None:
+    wc = WorkingContext.assemble(64, 64, K=4)
+    with pytest.raises(InvalidInputError, match="editable_from"):
+        FocusAllocator().plan(wc, np.zeros(wc.size), editable_from=wc.size + 1)
+
+
 def test_stochastic_is_seeded() -> None:
     wc = WorkingContext([1] * 16, list(range(16)), num_tokens=64, W_max=200, K=4)
     scores = np.linspace(0.3, 0.9, 16)

@@ -9,12 +9,14 @@ from hypothesis import strategies as st
 from megacontext.core import DEFAULT_W_MAX, default_protected_recent
 from megacontext.errors import BudgetError, InvalidInputError
 from megacontext.runtime import SessionConfig
+from megacontext.runtime.config import default_refocus_reach
 
 
 def test_defaults_come_from_one_place() -> None:
     config = SessionConfig()
     assert config.W_max == DEFAULT_W_MAX
     assert config.protected_recent == default_protected_recent(DEFAULT_W_MAX) == 128
+    assert config.refocus_reach == default_refocus_reach(DEFAULT_W_MAX) == DEFAULT_W_MAX // 2
 
 
 @given(
@@ -36,6 +38,8 @@ def test_defaulted_fields_follow_a_new_budget_and_explicit_ones_stay(
     again = SessionConfig.from_json(config.to_json())
     assert again == config and again.resized(second) == resized
     assert (config.to_json()["protected_recent"] is None) == (explicit is None)
+    assert resized.refocus_reach == default_refocus_reach(second)  # a default follows too
+    assert config.to_json()["refocus_reach"] is None
     assert config.with_changes(trace=False).resized(second) == resized.with_changes(trace=False)
 
 
@@ -51,6 +55,8 @@ def test_defaulted_fields_follow_a_new_budget_and_explicit_ones_stay(
         ({"temperature": "hot"}, InvalidInputError, "temperature must be float"),
         ({"prompt": "shout"}, InvalidInputError, "prompt must be one of raw, chat, chat-cue"),
         ({"policy": "random"}, InvalidInputError, "policy must be one of"),
+        ({"refocus_reach": 0}, InvalidInputError, r"refocus_reach must be in \[1, W_max = 512\]"),
+        ({"refocus_reach": 513}, InvalidInputError, "refocus_reach must be in"),
     ],
 )
 def test_bad_settings_are_typed_errors(

@@ -138,6 +138,43 @@ def test_collapse_ahead_frees_room_for_many_tokens_at_once(models, tmp_path: Pat
     assert deep_crops[16] <= 32 // 16 + 1 < deep_crops[4]
 
 
+def test_refocus_while_generating_edits_only_within_its_reach(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """While the session generates, refocus steps and the room they make edit only the last
+    ``refocus_reach`` positions (the KV recompute stays that short), even when the scores ask
+    for the oldest entries; focus for a question still reaches them."""
+    base, bundle = models
+
+    def favour_the_oldest(wc):  # type: ignore[no-untyped-def]
+        scores = np.full(wc.size, -0.5)
+        scores[: wc.size // 3] = 1.0
+        return scores
+
+    deepest = {}
+    for reach in (20, 48):
+        cfg = config(refocus_every=4, refocus_reach=reach, trace=False)
+        with open_session(tmp_path / f"s{reach}", base, bundle, cfg) as mc:
+            mc.ingest(TEXT)
+            mc.score_override = favour_the_oldest
+            mc.refocus()  # focus before generating reaches the oldest gists
+            edits: list[tuple[int, int]] = []  # (length before the edit, first changed position)
+            apply = mc.engine.apply
+
+            def record(wc, plan, apply=apply, edits=edits):  # type: ignore[no-untyped-def]
+                before = wc.length
+                step = apply(wc, plan)
+                if plan.edits:
+                    edits.append((before, wc.position_of(step.first_changed)))
+                return step
+
+            mc.engine.apply = record  # type: ignore[method-assign]
+            for _ in mc.generate(max_new_tokens=24):
+                mc.wc.check_invariants()
+            assert edits and mc.wc.length <= mc.config.W_max
+            deepest[reach] = min(first - (before - reach) for before, first in edits)
+    assert deepest[20] >= 0  # every edit within 20 positions of the end
+    assert min(first for _, first in edits) < 48 - 20  # reach 48: the oldest were edited
+
+
 def test_generate_does_not_refocus_an_unchanged_context(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     base, bundle = models
     with open_session(tmp_path / "s", base, bundle, config()) as mc:

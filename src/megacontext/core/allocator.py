@@ -14,8 +14,10 @@ collapse here). The greedy policy:
 3. Collapse groups scoring below ``−collapse_threshold`` while edits remain.
 
 A sibling group's score is the mean of its members' scores (D7). No edit touches the protected
-recent window, no edit reverses an edit on the same node within ``cooldown_steps`` steps, and no
-step makes more than ``max_edits`` voluntary edits. ``strategy="stochastic"`` samples each
+recent window (nor, with ``editable_from``, the entries before that one: a session refocusing
+while it generates keeps its edits near the end, where they recompute little KV), no edit
+reverses an edit on the same node within ``cooldown_steps`` steps, and no step makes more than
+``max_edits`` voluntary edits. ``strategy="stochastic"`` samples each
 expansion among the ``sample_top_k`` best remaining candidates (softmax of score / temperature),
 seeded by ``(seed, step)`` so planning stays a pure function of its inputs.
 
@@ -151,8 +153,11 @@ class _Groups:
     score: npt.NDArray[np.float64]
 
 
-def sibling_groups(wc: WorkingContext, scores: npt.NDArray[np.float64]) -> _Groups:
-    """Every complete, aligned run of K siblings outside the protected window, with its score.
+def sibling_groups(
+    wc: WorkingContext, scores: npt.NDArray[np.float64], editable_from: int = 0
+) -> _Groups:
+    """Every complete, aligned run of K siblings outside the protected window (and from entry
+    ``editable_from`` on), with its score.
 
     Because the WC tiles time contiguously, K consecutive entries whose first and last members are
     children 0 and K−1 of one parent must all be that parent's children (D2: arithmetic only).
@@ -165,7 +170,8 @@ def sibling_groups(wc: WorkingContext, scores: npt.NDArray[np.float64]) -> _Grou
     head, tail = np.arange(W - K + 1), np.arange(K - 1, W)
     _, ends = wc.spans()
     ok = (
-        (indices[head] % K == 0)
+        (head >= editable_from)
+        & (indices[head] % K == 0)
         & (levels[tail] == levels[head])
         & (indices[tail] == indices[head] + K - 1)
         & (ends[tail] <= wc.protected_from)
@@ -190,10 +196,12 @@ class FocusAllocator:
         scores: npt.ArrayLike,
         state: AllocatorState | None = None,
         reserve: int = 0,
+        editable_from: int = 0,
     ) -> EditPlan:
         """Plan the edits of one refocus step. Pure: neither ``wc`` nor ``state`` changes.
 
         ``reserve`` positions are kept free after the plan (e.g. room for the next K tokens).
+        Entries before ``editable_from`` are left as they are (neither expanded nor collapsed).
         """
         cfg = self.config
         state = state or AllocatorState()
@@ -201,8 +209,12 @@ class FocusAllocator:
         s = _check_scores(scores, wc.size)
         if reserve < 0 or reserve > wc.W_max:
             raise InvalidInputError(f"reserve must be in [0, W_max={wc.W_max}], got {reserve}")
+        if not 0 <= editable_from <= wc.size:
+            raise InvalidInputError(
+                f"editable_from must be an entry index in [0, {wc.size}], got {editable_from}"
+            )
         free = wc.W_max - reserve - wc.length
-        groups = sibling_groups(wc, s)
+        groups = sibling_groups(wc, s, editable_from)
         used = np.zeros(wc.size, dtype=bool)
         edits: list[Edit] = []
         group_cursor = 0
@@ -272,13 +284,16 @@ class FocusAllocator:
                 raise BudgetError(
                     f"the working context needs {-free} more free positions but no legal collapse "
                     f"is left (W_max={wc.W_max}, reserve={reserve}, protected window "
-                    f"{wc.protected_recent} tokens); raise W_max or lower reserve"
+                    f"{wc.protected_recent} tokens"
+                    + (f", entries from {editable_from} on" if editable_from else "")
+                    + "); raise W_max or lower reserve"
                 )
             plan_collapse(g)
 
         # 2. Expansions by score, paid from free budget or by lower-scoring collapses.
         levels = wc.levels
         candidates = np.flatnonzero((levels > 0) & (s > cfg.expand_threshold))
+        candidates = candidates[candidates >= editable_from]
         if candidates.size:
             starts, _ = wc.spans()
             candidates = candidates[np.lexsort((-starts[candidates], -s[candidates]))]
@@ -322,9 +337,10 @@ class FocusAllocator:
         scores: npt.ArrayLike,
         state: AllocatorState,
         reserve: int = 0,
+        editable_from: int = 0,
     ) -> ApplyResult:
         """Plan, apply atomically, and record one refocus step."""
-        plan = self.plan(wc, scores, state, reserve=reserve)
+        plan = self.plan(wc, scores, state, reserve=reserve, editable_from=editable_from)
         result = wc.apply(plan)
         state.record(plan, wc, self.config.cooldown_steps)
         return result

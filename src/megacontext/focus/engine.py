@@ -75,9 +75,13 @@ class FocusEngine:
     def config(self) -> AllocatorConfig:
         return self.allocator.config
 
-    def plan(self, wc: WorkingContext, scores: np.ndarray, reserve: int = 0) -> EditPlan:
+    def plan(
+        self, wc: WorkingContext, scores: np.ndarray, reserve: int = 0, editable_from: int = 0
+    ) -> EditPlan:
         """The allocator's plan for ``scores`` (pure: nothing changes)."""
-        return self.allocator.plan(wc, scores, self.state, reserve=reserve)
+        return self.allocator.plan(
+            wc, scores, self.state, reserve=reserve, editable_from=editable_from
+        )
 
     def apply(self, wc: WorkingContext, plan: EditPlan) -> FocusStep:
         """Apply ``plan`` atomically, tell ``on_change``, record the step."""

@@ -24,6 +24,12 @@ def default_collapse_ahead(W_max: int, refocus_every: int, protected_recent: int
     return min(max(refocus_every, W_max // 8), W_max - protected_recent)
 
 
+def default_refocus_reach(W_max: int) -> int:
+    """How far back from the working context's end a refocus may edit while the session
+    generates, when none is given: half the budget."""
+    return max(1, W_max // 2)
+
+
 @dataclass
 class SessionConfig:
     """Working-context, focus and decoding settings of a session."""
@@ -37,6 +43,12 @@ class SessionConfig:
     # most of the context; freeing room for many tokens at once pays that recompute once per
     # that many tokens instead of once per refocus, at the cost of a slightly emptier context.
     collapse_ahead: int | None = None
+    # While the session generates, a refocus step (and the room it makes for new tokens) edits
+    # only the last refocus_reach positions of the working context (default W_max // 2), so
+    # the KV cache it recomputes is at most that long; an edit further back would re-prefill
+    # nearly the whole context every refocus_every tokens. Focus for a question (`ask`,
+    # `focus_for`) reaches everywhere. W_max lets generation edit anywhere.
+    refocus_reach: int | None = None
     use_lens: bool = True
     max_edits: int = 4
     # Most refocus steps spent on one question before it is answered (fewer when a step plans
@@ -66,7 +78,8 @@ class SessionConfig:
     # Pages (256 records each) kept per store in the read cache; bounds its memory (at d_model
     # 256 in float16, 64 gist pages are 8 MiB).
     cache_pages: int = 64
-    # The fields left to their budget-dependent defaults (protected_recent, collapse_ahead):
+    # The fields left to their budget-dependent defaults (protected_recent, collapse_ahead,
+    # refocus_reach):
     # they follow a new budget (resized) and are recorded as null in session.json.
     _defaulted: frozenset[str] = field(
         init=False, default_factory=frozenset, repr=False, compare=False
@@ -77,7 +90,9 @@ class SessionConfig:
             if spec.init:
                 _check_type(spec.name, getattr(self, spec.name), spec.type)
         self._defaulted = frozenset(
-            name for name in ("protected_recent", "collapse_ahead") if getattr(self, name) is None
+            name
+            for name in ("protected_recent", "collapse_ahead", "refocus_reach")
+            if getattr(self, name) is None
         )
         self._check_budget()
         self._check_counts()
@@ -90,7 +105,8 @@ class SessionConfig:
                 )
 
     def _check_budget(self) -> None:
-        """W_max, the protected window and collapse_ahead, filling the budget-dependent defaults."""
+        """W_max, the protected window, collapse_ahead and refocus_reach, filling the
+        budget-dependent defaults."""
         if self.W_max < 1:
             raise InvalidInputError(f"W_max must be >= 1, got {self.W_max}")
         if self.protected_recent is None:
@@ -111,6 +127,13 @@ class SessionConfig:
                 f"collapse_ahead must be in [0, W_max - protected_recent = "
                 f"{self.W_max - self.protected_recent}], got {self.collapse_ahead}"
             )
+        if self.refocus_reach is None:
+            self.refocus_reach = default_refocus_reach(self.W_max)
+        if not 1 <= self.refocus_reach <= self.W_max:
+            raise InvalidInputError(
+                f"refocus_reach must be in [1, W_max = {self.W_max}] (positions from the working "
+                f"context's end), got {self.refocus_reach}"
+            )
 
     def _check_counts(self) -> None:
         if self.policy not in POLICIES:
@@ -129,8 +152,9 @@ class SessionConfig:
         return dataclasses.replace(self, **{**kept, **changes})
 
     def resized(self, W_max: int) -> SessionConfig:
-        """This config for another budget: a protected window and ``collapse_ahead`` that were
-        defaults follow the new budget; values set explicitly are kept."""
+        """This config for another budget: a protected window, ``collapse_ahead`` and
+        ``refocus_reach`` that were defaults follow the new budget; values set explicitly are
+        kept."""
         return self.with_changes(W_max=W_max)
 
     def to_json(self) -> dict[str, Any]:
@@ -171,4 +195,10 @@ def _check_type(name: str, value: object, annotation: object) -> None:
         )
 
 
-__all__ = ["W_MAX", "SessionConfig", "default_collapse_ahead", "default_protected_recent"]
+__all__ = [
+    "W_MAX",
+    "SessionConfig",
+    "default_collapse_ahead",
+    "default_protected_recent",
+    "default_refocus_reach",
+]

@@ -606,7 +606,7 @@ class Session:
             remaining -= step
             self._since_refocus += step
             if refocus and self._since_refocus >= self.config.refocus_every:
-                self.refocus()
+                self.refocus(local=True)
 
     def _room_to_free(self, needed: int) -> int:
         """Positions to keep free after a plan that must make room for ``needed`` more."""
@@ -615,8 +615,9 @@ class Session:
             needed = max(needed, int(self.config.collapse_ahead or 0))
         return min(needed, most)
 
-    def _plan_with_room(self, scores: np.ndarray) -> EditPlan:
-        """The refocus plan, also freeing room for the tokens until the next refocus.
+    def _plan_with_room(self, scores: np.ndarray, local: bool) -> EditPlan:
+        """The refocus plan, also freeing room for the tokens until the next refocus; with
+        ``local``, editing only the last ``refocus_reach`` positions when that can free it.
 
         Collapses that make room rewrite the KV cache from the collapsed entry on, just as the
         refocus edits do; taking them in the same plan costs one suffix recompute per refocus
@@ -625,27 +626,40 @@ class Session:
         need no collapse.
         """
         reserve = self._room_to_free(self.config.refocus_every)
-        if reserve > 0:
-            try:
-                return self.engine.plan(self.wc, scores, reserve)
-            except BudgetError:
-                pass  # not enough collapsible history yet: plan without the reserve
-        return self.engine.plan(self.wc, scores)
+        return self._plan_within_reach(scores, (reserve, 0) if reserve > 0 else (0,), local)
+
+    def _plan_within_reach(
+        self, scores: np.ndarray, reserves: tuple[int, ...], local: bool
+    ) -> EditPlan:
+        """The plan for the first of ``reserves`` that can be kept free, tried within
+        ``refocus_reach`` first (when ``local``) and then over the whole context: room for many
+        tokens at once recomputes less per token, even over the whole context, than room for a
+        few made again and again near the end. The last failure is raised."""
+        reaches = (self._editable_from(), 0) if local else (0,)
+        failure: BudgetError | None = None
+        for reserve in reserves:
+            for editable_from in dict.fromkeys(reaches):  # (0 once when the reach is whole)
+                try:
+                    return self.engine.plan(self.wc, scores, reserve, editable_from)
+                except BudgetError as error:
+                    failure = error
+        assert failure is not None
+        raise failure
+
+    def _editable_from(self) -> int:
+        """The first entry within ``refocus_reach`` positions of the working context's end."""
+        assert self.config.refocus_reach is not None
+        start = self.wc.length - self.config.refocus_reach
+        return int(np.searchsorted(self.wc.offsets(), start, side="left")) if start > 0 else 0
 
     def _make_room(self, entries: int) -> None:
         """Collapse the least useful groups until ``entries`` more tokens fit (oldest first on
-        ties)."""
+        ties, within ``refocus_reach`` of the end when they free enough there)."""
         if self.wc.length + entries <= self.wc.W_max:
             return
         scores = self._with_pins(np.zeros(self.wc.size))
         reserve = max(self._room_to_free(entries), entries)
-        try:
-            plan = self.engine.plan(self.wc, scores, reserve)
-        except BudgetError:
-            if reserve == entries:
-                raise
-            plan = self.engine.plan(self.wc, scores, entries)
-        self._apply(plan)
+        self._apply(self._plan_within_reach(scores, tuple(dict.fromkeys((reserve, entries))), True))
 
     def _reassemble(self) -> None:
         self.wc = self._assemble()
@@ -709,17 +723,23 @@ class Session:
 
     # ----------------------------------------------------------------------------- focus
 
-    def refocus(self, *, make_room: bool = True) -> StepTelemetry:
+    def refocus(self, *, make_room: bool = True, local: bool = False) -> StepTelemetry:
         """One refocus step: score (LensNet), plan and apply (the engine); telemetry to the trace.
 
-        With ``make_room`` the plan also frees room for the tokens until the next refocus.
+        With ``make_room`` the plan also frees room for the tokens until the next refocus. With
+        ``local`` (the steps taken while generating) it edits only the last ``refocus_reach``
+        positions, unless room can be made nowhere else.
         """
         self._check_open()
         times: dict[str, float] = {}
         scores = self._with_pins(self._scores(times))
         before = layout_runs(self.wc.levels, self.wc.indices) if self.trace_path else None
         start = time.perf_counter()
-        plan = self._plan_with_room(scores) if make_room else self.engine.plan(self.wc, scores)
+        plan = (
+            self._plan_with_room(scores, local)
+            if make_room
+            else self._plan_within_reach(scores, (0,), local)
+        )
         times["allocator"] = time.perf_counter() - start
         done = self.engine.apply(self.wc, plan)
         times.update(done.seconds)
