@@ -13,6 +13,7 @@ import typer
 from megacontext._version import __version__
 from megacontext.cli import audit as _audit_cli
 from megacontext.cli import bench as _bench_cli
+from megacontext.cli import code as _code_cli
 from megacontext.cli import compliance as _compliance_cli
 from megacontext.cli import demo as _demo_cli
 from megacontext.cli import demo_tree as _demo_tree_cli
@@ -66,6 +67,7 @@ app.command()(_session_cli.ingest)
 app.command()(_session_cli.ask)
 app.command()(_session_cli.chat)
 app.add_typer(_sources_cli.app, name="sources")
+app.add_typer(_code_cli.app, name="code")
 app.command()(_session_cli.generate)
 app.add_typer(_trace_cli.app, name="trace")
 app.command()(_serve_cli.serve)

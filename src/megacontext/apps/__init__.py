@@ -1,0 +1,1 @@
+"""Applications built on sessions: the coding assistant (``megacontext code``)."""

@@ -1,0 +1,14 @@
+"""The coding assistant: a repository's files in a session, with per-file provenance."""
+
+from megacontext.apps.code.ingest import CodeSource, RepoIngest, code_sources, ingest_repo
+from megacontext.apps.code.repo import RepoFile, RepoScan, scan_repo
+
+__all__ = [
+    "CodeSource",
+    "RepoFile",
+    "RepoIngest",
+    "RepoScan",
+    "code_sources",
+    "ingest_repo",
+    "scan_repo",
+]

@@ -1,0 +1,161 @@
+"""A repository into a session's history: one source per file version, re-runs incremental.
+
+Each file goes in whole, as one source (its blocks contiguous in the history), in the sorted
+order :func:`~megacontext.apps.code.repo.scan_repo` gives, under the URI
+``repo://NAME/PATH``; its metadata names the repository, the path, the sha256 of its bytes, its
+line count and its version. The session records the bytes and lines of every span, so a
+citation reads ``PATH:LINE-LINE``.
+
+Run again over the same repository, only what changed is appended: a file whose bytes are those
+of its latest version is skipped; a changed file is appended as a new version whose metadata
+``supersedes`` the previous one (the earlier version stays in the history — nothing already
+stored is lost — but it is marked superseded, see :func:`code_sources`); files gone from the
+repository are reported, and stay in the history until ``megacontext sources remove`` erases
+them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from megacontext.apps.code.repo import RepoScan
+from megacontext.errors import InvalidInputError
+
+KIND = "code"  # the ``kind`` in a file version's metadata
+
+
+def file_uri(repo: str, path: str) -> str:
+    """The source URI of ``path`` in repository ``repo``."""
+    return f"repo://{quote(repo, safe='')}/{quote(path)}"
+
+
+@dataclass(frozen=True)
+class CodeSource:
+    """One version of a file in a session's history."""
+
+    id: int
+    repo: str
+    path: str
+    version: int
+    sha256: str
+    superseded: bool
+
+
+def code_sources(session: Any, repo: str | None = None) -> list[CodeSource]:
+    """Every file version ingested from ``repo`` (every repository when ``None``), oldest
+    first, with whether a later version supersedes it."""
+    found = [
+        s
+        for s in _metadata(session).list_sources()
+        if s.meta.get("kind") == KIND and (repo is None or s.meta.get("repo") == repo)
+    ]
+    replaced = {int(s.meta["supersedes"]) for s in found if s.meta.get("supersedes") is not None}
+    return [
+        CodeSource(
+            s.id,
+            str(s.meta["repo"]),
+            str(s.meta["path"]),
+            int(s.meta.get("version", 1)),
+            str(s.meta.get("sha256", "")),
+            s.id in replaced,
+        )
+        for s in found
+    ]
+
+
+@dataclass
+class RepoIngest:
+    """What one ``code ingest`` run did, path by path."""
+
+    repo: str
+    root: str
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  # in the history, gone from the repository
+    skipped: dict[str, str] = field(default_factory=dict)
+    tokens: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "repo": self.repo,
+            "root": self.root,
+            "added": self.added,
+            "changed": self.changed,
+            "unchanged": self.unchanged,
+            "removed": self.removed,
+            "skipped": self.skipped,
+            "tokens": self.tokens,
+            "seconds": self.seconds,
+        }
+
+
+def ingest_repo(
+    session: Any,
+    scan: RepoScan,
+    name: str | None = None,
+    on_file: Callable[[int, int, str], None] | None = None,
+) -> RepoIngest:
+    """Append the files of ``scan`` that are new or changed since the last run to ``session``.
+
+    ``name`` names the repository in URIs and metadata (default: its directory's name);
+    ``on_file(number, total, path)`` is called before each file is read.
+
+    Raises:
+        InvalidInputError: the session keeps no provenance (in memory), or the repository has
+            no text file to read.
+    """
+    _metadata(session)
+    repo = name or scan.root.name
+    if not repo:
+        raise InvalidInputError("the repository needs a name; give one with --name")
+    scan.check_readable()
+    latest = {s.path: s for s in code_sources(session, repo)}  # oldest first: the last wins
+    report = RepoIngest(repo, str(scan.root), skipped=dict(scan.skipped))
+    started = time.perf_counter()
+    for number, file in enumerate(scan.files, 1):
+        if on_file is not None:
+            on_file(number, len(scan.files), file.path)
+        prior = latest.get(file.path)
+        if prior is not None and prior.sha256 == file.sha256:
+            report.unchanged.append(file.path)
+            continue
+        meta: dict[str, Any] = {
+            "path": file.path,
+            "repo": repo,
+            "kind": KIND,
+            "sha256": file.sha256,
+            "encoding": file.encoding,
+            "lines": file.lines,
+            "version": 1 if prior is None else prior.version + 1,
+        }
+        if prior is not None:
+            meta["supersedes"] = prior.id
+        # Identical bytes at two paths (empty __init__.py files, copied configs) are two files:
+        # the history's content de-duplication must not drop the second.
+        done = session.ingest(
+            file.text, source=file_uri(repo, file.path), metadata=meta, force=True
+        )
+        report.tokens += done.tokens
+        (report.added if prior is None else report.changed).append(file.path)
+    present = {f.path for f in scan.files}
+    report.removed = sorted(path for path in latest if path not in present)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _metadata(session: Any) -> Any:
+    if getattr(session, "metadata", None) is None:
+        raise InvalidInputError(
+            "an in-memory session keeps no provenance, and a coding assistant cites files: "
+            "open a session on disk (megacontext.open(PATH, ...))"
+        )
+    return session.metadata
+
+
+__all__ = ["KIND", "CodeSource", "RepoIngest", "code_sources", "file_uri", "ingest_repo"]

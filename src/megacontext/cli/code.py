@@ -1,0 +1,134 @@
+"""``megacontext code``: a coding assistant's memory of whole repositories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from megacontext.cli.output import console, emit_json, err_console
+from megacontext.cli.session import (
+    DEFAULT_TREE,
+    BaseOpt,
+    FocusOpt,
+    JsonOpt,
+    TreeOpt,
+    WMaxOpt,
+    _config,
+    _opened,
+)
+from megacontext.errors import InvalidInputError
+
+app = typer.Typer(
+    help=(
+        "A coding assistant's memory: whole repositories in a session, every span citable as "
+        "PATH:LINE.\n\n"
+        "Examples:\n\n"
+        "  megacontext code ingest ~/src/project --tree runs/code --base smollm2\n\n"
+        "  megacontext code ingest ~/src/project --tree runs/code   (again: only what changed)"
+    ),
+    no_args_is_help=True,
+)
+
+
+@app.command()
+def ingest(
+    repo: Annotated[Path, typer.Argument(help="The repository's directory.", show_default=False)],
+    tree: TreeOpt = DEFAULT_TREE,
+    base: BaseOpt = None,
+    focus: FocusOpt = None,
+    w_max: WMaxOpt = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="The repository's name in citations and source URIs (repo://NAME/PATH). "
+            "Default: the directory's name.",
+            show_default=False,
+        ),
+    ] = None,
+    max_file_bytes: Annotated[
+        int,
+        typer.Option(
+            "--max-file-bytes", help="Skip files larger than this (data dumps, not code)."
+        ),
+    ] = 1_000_000,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add a repository's source files to a session, each with its path and line ranges.
+
+    Files are read in sorted path order, one file's text contiguous in the history. Skipped,
+    and counted in the summary: what .gitignore (every directory's own, and .git/info/exclude)
+    excludes; vendored directories (node_modules, vendor, third_party, virtual environments,
+    caches); generated files (lock files, minified bundles, protobuf stubs, files whose first
+    lines say "@generated" or "DO NOT EDIT"); files over --max-file-bytes; empty and binary
+    files; symbolic links.
+
+    Run it again after the code changed: unchanged files are skipped, a changed file is added
+    as a new version that supersedes the old one (which stays in the history, marked
+    superseded), and files gone from the repository are listed.
+    """
+    from megacontext.apps.code import ingest_repo, scan_repo
+
+    config = _config(tree, w_max)
+    scan = scan_repo(repo, max_bytes=_positive(max_file_bytes, "--max-file-bytes"))
+    scan.check_readable()  # before a model loads
+    with _opened(tree, base, focus, config) as mc:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} files"),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("reading", total=len(scan.files))
+
+            def on_file(number: int, total: int, path: str) -> None:
+                bar.update(task, completed=number - 1, description=escape(path))
+
+            try:
+                report = ingest_repo(mc, scan, name, on_file)
+            except KeyboardInterrupt:
+                err_console.print(
+                    "[yellow]interrupted:[/yellow] the files read so far are kept (the one "
+                    "being read was rolled back); run the same command again to go on"
+                )
+                raise typer.Exit(130) from None
+        history = {"tokens": mc.tree.num_tokens, "levels": mc.tree.num_levels}
+    _summary(report.to_json(), tree, history, as_json)
+
+
+def _positive(value: int, flag: str) -> int:
+    if value < 1:
+        raise InvalidInputError(f"{flag} must be >= 1, got {value}")
+    return value
+
+
+def _summary(report: dict[str, Any], tree: Path, history: dict[str, int], as_json: bool) -> None:
+    if as_json:
+        emit_json({"tree": str(tree), "history": history, **report})
+        return
+    added, changed = len(report["added"]), len(report["changed"])
+    console.print(
+        f"{escape(report['repo'])}: {report['tokens']:,} tokens from {added} new and {changed} "
+        f"changed file(s) into {escape(str(tree))}; {len(report['unchanged'])} unchanged "
+        f"(history: {history['tokens']:,} tokens, {history['levels']} gist levels, "
+        f"{report['seconds']:.1f} s)"
+    )
+    reasons: dict[str, int] = {}
+    for why in report["skipped"].values():
+        reasons[why] = reasons.get(why, 0) + 1
+    if reasons:
+        shown = ", ".join(f"{n} {why}" for why, n in sorted(reasons.items()))
+        console.print(f"[dim]skipped: {shown} (--json lists them)[/dim]")
+    if report["removed"]:
+        console.print(
+            f"[yellow]{len(report['removed'])} file(s) no longer in the repository[/yellow] "
+            "(still in the history; `megacontext sources remove` erases one):"
+        )
+        for path in report["removed"][:10]:
+            console.print(f"  {escape(path)}")
