@@ -144,9 +144,23 @@ def test_ingest_records_each_file_as_a_source_and_reruns_append_only_what_change
         assert third.added == ["shapes/volume.py"]
         assert third.removed == ["keep.log"]
         assert mc.tree.num_tokens == tokens + third.tokens
-        versions = [s for s in code_sources(mc, "shapes") if s.path == "shapes/area.py"]
-        assert [(v.version, v.superseded) for v in versions] == [(1, True), (2, False)]
-        assert sum(s.superseded for s in code_sources(mc)) == 1
+        versions = {}
+        for s in code_sources(mc, "shapes"):
+            versions.setdefault(s.path, []).append((s.version, s.superseded, s.deleted))
+        assert versions["shapes/area.py"] == [(1, True, False), (2, False, False)]
+        # A deleted file gets a deletion record that supersedes its last version.
+        assert versions["keep.log"] == [(1, True, False), (2, False, True)]
+        gone = mc.metadata.list_sources()[-1]
+        assert gone.meta["deleted"] and "keep.log was deleted from shapes" in mc.base.decode(
+            mc.tree.tokens(mc.tree.num_tokens - third.tokens, mc.tree.num_tokens).tolist()
+        )
+        live = sorted(s.path for s in code_sources(mc) if s.live)
+        assert live == sorted([*(p for p in paths if p != "keep.log"), "shapes/volume.py"])
+        # It comes back as a new file; a run with nothing changed records nothing again.
+        (repo / "keep.log").write_text("back\n")
+        fourth = ingest_repo(mc, scan_repo(repo, max_bytes=1000))
+        assert fourth.added == ["keep.log"] and not fourth.removed and not fourth.changed
+        assert ingest_repo(mc, scan_repo(repo, max_bytes=1000)).tokens == 0
 
 
 def test_an_in_memory_session_is_refused(tiny_world, repo: Path) -> None:  # type: ignore[no-untyped-def]

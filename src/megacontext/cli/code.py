@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,7 +29,8 @@ app = typer.Typer(
         "PATH:LINE.\n\n"
         "Examples:\n\n"
         "  megacontext code ingest ~/src/project --tree runs/code --base smollm2\n\n"
-        "  megacontext code ingest ~/src/project --tree runs/code   (again: only what changed)"
+        "  megacontext code ingest ~/src/project --tree runs/code   (again: only what changed)\n\n"
+        "  megacontext code watch ~/src/project --tree runs/code"
     ),
     no_args_is_help=True,
 )
@@ -102,6 +104,74 @@ def ingest(
     _summary(report.to_json(), tree, history, as_json)
 
 
+@app.command()
+def watch(
+    repo: Annotated[Path, typer.Argument(help="The repository's directory.", show_default=False)],
+    tree: TreeOpt = DEFAULT_TREE,
+    base: BaseOpt = None,
+    focus: FocusOpt = None,
+    w_max: WMaxOpt = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="The repository's name in citations (default: the directory's name).",
+            show_default=False,
+        ),
+    ] = None,
+    max_file_bytes: Annotated[
+        int,
+        typer.Option(
+            "--max-file-bytes", help="Skip files larger than this (data dumps, not code)."
+        ),
+    ] = 1_000_000,
+    debounce: Annotated[
+        float,
+        typer.Option(
+            "--debounce",
+            help="Seconds of quiet after the last file event before the changes are read.",
+        ),
+    ] = 0.5,
+) -> None:
+    """Keep a session current with a repository while you edit it (Ctrl-C stops).
+
+    First brings the session up to date (as `code ingest` does), then appends each change as
+    it happens: a saved file as its new version (superseding the old one), a new file, a
+    deleted file as a deletion record, a rename as both. Changes are read by content once the
+    repository has been quiet for --debounce seconds, so editors' save patterns (a temporary
+    file renamed over the original, bursts of writes) end in one update, and a save that
+    changes nothing appends nothing.
+    """
+    from megacontext.apps.code import RepoWatcher
+    from megacontext.apps.code.repo import repo_root
+
+    if debounce < 0:
+        raise InvalidInputError(f"--debounce must be >= 0 seconds, got {debounce}")
+    config = _config(tree, w_max)
+    repo_root(repo)  # before a model loads
+    _positive(max_file_bytes, "--max-file-bytes")
+    with _opened(tree, base, focus, config) as mc:
+
+        def show(report: Any) -> None:
+            data = report.to_json()
+            parts = [
+                f"{len(data[key])} {key}" for key in ("added", "changed", "removed") if data[key]
+            ]
+            stamp = time.strftime("%H:%M:%S")
+            console.print(
+                f"[dim]{stamp}[/dim] {escape(data['repo'])}: "
+                + (", ".join(parts) or "up to date")
+                + f" ({data['tokens']:,} tokens; history {mc.tree.num_tokens:,})"
+            )
+
+        watcher = RepoWatcher(mc, repo, name, max_file_bytes, debounce, on_update=show)
+        err_console.print(f"watching {escape(str(watcher.root))} (Ctrl-C stops)")
+        try:
+            watcher.run()
+        except KeyboardInterrupt:
+            err_console.print(f"stopped after {watcher.updates} update(s); the session is saved")
+
+
 def _positive(value: int, flag: str) -> int:
     if value < 1:
         raise InvalidInputError(f"{flag} must be >= 1, got {value}")
@@ -127,8 +197,9 @@ def _summary(report: dict[str, Any], tree: Path, history: dict[str, int], as_jso
         console.print(f"[dim]skipped: {shown} (--json lists them)[/dim]")
     if report["removed"]:
         console.print(
-            f"[yellow]{len(report['removed'])} file(s) no longer in the repository[/yellow] "
-            "(still in the history; `megacontext sources remove` erases one):"
+            f"[yellow]{len(report['removed'])} file(s) gone from the repository[/yellow], "
+            "recorded as deleted (their text stays in the history; `megacontext sources "
+            "remove` erases it):"
         )
         for path in report["removed"][:10]:
             console.print(f"  {escape(path)}")

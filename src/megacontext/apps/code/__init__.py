@@ -2,12 +2,14 @@
 
 from megacontext.apps.code.ingest import CodeSource, RepoIngest, code_sources, ingest_repo
 from megacontext.apps.code.repo import RepoFile, RepoScan, scan_repo
+from megacontext.apps.code.watch import RepoWatcher
 
 __all__ = [
     "CodeSource",
     "RepoFile",
     "RepoIngest",
     "RepoScan",
+    "RepoWatcher",
     "code_sources",
     "ingest_repo",
     "scan_repo",

@@ -9,9 +9,11 @@ citation reads ``PATH:LINE-LINE``.
 Run again over the same repository, only what changed is appended: a file whose bytes are those
 of its latest version is skipped; a changed file is appended as a new version whose metadata
 ``supersedes`` the previous one (the earlier version stays in the history — nothing already
-stored is lost — but it is marked superseded, see :func:`code_sources`); files gone from the
-repository are reported, and stay in the history until ``megacontext sources remove`` erases
-them.
+stored is lost — but it is marked superseded, see :func:`code_sources`); a file gone from the
+repository gets a **deletion record**: a one-line version (``PATH was deleted from NAME``) with
+``deleted`` in its metadata that supersedes its last version — the history remembers that the
+file went away, and its text stays until ``megacontext sources remove`` erases it. A rename is a
+deletion and a new file.
 """
 
 from __future__ import annotations
@@ -43,6 +45,12 @@ class CodeSource:
     version: int
     sha256: str
     superseded: bool
+    deleted: bool  # a deletion record: the file was gone at this version
+
+    @property
+    def live(self) -> bool:
+        """The file's current text: neither superseded nor a deletion record."""
+        return not self.superseded and not self.deleted
 
 
 def code_sources(session: Any, repo: str | None = None) -> list[CodeSource]:
@@ -62,6 +70,7 @@ def code_sources(session: Any, repo: str | None = None) -> list[CodeSource]:
             int(s.meta.get("version", 1)),
             str(s.meta.get("sha256", "")),
             s.id in replaced,
+            bool(s.meta.get("deleted", False)),
         )
         for s in found
     ]
@@ -76,7 +85,7 @@ class RepoIngest:
     added: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)  # in the history, gone from the repository
+    removed: list[str] = field(default_factory=list)  # gone: a deletion record was appended
     skipped: dict[str, str] = field(default_factory=dict)
     tokens: int = 0
     seconds: float = 0.0
@@ -100,51 +109,62 @@ def ingest_repo(
     scan: RepoScan,
     name: str | None = None,
     on_file: Callable[[int, int, str], None] | None = None,
+    *,
+    require_files: bool = True,
 ) -> RepoIngest:
     """Append the files of ``scan`` that are new or changed since the last run to ``session``.
 
     ``name`` names the repository in URIs and metadata (default: its directory's name);
-    ``on_file(number, total, path)`` is called before each file is read.
+    ``on_file(number, total, path)`` is called before each file is read. Without
+    ``require_files`` a repository with nothing left to read is accepted (the watcher: every
+    file was deleted).
 
     Raises:
         InvalidInputError: the session keeps no provenance (in memory), or the repository has
-            no text file to read.
+            no text file to read (with ``require_files``).
     """
     _metadata(session)
     repo = name or scan.root.name
     if not repo:
         raise InvalidInputError("the repository needs a name; give one with --name")
-    scan.check_readable()
+    if require_files:
+        scan.check_readable()
     latest = {s.path: s for s in code_sources(session, repo)}  # oldest first: the last wins
     report = RepoIngest(repo, str(scan.root), skipped=dict(scan.skipped))
     started = time.perf_counter()
-    for number, file in enumerate(scan.files, 1):
-        if on_file is not None:
-            on_file(number, len(scan.files), file.path)
-        prior = latest.get(file.path)
-        if prior is not None and prior.sha256 == file.sha256:
-            report.unchanged.append(file.path)
-            continue
-        meta: dict[str, Any] = {
-            "path": file.path,
-            "repo": repo,
-            "kind": KIND,
-            "sha256": file.sha256,
-            "encoding": file.encoding,
-            "lines": file.lines,
-            "version": 1 if prior is None else prior.version + 1,
-        }
+
+    def append(path: str, text: str, prior: CodeSource | None, **meta: Any) -> None:
+        meta.update(path=path, repo=repo, kind=KIND)
+        meta["version"] = 1 if prior is None else prior.version + 1
         if prior is not None:
             meta["supersedes"] = prior.id
         # Identical bytes at two paths (empty __init__.py files, copied configs) are two files:
         # the history's content de-duplication must not drop the second.
-        done = session.ingest(
-            file.text, source=file_uri(repo, file.path), metadata=meta, force=True
-        )
+        done = session.ingest(text, source=file_uri(repo, path), metadata=meta, force=True)
         report.tokens += done.tokens
-        (report.added if prior is None else report.changed).append(file.path)
+
+    for number, file in enumerate(scan.files, 1):
+        if on_file is not None:
+            on_file(number, len(scan.files), file.path)
+        prior = latest.get(file.path)
+        if prior is not None and not prior.deleted and prior.sha256 == file.sha256:
+            report.unchanged.append(file.path)
+            continue
+        append(
+            file.path,
+            file.text,
+            prior,
+            sha256=file.sha256,
+            encoding=file.encoding,
+            lines=file.lines,
+        )
+        new = prior is None or prior.deleted
+        (report.added if new else report.changed).append(file.path)
     present = {f.path for f in scan.files}
-    report.removed = sorted(path for path in latest if path not in present)
+    for path, prior in sorted(latest.items()):
+        if path not in present and not prior.deleted:
+            append(path, f"{path} was deleted from {repo}\n", prior, deleted=True, lines=1)
+            report.removed.append(path)
     report.seconds = time.perf_counter() - started
     return report
 
