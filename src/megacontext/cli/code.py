@@ -15,9 +15,12 @@ from megacontext.cli.session import (
     DEFAULT_TREE,
     BaseOpt,
     FocusOpt,
+    FocusStepsOpt,
     JsonOpt,
+    MaxNewOpt,
     TreeOpt,
     WMaxOpt,
+    _check_session,
     _config,
     _opened,
 )
@@ -170,6 +173,70 @@ def watch(
             watcher.run()
         except KeyboardInterrupt:
             err_console.print(f"stopped after {watcher.updates} update(s); the session is saved")
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question about the code.")],
+    tree: TreeOpt = DEFAULT_TREE,
+    base: BaseOpt = None,
+    focus: FocusOpt = None,
+    w_max: WMaxOpt = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="Only this repository's old versions are kept closed (default: every "
+            "repository's).",
+            show_default=False,
+        ),
+    ] = None,
+    focus_steps: FocusStepsOpt = None,
+    max_new_tokens: MaxNewOpt = 64,
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer a question about ingested code, citing PATH:LINE-LINE.
+
+    Focus opens the current version of each file: the text of versions a later save superseded
+    stays in the history, but is never expanded for the question (its gists stay in view), so
+    the answer reads — and cites — the code as it is now. Each citation says whether it is a
+    live version. Reads beside a running `code watch`.
+    """
+    from megacontext.apps.code import ask_code
+
+    _check_session(tree)
+    config = _config(tree, w_max, focus_steps)
+    if max_new_tokens < 1:
+        raise InvalidInputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    with _opened(tree, base, focus, config, readonly=True) as mc:
+        answer = ask_code(mc, question, name, max_new_tokens=max_new_tokens)
+    if as_json:
+        emit_json(
+            {
+                "answer": answer.text,
+                "focus_steps": answer.focus_steps,
+                "avoided_tokens": answer.avoided_tokens,
+                "citations": [
+                    {
+                        "label": c.label,
+                        "path": c.path,
+                        "lines": list(c.lines) if c.lines else None,
+                        "live": c.live,
+                        "score": c.score,
+                    }
+                    for c in answer.citations
+                ],
+            }
+        )
+        return
+    console.print(escape(answer.text.strip()) or "[dim](no answer)[/dim]")
+    for c in answer.citations[:8]:
+        mark = "" if c.live else " [yellow](superseded version)[/yellow]"
+        console.print(f"[dim]  {escape(c.label)}{mark}[/dim]")
+    if answer.avoided_tokens:
+        console.print(
+            f"[dim]{answer.avoided_tokens:,} tokens of superseded versions kept closed[/dim]"
+        )
 
 
 def _positive(value: int, flag: str) -> int:

@@ -21,6 +21,30 @@ class Focus:
     def __init__(self, session: Session):
         self._s = session
         self.pinned: list[tuple[int, int]] = []
+        # Token ranges focus leaves as gists: superseded text (an old version of a file) that
+        # should not be read, nor cited, in place of the current one.
+        self.avoided: list[tuple[int, int]] = []
+
+    def avoid(self, ranges: list[tuple[int, int]]) -> None:
+        """Never expand a LOD1 block that lies wholly inside one of ``ranges`` (token ranges of
+        the history), so that focus opens — and answers cite — other text instead; the text
+        stays in the history and its gists stay in view. Replaces the previous ranges; an
+        empty list lifts the restriction. Pins win over it."""
+        n = self._s.tree.num_tokens
+        for start, end in ranges:
+            if not 0 <= start < end <= n:
+                raise InvalidInputError(
+                    f"avoided range [{start}, {end}) is outside the history [0, {n})"
+                )
+        self.avoided = sorted((int(a), int(b)) for a, b in ranges)
+
+    def avoided_mask(self, wc: WorkingContext) -> np.ndarray:
+        """LOD1 entries of ``wc`` whose tokens all lie in an avoided range."""
+        starts, ends = wc.spans()
+        mask = np.zeros(wc.size, dtype=bool)
+        for lo, hi in self.avoided:
+            mask |= (starts >= lo) & (ends <= hi)
+        return mask & (wc.levels == 1)
 
     def expand(self, level: int, index: int) -> None:
         """Open gist ``(level, index)``, paying with the least useful collapse if needed."""

@@ -951,7 +951,13 @@ class Session:
 
     def _with_pins(self, scores: np.ndarray) -> np.ndarray:
         """The scores the allocator plans with: pinned entries wanted, and LOD1 blocks that
-        touch restricted text never expanded (their tokens could only be redactions)."""
+        touch restricted text (their tokens could only be redactions) or lie in avoided text
+        (``focus.avoid``) never expanded."""
+        if self.focus.avoided:
+            avoided = self.focus.avoided_mask(self.wc)
+            if avoided.any():
+                scores = scores.copy()
+                scores[avoided] = NEVER_EXPAND
         if self.focus.pinned:
             scores = scores.copy()
             scores[self.focus.pinned_mask(self.wc)] = 1.0
