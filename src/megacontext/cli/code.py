@@ -39,28 +39,35 @@ app = typer.Typer(
 )
 
 
+RepoArg = Annotated[Path, typer.Argument(help="The repository's directory.", show_default=False)]
+NameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--name",
+        help="The repository's name in citations and source URIs (repo://NAME/PATH). "
+        "Default: the directory's name.",
+        show_default=False,
+    ),
+]
+MaxFileBytesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-file-bytes",
+        help="Skip files larger than this (data dumps, not code). Default: 1,000,000.",
+        show_default=False,
+    ),
+]
+
+
 @app.command()
 def ingest(
-    repo: Annotated[Path, typer.Argument(help="The repository's directory.", show_default=False)],
+    repo: RepoArg,
     tree: TreeOpt = DEFAULT_TREE,
     base: BaseOpt = None,
     focus: FocusOpt = None,
     w_max: WMaxOpt = None,
-    name: Annotated[
-        str | None,
-        typer.Option(
-            "--name",
-            help="The repository's name in citations and source URIs (repo://NAME/PATH). "
-            "Default: the directory's name.",
-            show_default=False,
-        ),
-    ] = None,
-    max_file_bytes: Annotated[
-        int,
-        typer.Option(
-            "--max-file-bytes", help="Skip files larger than this (data dumps, not code)."
-        ),
-    ] = 1_000_000,
+    name: NameOpt = None,
+    max_file_bytes: MaxFileBytesOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Add a repository's source files to a session, each with its path and line ranges.
@@ -79,7 +86,7 @@ def ingest(
     from megacontext.apps.code import ingest_repo, scan_repo
 
     config = _config(tree, w_max)
-    scan = scan_repo(repo, max_bytes=_positive(max_file_bytes, "--max-file-bytes"))
+    scan = scan_repo(repo, max_bytes=_max_file_bytes(max_file_bytes))
     scan.check_readable()  # before a model loads
     with _opened(tree, base, focus, config) as mc:
         with Progress(
@@ -109,25 +116,13 @@ def ingest(
 
 @app.command()
 def watch(
-    repo: Annotated[Path, typer.Argument(help="The repository's directory.", show_default=False)],
+    repo: RepoArg,
     tree: TreeOpt = DEFAULT_TREE,
     base: BaseOpt = None,
     focus: FocusOpt = None,
     w_max: WMaxOpt = None,
-    name: Annotated[
-        str | None,
-        typer.Option(
-            "--name",
-            help="The repository's name in citations (default: the directory's name).",
-            show_default=False,
-        ),
-    ] = None,
-    max_file_bytes: Annotated[
-        int,
-        typer.Option(
-            "--max-file-bytes", help="Skip files larger than this (data dumps, not code)."
-        ),
-    ] = 1_000_000,
+    name: NameOpt = None,
+    max_file_bytes: MaxFileBytesOpt = None,
     debounce: Annotated[
         float,
         typer.Option(
@@ -152,7 +147,7 @@ def watch(
         raise InvalidInputError(f"--debounce must be >= 0 seconds, got {debounce}")
     config = _config(tree, w_max)
     repo_root(repo)  # before a model loads
-    _positive(max_file_bytes, "--max-file-bytes")
+    max_bytes = _max_file_bytes(max_file_bytes)
     with _opened(tree, base, focus, config) as mc:
 
         def show(report: Any) -> None:
@@ -167,7 +162,7 @@ def watch(
                 + f" ({data['tokens']:,} tokens; history {mc.tree.num_tokens:,})"
             )
 
-        watcher = RepoWatcher(mc, repo, name, max_file_bytes, debounce, on_update=show)
+        watcher = RepoWatcher(mc, repo, name, max_bytes, debounce, on_update=show)
         err_console.print(f"watching {escape(str(watcher.root))} (Ctrl-C stops)")
         try:
             watcher.run()
@@ -239,9 +234,14 @@ def ask(
         )
 
 
-def _positive(value: int, flag: str) -> int:
+def _max_file_bytes(value: int | None) -> int:
+    """--max-file-bytes, or the default (apps.code.repo.MAX_FILE_BYTES)."""
+    from megacontext.apps.code.repo import MAX_FILE_BYTES
+
+    if value is None:
+        return MAX_FILE_BYTES
     if value < 1:
-        raise InvalidInputError(f"{flag} must be >= 1, got {value}")
+        raise InvalidInputError(f"--max-file-bytes must be >= 1, got {value}")
     return value
 
 
