@@ -156,6 +156,11 @@ def test_ingest_records_each_file_as_a_source_and_reruns_append_only_what_change
         )
         live = sorted(s.path for s in code_sources(mc) if s.live)
         assert live == sorted([*(p for p in paths if p != "keep.log"), "shapes/volume.py"])
+        # A file that is still there but now ignored is not recorded as deleted.
+        (repo / ".gitignore").write_text("*.log\nbuild/\n!keep.log\nREADME.md\n")
+        ignored = ingest_repo(mc, scan_repo(repo, max_bytes=1000))
+        assert ignored.changed == [".gitignore"] and not ignored.removed
+        assert "README.md" in {s.path for s in code_sources(mc) if s.live}
         # It comes back as a new file; a run with nothing changed records nothing again.
         (repo / "keep.log").write_text("back\n")
         fourth = ingest_repo(mc, scan_repo(repo, max_bytes=1000))

@@ -13,7 +13,8 @@ stored is lost — but it is marked superseded, see :func:`code_sources`); a fil
 repository gets a **deletion record**: a one-line version (``PATH was deleted from NAME``) with
 ``deleted`` in its metadata that supersedes its last version — the history remembers that the
 file went away, and its text stays until ``megacontext sources remove`` erases it. A rename is a
-deletion and a new file.
+deletion and a new file. A file that is still there but skipped now (newly ignored, grown too
+large) is not recorded as deleted: its last version stays as it was.
 """
 
 from __future__ import annotations
@@ -160,7 +161,9 @@ def ingest_repo(
         )
         new = prior is None or prior.deleted
         (report.added if new else report.changed).append(file.path)
-    present = {f.path for f in scan.files}
+    # A file still there but skipped now (newly ignored, grown too large) was not deleted: its
+    # last version stays as it is.
+    present = {f.path for f in scan.files} | set(scan.skipped)
     for path, prior in sorted(latest.items()):
         if path not in present and not prior.deleted:
             append(path, f"{path} was deleted from {repo}\n", prior, deleted=True, lines=1)
