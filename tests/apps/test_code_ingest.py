@@ -129,6 +129,9 @@ def test_ingest_records_each_file_as_a_source_and_reruns_append_only_what_change
         assert rows and all(b.start_index == a.stop_index for a, b in itertools.pairwise(rows))
         assert rows[0].line_range is not None and rows[-1].line_range is not None
         assert rows[0].line_range[0] == 1 and rows[-1].line_range[1] == 5
+        # The base reads which file it is in; the lines stay the file's own (the header is 0).
+        text = mc.base.decode(mc.tree.tokens(rows[0].start_index, rows[-1].stop_index).tolist())
+        assert text.startswith("# File: shapes/area.py\n") and text.endswith(MODULE)
 
         # Nothing changed: nothing appended.
         again = ingest_repo(mc, scan_repo(repo, max_bytes=1000))

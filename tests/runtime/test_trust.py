@@ -57,15 +57,16 @@ def _two_files(mc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
         max_size=12,
     ),
     first=st.integers(0, 70),
+    first_line=st.sampled_from([0, 1, 7]),
 )
 def test_span_rows_cover_the_source_with_its_bytes_and_lines(
-    tiny_world, lines: list[str], first: int
+    tiny_world, lines: list[str], first: int, first_line: int
 ) -> None:  # type: ignore[no-untyped-def]
     base = tiny_world.base
     text = "\n".join(lines) + "x"
     ids, offsets = base.encode_with_offsets(text)
     K = 4
-    rows = plan_spans(text, offsets, first, len(ids), K)
+    rows = plan_spans(text, offsets, first, len(ids), K, first_line)
     # The rows tile the source's tokens, each within one LOD1 block of the history.
     assert rows[0].start == first and rows[-1].stop == first + len(ids)
     for row, after in itertools.pairwise(rows):
@@ -76,9 +77,11 @@ def test_span_rows_cover_the_source_with_its_bytes_and_lines(
         data = text.encode("utf-8")
         piece = data[row.bytes[0] : row.bytes[1]].decode("utf-8")  # whole characters
         lo, hi = row.lines
-        # The lines named are the lines the bytes fall on.
-        assert lo == text.encode("utf-8")[: row.bytes[0]].count(b"\n") + 1
-        assert piece == "" or hi == lo + piece[:-1].count("\n")
+        # The lines named are the lines the bytes fall on, numbered from ``first_line`` (a
+        # header line numbered 0 counts as line 1).
+        line = text.encode("utf-8")[: row.bytes[0]].count(b"\n") + first_line
+        assert lo == max(1, line)
+        assert piece == "" or hi == max(1, line + piece[:-1].count("\n"))
 
 
 def test_ask_cites_the_file_and_lines_focus_brought_into_view(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

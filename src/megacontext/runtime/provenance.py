@@ -37,12 +37,15 @@ def plan_spans(
     first: int,
     count: int,
     K: int,
+    first_line: int = 1,
 ) -> list[SpanRow]:
     """The provenance rows of ``count`` tokens appended at history position ``first``.
 
     ``offsets`` are the tokens' ``[start, end)`` characters in ``text`` (from
     :meth:`~megacontext.models.adapter.BaseAdapter.encode_with_offsets`). Without them the source
-    gets one row for all its tokens.
+    gets one row for all its tokens. ``first_line`` numbers the text's first line: 0 when the
+    text opens with a header line the source does not have (a file's path), so that lines are
+    the source's own; lines before line 1 count as line 1.
     """
     stop = first + count
     if text is None or offsets is None or len(offsets) != count or count == 0:
@@ -64,8 +67,8 @@ def plan_spans(
         char_lo, char_hi = int(starts[lo]), int(ends[hi - 1])
         # Line of a character: 1 + newlines before it; the last line is that of the last
         # character the span holds (a span ending in "\n" ends on that newline's line).
-        line_lo = 1 + bisect.bisect_left(newlines, char_lo)
-        line_hi = 1 + bisect.bisect_left(newlines, max(char_hi - 1, char_lo))
+        line_lo = max(1, first_line + bisect.bisect_left(newlines, char_lo))
+        line_hi = max(1, first_line + bisect.bisect_left(newlines, max(char_hi - 1, char_lo)))
         rows.append(
             SpanRow(
                 cut,

@@ -268,6 +268,7 @@ class Session:
         *,
         force: bool = False,
         progress: Progress | None = None,
+        first_line: int = 1,
     ) -> Ingested:
         """Append text (tokenized with the base's tokenizer) or token ids to the history.
 
@@ -276,13 +277,17 @@ class Session:
         source for people), and the bytes and lines of every span — and is all-or-nothing: an
         interrupted ingest is rolled back, here or when the session is next opened. Content
         already in the history is not appended again unless ``force``. ``progress(done,
-        total)`` is called as tokens are appended.
+        total)`` is called as tokens are appended. ``first_line`` numbers the text's first line
+        in the spans' provenance: 0 when the text opens with a header line that is not part of
+        the source (``code ingest`` puts each file's path there).
         """
         self._check_writable()
         if source is not None and (not isinstance(source, str) or not source):
             raise InvalidInputError(f"source must be a non-empty string (a URI), got {source!r}")
         if source is not None and self.metadata is None:
             raise InvalidInputError("an in-memory session keeps no provenance; drop source=")
+        if isinstance(first_line, bool) or not isinstance(first_line, int) or first_line < 0:
+            raise InvalidInputError(f"first_line must be an integer >= 0, got {first_line!r}")
         meta = _checked_metadata(metadata)
         ids, text, offsets = self._tokens_with_offsets(content)
         first = self.tree.num_tokens
@@ -295,7 +300,7 @@ class Session:
             if duplicate is not None:
                 return duplicate
         uri = source or f"inline:{hashlib.sha256(raw).hexdigest()[:16]}"
-        rows = plan_spans(text, offsets, first, len(ids), self.tree.K)
+        rows = plan_spans(text, offsets, first, len(ids), self.tree.K, first_line)
         kind = "text" if text is not None else "tokens"
         with self._journaled(uri, kind, raw, meta, first, first + len(ids), rows):
             self._append_blocks(ids, progress)

@@ -25,6 +25,7 @@ class CodeCitation:
     lines: tuple[int, int] | None
     live: bool
     score: float
+    tokens: tuple[int, int]  # the history positions cited
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,13 @@ def ask_code(
             c.lines,
             not any(a <= c.tokens[0] < b for a, b in avoided),
             c.score,
+            c.tokens,
         )
         for c in answer.citations
     ]
+    # A LOD1 block that straddles a version's edge also holds live text, so focus may open it
+    # and a few superseded tokens get cited: the live citations come first.
+    citations.sort(key=lambda c: not c.live)
     return CodeAnswer(
         answer.text,
         citations,

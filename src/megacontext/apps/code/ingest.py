@@ -31,6 +31,13 @@ from megacontext.errors import InvalidInputError
 KIND = "code"  # the ``kind`` in a file version's metadata
 
 
+def file_header(path: str) -> str:
+    """The line put before a file's text in the history, so that the base reads which file it
+    is in (where is X defined, which module holds Y); provenance keeps the file's own line
+    numbers (it is line 0)."""
+    return f"# File: {path}\n"
+
+
 def file_uri(repo: str, path: str) -> str:
     """The source URI of ``path`` in repository ``repo``."""
     return f"repo://{quote(repo, safe='')}/{quote(path)}"
@@ -134,14 +141,20 @@ def ingest_repo(
     report = RepoIngest(repo, str(scan.root), skipped=dict(scan.skipped))
     started = time.perf_counter()
 
-    def append(path: str, text: str, prior: CodeSource | None, **meta: Any) -> None:
+    def append(path: str, text: str, prior: CodeSource | None, header: bool, **meta: Any) -> None:
         meta.update(path=path, repo=repo, kind=KIND)
         meta["version"] = 1 if prior is None else prior.version + 1
         if prior is not None:
             meta["supersedes"] = prior.id
         # Identical bytes at two paths (empty __init__.py files, copied configs) are two files:
         # the history's content de-duplication must not drop the second.
-        done = session.ingest(text, source=file_uri(repo, path), metadata=meta, force=True)
+        done = session.ingest(
+            file_header(path) + text if header else text,
+            source=file_uri(repo, path),
+            metadata=meta,
+            force=True,
+            first_line=0 if header else 1,
+        )
         report.tokens += done.tokens
 
     for number, file in enumerate(scan.files, 1):
@@ -155,6 +168,7 @@ def ingest_repo(
             file.path,
             file.text,
             prior,
+            True,
             sha256=file.sha256,
             encoding=file.encoding,
             lines=file.lines,
@@ -166,7 +180,7 @@ def ingest_repo(
     present = {f.path for f in scan.files} | set(scan.skipped)
     for path, prior in sorted(latest.items()):
         if path not in present and not prior.deleted:
-            append(path, f"{path} was deleted from {repo}\n", prior, deleted=True, lines=1)
+            append(path, f"{path} was deleted from {repo}\n", prior, False, deleted=True, lines=1)
             report.removed.append(path)
     report.seconds = time.perf_counter() - started
     return report
@@ -181,4 +195,12 @@ def _metadata(session: Any) -> Any:
     return session.metadata
 
 
-__all__ = ["KIND", "CodeSource", "RepoIngest", "code_sources", "file_uri", "ingest_repo"]
+__all__ = [
+    "KIND",
+    "CodeSource",
+    "RepoIngest",
+    "code_sources",
+    "file_header",
+    "file_uri",
+    "ingest_repo",
+]
