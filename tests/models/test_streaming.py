@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from megacontext.models.generation import decode
+from megacontext.models.generation import cut_at_stop, decode
 
 
 @settings(max_examples=25, deadline=None)
@@ -43,3 +43,16 @@ def test_streamed_pieces_add_up_to_the_decoded_text(tiny_world, seed, stops, ste
     assert all(pieces)  # no empty pieces
     for stop in stops:
         assert stop not in "".join(pieces)
+
+
+def test_a_line_break_stops_an_answer_only_after_it_began() -> None:
+    # SmolLM2 asked in the raw style often opens with a blank line, then answers.
+    assert cut_at_stop("\n\nThe function scan_once.\nMore", ["\n"]) == (
+        "\n\nThe function scan_once.",
+        True,
+    )
+    assert cut_at_stop("42\nQuestion: next", ["\n"]) == ("42", True)
+    assert cut_at_stop("\n \n", ["\n"]) == ("\n \n", False)  # nothing answered yet
+    # A stop string that is text counts from the first character.
+    assert cut_at_stop("Question: what", ["Question:"]) == ("", True)
+    assert cut_at_stop("no stop here", ["\n", "Q:"]) == ("no stop here", False)

@@ -56,8 +56,20 @@ def choose_token(
 
 
 def cut_at_stop(text: str, stop_text: Sequence[str]) -> tuple[str, bool]:
-    """``text`` up to the first stop string (excluded), and whether one was found."""
-    cuts = [text.index(s) for s in stop_text if s and s in text]
+    """``text`` up to the first stop string (excluded), and whether one was found.
+
+    A blank stop string (a line break) counts only after the answer's first non-blank
+    character: a model that opens with an empty line and then answers is answering, not
+    stopping. Any other stop string counts anywhere.
+    """
+    start = len(text) - len(text.lstrip())
+    cuts = []
+    for s in stop_text:
+        if not s:
+            continue
+        at = text.find(s, start if not s.strip() else 0)
+        if at >= 0:
+            cuts.append(at)
     return (text[: min(cuts)], True) if cuts else (text, False)
 
 
