@@ -34,6 +34,9 @@ SUITES: dict[str, str] = {
     "service": "megacontext.bench.service",
     "explorer": "megacontext.bench.explorer",
     "scaleout": "megacontext.bench.scaleout",
+    # An application's suite lives with the application (apps sit above bench and use its
+    # contract); the registry names it by module path, so bench imports nothing of it.
+    "repoqa": "megacontext.apps.code.bench",
 }
 
 Progress = Callable[[str], None]

@@ -156,7 +156,8 @@ def continuation_nll(
     return nll
 
 
-def _bootstrap(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """The 95% bootstrap interval of ``values``' mean (1,000 resamples, seeded)."""
     if len(values) < 2:
         v = float(values.mean()) if len(values) else float("nan")
         return v, v
@@ -240,15 +241,15 @@ def run_task(  # noqa: PLR0913, PLR0917  (a grid cell's coordinates and the run'
         system=name,
         samples=len(values),
         score=float(values.mean()) if len(values) else float("nan"),
-        ci=_bootstrap(values),
+        ci=bootstrap_ci(values),
         tokens_processed=tokens,
         seconds=time.perf_counter() - started,
         skipped=skipped,
         system_stats=totals,
         answer_nll=float(nlls.mean()) if qa else None,
-        answer_nll_ci=_bootstrap(nlls) if qa else None,
+        answer_nll_ci=bootstrap_ci(nlls) if qa else None,
         contains=float(hits.mean()) if qa else None,
-        contains_ci=_bootstrap(hits) if qa else None,
+        contains_ci=bootstrap_ci(hits) if qa else None,
         prompt=prompt.style,
         answers=answers,
     )

@@ -42,6 +42,7 @@ class BuiltContext:
 
     vectors: torch.Tensor
     provenance: list[tuple[int, int]]  # token range [start, end) of each vector
+    # ``"ranked"``: a retriever's chosen chunks as token ranges, best first (what it would cite)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -157,7 +158,9 @@ class RagBM25(_TokenMemory):
                 chosen.append(block)
         positions = [np.arange(b * self.chunk, (b + 1) * self.chunk) for b in sorted(chosen)]
         positions.append(np.arange(recent_from, n))
-        return self._context(np.concatenate(positions))
+        built = self._context(np.concatenate(positions))
+        built.extra["ranked"] = [(b * self.chunk, (b + 1) * self.chunk) for b in chosen]
+        return built
 
 
 class CompressiveLite(_TokenMemory):

@@ -258,7 +258,9 @@ class RagMiniLM(_ChunkMemory):
             self.encoder_texts += 1
             order = torch.argsort(chunks @ q, descending=True, stable=True)
             chosen = order[:slots].tolist()
-        return self._assemble(self._chunk_positions(chosen), recent_from)
+        built = self._assemble(self._chunk_positions(chosen), recent_from)
+        built.extra["ranked"] = [(b * self.chunk, (b + 1) * self.chunk) for b in chosen]
+        return built
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), "encoder_texts": self.encoder_texts}
