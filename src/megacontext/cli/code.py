@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -33,7 +34,9 @@ app = typer.Typer(
         "Examples:\n\n"
         "  megacontext code ingest ~/src/project --tree runs/code --base smollm2\n\n"
         "  megacontext code ingest ~/src/project --tree runs/code   (again: only what changed)\n\n"
-        "  megacontext code watch ~/src/project --tree runs/code"
+        "  megacontext code watch ~/src/project --tree runs/code\n\n"
+        '  megacontext code ask "Where is the retry limit set?" --tree runs/code\n\n'
+        '  megacontext code agent "What does checkout return?" --tree runs/code'
     ),
     no_args_is_help=True,
 )
@@ -46,6 +49,14 @@ NameOpt = Annotated[
         "--name",
         help="The repository's name in citations and source URIs (repo://NAME/PATH). "
         "Default: the directory's name.",
+        show_default=False,
+    ),
+]
+OnlyRepoOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--name",
+        help="Only this repository's old versions are kept closed (default: every repository's).",
         show_default=False,
     ),
 ]
@@ -177,15 +188,7 @@ def ask(
     base: BaseOpt = None,
     focus: FocusOpt = None,
     w_max: WMaxOpt = None,
-    name: Annotated[
-        str | None,
-        typer.Option(
-            "--name",
-            help="Only this repository's old versions are kept closed (default: every "
-            "repository's).",
-            show_default=False,
-        ),
-    ] = None,
+    name: OnlyRepoOpt = None,
     focus_steps: FocusStepsOpt = None,
     max_new_tokens: MaxNewOpt = 64,
     as_json: JsonOpt = False,
@@ -232,6 +235,85 @@ def ask(
         console.print(
             f"[dim]{answer.avoided_tokens:,} tokens of superseded versions kept closed[/dim]"
         )
+
+
+@app.command()
+def agent(
+    question: Annotated[str, typer.Argument(help="The question about the code.")],
+    tree: TreeOpt = DEFAULT_TREE,
+    base: BaseOpt = None,
+    focus: FocusOpt = None,
+    w_max: WMaxOpt = None,
+    name: OnlyRepoOpt = None,
+    max_steps: Annotated[
+        int,
+        typer.Option(
+            "--max-steps",
+            help="The step budget: searches, opens and asks together (at least 3).",
+        ),
+    ] = 8,
+    max_new_tokens: MaxNewOpt = 64,
+    transcript: Annotated[
+        Path | None,
+        typer.Option(
+            "--transcript",
+            help="Write every step (tool, argument, result, seconds) and the answer as JSON "
+            "to this file.",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer a question that takes more than one look: search, open, ask, follow up.
+
+    The loop searches the code for the question, opens the best hits (pinned raw in the
+    working context), asks; then searches for the names the answer mentions that the code
+    defines, opens their definitions and asks again — until the answer stops changing, nothing
+    new is left to open, or --max-steps is spent. Every step is shown as it runs (and written
+    with --transcript). Superseded file versions are never searched, opened or focused.
+
+    Example: megacontext code agent "What does checkout return, and what does that call
+    raise?" --tree runs/code --max-steps 10 --transcript runs/agent.json
+    """
+    from megacontext.apps.code.agent import CodeAgent
+
+    _check_session(tree)
+    config = _config(tree, w_max, None)
+    if max_new_tokens < 1:
+        raise InvalidInputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if max_steps < 3:
+        raise InvalidInputError(
+            f"--max-steps must be >= 3 (a search, an open, an ask), got {max_steps}"
+        )
+
+    def show(step: Any) -> None:
+        if not as_json:
+            err_console.print(
+                f"[dim]{step.tool:>6}[/dim] {escape(step.argument[:80])} "
+                f"[dim]→ {escape(step.result[:100])} ({step.seconds:.1f} s)[/dim]"
+            )
+
+    with _opened(tree, base, focus, config, readonly=True) as mc:
+        helper = CodeAgent(
+            mc, name, max_steps=max_steps, max_new_tokens=max_new_tokens, on_step=show
+        )
+        run = helper.run(question)
+    record = run.transcript()
+    if transcript is not None:
+        transcript.parent.mkdir(parents=True, exist_ok=True)
+        transcript.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    if as_json:
+        emit_json(record)
+        return
+    console.print(escape((record["answer"] or "").strip()) or "[dim](no answer)[/dim]")
+    for c in run.answer.citations[:8] if run.answer else []:
+        mark = "" if c.live else " [yellow](superseded version)[/yellow]"
+        console.print(f"[dim]  {escape(c.label)}{mark}[/dim]")
+    console.print(
+        f"[dim]{len(run.steps)} steps, {len(run.opened)} span(s) opened; {escape(run.stopped)}"
+        + (f"; transcript: {escape(str(transcript))}" if transcript else "")
+        + "[/dim]"
+    )
 
 
 def _max_file_bytes(value: int | None) -> int:
