@@ -18,6 +18,7 @@ from megacontext.cli import compliance as _compliance_cli
 from megacontext.cli import demo as _demo_cli
 from megacontext.cli import demo_tree as _demo_tree_cli
 from megacontext.cli import explore as _explore_cli
+from megacontext.cli import knowledge as _knowledge_cli
 from megacontext.cli import leaderboard as _leaderboard_cli
 from megacontext.cli import lmeval as _lmeval_cli
 from megacontext.cli import models as _models_cli
@@ -68,6 +69,7 @@ app.command()(_session_cli.ask)
 app.command()(_session_cli.chat)
 app.add_typer(_sources_cli.app, name="sources")
 app.add_typer(_code_cli.app, name="code")
+app.add_typer(_knowledge_cli.app, name="knowledge")
 app.command()(_session_cli.generate)
 app.add_typer(_trace_cli.app, name="trace")
 app.command()(_serve_cli.serve)

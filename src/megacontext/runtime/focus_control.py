@@ -28,8 +28,9 @@ class Focus:
     def avoid(self, ranges: list[tuple[int, int]]) -> None:
         """Never expand a LOD1 block that lies wholly inside one of ``ranges`` (token ranges of
         the history), so that focus opens — and answers cite — other text instead; the text
-        stays in the history and its gists stay in view. Replaces the previous ranges; an
-        empty list lifts the restriction. Pins win over it."""
+        stays in the history and its gists stay in view. Such blocks that are open now (an
+        earlier question expanded them) are collapsed, except in the protected recent window.
+        Replaces the previous ranges; an empty list lifts the restriction. Pins win over it."""
         n = self._s.tree.num_tokens
         for start, end in ranges:
             if not 0 <= start < end <= n:
@@ -37,6 +38,20 @@ class Focus:
                     f"avoided range [{start}, {end}) is outside the history [0, {n})"
                 )
         self.avoided = sorted((int(a), int(b)) for a, b in ranges)
+        self._close_avoided()
+
+    def _close_avoided(self) -> None:
+        s = self._s
+        K = s.tree.K
+        protected_from = s.tree.num_tokens - s.config.protected_recent
+        for lo, hi in self.avoided:
+            for block in range(-(-lo // K), min(hi, protected_from) // K):
+                first, last = block * K, block * K + K - 1
+                if s.wc.entry_of(0, first) is None or s.wc.entry_of(0, last) is None:
+                    continue  # not open (a gist here, or coarser)
+                if any(a <= last and first < b for a, b in self.pinned):
+                    continue
+                s._apply(EditPlan(s.wc.version, (Edit.collapse(1, block),)))
 
     def avoided_mask(self, wc: WorkingContext) -> np.ndarray:
         """LOD1 entries of ``wc`` whose tokens all lie in an avoided range."""
