@@ -43,7 +43,7 @@ class Focus:
     def _close_avoided(self) -> None:
         s = self._s
         K = s.tree.K
-        protected_from = s.tree.num_tokens - s.config.protected_recent
+        protected_from = s.tree.num_tokens - s.wc.protected_recent
         for lo, hi in self.avoided:
             for block in range(-(-lo // K), min(hi, protected_from) // K):
                 first, last = block * K, block * K + K - 1
