@@ -42,13 +42,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from megacontext.apps.code.ask import ask_code
 from megacontext.apps.code.ingest import ingest_repo
 from megacontext.apps.code.questions import KINDS, RepoQuestion, repo_questions
 from megacontext.apps.code.repo import scan_repo
+from megacontext.apps.scoring import QARow, peer_answer, qa_results
 from megacontext.bench import BenchOptions, Progress, Result
 
 BUDGET = 1024  # W_max of every system: what a SmolLM2 session holds comfortably on a CPU
@@ -76,15 +76,6 @@ def bench_repos(quick: bool) -> list[BenchRepo]:
     return repos
 
 
-@dataclass
-class _Answered:
-    question: RepoQuestion
-    text: str
-    correct: bool
-    cited: str | None  # the top citation, "path:first-last"
-    cites_evidence: bool | None  # None: the system does not cite
-
-
 def _peer_systems(base: Any) -> dict[str, Callable[[], Any]]:
     import importlib.util
 
@@ -101,112 +92,33 @@ def _peer_systems(base: Any) -> dict[str, Callable[[], Any]]:
     return systems
 
 
-def _ask_megacontext(session: Any, repo: str, q: RepoQuestion) -> _Answered:
+def _ask_megacontext(session: Any, repo: str, q: RepoQuestion) -> QARow:
     session.reset_focus()
     answer = ask_code(session, q.question, repo, max_new_tokens=ANSWER_TOKENS)
-    from megacontext.models.generation import contains_answer
-
     top = answer.citations[0] if answer.citations else None
-    return _Answered(
+    return _row(
         q,
         answer.text,
-        contains_answer(answer.text, q.answer),
         top.label if top else None,
         q.cites_evidence(top.path, top.lines) if top else False,
     )
 
 
-def _ask_peer(session: Any, memory: Any, q: RepoQuestion) -> _Answered:
-    from megacontext.eval.harness import answer_question
-    from megacontext.models.generation import contains_answer
+def _ask_peer(session: Any, memory: Any, q: RepoQuestion) -> QARow:
     from megacontext.runtime.provenance import cite
 
-    base = session.base
-    built = memory.build_context(np.asarray(base.encode(q.question, add_bos=False)), BUDGET)
-    text = answer_question(
-        base, session.prompt, built.vectors, q.question, max_new_tokens=ANSWER_TOKENS
-    )
-    ranked = built.extra.get("ranked")
-    cited, hit = None, None
-    if ranked is not None:
-        hit = False
-        if ranked:
-            a, b = ranked[0]
-            top = cite(session.metadata, session.tree_id, a, b, 0.0, "")[0]
-            cited, hit = top.label(), q.cites_evidence(top.source, top.lines)
-    return _Answered(q, text, contains_answer(text, q.answer), cited, hit)
+    text, top, retrieves = peer_answer(session, memory, q.question, BUDGET, ANSWER_TOKENS)
+    if not retrieves:
+        return _row(q, text, None, None)
+    if top is None:
+        return _row(q, text, None, False)
+    cited = cite(session.metadata, session.tree_id, top[0], top[1], 0.0, "")[0]
+    return _row(q, text, cited.label(), q.cites_evidence(cited.source, cited.lines))
 
 
-def _results(
-    repo: BenchRepo, answered: dict[str, list[_Answered]], notes: dict[str, str], extra: dict
-) -> list[Result]:
-    from megacontext.eval.harness import bootstrap_ci
-
-    def accuracy(rows: list[_Answered]) -> float:
-        return float(np.mean([r.correct for r in rows])) if rows else float("nan")
-
-    def citation_accuracy(rows: list[_Answered]) -> float | None:
-        cited = [r.cites_evidence for r in rows if r.cites_evidence is not None]
-        return float(np.mean(cited)) if cited else None
-
-    results = []
-    prefix = f"repoqa/{repo.name}/W{BUDGET}"
-    base_acc = accuracy(answered.get(BASELINE, []))
-    base_cite = citation_accuracy(answered.get(CITATION_BASELINE, []))
-    for system, rows in answered.items():
-        correct = np.array([r.correct for r in rows], dtype=float)
-        low, high = bootstrap_ci(correct)
-        per_kind = {
-            kind: accuracy([r for r in rows if r.question.kind == kind])
-            for kind in KINDS
-            if any(r.question.kind == kind for r in rows)
-        }
-        rows_json = [
-            {
-                "kind": r.question.kind,
-                "question": r.question.question,
-                "expected": r.question.answer,
-                "evidence": f"{r.question.path}:{r.question.lines[0]}-{r.question.lines[1]}",
-                "answer": r.text,
-                "correct": r.correct,
-                "cited": r.cited,
-                "cites_evidence": r.cites_evidence,
-            }
-            for r in rows
-        ]
-        results.append(
-            Result(
-                f"{prefix}/{system}",
-                accuracy(rows),
-                "accuracy",
-                baseline_name=f"{prefix}/{BASELINE}" if system != BASELINE else None,
-                baseline_value=base_acc if system != BASELINE else None,
-                note=notes.get(system, ""),
-                extra={
-                    "ci95": [low, high],
-                    "samples": len(rows),
-                    "per_kind": per_kind,
-                    "answers": rows_json,
-                    **extra,
-                },
-            )
-        )
-        cites = citation_accuracy(rows)
-        if cites is not None:
-            is_baseline = system == CITATION_BASELINE
-            cite_baseline = f"{prefix}/{CITATION_BASELINE}/citations"
-            results.append(
-                Result(
-                    f"{prefix}/{system}/citations",
-                    cites,
-                    "citation accuracy",
-                    baseline_name=None if is_baseline else cite_baseline,
-                    baseline_value=None if is_baseline else base_cite,
-                    note="the top citation's file and lines contain the answer's evidence",
-                    extra={"samples": len(rows)},
-                )
-            )
-    return results
+def _row(q: RepoQuestion, text: str, cited: str | None, hit: bool | None) -> QARow:
+    evidence = f"{q.path}:{q.lines[0]}-{q.lines[1]}"
+    return QARow(q.kind, q.question, q.answer, evidence, text, cited, hit)
 
 
 def run_repo(
@@ -228,7 +140,7 @@ def run_repo(
         if lens
         else "focus by recency (the bundle has no LensNet)"
     }
-    answered: dict[str, list[_Answered]] = {}
+    answered: dict[str, list[QARow]] = {}
     config = SessionConfig(W_max=BUDGET, prompt=prompt)
     with open_session(workdir / repo.name, base, bundle, config) as session:
         progress(f"{repo.name}: ingesting {len(scan.files)} files")
@@ -265,7 +177,15 @@ def run_repo(
         "python": sys.version.split()[0],
         "questions": {kind: sum(q.kind == kind for q in questions) for kind in KINDS},
     }
-    return _results(repo, answered, notes, extra)
+    return qa_results(
+        f"repoqa/{repo.name}/W{BUDGET}",
+        answered,
+        baseline=BASELINE,
+        citation_baseline=CITATION_BASELINE,
+        notes=notes,
+        extra=extra,
+        citation_note="the top citation's file and lines contain the answer's evidence",
+    )
 
 
 def run(quick: bool, progress: Progress, options: BenchOptions) -> list[Result]:

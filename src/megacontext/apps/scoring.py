@@ -1,0 +1,143 @@
+"""Scoring the applications' question-answering benchmarks (``bench repoqa``, ``bench knowledge``).
+
+Every system answers the same questions; each answer becomes a :class:`QARow` (graded by
+containment, :func:`~megacontext.models.generation.contains_answer`; the top citation checked
+against the question's evidence; whether it cites a superseded version), and
+:func:`qa_results` turns the rows into DESIGN §9 results: accuracy with its 95% bootstrap
+interval and per question kind (against a baseline system of the same run), citation accuracy
+for the systems that cite, and the stale-citation rate where versions exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from megacontext.bench import Result
+
+
+@dataclass(frozen=True)
+class QARow:
+    kind: str
+    question: str
+    expected: str
+    evidence: str  # where the answer is, for people: PATH:LINE-LINE or SOURCE:LINE-LINE
+    answer: str
+    cited: str | None  # the top citation
+    cites_evidence: bool | None  # None: the system does not cite
+    stale: bool | None = None  # the top citation is a superseded version (None: not known)
+
+    @property
+    def correct(self) -> bool:
+        from megacontext.models.generation import contains_answer
+
+        return contains_answer(self.answer, self.expected)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "correct": self.correct}
+
+
+def peer_answer(
+    session: Any, memory: Any, question: str, budget: int, max_new_tokens: int
+) -> tuple[str, tuple[int, int] | None, bool]:
+    """A peer system's answer to ``question`` after ``memory.build_context``, in the session's
+    prompt style; its best retrieved chunk (the token range it would cite) if it retrieves,
+    and whether it retrieves at all."""
+    from megacontext.eval.harness import answer_question
+
+    base = session.base
+    built = memory.build_context(np.asarray(base.encode(question, add_bos=False)), budget)
+    text = answer_question(
+        base, session.prompt, built.vectors, question, max_new_tokens=max_new_tokens
+    )
+    ranked = built.extra.get("ranked")
+    top = tuple(ranked[0]) if ranked else None
+    return text, top, ranked is not None  # type: ignore[return-value]
+
+
+def _mean(values: list[bool]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def qa_results(
+    prefix: str,
+    answered: Mapping[str, list[QARow]],
+    *,
+    baseline: str,
+    citation_baseline: str,
+    notes: Mapping[str, str],
+    extra: Mapping[str, Any],
+    citation_note: str,
+) -> list[Result]:
+    """The results of ``answered`` (system → rows), named ``PREFIX/SYSTEM`` (accuracy),
+    ``PREFIX/SYSTEM/citations`` and ``PREFIX/SYSTEM/stale-citations``."""
+    from megacontext.eval.harness import bootstrap_ci
+
+    def accuracy(rows: list[QARow]) -> float:
+        return float(np.mean([r.correct for r in rows])) if rows else float("nan")
+
+    def citations(rows: list[QARow]) -> float | None:
+        return _mean([r.cites_evidence for r in rows if r.cites_evidence is not None])
+
+    def stale(rows: list[QARow]) -> float | None:
+        return _mean([r.stale for r in rows if r.stale is not None])
+
+    def compared(name: str, system: str, base_system: str, value: float | None) -> dict[str, Any]:
+        if system == base_system or value is None:
+            return {}
+        return {"baseline_name": f"{prefix}/{base_system}{name}", "baseline_value": value}
+
+    base_acc = accuracy(list(answered.get(baseline, [])))
+    base_cites = citations(list(answered.get(citation_baseline, [])))
+    base_stale = stale(list(answered.get(citation_baseline, [])))
+    results = []
+    for system, rows in answered.items():
+        low, high = bootstrap_ci(np.array([r.correct for r in rows], dtype=float))
+        kinds = sorted({r.kind for r in rows})
+        results.append(
+            Result(
+                f"{prefix}/{system}",
+                accuracy(rows),
+                "accuracy",
+                **compared("", system, baseline, base_acc),
+                note=notes.get(system, ""),
+                extra={
+                    "ci95": [low, high],
+                    "samples": len(rows),
+                    "per_kind": {k: accuracy([r for r in rows if r.kind == k]) for k in kinds},
+                    "answers": [r.to_json() for r in rows],
+                    **extra,
+                },
+            )
+        )
+        cites = citations(rows)
+        if cites is not None:
+            results.append(
+                Result(
+                    f"{prefix}/{system}/citations",
+                    cites,
+                    "citation accuracy",
+                    **compared("/citations", system, citation_baseline, base_cites),
+                    note=citation_note,
+                    extra={"samples": len(rows)},
+                )
+            )
+        rate = stale(rows)
+        if rate is not None:
+            results.append(
+                Result(
+                    f"{prefix}/{system}/stale-citations",
+                    rate,
+                    "stale-citation rate",
+                    **compared("/stale-citations", system, citation_baseline, base_stale),
+                    note="answers whose top citation is a superseded version (lower is better)",
+                    extra={"samples": sum(r.stale is not None for r in rows)},
+                )
+            )
+    return results
+
+
+__all__ = ["QARow", "peer_answer", "qa_results"]
