@@ -29,11 +29,14 @@ class QARow:
     cited: str | None  # the top citation
     cites_evidence: bool | None  # None: the system does not cite
     stale: bool | None = None  # the top citation is a superseded version (None: not known)
+    grading: str = "contains"  # "first-word": the answer must open with it (yes / no)
 
     @property
     def correct(self) -> bool:
-        from megacontext.models.generation import contains_answer
+        from megacontext.models.generation import contains_answer, exact_answer
 
+        if self.grading == "first-word":
+            return exact_answer(self.answer.strip(), self.expected)
         return contains_answer(self.answer, self.expected)
 
     def to_json(self) -> dict[str, Any]:

@@ -37,6 +37,7 @@ SUITES: dict[str, str] = {
     # An application's suite lives with the application (apps sit above bench and use its
     # contract); the registry names it by module path, so bench imports nothing of it.
     "repoqa": "megacontext.apps.code.bench",
+    "knowledge": "megacontext.apps.knowledge.bench",
 }
 
 Progress = Callable[[str], None]
