@@ -38,6 +38,7 @@ SUITES: dict[str, str] = {
     # contract); the registry names it by module path, so bench imports nothing of it.
     "repoqa": "megacontext.apps.code.bench",
     "knowledge": "megacontext.apps.knowledge.bench",
+    "humaneval": "megacontext.apps.code.humaneval",
 }
 
 Progress = Callable[[str], None]
