@@ -42,6 +42,11 @@ def test_the_client_round_trip_against_a_live_server(world: World, live: str) ->
         )
         events = list(mc.ask_stream("notes", "Which ship at dusk?", max_new_tokens=8))
         assert events[-1].answer is not None and events[-1].answer.answer == answer.answer
+        kept = mc.ask("notes", "Which ship at dusk?", max_new_tokens=8, where="path=log.txt")
+        assert kept.answer == answer.answer  # every source admitted: the same answer
+        assert all(c.latest is True for c in kept.citations)  # a plain source is its latest
+        with pytest.raises(sdk.BadRequestError, match="unknown field 'colour'"):
+            mc.ask("notes", "q", where="colour=red")
         assert "".join(e.text for e in events[:-1] if e.text) == answer.answer
         assert mc.models() == ["notes"]
         view = mc.context("notes", "Which ship at dusk?", W_max=64, pins=[(4, 8)])

@@ -105,3 +105,29 @@ def test_errors_are_grpc_statuses(world: World, stub) -> None:  # type: ignore[n
             call()
         assert raised.value.code() == code, raised.value.details()
         assert raised.value.details()
+
+
+def test_ask_with_a_predicate_over_grpc(world: World, stub) -> None:  # type: ignore[no-untyped-def]
+    pb, client = stub
+    h = world.headers(world.writer)
+    world.client.post("/v1/trees", json={"name": "kb"}, headers=h)
+    for version in (1, 2):
+        meta = {"partition": "policies", "doc": "refunds", "version": version}
+        text = f"Version {version}: refunds within {30 if version == 1 else 14} days. " * 12
+        world.client.post("/v1/trees/kb/sources", json={"text": text, "metadata": meta}, headers=h)
+    request = pb.AskRequest(
+        tree="kb", question="How many days?", max_new_tokens=4, where="version=latest"
+    )
+    answer = list(client.Ask(request, metadata=_auth(world.reader)))[-1].answer
+    http = world.client.post(
+        "/v1/trees/kb/ask",
+        json={"question": "How many days?", "max_new_tokens": 4, "where": "version=latest"},
+        headers=world.headers(world.reader),
+    ).json()
+    assert answer.answer == http["answer"]
+    assert [c.latest for c in answer.citations] == [c["latest"] for c in http["citations"]]
+    bad = pb.AskRequest(tree="kb", question="q", where="colour=red")
+    with pytest.raises(grpc.RpcError) as caught:
+        list(client.Ask(bad, metadata=_auth(world.reader)))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown field 'colour'" in str(caught.value.details())

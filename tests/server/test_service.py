@@ -289,3 +289,49 @@ def test_concurrent_requests_run_every_model_on_one_thread(world: World, live: s
             hook.remove()
     assert codes == [200] * 6
     assert len(threads) == 1 and threading.get_ident() not in threads
+
+
+def test_ask_where_keeps_focus_and_citations_on_the_admitted_sources(world: World) -> None:
+    h = world.headers(world.writer)
+    assert world.client.post("/v1/trees", json={"name": "kb"}, headers=h).status_code == 201
+    old = "Refunds are accepted within 30 days of purchase. " * 12
+    new = "Refunds are accepted within 14 days of purchase. " * 12
+    for version, text in ((1, old), (2, new)):
+        meta = {"partition": "policies", "doc": "refunds", "version": version, "kind": "policy"}
+        done = world.client.post(
+            "/v1/trees/kb/sources",
+            json={"text": text, "source": f"kb://policies/refunds@v{version}", "metadata": meta},
+            headers=h,
+        )
+        assert done.status_code == 200, done.text
+    where = {"question": "How many days?", "max_new_tokens": 4, "where": "version=latest"}
+    asked = world.client.post("/v1/trees/kb/ask", json=where, headers=world.headers(world.reader))
+    assert asked.status_code == 200, asked.text
+    body = asked.json()
+    for citation in body["citations"]:
+        assert citation["source"] == "policies/refunds@v2" and citation["latest"] is True
+    plain = world.client.post(
+        "/v1/trees/kb/ask",
+        json={"question": "How many days?", "max_new_tokens": 4},
+        headers=world.headers(world.reader),
+    ).json()
+    assert all(c["latest"] is None for c in plain["citations"])
+    with world.client.stream(
+        "POST",
+        "/v1/trees/kb/ask",
+        json={**where, "stream": True},
+        headers=world.headers(world.reader),
+    ) as response:
+        events = list(parse_events(response.iter_lines()))
+    (final,) = [data for event, data in events if event == "answer"]
+    assert final["answer"] == body["answer"]
+    bad = world.client.post(
+        "/v1/trees/kb/ask",
+        json={**where, "where": "colour=red"},
+        headers=world.headers(world.reader),
+    )
+    assert "unknown field 'colour'" in _error(bad, 400)["message"]
+    both = world.client.post("/v1/trees/kb/ask", json={**where, "remember": True}, headers=h)
+    assert "cannot be combined with remember" in _error(both, 400)["message"]
+    listed = world.client.get("/v1/trees/kb/sources", headers=h).json()["sources"]
+    assert len(listed) == 2  # the old version stays in the history; where only steered focus

@@ -128,6 +128,11 @@ export interface AskParams {
   focusSteps?: number | undefined;
   /** Also append the question and answer to the tree (needs the write scope). */
   remember?: boolean | undefined;
+  /**
+   * A metadata predicate over the tree's sources ("kind=policy AND version=latest"): focus
+   * and citations keep to the sources it admits. Not with `remember`.
+   */
+  where?: string | undefined;
 }
 
 export interface ContextParams {
@@ -790,6 +795,7 @@ function askBody(params: AskParams, stream: boolean): Ask {
   if (params.maxNewTokens !== undefined) body.max_new_tokens = params.maxNewTokens;
   if (params.focusSteps !== undefined) body.focus_steps = params.focusSteps;
   if (params.remember !== undefined) body.remember = params.remember;
+  if (params.where !== undefined) body.where = params.where;
   if (stream) body.stream = true;
   return body;
 }

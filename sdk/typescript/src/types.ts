@@ -78,6 +78,8 @@ export interface Ask {
   remember?: boolean;
   /** Answer as server-sent events (use askStream). */
   stream?: boolean;
+  /** A metadata predicate over the tree's sources, e.g. "kind=policy AND version=latest". */
+  where?: string | null;
 }
 
 export interface Citation {
@@ -87,6 +89,8 @@ export interface Citation {
   score: number;
   text: string;
   label: string;
+  /** Asked with `where`: whether the cited source is its document's latest version. */
+  latest?: boolean | null;
 }
 
 export interface Usage {
@@ -299,8 +303,8 @@ export const SCHEMA_FIELDS = {
   Source: ["id", "source", "kind", "start", "stop", "tokens"],
   SourceList: ["sources"],
   Removed: ["removed_tokens"],
-  Ask: ["question", "max_new_tokens", "focus_steps", "remember", "stream"],
-  Citation: ["source", "lines", "tokens", "score", "text", "label"],
+  Ask: ["question", "max_new_tokens", "focus_steps", "remember", "stream", "where"],
+  Citation: ["source", "lines", "tokens", "score", "text", "label", "latest"],
   Usage: ["prompt_tokens", "completion_tokens", "total_tokens"],
   Answer: ["answer", "citations", "spans", "focus_steps", "usage", "seconds"],
   FocusRequest: ["question", "W_max", "focus_steps", "pins", "expand", "collapse"],

@@ -131,6 +131,7 @@ class Citation:
     score: float
     text: str
     label: str
+    latest: bool | None = None  # asked with where: the cited source is its latest version
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,7 @@ def _answer(body: dict[str, Any]) -> Answer:
                 score=c["score"],
                 text=c["text"],
                 label=c["label"],
+                latest=c.get("latest"),
             )
             for c in body["citations"]
         ],
@@ -325,9 +327,16 @@ def _focus_body(
 
 
 def _ask_body(
-    question: str, max_new_tokens: int, focus_steps: int | None, remember: bool, stream: bool
+    question: str,
+    max_new_tokens: int,
+    focus_steps: int | None,
+    remember: bool,
+    stream: bool,
+    where: str | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"question": question, "max_new_tokens": max_new_tokens}
+    if where is not None:
+        body["where"] = where
     if focus_steps is not None:
         body["focus_steps"] = focus_steps
     if remember:
@@ -659,8 +668,12 @@ class Client:
         max_new_tokens: int = 64,
         focus_steps: int | None = None,
         remember: bool = False,
+        where: str | None = None,
     ) -> Answer:
-        body = _ask_body(question, max_new_tokens, focus_steps, remember, False)
+        """Answer from the tree, with citations. ``where``: a metadata predicate (e.g.
+        ``"kind=policy AND version=latest"``) — focus and citations keep to the sources it
+        admits, and each citation says whether it is its document's latest version."""
+        body = _ask_body(question, max_new_tokens, focus_steps, remember, False, where)
         return _answer(self._request("POST", f"/v1/trees/{tree}/ask", body))
 
     def ask_stream(
@@ -671,9 +684,10 @@ class Client:
         max_new_tokens: int = 64,
         focus_steps: int | None = None,
         remember: bool = False,
+        where: str | None = None,
     ) -> Iterator[StreamEvent]:
         """The answer as it is decoded: text pieces, then the whole :class:`Answer`."""
-        body = _ask_body(question, max_new_tokens, focus_steps, remember, True)
+        body = _ask_body(question, max_new_tokens, focus_steps, remember, True, where)
         try:
             with self._http.stream("POST", f"/v1/trees/{tree}/ask", json=body) as response:
                 if response.status_code >= 400:
@@ -893,8 +907,12 @@ class AsyncClient:
         max_new_tokens: int = 64,
         focus_steps: int | None = None,
         remember: bool = False,
+        where: str | None = None,
     ) -> Answer:
-        body = _ask_body(question, max_new_tokens, focus_steps, remember, False)
+        """Answer from the tree, with citations. ``where``: a metadata predicate (e.g.
+        ``"kind=policy AND version=latest"``) — focus and citations keep to the sources it
+        admits, and each citation says whether it is its document's latest version."""
+        body = _ask_body(question, max_new_tokens, focus_steps, remember, False, where)
         return _answer(await self._request("POST", f"/v1/trees/{tree}/ask", body))
 
     async def ask_stream(
@@ -905,8 +923,9 @@ class AsyncClient:
         max_new_tokens: int = 64,
         focus_steps: int | None = None,
         remember: bool = False,
+        where: str | None = None,
     ) -> AsyncIterator[StreamEvent]:
-        body = _ask_body(question, max_new_tokens, focus_steps, remember, True)
+        body = _ask_body(question, max_new_tokens, focus_steps, remember, True, where)
         try:
             async with self._http.stream("POST", f"/v1/trees/{tree}/ask", json=body) as response:
                 if response.status_code >= 400:

@@ -893,7 +893,23 @@ def _asked(
     trees = service.trees
     opened = trees.writer if question.get("remember") else trees.reader
     with opened(caller.tenant, tree, caller) as session:
-        answer = session.ask(**question, on_text=on_text)
+        where = question.get("where")
+        answer: Any
+        if where is None:
+            answer = session.ask(
+                **{k: v for k, v in question.items() if k != "where"}, on_text=on_text
+            )
+        else:
+            from megacontext.apps.knowledge import ask_where
+
+            answer = ask_where(
+                session,
+                question["question"],
+                where,
+                max_new_tokens=question["max_new_tokens"],
+                focus_steps=question.get("focus_steps"),
+                on_text=on_text,
+            )
         read = (
             len(session.prompt.prefix)
             + len(session.wc)
@@ -916,17 +932,40 @@ def _asked(
 
 
 def _check_ask(service: Service, caller: Principal, tree: str, question: dict[str, Any]) -> None:
-    """What can be refused before answering: the token budget and a tree that is not there."""
+    """What can be refused before answering: the token budget, a predicate that does not
+    parse (or comes with remember) and a tree that is not there."""
     check_request_tokens(
         question["max_new_tokens"], service.limits.max_request_tokens, "max_new_tokens"
     )
+    if question.get("where") is not None:
+        from megacontext.apps.knowledge import parse_predicate
+
+        if question.get("remember"):
+            raise InvalidInputError(
+                "where restricts what an answer stands on; it cannot be combined with remember"
+            )
+        parse_predicate(question["where"])
     service.trees.found(caller.tenant, tree)
 
 
 def _answer_body(answer: Any, usage: s.Usage) -> s.Answer:
-    return s.Answer(
-        answer=answer.text,
-        citations=[
+    from megacontext.apps.knowledge import KnowledgeAnswer
+
+    if isinstance(answer, KnowledgeAnswer):  # asked with a predicate (``where``)
+        citations = [
+            s.Citation(
+                source=c.source,
+                lines=c.lines,
+                tokens=c.tokens,
+                score=c.score,
+                text=c.text,
+                label=c.label,
+                latest=c.latest,
+            )
+            for c in answer.citations
+        ]
+    else:
+        citations = [
             s.Citation(
                 source=c.source,
                 lines=c.lines,
@@ -934,9 +973,13 @@ def _answer_body(answer: Any, usage: s.Usage) -> s.Answer:
                 score=c.score,
                 text=c.text,
                 label=c.label(),
+                latest=None,
             )
             for c in answer.citations
-        ],
+        ]
+    return s.Answer(
+        answer=answer.text,
+        citations=citations,
         spans=[tuple(span) for span in answer.spans],
         focus_steps=answer.focus_steps,
         usage=usage,

@@ -123,6 +123,7 @@ class _Servicer:
                 focus_steps=request.focus_steps if request.HasField("focus_steps") else None,
                 remember=request.remember,
                 stream=True,
+                where=request.where if request.HasField("where") else None,
             ).model_dump(exclude={"stream"})
         events: queue.Queue[tuple[str, Any]] = queue.Queue()
 
@@ -200,6 +201,7 @@ class _Servicer:
                     score=c.score,
                     text=c.text,
                     label=c.label,
+                    **({} if c.latest is None else {"latest": c.latest}),
                 )
                 for c in answer.citations
             ],

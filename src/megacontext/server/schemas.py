@@ -81,6 +81,16 @@ class Ask(BaseModel):
     focus_steps: int | None = Field(None, ge=0, le=64)
     remember: bool = Field(False, description="Also append the question and answer.")
     stream: bool = Field(False, description="Answer as server-sent events.")
+    where: str | None = Field(
+        None,
+        max_length=2000,
+        description="A metadata predicate over the tree's sources (knowledge workflows: "
+        "partition, kind, doc, owner, path, version — a number or 'latest' —, time, tag; "
+        "AND / OR / NOT). Focus never expands the text of other sources and only admitted "
+        "sources are cited. 'kind=code AND version=latest' keeps to the live version of each "
+        "ingested code file. Not with remember.",
+        examples=["kind=policy AND version=latest"],
+    )
 
 
 class Citation(BaseModel):
@@ -90,6 +100,11 @@ class Citation(BaseModel):
     score: float
     text: str
     label: str
+    latest: bool | None = Field(
+        None,
+        description="With where: whether the cited source is the latest version of its "
+        "document (false: a superseded version).",
+    )
 
 
 class Answer(BaseModel):

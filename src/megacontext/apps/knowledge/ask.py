@@ -15,6 +15,7 @@ is still read by the base — a predicate steers focus and citations, it is not 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ class KnowledgeCitation:
     tokens: tuple[int, int]
     latest: bool  # the latest version of its document (always true for a non-document)
     score: float
+    text: str
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,9 @@ class KnowledgeAnswer:
     admitted_sources: int
     withheld: int  # citations outside the admitted sources, not returned
     focus_steps: int
+    ids: list[int]  # the answer's tokens
+    spans: list[tuple[int, int]]  # the raw spans focus brought into view
+    seconds: dict[str, float]
 
     @property
     def stale_citations(self) -> int:
@@ -58,6 +63,7 @@ def ask_where(
     *,
     max_new_tokens: int = 64,
     focus_steps: int | None = None,
+    on_text: Callable[[str], None] | None = None,
 ) -> KnowledgeAnswer:
     """Answer ``question`` from the sources ``where`` admits (see the module docstring).
 
@@ -76,7 +82,9 @@ def ask_where(
     before = list(session.focus.avoided)
     session.focus.avoid([(s.start, s.stop) for s in others])
     try:
-        answer = session.ask(question, max_new_tokens=max_new_tokens, focus_steps=focus_steps)
+        answer = session.ask(
+            question, max_new_tokens=max_new_tokens, focus_steps=focus_steps, on_text=on_text
+        )
     finally:
         session.focus.avoid(before)
     admitted_ids = {s.id for s in admitted}
@@ -88,7 +96,7 @@ def ask_where(
             continue
         citations.append(
             KnowledgeCitation(
-                c.label(), owner.label(), c.lines, c.tokens, not owner.superseded, c.score
+                c.label(), owner.label(), c.lines, c.tokens, not owner.superseded, c.score, c.text
             )
         )
     return KnowledgeAnswer(
@@ -98,6 +106,9 @@ def ask_where(
         len(admitted),
         withheld,
         answer.focus_steps,
+        list(answer.ids),
+        [tuple(span) for span in answer.spans],
+        dict(answer.seconds),
     )
 
 

@@ -12,6 +12,10 @@ A knowledge workflow keeps named **partitions** (collections: ``policies``, ``ti
 
 The history stays append-only: a new version is appended, the old one stays (and is what
 ``version=latest`` excludes). The URI of a version is ``kb://PARTITION/DOC@vN``.
+
+The files of ``megacontext code ingest`` are versioned documents too (one per repository and
+path): ``kind=code AND version=latest`` admits the live version of every file (a deletion record
+is the latest version of a deleted file).
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ class KnowledgeSource:
 
     @property
     def is_document(self) -> bool:
-        return "partition" in self.meta and "doc" in self.meta
+        """A versioned document: added by ``knowledge add`` or a file of ``code ingest``."""
+        return _identity(self.meta) is not None
 
     @property
     def superseded(self) -> bool:
@@ -64,9 +69,20 @@ class KnowledgeSource:
         )
 
     def label(self) -> str:
-        if not self.is_document:
+        identity = _identity(self.meta)
+        if identity is None:
             return str(self.meta.get("path") or self.uri)
-        return f"{self.meta['partition']}/{self.meta['doc']}@v{self.meta.get('version')}"
+        return f"{identity[1]}/{identity[2]}@v{self.meta.get('version')}"
+
+
+def _identity(meta: dict[str, Any]) -> tuple[str, str, str] | None:
+    """What makes versions one document: its partition and name, or — for a file of ``code
+    ingest`` — its repository and path (so ``version=latest`` means the live file there)."""
+    if "partition" in meta and "doc" in meta:
+        return ("kb", str(meta["partition"]), str(meta["doc"]))
+    if meta.get("kind") == "code" and "repo" in meta and "path" in meta:
+        return ("code", str(meta["repo"]), str(meta["path"]))
+    return None
 
 
 def _name(value: str, flag: str) -> str:
@@ -90,16 +106,15 @@ def knowledge_sources(session: Any) -> list[KnowledgeSource]:
         for i in session.metadata.ingests_of(session.tree_id, COMPLETE)
         if i.stop is not None and i.stop > i.start
     ]
-    latest: dict[tuple[str, str], int] = {}
+    latest: dict[tuple[str, str, str], int] = {}
     for i in ingests:
-        meta = i.source.meta
-        if "partition" in meta and "doc" in meta and isinstance(meta.get("version"), int):
-            key = (str(meta["partition"]), str(meta["doc"]))
-            latest[key] = max(latest.get(key, 0), int(meta["version"]))
+        key = _identity(i.source.meta)
+        if key is not None and isinstance(i.source.meta.get("version"), int):
+            latest[key] = max(latest.get(key, 0), int(i.source.meta["version"]))
     out = []
     for i in ingests:
         meta = dict(i.source.meta)
-        key = (str(meta.get("partition")), str(meta.get("doc")))
+        key = _identity(meta)
         out.append(
             KnowledgeSource(
                 i.source.id,
@@ -108,7 +123,7 @@ def knowledge_sources(session: Any) -> list[KnowledgeSource]:
                 meta,
                 i.start,
                 int(i.stop),
-                latest.get(key),
+                latest.get(key) if key is not None else None,
             )
         )
     return out
