@@ -270,3 +270,21 @@ def test_the_knowledge_commands(tiny_world, tmp_path: Path) -> None:  # type: ig
     assert isinstance(missing.exception, InvalidInputError) and "is not a file" in str(
         missing.exception
     )
+
+
+def test_code_files_are_versioned_documents(tiny_world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from megacontext.apps.code import code_sources, ingest_repo, scan_repo
+
+    repo = tmp_path / "shop"
+    repo.mkdir()
+    (repo / "a.py").write_text("RATE = 3\n")
+    (repo / "b.py").write_text("NAME = 'b'\n")
+    with open_session(tmp_path / "mc", tiny_world.base, tiny_world.bundle, CONFIG) as mc:
+        ingest_repo(mc, scan_repo(repo))
+        (repo / "a.py").write_text("RATE = 7\n")
+        ingest_repo(mc, scan_repo(repo))
+        live, stale = select_sources(mc, "kind=code AND version=latest")
+        assert sorted(s.label() for s in live) == ["shop/a.py@v2", "shop/b.py@v1"]
+        assert [s.label() for s in stale] == ["shop/a.py@v1"] and stale[0].superseded
+        # The same verdict as the coding assistant's own bookkeeping.
+        assert {s.id for s in live} == {c.id for c in code_sources(mc) if c.live}
