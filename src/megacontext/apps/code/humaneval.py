@@ -221,15 +221,10 @@ def run_problems(
 
 
 def run(quick: bool, progress: Progress, options: BenchOptions) -> list[Result]:
-    from megacontext.models.bundle import load_bundle, resolve_focus
-    from megacontext.models.loading import load_base
+    from megacontext.apps.scoring import load_models
 
     problems = load_problems(QUICK_PROBLEMS if quick else None)
-    torch.manual_seed(0)
-    base = load_base(options.base_name())
-    bundle = load_bundle(
-        resolve_focus("default", base.fingerprints, base.source), fingerprints=base.fingerprints
-    )
+    base, bundle = load_models(options)
     return run_problems(base, bundle, problems, memory_files(quick), progress)
 
 

