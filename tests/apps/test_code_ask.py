@@ -114,3 +114,25 @@ def test_the_ask_command(tiny_world, tmp_path: Path) -> None:  # type: ignore[no
     missing = runner.invoke(app, ["code", "ask", "Why?", "--tree", str(tmp_path / "none")])
     assert isinstance(missing.exception, InvalidInputError)
     assert "holds no MegaContext session" in str(missing.exception)
+
+
+def test_the_prompt_style_flag(tiny_world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    runner = CliRunner()
+    repo = tmp_path / "pricing"
+    repo.mkdir()
+    (repo / "rate.py").write_text(OLD)
+    common = ["--tree", str(tmp_path / "mc"), "--base", str(tiny_world.base_dir)]
+    common += ["--focus", str(tiny_world.bundle_dir), "--w-max", "64"]
+    bogus = runner.invoke(app, ["code", "ingest", str(repo), *common, "--prompt", "poem"])
+    assert isinstance(bogus.exception, InvalidInputError)
+    assert "--prompt 'poem' is not a prompt style; choose one of: raw, chat, chat-cue" in str(
+        bogus.exception
+    )
+    assert not (tmp_path / "mc").exists()  # refused before anything was created
+    # The tiny base has no chat template: the chat style is refused, naming the way out.
+    chat = runner.invoke(app, ["code", "ingest", str(repo), *common, "--prompt", "chat"])
+    assert isinstance(chat.exception, InvalidInputError) and "--prompt raw" in str(chat.exception)
+    raw = runner.invoke(app, ["code", "ingest", str(repo), *common, "--prompt", "raw", "--json"])
+    assert raw.exit_code == 0, raw.output
+    recorded = json.loads((tmp_path / "mc" / "session.json").read_text())
+    assert recorded["config"]["prompt"] == "raw"  # a new session keeps the style

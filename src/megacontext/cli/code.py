@@ -19,6 +19,7 @@ from megacontext.cli.session import (
     FocusStepsOpt,
     JsonOpt,
     MaxNewOpt,
+    PromptOpt,
     TreeOpt,
     WMaxOpt,
     _check_session,
@@ -77,6 +78,7 @@ def ingest(
     base: BaseOpt = None,
     focus: FocusOpt = None,
     w_max: WMaxOpt = None,
+    prompt: PromptOpt = None,
     name: NameOpt = None,
     max_file_bytes: MaxFileBytesOpt = None,
     as_json: JsonOpt = False,
@@ -96,7 +98,7 @@ def ingest(
     """
     from megacontext.apps.code import ingest_repo, scan_repo
 
-    config = _config(tree, w_max)
+    config = _config(tree, w_max, None, prompt)
     scan = scan_repo(repo, max_bytes=_max_file_bytes(max_file_bytes))
     scan.check_readable()  # before a model loads
     with _opened(tree, base, focus, config) as mc:
@@ -132,6 +134,7 @@ def watch(
     base: BaseOpt = None,
     focus: FocusOpt = None,
     w_max: WMaxOpt = None,
+    prompt: PromptOpt = None,
     name: NameOpt = None,
     max_file_bytes: MaxFileBytesOpt = None,
     debounce: Annotated[
@@ -156,7 +159,7 @@ def watch(
 
     if debounce < 0:
         raise InvalidInputError(f"--debounce must be >= 0 seconds, got {debounce}")
-    config = _config(tree, w_max)
+    config = _config(tree, w_max, None, prompt)
     repo_root(repo)  # before a model loads
     max_bytes = _max_file_bytes(max_file_bytes)
     with _opened(tree, base, focus, config) as mc:
@@ -188,6 +191,7 @@ def ask(
     base: BaseOpt = None,
     focus: FocusOpt = None,
     w_max: WMaxOpt = None,
+    prompt: PromptOpt = None,
     name: OnlyRepoOpt = None,
     focus_steps: FocusStepsOpt = None,
     max_new_tokens: MaxNewOpt = 64,
@@ -203,7 +207,7 @@ def ask(
     from megacontext.apps.code import ask_code
 
     _check_session(tree)
-    config = _config(tree, w_max, focus_steps)
+    config = _config(tree, w_max, focus_steps, prompt)
     if max_new_tokens < 1:
         raise InvalidInputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     with _opened(tree, base, focus, config, readonly=True) as mc:
@@ -244,6 +248,7 @@ def agent(
     base: BaseOpt = None,
     focus: FocusOpt = None,
     w_max: WMaxOpt = None,
+    prompt: PromptOpt = None,
     name: OnlyRepoOpt = None,
     max_steps: Annotated[
         int,
@@ -278,7 +283,7 @@ def agent(
     from megacontext.apps.code.agent import CodeAgent
 
     _check_session(tree)
-    config = _config(tree, w_max, None)
+    config = _config(tree, w_max, None, prompt)
     if max_new_tokens < 1:
         raise InvalidInputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if max_steps < 3:

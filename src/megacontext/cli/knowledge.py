@@ -17,6 +17,7 @@ from megacontext.cli.session import (
     FocusStepsOpt,
     JsonOpt,
     MaxNewOpt,
+    PromptOpt,
     TreeOpt,
     WMaxOpt,
     _check_session,
@@ -65,6 +66,7 @@ def add(
     base: BaseOpt = None,
     focus: FocusOpt = None,
     w_max: WMaxOpt = None,
+    prompt: PromptOpt = None,
     kind: Annotated[
         str | None, typer.Option("--kind", help="What it is: policy, spec, ticket, log, …")
     ] = None,
@@ -122,7 +124,7 @@ def add(
         if read is None:
             raise InvalidInputError(f"{path} is binary or empty: nothing to add")
         texts.append((path, read.text))
-    config = _config(tree, w_max)
+    config = _config(tree, w_max, None, prompt)
     report = []
     with _opened(tree, base, focus, config) as mc:
         for path, text in texts:
@@ -208,6 +210,7 @@ def ask(
     base: BaseOpt = None,
     focus: FocusOpt = None,
     w_max: WMaxOpt = None,
+    prompt: PromptOpt = None,
     where: WhereOpt = None,
     focus_steps: FocusStepsOpt = None,
     max_new_tokens: MaxNewOpt = 64,
@@ -224,7 +227,7 @@ def ask(
     _check_session(tree)
     if max_new_tokens < 1:
         raise InvalidInputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    config = _config(tree, w_max, focus_steps)
+    config = _config(tree, w_max, focus_steps, prompt)
     with _opened(tree, base, focus, config, readonly=True) as mc:
         answer = ask_where(mc, question, predicate, max_new_tokens=max_new_tokens)
     if as_json:

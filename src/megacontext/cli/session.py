@@ -79,16 +79,30 @@ FocusStepsOpt = Annotated[
     ),
 ]
 MaxNewOpt = Annotated[int, typer.Option("--max-new-tokens", help="Longest answer in tokens.")]
+PromptOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--prompt",
+        help="How questions are put to the base: raw (the question, then the answer), chat "
+        "(the base's chat template: what free questions need with an instruct model such as "
+        "smollm2) or chat-cue. Kept by a new session; given to a command, for that command. "
+        "Default: what the session recorded, else raw.",
+        show_default=False,
+    ),
+]
 
 
 # ----------------------------------------------------------------------------- opening
 
 
-def _config(tree: Path, w_max: int | None, focus_steps: int | None = None) -> Any:
+def _config(
+    tree: Path, w_max: int | None, focus_steps: int | None = None, prompt: str | None = None
+) -> Any:
     """The settings for this command: what the session recorded, with the flags applied.
 
     Checked before any model loads, so a bad flag fails at once and names itself.
     """
+    from megacontext.models.prompting import PROMPT_STYLES
     from megacontext.runtime import SessionConfig
     from megacontext.runtime.opening import read_recorded
 
@@ -96,7 +110,11 @@ def _config(tree: Path, w_max: int | None, focus_steps: int | None = None) -> An
         raise InvalidInputError(f"--w-max must be >= 1, got {w_max}")
     if focus_steps is not None and focus_steps < 0:
         raise InvalidInputError(f"--focus-steps must be >= 0, got {focus_steps}")
-    if w_max is None and focus_steps is None:
+    if prompt is not None and prompt not in PROMPT_STYLES:
+        raise InvalidInputError(
+            f"--prompt {prompt!r} is not a prompt style; choose one of: {', '.join(PROMPT_STYLES)}"
+        )
+    if w_max is None and focus_steps is None and prompt is None:
         return None
     recorded = read_recorded(tree)
     config = recorded.config if recorded else SessionConfig()
@@ -107,6 +125,8 @@ def _config(tree: Path, w_max: int | None, focus_steps: int | None = None) -> An
             raise InvalidInputError(f"--w-max {w_max} cannot be used: {exc}") from None
     if focus_steps is not None:
         config = config.with_changes(focus_steps=focus_steps)
+    if prompt is not None:
+        config = config.with_changes(prompt=prompt)
     return config
 
 
@@ -168,6 +188,7 @@ def ingest(
     base: BaseOpt = None,
     focus: FocusOpt = None,
     w_max: WMaxOpt = None,
+    prompt: PromptOpt = None,
     regist: RegistOpt = False,
     force: Annotated[
         bool, typer.Option("--force", help="Add content again that the history already holds.")
@@ -210,7 +231,7 @@ def ingest(
     from megacontext.runtime.reading import check_encoding, discover
 
     encoding = check_encoding(encoding)
-    config = _config(tree, w_max)
+    config = _config(tree, w_max, None, prompt)
     if tree.exists() and not is_session(tree) and (not tree.is_dir() or any(tree.iterdir())):
         raise InvalidInputError(
             f"{tree} exists and is not a MegaContext session; give --tree a new or empty "
@@ -363,6 +384,7 @@ def ask(
     base: BaseOpt = None,
     focus: FocusOpt = None,
     w_max: WMaxOpt = None,
+    prompt: PromptOpt = None,
     regist: RegistOpt = False,
     focus_steps: FocusStepsOpt = None,
     max_new_tokens: MaxNewOpt = 64,
@@ -393,7 +415,7 @@ def ask(
         raise InvalidInputError("the question is empty; ask something")
     if max_new_tokens < 1:
         raise InvalidInputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    config = _config(tree, w_max, focus_steps)
+    config = _config(tree, w_max, focus_steps, prompt)
     _check_session(tree)
     started = time.perf_counter()
     readonly = not (remember or regist)
@@ -446,6 +468,7 @@ def chat(
     base: BaseOpt = None,
     focus: FocusOpt = None,
     w_max: WMaxOpt = None,
+    prompt: PromptOpt = None,
     focus_steps: FocusStepsOpt = None,
     max_new_tokens: MaxNewOpt = 128,
 ) -> None:
@@ -459,7 +482,7 @@ def chat(
     """
     if max_new_tokens < 1:
         raise InvalidInputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    config = _config(tree, w_max, focus_steps)
+    config = _config(tree, w_max, focus_steps, prompt)
     _check_session(tree)
     with _opened(tree, base, focus, config) as mc:
         console.print(
