@@ -165,3 +165,13 @@ def test_the_agent_command(tiny_world, tmp_path: Path) -> None:  # type: ignore[
     assert len(printed["steps"]) <= 8 and printed["stopped"]
     bad = runner.invoke(app, [*args, "--max-steps", "2"])
     assert isinstance(bad.exception, InvalidInputError) and "--max-steps" in str(bad.exception)
+
+
+def test_a_name_in_the_question_opens_its_definition_first(shop) -> None:  # type: ignore[no-untyped-def]
+    mc, _repo = shop
+    agent = ScriptedAgent(mc, ["It adds them up."])
+    run = agent.run("What does `zebra_total` return?")
+    assert (run.steps[0].tool, run.steps[0].argument) == ("search", "zebra_total")
+    assert run.steps[1].tool == "open" and run.steps[1].argument.startswith("prices.py:")
+    (a, b) = agent.pinned_at_ask[0][0]
+    assert "def zebra_total" in mc.base.decode(mc.tree.tokens(a, b).tolist())

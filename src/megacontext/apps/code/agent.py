@@ -10,9 +10,10 @@ Three tools over a session holding ingested code:
 
 The policy is fixed, not chosen by the base: a 135M-parameter model does not emit reliable tool
 calls, and a loop whose every step is explained is what a user can trust. It searches for the
-question, opens the best hits, asks; then **follows what it read**: identifiers the answer names
-that the code defines (``def NAME`` / ``class NAME``) and that were not looked at yet are searched
-and their definitions opened, and the question is asked again — until the answer stops changing,
+question — for the code names it gives, when it gives any, their definitions opened first —
+opens the best hits, asks; then **follows what it read**: identifiers the answer names that the
+code defines (``def NAME`` / ``class NAME``) and that were not looked at yet are searched and
+their definitions opened, and the question is asked again — until the answer stops changing,
 nothing new is left to open, or the step budget is spent. Every step (tool, argument, what came
 back, seconds) is kept in the transcript. The pins are lifted when the loop ends.
 """
@@ -132,7 +133,11 @@ class CodeAgent:
         looked_for: set[str] = set()
         opened: set[tuple[int, int]] = set()
         try:
-            queue: list[tuple[str, bool]] = [(question, False)]  # (terms, a follow-up)
+            # The names the question gives (`node_start`) say more than its words ("what does
+            # ... return"): search for those when it has any.
+            names = code_names(question)
+            first = " ".join(names) or question
+            queue: list[tuple[str, bool]] = [(first, False)]  # (terms, a follow-up)
             previous = None
             while True:
                 if not queue:
@@ -143,9 +148,9 @@ class CodeAgent:
                 if not self._room(run, 3):
                     break
                 hits = self._step(run, "search", terms, lambda t=terms: self.search(t))
-                fresh = [h for h in hits if h.tokens not in opened]
-                if follow_up:  # open where the name is defined, not where it is used
-                    fresh = [h for h in fresh if _defines(self._text(*self._span(h)), terms)]
+                fresh = self._worth_opening(
+                    hits, opened, [terms] if follow_up else names, follow_up
+                )
                 for hit in fresh[: 1 if follow_up else HITS_OPENED]:
                     if not self._room(run, 2):
                         break
@@ -170,6 +175,19 @@ class CodeAgent:
         finally:
             s.focus.pinned[:] = pins_before
         return run
+
+    def _worth_opening(
+        self, hits: list[Hit], opened: set[tuple[int, int]], names: list[str], only_defining: bool
+    ) -> list[Hit]:
+        """The hits not opened yet, those that define one of ``names`` first (only those, when
+        ``only_defining``: a follow-up opens where a name is defined, not where it is used)."""
+        fresh = [h for h in hits if h.tokens not in opened]
+        defines = {
+            h.tokens: any(_defines(self._text(*self._span(h)), n) for n in names) for h in fresh
+        }
+        if only_defining:
+            return [h for h in fresh if defines[h.tokens]]
+        return sorted(fresh, key=lambda h: not defines[h.tokens])
 
     def _room(self, run: AgentRun, steps: int) -> bool:
         """Whether ``steps`` more steps fit the budget (else the loop ends, saying so)."""
