@@ -31,7 +31,7 @@ def test_every_question_is_answered_by_its_evidence_and_the_old_version_differs(
         else:
             window = int(line.split("within ")[1].split(" days")[0])
             days = int(q.question.split("refund ")[1].split(" days")[0])
-            assert q.answer == ("yes" if days <= window else "no") and q.grading == "first-word"
+            assert q.answer == ("yes" if days <= window else "no") and q.grading == "yes-no"
     answers = [q.answer for q in scenario.questions if q.kind == "policy-ticket"]
     assert answers.count("yes") == answers.count("no")  # "no" alone does not score
     assert {d.partition for d in scenario.documents} == {"policies", "tickets", "logs", "docs"}
@@ -60,3 +60,14 @@ def test_every_system_answers_over_the_same_history(tiny_world, tmp_path: Path) 
     # With version=latest in the predicate, no answer may stand on a superseded policy.
     assert where.value == 0.0
     assert any("megacontext-where, question 1/" in line for line in said)
+
+
+def test_yes_no_answers_are_read_for_their_verdict() -> None:
+    from megacontext.apps.scoring import QARow, verdict
+
+    assert verdict("The answer is no.\n\nBecause the window closed.") == "no"
+    assert verdict("Yes, it is within the window; no fee applies.") == "yes"
+    assert verdict("It depends on the policy.") is None
+    row = QARow("policy-ticket", "?", "no", "e", "The answer is no.", None, None, grading="yes-no")
+    assert row.correct
+    assert not QARow("k", "?", "no", "e", "Notably, yes.", None, None, grading="yes-no").correct

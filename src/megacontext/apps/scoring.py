@@ -68,18 +68,25 @@ class QARow:
     cited: str | None  # the top citation
     cites_evidence: bool | None  # None: the system does not cite
     stale: bool | None = None  # the top citation is a superseded version (None: not known)
-    grading: str = "contains"  # "first-word": the answer must open with it (yes / no)
+    grading: str = "contains"  # "yes-no": the answer's first "yes" or "no" must be it
 
     @property
     def correct(self) -> bool:
-        from megacontext.models.generation import contains_answer, exact_answer
+        from megacontext.models.generation import contains_answer
 
-        if self.grading == "first-word":
-            return exact_answer(self.answer.strip(), self.expected)
+        if self.grading == "yes-no":
+            return verdict(self.answer) == self.expected
         return contains_answer(self.answer, self.expected)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "correct": self.correct}
+
+
+def verdict(answer: str) -> str | None:
+    """The first "yes" or "no" of an answer ("The answer is no." → "no"), or ``None``."""
+    from megacontext.models.generation import normalise
+
+    return next((w for w in normalise(answer) if w in ("yes", "no")), None)
 
 
 def peer_answer(
@@ -182,4 +189,4 @@ def qa_results(
     return results
 
 
-__all__ = ["QARow", "load_models", "peer_answer", "peer_systems", "qa_results"]
+__all__ = ["QARow", "load_models", "peer_answer", "peer_systems", "qa_results", "verdict"]

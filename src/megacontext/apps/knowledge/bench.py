@@ -13,7 +13,7 @@ with the same base, prompt and ``W_max``:
   their best chunk is what they cite;
 * ``recency``: the last ``W_max`` tokens.
 
-Per system: accuracy (the yes/no questions graded by the answer's first word), citation accuracy
+Per system: accuracy (a yes/no question by the first "yes" or "no" of the answer), citation accuracy
 (the top citation is the evidence's document version and holds its line) and the
 **stale-citation rate** (the top citation is a superseded policy version; over the answers
 to the questions about versioned policies, an answer that cites nothing counting as not

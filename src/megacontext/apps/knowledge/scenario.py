@@ -153,7 +153,7 @@ class ScenarioQuestion:
     evidence: str  # partition/doc@vN
     lines: tuple[int, int]
     stale_answer: str | None = None  # what the superseded version says
-    grading: str = "contains"  # or "first-word" (yes / no)
+    grading: str = "contains"  # or "yes-no": the answer's first yes or no
 
     def cites_evidence(self, source: str | None, lines: tuple[int, int] | None) -> bool:
         if source != self.evidence or lines is None:
@@ -297,7 +297,7 @@ def build_scenario(
                 ("yes" if days <= stale_window else "no")
                 if (days <= stale_window) != allowed
                 else None,
-                grading="first-word",
+                grading="yes-no",
             )
         )
     return scenario
