@@ -9,6 +9,7 @@ from megacontext.apps.code.humaneval import (
     program_of,
     run_problems,
     run_sandboxed,
+    solution_of,
 )
 from megacontext.errors import InvalidInputError
 
@@ -17,9 +18,10 @@ def test_the_canonical_solutions_pass_and_an_empty_body_fails() -> None:
     problems = load_problems(4)
     assert [p["task_id"] for p in problems] == [f"HumanEval/{i}" for i in range(4)]
     for problem in problems:
-        solved = run_sandboxed(program_of(problem, problem["canonical_solution"]))
+        source = solution_of(problem, problem["canonical_solution"], "raw")
+        solved = run_sandboxed(program_of(problem, source))
         assert solved.passed and solved.status == "passed", solved.detail
-        empty = run_sandboxed(program_of(problem, "    pass\n"))
+        empty = run_sandboxed(program_of(problem, solution_of(problem, "    pass\n", "raw")))
         assert not empty.passed and empty.status == "failed"
         assert "AssertionError" in empty.detail or "TypeError" in empty.detail
 
@@ -64,3 +66,18 @@ def test_both_systems_complete_and_are_judged_by_the_sandbox(tiny_world, tmp_pat
         assert sum(result.extra["statuses"].values()) == 2
     assert mc.extra["memory_tokens"] > 0 and mc.extra["memory"] == ["memory.py"]
     assert said[0] == "base: problem 1/2"
+
+
+def test_a_chat_answer_is_read_for_its_code_block() -> None:
+    (problem,) = load_problems(1)
+    whole = problem["prompt"] + problem["canonical_solution"]
+    body = problem["canonical_solution"]
+    without_imports = "\n".join(x for x in whole.splitlines() if not x.startswith("from "))
+    answers = {
+        f"Sure! Here it is:\n```python\n{without_imports}\n```\nIt compares pairs.": True,
+        f"```\n{body}```": True,  # a body alone goes under the prompt's signature
+        "I cannot help with that.": False,
+    }
+    for answer, passes in answers.items():
+        source = solution_of(problem, answer, "chat")
+        assert run_sandboxed(program_of(problem, source)).passed is passes, answer

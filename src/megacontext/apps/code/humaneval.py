@@ -11,6 +11,11 @@ open files. It passes when the process exits 0. What the sandbox does not do: it
 user, so a program could still read or change files the user may (no namespaces or seccomp
 here); the limits bound what it can consume, not where it can look.
 
+The prompt style (``--prompt``): ``raw`` (the default) has the base continue the prompt, as
+HumanEval was made for; ``chat`` asks an instruct base through its chat template to complete the
+function in a code block (:data:`INSTRUCTION`), and the block is the candidate
+(:func:`solution_of`).
+
 Two systems, same base and decoding:
 
 * ``base``: ``[prompt prefix][problem prompt]``, the base alone;
@@ -25,6 +30,7 @@ MBPP is not measured: its data does not install offline.
 from __future__ import annotations
 
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -42,6 +48,7 @@ from megacontext.bench import BenchOptions, Progress, Result
 from megacontext.errors import InvalidInputError
 
 STOPS = ("\ndef ", "\nclass ", "\nif ", "\nprint(", "\n#")
+INSTRUCTION = "Complete this Python function. Reply with the whole function in one code block."
 MAX_NEW_TOKENS = 160
 BUDGET = 1024
 QUICK_PROBLEMS = 20
@@ -103,10 +110,28 @@ def run_sandboxed(
 
 
 def program_of(problem: dict[str, Any], completion: str) -> str:
-    """The program the sandbox runs: the prompt, the completion, the tests, the check."""
-    return (
-        f"{problem['prompt']}{completion}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
-    )
+    """The program the sandbox runs: the solution (:func:`solution_of`), the tests, the check."""
+    return f"{completion}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
+
+
+def solution_of(problem: dict[str, Any], text: str, style: str) -> str:
+    """The candidate's source from what the base wrote.
+
+    ``raw``: the base continued the prompt, so the source is the prompt and the continuation.
+    A chat style: the base answered an instruction; its first fenced code block (else the whole
+    answer) is the source when it defines the entry point — after the prompt's imports — and is
+    taken as the function's body otherwise.
+    """
+    if style == "raw":
+        return problem["prompt"] + text
+    fenced = re.search(r"```(?:python|py)?[^\n]*\n(.*?)(?:```|$)", text, re.DOTALL)
+    code = fenced.group(1) if fenced else text
+    if re.search(rf"^\s*def\s+{re.escape(problem['entry_point'])}\s*\(", code, re.MULTILINE):
+        imports = [
+            line for line in problem["prompt"].splitlines() if line.startswith(("import ", "from "))
+        ]
+        return "\n".join([*imports, "", code])
+    return problem["prompt"] + code
 
 
 def load_problems(limit: int | None = None) -> list[dict[str, Any]]:
@@ -124,20 +149,26 @@ def load_problems(limit: int | None = None) -> list[dict[str, Any]]:
 
 
 @torch.no_grad()
-def complete(base: Any, prompt: Any, context: torch.Tensor | None, code: str) -> str:
-    """The base's greedy completion of ``code`` after ``[prefix][context]``."""
+def complete(base: Any, prompt: Any, context: torch.Tensor | None, problem: dict[str, Any]) -> str:
+    """What the base writes for ``problem`` after ``[prefix][context]``: in the raw style it
+    continues the prompt (cut at :data:`STOPS`); in a chat style it answers :data:`INSTRUCTION`
+    with the prompt in a code block."""
     from megacontext.models.generation import decode
 
     device = base.device
+    stops: tuple[str, ...]
+    if prompt.style == "raw":
+        ids, stops = base.encode(problem["prompt"], add_bos=False), STOPS
+    else:
+        asked = f"{INSTRUCTION}\n```python\n{problem['prompt']}```"
+        ids, stops = prompt.question_ids(base, asked), ()
     prefix = base.embed(torch.as_tensor(list(prompt.prefix), dtype=torch.long, device=device))
-    ids = torch.as_tensor(base.encode(code, add_bos=False), dtype=torch.long, device=device)
-    parts = (
-        [prefix] + ([context.to(prefix.dtype)] if context is not None else []) + [base.embed(ids)]
-    )
+    tail = base.embed(torch.as_tensor(ids, dtype=torch.long, device=device))
+    parts = [prefix] + ([context.to(prefix.dtype)] if context is not None else []) + [tail]
     decoded = decode(
-        base, torch.cat(parts), MAX_NEW_TOKENS, stop_ids=prompt.stop_ids, stop_text=STOPS
+        base, torch.cat(parts), MAX_NEW_TOKENS, stop_ids=prompt.stop_ids, stop_text=stops
     )
-    return decoded.text  # cut at the first stop string
+    return decoded.text
 
 
 def memory_files(quick: bool) -> list[Path]:
@@ -153,11 +184,12 @@ def run_problems(
     memory: list[Path],
     progress: Progress,
     timeout_s: float = 10.0,
+    style: str = "raw",
 ) -> list[Result]:
     from megacontext.eval.memory import MegaContextMemory
     from megacontext.models.prompting import PromptFormat
 
-    prompt = PromptFormat.for_base(base, "raw")  # code completion: the prompt is code
+    prompt = PromptFormat.for_base(base, style)
     torch.manual_seed(0)
     system = MegaContextMemory(base, bundle, bundle.modules.get("lensnet"))
     started = time.perf_counter()
@@ -174,8 +206,9 @@ def run_problems(
             if name == "megacontext":
                 query = base.encode(problem["prompt"], add_bos=False)
                 context = system.build_context(query, BUDGET).vectors
-            completion = complete(base, prompt, context, problem["prompt"])
-            result = run_sandboxed(program_of(problem, completion), timeout_s)
+            completion = complete(base, prompt, context, problem)
+            source = solution_of(problem, completion, style)
+            result = run_sandboxed(program_of(problem, source), timeout_s)
             outcomes[name].append(
                 {
                     "task_id": problem["task_id"],
@@ -198,6 +231,7 @@ def run_problems(
                 s: sum(o["status"] == s for o in rows) for s in ("passed", "failed", "timeout")
             },
             "outcomes": rows,
+            "prompt": style,
         }
         if name == "megacontext":
             extra.update(
@@ -213,7 +247,8 @@ def run_problems(
                 "pass@1",
                 baseline_name="humaneval/pass@1/base" if name != "base" else None,
                 baseline_value=base_rate if name != "base" else None,
-                note="greedy, one completion per problem; sandboxed subprocess per program",
+                note=f"greedy, one completion per problem, {style} prompt style; sandboxed "
+                "subprocess per program",
                 extra=extra,
             )
         )
@@ -225,7 +260,8 @@ def run(quick: bool, progress: Progress, options: BenchOptions) -> list[Result]:
 
     problems = load_problems(QUICK_PROBLEMS if quick else None)
     base, bundle = load_models(options)
-    return run_problems(base, bundle, problems, memory_files(quick), progress)
+    style = options.prompt or "raw"  # code completion by default: the prompt is code
+    return run_problems(base, bundle, problems, memory_files(quick), progress, style=style)
 
 
 __all__ = [
@@ -236,4 +272,5 @@ __all__ = [
     "run",
     "run_problems",
     "run_sandboxed",
+    "solution_of",
 ]
