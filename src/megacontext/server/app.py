@@ -951,32 +951,19 @@ def _check_ask(service: Service, caller: Principal, tree: str, question: dict[st
 def _answer_body(answer: Any, usage: s.Usage) -> s.Answer:
     from megacontext.apps.knowledge import KnowledgeAnswer
 
-    if isinstance(answer, KnowledgeAnswer):  # asked with a predicate (``where``)
-        citations = [
-            s.Citation(
-                source=c.source,
-                lines=c.lines,
-                tokens=c.tokens,
-                score=c.score,
-                text=c.text,
-                label=c.label,
-                latest=c.latest,
-            )
-            for c in answer.citations
-        ]
-    else:
-        citations = [
-            s.Citation(
-                source=c.source,
-                lines=c.lines,
-                tokens=c.tokens,
-                score=c.score,
-                text=c.text,
-                label=c.label(),
-                latest=None,
-            )
-            for c in answer.citations
-        ]
+    restricted = isinstance(answer, KnowledgeAnswer)  # asked with a predicate (``where``)
+    citations = [
+        s.Citation(
+            source=c.source,
+            lines=c.lines,
+            tokens=c.tokens,
+            score=c.score,
+            text=c.text,
+            label=c.label if restricted else c.label(),
+            latest=c.latest if restricted else None,
+        )
+        for c in answer.citations
+    ]
     return s.Answer(
         answer=answer.text,
         citations=citations,
