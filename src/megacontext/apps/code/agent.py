@@ -167,10 +167,11 @@ class CodeAgent:
                     run.stopped = "the answer stopped changing"
                     break
                 previous = answer.text.strip()
+                queued = {t.lower() for t, _ in queue}
                 queue += [
                     (name, True)
                     for name in code_names(answer.text)
-                    if name.lower() not in looked_for
+                    if name.lower() not in looked_for | queued
                 ]
         finally:
             s.focus.pinned[:] = pins_before
