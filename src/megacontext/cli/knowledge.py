@@ -167,12 +167,13 @@ def sources(
     as_json: JsonOpt = False,
 ) -> None:
     """List the documents (every source, or those --where admits) with their metadata."""
-    from megacontext.apps.knowledge import select_sources
+    from megacontext.apps.knowledge import parse_predicate, select_sources
     from megacontext.runtime.opening import open_session
 
+    predicate = parse_predicate(where) if where is not None else None  # before any model loads
     _check_session(tree)
     with open_session(tree, readonly=True, create=False) as mc:
-        chosen, _ = select_sources(mc, where)
+        chosen, _ = select_sources(mc, predicate)
     rows = [_source_json(s) for s in chosen]
     if as_json:
         emit_json({"where": where, "sources": rows})
