@@ -122,3 +122,25 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
     return TinyWorld(
         base_dir, base, bundle.get("gistnet"), bundle.get("lensnet"), bundle_dir, bundle
     )
+
+
+@pytest.fixture(scope="session")
+def wide_bundle(tiny_world: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A focus bundle with 32-token blocks: the lexical index ranks blocks, and the tiny world's
+    4-token blocks split every word across blocks."""
+    import torch
+
+    from megacontext.models.bundle import load_bundle, save_bundle
+    from megacontext.models.gistnet import GistNet, GistNetConfig
+    from megacontext.models.lensnet import LensNet, LensNetConfig
+
+    base = tiny_world.base
+    torch.manual_seed(0)
+    gist = GistNet(GistNetConfig(d_model=base.d_model, K=32, width=32, n_heads=2, key_dim=8))
+    lens = LensNet(LensNetConfig(d_model=base.d_model, width=32, n_heads=2, n_layers=1))
+    path = save_bundle(
+        tmp_path_factory.mktemp("wide") / "focus",
+        {"gistnet": gist, "lensnet": lens},
+        fingerprints=base.fingerprints,
+    )
+    return load_bundle(path, fingerprints=base.fingerprints)

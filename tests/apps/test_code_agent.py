@@ -26,28 +26,6 @@ PRICES = (
 CART = "def checkout(cart):\n    return zebra_total(cart.items)\n"
 
 
-@pytest.fixture(scope="module")
-def wide_bundle(tiny_world, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """A focus bundle with 32-token blocks: the lexical index ranks blocks, and the tiny world's
-    4-token blocks split every identifier of the test code across blocks."""
-    import torch
-
-    from megacontext.models.bundle import load_bundle, save_bundle
-    from megacontext.models.gistnet import GistNet, GistNetConfig
-    from megacontext.models.lensnet import LensNet, LensNetConfig
-
-    base = tiny_world.base
-    torch.manual_seed(0)
-    gist = GistNet(GistNetConfig(d_model=base.d_model, K=32, width=32, n_heads=2, key_dim=8))
-    lens = LensNet(LensNetConfig(d_model=base.d_model, width=32, n_heads=2, n_layers=1))
-    path = save_bundle(
-        tmp_path_factory.mktemp("wide") / "focus",
-        {"gistnet": gist, "lensnet": lens},
-        fingerprints=base.fingerprints,
-    )
-    return load_bundle(path, fingerprints=base.fingerprints)
-
-
 @pytest.fixture
 def shop(tiny_world, wide_bundle, tmp_path: Path):  # type: ignore[no-untyped-def]
     repo = tmp_path / "shop"

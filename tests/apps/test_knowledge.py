@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from megacontext.apps.knowledge import add_document, ask_where, parse_predicate, select_sources
+from megacontext.apps.knowledge import (
+    add_document,
+    ask_where,
+    knowledge_sources,
+    parse_predicate,
+    select_sources,
+)
 from megacontext.apps.knowledge.predicates import SourceFacts
 from megacontext.cli import app
 from megacontext.errors import InvalidInputError
@@ -192,6 +199,48 @@ def test_a_predicate_keeps_focus_and_citations_on_what_it_admits(kb) -> None:  #
         ask_where(kb, "Why?", "colour=red")
 
 
+def test_a_prior_per_partition_steers_focus_to_that_partition(
+    tiny_world, wide_bundle, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    # Without LensNet (focus by recency), a prior's lexical weight alone decides what opens.
+    config = replace(CONFIG, W_max=160, protected_recent=16, use_lens=False)
+    with open_session(tmp_path / "kb", tiny_world.base, wide_bundle, config) as mc:
+        for text, partition, doc in [
+            (OLD_POLICY * 4, "policies", "refunds"),
+            (TICKET, "tickets", "ticket-7"),
+            (NEW_POLICY * 4, "policies", "refunds"),
+            (LOG, "logs", "payments.log"),
+        ]:
+            add_document(mc, text, partition=partition, doc=doc)
+        sources = knowledge_sources(mc)
+        (ticket,) = [s for s in sources if s.meta["partition"] == "tickets"]
+        policies = [s for s in sources if s.meta["partition"] == "policies"]
+        question = "Which customer asks 20 days after purchase?"
+
+        def opened(spans: list[tuple[int, int]], among) -> bool:  # type: ignore[no-untyped-def]
+            return all(any(s.start <= a < s.stop for s in among) for a, _ in spans)
+
+        mc.reset_focus()
+        plain = ask_where(mc, question, max_new_tokens=2)
+        assert plain.spans == [] and plain.prior is None  # recency: nothing opens
+        mc.reset_focus()
+        steered = ask_where(mc, question, prior="tickets: lexical=1", max_new_tokens=2)
+        assert steered.spans and opened(steered.spans, [ticket])
+        assert steered.citations[0].source == "tickets/ticket-7@v1"
+        assert steered.prior == "tickets: lexical=1"
+        assert mc.focus.prior is None  # the prior was for this question only
+        mc.reset_focus()
+        elsewhere = ask_where(mc, question, prior="policies: lexical=1", max_new_tokens=2)
+        assert elsewhere.spans and opened(elsewhere.spans, policies)
+        with pytest.raises(InvalidInputError, match="partition 'tikets', which holds no source"):
+            ask_where(mc, question, prior="tikets: lexical=1")
+        with pytest.raises(InvalidInputError, match="gives partition 'logs' twice"):
+            ask_where(mc, question, prior="logs: lexical=1; logs: keys=1")
+        with pytest.raises(InvalidInputError, match="names no partition before ':'"):
+            ask_where(mc, question, prior=": lexical=1")
+        assert mc.focus.prior is None and not mc.focus.avoided
+
+
 def test_the_knowledge_commands(tiny_world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     runner = CliRunner()
     old, new, log = tmp_path / "refunds.md", tmp_path / "refunds-v2.md", tmp_path / "pay.log"
@@ -258,6 +307,21 @@ def test_the_knowledge_commands(tiny_world, tmp_path: Path) -> None:  # type: ig
     assert asked.exit_code == 0, asked.output
     report = json.loads(asked.stdout)
     assert report["stale_citations"] == 0 and report["admitted_sources"] == 2
+    weighed = runner.invoke(
+        app,
+        [
+            *["knowledge", "ask", "Refund window?", *tree],
+            *["--prior", "logs: lexical=1; *: lens=1", "--max-new-tokens", "2", "--json"],
+        ],
+    )
+    assert weighed.exit_code == 0, weighed.output
+    assert json.loads(weighed.stdout)["prior"] == "logs: lexical=1; *: lens=1"
+    for prior, said in [
+        ("logs: colour=1", "SIGNAL one of lexical, keys, lens"),
+        ("tickets: lexical=1", "partition 'tickets', which holds no source; partitions: logs"),
+    ]:
+        bad = runner.invoke(app, ["knowledge", "ask", "Why?", *tree, "--prior", prior])
+        assert isinstance(bad.exception, InvalidInputError) and said in str(bad.exception)
     bad = runner.invoke(app, ["knowledge", "ask", "Why?", *tree, "--where", "colour=red"])
     assert isinstance(bad.exception, InvalidInputError) and "unknown field 'colour'" in str(
         bad.exception

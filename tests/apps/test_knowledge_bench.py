@@ -46,19 +46,25 @@ def test_every_system_answers_over_the_same_history(tiny_world, tmp_path: Path) 
     }
     prefix = "knowledge/compliance/W1024/"
     systems = {n.removeprefix(prefix) for n in results if n.count("/") == 3}
-    assert {"megacontext-where", "megacontext", "recency", "rag-bm25"} <= systems
+    assert {
+        "megacontext-where",
+        "megacontext-where-prior",
+        "megacontext",
+        "recency",
+        "rag-bm25",
+    } <= systems
     questions = [q.question for q in build_scenario(seed=0, per_kind=2).questions]
     for system in systems:
         rows = results[prefix + system].extra["answers"]
         assert [r["question"] for r in rows] == questions
         # Staleness is judged only where versions exist (not for log lines).
         assert all(r["stale"] is None for r in rows if r["kind"] == "log-line")
-    for citing in ("megacontext-where", "megacontext", "rag-bm25"):
+    for citing in ("megacontext-where", "megacontext-where-prior", "megacontext", "rag-bm25"):
         assert prefix + citing + "/citations" in results
     assert prefix + "recency/citations" not in results
-    where = results[prefix + "megacontext-where/stale-citations"]
     # With version=latest in the predicate, no answer may stand on a superseded policy.
-    assert where.value == 0.0
+    assert results[prefix + "megacontext-where/stale-citations"].value == 0.0
+    assert results[prefix + "megacontext-where-prior/stale-citations"].value == 0.0
     assert any("megacontext-where, question 1/" in line for line in said)
 
 

@@ -47,6 +47,10 @@ def test_the_client_round_trip_against_a_live_server(world: World, live: str) ->
         assert all(c.latest is True for c in kept.citations)  # a plain source is its latest
         with pytest.raises(sdk.BadRequestError, match="unknown field 'colour'"):
             mc.ask("notes", "q", where="colour=red")
+        weighed = mc.ask("notes", "Which ship at dusk?", max_new_tokens=8, prior="lexical=1")
+        assert all(c.latest is True for c in weighed.citations)
+        with pytest.raises(sdk.BadRequestError, match="is not SIGNAL=WEIGHT"):
+            mc.ask("notes", "q", prior="lexical")
         assert "".join(e.text for e in events[:-1] if e.text) == answer.answer
         assert mc.models() == ["notes"]
         view = mc.context("notes", "Which ship at dusk?", W_max=64, pins=[(4, 8)])

@@ -126,6 +126,17 @@ def test_ask_with_a_predicate_over_grpc(world: World, stub) -> None:  # type: ig
     ).json()
     assert answer.answer == http["answer"]
     assert [c.latest for c in answer.citations] == [c["latest"] for c in http["citations"]]
+    weighed = pb.AskRequest(
+        tree="kb", question="How many days?", max_new_tokens=4, prior="policies: lexical=1"
+    )
+    answer = list(client.Ask(weighed, metadata=_auth(world.reader)))[-1].answer
+    http = world.client.post(
+        "/v1/trees/kb/ask",
+        json={"question": "How many days?", "max_new_tokens": 4, "prior": "policies: lexical=1"},
+        headers=world.headers(world.reader),
+    ).json()
+    assert answer.answer == http["answer"]
+    assert [c.label for c in answer.citations] == [c["label"] for c in http["citations"]]
     bad = pb.AskRequest(tree="kb", question="q", where="colour=red")
     with pytest.raises(grpc.RpcError) as caught:
         list(client.Ask(bad, metadata=_auth(world.reader)))

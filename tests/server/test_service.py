@@ -333,5 +333,26 @@ def test_ask_where_keeps_focus_and_citations_on_the_admitted_sources(world: Worl
     assert "unknown field 'colour'" in _error(bad, 400)["message"]
     both = world.client.post("/v1/trees/kb/ask", json={**where, "remember": True}, headers=h)
     assert "cannot be combined with remember" in _error(both, 400)["message"]
+    weighed = world.client.post(
+        "/v1/trees/kb/ask",
+        json={**where, "prior": "policies: lexical=1, lens=1"},
+        headers=world.headers(world.reader),
+    )
+    assert weighed.status_code == 200, weighed.text
+    assert all(c["latest"] is True for c in weighed.json()["citations"])
+    for prior, said in [
+        ("policies: colour=1", "SIGNAL one of lexical, keys, lens"),
+        ("memos: lexical=1", "partition 'memos', which holds no source"),
+    ]:
+        refused = world.client.post(
+            "/v1/trees/kb/ask", json={**where, "prior": prior}, headers=world.headers(world.reader)
+        )
+        assert said in _error(refused, 400)["message"]
+    both = world.client.post(
+        "/v1/trees/kb/ask",
+        json={"question": "q", "prior": "lexical=1", "remember": True},
+        headers=h,
+    )
+    assert "prior shapes how one question" in _error(both, 400)["message"]
     listed = world.client.get("/v1/trees/kb/sources", headers=h).json()["sources"]
     assert len(listed) == 2  # the old version stays in the history; where only steered focus

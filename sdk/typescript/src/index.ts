@@ -133,6 +133,11 @@ export interface AskParams {
    * and citations keep to the sources it admits. Not with `remember`.
    */
   where?: string | undefined;
+  /**
+   * How focus weighs LensNet, lexical and key matching per partition
+   * ("logs: lexical=1; policies: lens=1, keys=0.5"). Not with `remember`.
+   */
+  prior?: string | undefined;
 }
 
 export interface ContextParams {
@@ -796,6 +801,7 @@ function askBody(params: AskParams, stream: boolean): Ask {
   if (params.focusSteps !== undefined) body.focus_steps = params.focusSteps;
   if (params.remember !== undefined) body.remember = params.remember;
   if (params.where !== undefined) body.where = params.where;
+  if (params.prior !== undefined) body.prior = params.prior;
   if (stream) body.stream = true;
   return body;
 }

@@ -80,6 +80,8 @@ export interface Ask {
   stream?: boolean;
   /** A metadata predicate over the tree's sources, e.g. "kind=policy AND version=latest". */
   where?: string | null;
+  /** How focus weighs LensNet, lexical and key matching per partition. */
+  prior?: string | null;
 }
 
 export interface Citation {
@@ -89,7 +91,7 @@ export interface Citation {
   score: number;
   text: string;
   label: string;
-  /** Asked with `where`: whether the cited source is its document's latest version. */
+  /** Asked with `where` or `prior`: whether the cited source is its document's latest version. */
   latest?: boolean | null;
 }
 
@@ -303,7 +305,7 @@ export const SCHEMA_FIELDS = {
   Source: ["id", "source", "kind", "start", "stop", "tokens"],
   SourceList: ["sources"],
   Removed: ["removed_tokens"],
-  Ask: ["question", "max_new_tokens", "focus_steps", "remember", "stream", "where"],
+  Ask: ["question", "max_new_tokens", "focus_steps", "remember", "stream", "where", "prior"],
   Citation: ["source", "lines", "tokens", "score", "text", "label", "latest"],
   Usage: ["prompt_tokens", "completion_tokens", "total_tokens"],
   Answer: ["answer", "citations", "spans", "focus_steps", "usage", "seconds"],

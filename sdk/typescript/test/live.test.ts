@@ -358,6 +358,21 @@ describe("live service", () => {
     expect((await client.ask(TREE, QUESTION)).answer).toBe(asked.answer);
   });
 
+  it("asks with a predicate and a focus prior; bad ones are InvalidRequestError", async () => {
+    const kept = await client.ask(TREE, { question: QUESTION, where: "version=latest" });
+    expect(kept.citations.every((c) => c.latest === true)).toBe(true);
+    const weighed = await client.ask(TREE, { question: QUESTION, prior: "lexical=1, lens=1" });
+    expect(weighed.answer.length).toBeGreaterThan(0);
+    expect(weighed.citations.every((c) => c.latest === true)).toBe(true);
+    const badWhere = await rejection(client.ask(TREE, { question: "?", where: "colour=red" }));
+    expect(badWhere).toBeInstanceOf(InvalidRequestError);
+    expect(badWhere.message).toContain("unknown field 'colour'");
+    const badPrior = await rejection(client.ask(TREE, { question: "?", prior: "lexical" }));
+    expect(badPrior).toBeInstanceOf(InvalidRequestError);
+    expect(badPrior.status).toBe(400);
+    expect(badPrior.message).toContain("is not SIGNAL=WEIGHT");
+  });
+
   it("lets a read-only key ask but not ingest (PermissionDeniedError)", async () => {
     expect((await readOnly.ask(TREE, QUESTION)).answer).toBe(asked.answer);
     const error = await rejection(readOnly.ingest(TREE, { text: "not allowed" }));

@@ -55,6 +55,18 @@ WhereOpt = Annotated[
     ),
 ]
 
+PriorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--prior",
+        help="How focus weighs LensNet's score against lexical (BM25) and key matching, per "
+        "partition: 'PARTITION: SIGNAL=WEIGHT, …' clauses joined by ';', '*' for the rest; "
+        'signals lexical, keys, lens (one left out weighs 0). Example: "logs: lexical=1; '
+        'policies: lens=1,keys=0.5". Default: LensNet alone.',
+        show_default=False,
+    ),
+]
+
 
 @app.command()
 def add(
@@ -213,6 +225,7 @@ def ask(
     w_max: WMaxOpt = None,
     prompt: PromptOpt = None,
     where: WhereOpt = None,
+    prior: PriorOpt = None,
     focus_steps: FocusStepsOpt = None,
     max_new_tokens: MaxNewOpt = 64,
     as_json: JsonOpt = False,
@@ -220,22 +233,26 @@ def ask(
     """Answer from the documents --where admits, citing them (and saying if one is stale).
 
     Focus never expands the text of other sources, and only admitted sources are cited; a
-    citation of a superseded version is marked. Reads beside a writer.
+    citation of a superseded version is marked. --prior sets how focus finds text in each
+    partition (exact words in logs, meaning in prose). Reads beside a writer.
     """
-    from megacontext.apps.knowledge import ask_where, parse_predicate
+    from megacontext.apps.knowledge import ask_where, parse_partition_prior, parse_predicate
 
-    predicate = parse_predicate(where) if where is not None else None  # before any model loads
+    # Both parsed before any model loads, so a typo costs nothing.
+    predicate = parse_predicate(where) if where is not None else None
+    weighting = parse_partition_prior(prior) if prior is not None else None
     _check_session(tree)
     if max_new_tokens < 1:
         raise InvalidInputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     config = _config(tree, w_max, focus_steps, prompt)
     with _opened(tree, base, focus, config, readonly=True) as mc:
-        answer = ask_where(mc, question, predicate, max_new_tokens=max_new_tokens)
+        answer = ask_where(mc, question, predicate, max_new_tokens=max_new_tokens, prior=weighting)
     if as_json:
         emit_json(
             {
                 "answer": answer.text,
                 "where": answer.where,
+                "prior": answer.prior,
                 "admitted_sources": answer.admitted_sources,
                 "withheld_citations": answer.withheld,
                 "stale_citations": answer.stale_citations,

@@ -131,7 +131,7 @@ class Citation:
     score: float
     text: str
     label: str
-    latest: bool | None = None  # asked with where: the cited source is its latest version
+    latest: bool | None = None  # asked with where or prior: the cited source is the latest version
 
 
 @dataclass(frozen=True)
@@ -333,10 +333,13 @@ def _ask_body(
     remember: bool,
     stream: bool,
     where: str | None = None,
+    prior: str | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"question": question, "max_new_tokens": max_new_tokens}
     if where is not None:
         body["where"] = where
+    if prior is not None:
+        body["prior"] = prior
     if focus_steps is not None:
         body["focus_steps"] = focus_steps
     if remember:
@@ -669,11 +672,14 @@ class Client:
         focus_steps: int | None = None,
         remember: bool = False,
         where: str | None = None,
+        prior: str | None = None,
     ) -> Answer:
         """Answer from the tree, with citations. ``where``: a metadata predicate (e.g.
         ``"kind=policy AND version=latest"``) — focus and citations keep to the sources it
-        admits, and each citation says whether it is its document's latest version."""
-        body = _ask_body(question, max_new_tokens, focus_steps, remember, False, where)
+        admits, and each citation says whether it is its document's latest version.
+        ``prior``: how focus weighs LensNet, lexical and key matching per partition (e.g.
+        ``"logs: lexical=1; policies: lens=1, keys=0.5"``)."""
+        body = _ask_body(question, max_new_tokens, focus_steps, remember, False, where, prior)
         return _answer(self._request("POST", f"/v1/trees/{tree}/ask", body))
 
     def ask_stream(
@@ -685,9 +691,10 @@ class Client:
         focus_steps: int | None = None,
         remember: bool = False,
         where: str | None = None,
+        prior: str | None = None,
     ) -> Iterator[StreamEvent]:
         """The answer as it is decoded: text pieces, then the whole :class:`Answer`."""
-        body = _ask_body(question, max_new_tokens, focus_steps, remember, True, where)
+        body = _ask_body(question, max_new_tokens, focus_steps, remember, True, where, prior)
         try:
             with self._http.stream("POST", f"/v1/trees/{tree}/ask", json=body) as response:
                 if response.status_code >= 400:
@@ -908,11 +915,14 @@ class AsyncClient:
         focus_steps: int | None = None,
         remember: bool = False,
         where: str | None = None,
+        prior: str | None = None,
     ) -> Answer:
         """Answer from the tree, with citations. ``where``: a metadata predicate (e.g.
         ``"kind=policy AND version=latest"``) — focus and citations keep to the sources it
-        admits, and each citation says whether it is its document's latest version."""
-        body = _ask_body(question, max_new_tokens, focus_steps, remember, False, where)
+        admits, and each citation says whether it is its document's latest version.
+        ``prior``: how focus weighs LensNet, lexical and key matching per partition (e.g.
+        ``"logs: lexical=1; policies: lens=1, keys=0.5"``)."""
+        body = _ask_body(question, max_new_tokens, focus_steps, remember, False, where, prior)
         return _answer(await self._request("POST", f"/v1/trees/{tree}/ask", body))
 
     async def ask_stream(
@@ -924,8 +934,9 @@ class AsyncClient:
         focus_steps: int | None = None,
         remember: bool = False,
         where: str | None = None,
+        prior: str | None = None,
     ) -> AsyncIterator[StreamEvent]:
-        body = _ask_body(question, max_new_tokens, focus_steps, remember, True, where)
+        body = _ask_body(question, max_new_tokens, focus_steps, remember, True, where, prior)
         try:
             async with self._http.stream("POST", f"/v1/trees/{tree}/ask", json=body) as response:
                 if response.status_code >= 400:

@@ -9,6 +9,7 @@ import numpy as np
 
 from megacontext.core import Edit, EditKind, EditPlan, FocusAllocator, WorkingContext
 from megacontext.errors import BudgetError, InvalidInputError
+from megacontext.focus import FocusPrior
 from megacontext.runtime import metrics
 
 if TYPE_CHECKING:
@@ -24,6 +25,9 @@ class Focus:
         # Token ranges focus leaves as gists: superseded text (an old version of a file) that
         # should not be read, nor cited, in place of the current one.
         self.avoided: list[tuple[int, int]] = []
+        # How LensNet's score and the lexical and key evidence are mixed, per token range
+        # (None: LensNet's score alone).
+        self.prior: FocusPrior | None = None
 
     def avoid(self, ranges: list[tuple[int, int]]) -> None:
         """Never expand a LOD1 block that lies wholly inside one of ``ranges`` (token ranges of
@@ -39,6 +43,19 @@ class Focus:
                 )
         self.avoided = sorted((int(a), int(b)) for a, b in ranges)
         self._close_avoided()
+
+    def weigh(self, prior: FocusPrior | None) -> None:
+        """Score entries by ``prior`` (LensNet's score blended with the lexical and key
+        evidence, weighted per token range) from the next focus step on; None goes back to
+        LensNet's score alone. Pins and avoided ranges still win over it."""
+        n = self._s.tree.num_tokens
+        if prior is not None:
+            for start, stop, _ in prior.ranges:
+                if stop > n:
+                    raise InvalidInputError(
+                        f"focus prior range [{start}, {stop}) is outside the history [0, {n})"
+                    )
+        self.prior = prior
 
     def _close_avoided(self) -> None:
         s = self._s

@@ -974,26 +974,42 @@ class Session:
         return scores
 
     def _scores(self, times: dict[str, float]) -> np.ndarray:
-        """Scores of the entries: the override, LensNet's, or zeros (recency focus)."""
+        """Scores of the entries: the override; else LensNet's (zeros without one: recency
+        focus), blended with the lexical and key evidence when ``focus.prior`` is set."""
         start = time.perf_counter()
         self._evidence = {}
         if self.score_override is not None:
             scores = self.score_override(self.wc)
             times["fetch"], times["lensnet"] = 0.0, time.perf_counter() - start
             return scores
-        if self.lensnet is None or not self.config.use_lens or not self.wc.size:
+        use_lens = self.lensnet is not None and self.config.use_lens
+        prior = self.focus.prior
+        if not self.wc.size or (not use_lens and prior is None):
             times["fetch"] = times["lensnet"] = 0.0
             return np.zeros(self.wc.size)
-        inputs = self.scorer.inputs(self.wc, self.focus_query())
+        if use_lens:
+            inputs = self.scorer.inputs(self.wc, self.focus_query())
+            features = inputs.features[0].cpu().numpy()
+        else:
+            features = self.scorer.features(self.wc, self.focus_query())
         fetched = time.perf_counter()
         if self.trace_path is not None:
-            features = inputs.features[0].cpu().numpy()
             self._evidence = {
                 name: [round(float(v), 3) for v in features[:, FEATURES.index(name)]]
                 for name in ("lexical", "key_sim")
             }
-        with torch.no_grad():
-            scores = self.lensnet(*inputs)[0].float().cpu().numpy()
+        scores = np.zeros(self.wc.size)
+        if use_lens:
+            assert self.lensnet is not None
+            with torch.no_grad():
+                scores = self.lensnet(*inputs)[0].float().cpu().numpy()
+        if prior is not None:
+            scores = prior.blend(
+                self.wc.spans()[0],
+                scores,
+                features[:, FEATURES.index("lexical")],
+                features[:, FEATURES.index("key_sim")],
+            )
         times["fetch"], times["lensnet"] = fetched - start, time.perf_counter() - fetched
         return scores
 

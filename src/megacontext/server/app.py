@@ -893,11 +893,12 @@ def _asked(
     trees = service.trees
     opened = trees.writer if question.get("remember") else trees.reader
     with opened(caller.tenant, tree, caller) as session:
-        where = question.get("where")
+        where, prior = question.get("where"), question.get("prior")
         answer: Any
-        if where is None:
+        if where is None and prior is None:
             answer = session.ask(
-                **{k: v for k, v in question.items() if k != "where"}, on_text=on_text
+                **{k: v for k, v in question.items() if k not in ("where", "prior")},
+                on_text=on_text,
             )
         else:
             from megacontext.apps.knowledge import ask_where
@@ -909,6 +910,7 @@ def _asked(
                 max_new_tokens=question["max_new_tokens"],
                 focus_steps=question.get("focus_steps"),
                 on_text=on_text,
+                prior=prior,
             )
         read = (
             len(session.prompt.prefix)
@@ -932,26 +934,28 @@ def _asked(
 
 
 def _check_ask(service: Service, caller: Principal, tree: str, question: dict[str, Any]) -> None:
-    """What can be refused before answering: the token budget, a predicate that does not
-    parse (or comes with remember) and a tree that is not there."""
+    """What can be refused before answering: the token budget, a predicate or prior that does
+    not parse (or comes with remember) and a tree that is not there."""
     check_request_tokens(
         question["max_new_tokens"], service.limits.max_request_tokens, "max_new_tokens"
     )
-    if question.get("where") is not None:
-        from megacontext.apps.knowledge import parse_predicate
+    from megacontext.apps.knowledge import parse_partition_prior, parse_predicate
 
+    for field, parse in (("where", parse_predicate), ("prior", parse_partition_prior)):
+        if question.get(field) is None:
+            continue
         if question.get("remember"):
             raise InvalidInputError(
-                "where restricts what an answer stands on; it cannot be combined with remember"
+                f"{field} shapes how one question is answered; it cannot be combined with remember"
             )
-        parse_predicate(question["where"])
+        parse(question[field])
     service.trees.found(caller.tenant, tree)
 
 
 def _answer_body(answer: Any, usage: s.Usage) -> s.Answer:
     from megacontext.apps.knowledge import KnowledgeAnswer
 
-    restricted = isinstance(answer, KnowledgeAnswer)  # asked with a predicate (``where``)
+    restricted = isinstance(answer, KnowledgeAnswer)  # asked with ``where`` or ``prior``
     citations = [
         s.Citation(
             source=c.source,

@@ -124,6 +124,7 @@ class _Servicer:
                 remember=request.remember,
                 stream=True,
                 where=request.where if request.HasField("where") else None,
+                prior=request.prior if request.HasField("prior") else None,
             ).model_dump(exclude={"stream"})
         events: queue.Queue[tuple[str, Any]] = queue.Queue()
 

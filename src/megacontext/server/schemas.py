@@ -91,6 +91,15 @@ class Ask(BaseModel):
         "ingested code file. Not with remember.",
         examples=["kind=policy AND version=latest"],
     )
+    prior: str | None = Field(
+        None,
+        max_length=2000,
+        description="How focus weighs LensNet's score against lexical (BM25) and key matching, "
+        "per partition: 'PARTITION: SIGNAL=WEIGHT, ...' clauses joined by ';', '*' for the "
+        "rest; signals lexical, keys, lens (one left out weighs 0). Default: LensNet alone. "
+        "Not with remember.",
+        examples=["logs: lexical=1; policies: lens=1, keys=0.5"],
+    )
 
 
 class Citation(BaseModel):
@@ -102,7 +111,7 @@ class Citation(BaseModel):
     label: str
     latest: bool | None = Field(
         None,
-        description="With where: whether the cited source is the latest version of its "
+        description="With where or prior: whether the cited source is the latest version of its "
         "document (false: a superseded version).",
     )
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from megacontext.apps.knowledge.documents import KnowledgeSource, select_sources
 from megacontext.apps.knowledge.predicates import Predicate, parse_predicate
+from megacontext.apps.knowledge.prior import PartitionPrior, parse_partition_prior
 from megacontext.errors import InvalidInputError
 
 
@@ -40,6 +41,7 @@ class KnowledgeAnswer:
     text: str
     citations: list[KnowledgeCitation]
     where: str | None
+    prior: str | None
     admitted_sources: int
     withheld: int  # citations outside the admitted sources, not returned
     focus_steps: int
@@ -64,29 +66,36 @@ def ask_where(
     max_new_tokens: int = 64,
     focus_steps: int | None = None,
     on_text: Callable[[str], None] | None = None,
+    prior: str | PartitionPrior | None = None,
 ) -> KnowledgeAnswer:
-    """Answer ``question`` from the sources ``where`` admits (see the module docstring).
+    """Answer ``question`` from the sources ``where`` admits (see the module docstring),
+    focus scoring each partition's text by ``prior`` (:mod:`megacontext.apps.knowledge.prior`).
 
     Raises:
-        InvalidInputError: A predicate that does not parse (named), one that admits no source,
-            or the errors of :meth:`~megacontext.runtime.session.Session.ask`.
+        InvalidInputError: A predicate or prior that does not parse (named), a predicate that
+            admits no source, a prior naming a partition that holds none, or the errors of
+            :meth:`~megacontext.runtime.session.Session.ask`.
     """
     predicate = parse_predicate(where) if isinstance(where, str) else where
+    weighting = parse_partition_prior(prior) if isinstance(prior, str) else prior
     admitted, others = select_sources(session, predicate)
     if predicate is not None and not admitted:
         raise InvalidInputError(
             f"no source matches --where {predicate.text!r}; `megacontext knowledge sources` "
             "lists the sources and their metadata"
         )
-    everything = admitted + others
-    before = list(session.focus.avoided)
+    everything = sorted(admitted + others, key=lambda s: s.start)
+    focus_prior = weighting.over(everything) if weighting is not None else None
+    avoided_before, prior_before = list(session.focus.avoided), session.focus.prior
     session.focus.avoid([(s.start, s.stop) for s in others])
+    session.focus.weigh(focus_prior)
     try:
         answer = session.ask(
             question, max_new_tokens=max_new_tokens, focus_steps=focus_steps, on_text=on_text
         )
     finally:
-        session.focus.avoid(before)
+        session.focus.avoid(avoided_before)
+        session.focus.weigh(prior_before)
     admitted_ids = {s.id for s in admitted}
     citations, withheld = [], 0
     for c in answer.citations:
@@ -103,6 +112,7 @@ def ask_where(
         answer.text,
         citations,
         predicate.text if predicate else None,
+        weighting.text if weighting else None,
         len(admitted),
         withheld,
         answer.focus_steps,

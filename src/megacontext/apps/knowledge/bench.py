@@ -8,6 +8,9 @@ with the same base, prompt and ``W_max``:
 * ``megacontext-where``: ``ask_where`` with the predicate a user would give for the question
   (``kind=policy AND version=latest`` for the current rules, ``kind=log`` for a log line,
   ``version=latest`` for a ticket against the policy);
+* ``megacontext-where-prior``: the same, with the hybrid focus prior :data:`SCENARIO_PRIOR`
+  (lexical matching leads in logs and tickets, which are found by their ids; LensNet leads
+  elsewhere), fixed before any run, not tuned on the questions;
 * ``megacontext``: ``ask_where`` without a predicate (focus alone);
 * ``rag-bm25``, ``rag-minilm``: 32-token chunks ranked against the question, no metadata;
   their best chunk is what they cite;
@@ -37,6 +40,7 @@ from megacontext.apps.scoring import QARow, load_models, peer_answer, peer_syste
 from megacontext.bench import BenchOptions, Progress, Result
 
 BUDGET = 1024
+SCENARIO_PRIOR = "logs: lexical=1, lens=0.5; tickets: lexical=1, lens=0.5; *: lens=1, keys=0.5"
 ANSWER_TOKENS = 16
 BASELINE = "recency"
 CITATION_BASELINE = "rag-bm25"
@@ -60,10 +64,16 @@ def _row(
     )
 
 
-def _ask_megacontext(session: Any, q: ScenarioQuestion, use_where: bool) -> QARow:
+def _ask_megacontext(
+    session: Any, q: ScenarioQuestion, use_where: bool, prior: str | None = None
+) -> QARow:
     session.reset_focus()
     answer = ask_where(
-        session, q.question, q.where if use_where else None, max_new_tokens=ANSWER_TOKENS
+        session,
+        q.question,
+        q.where if use_where else None,
+        max_new_tokens=ANSWER_TOKENS,
+        prior=prior,
     )
     top = answer.citations[0] if answer.citations else None
     if top is None:  # citing nothing, it cites nothing stale
@@ -130,11 +140,15 @@ def run_scenario(
             )
         ingest_s = time.perf_counter() - started
         torch.manual_seed(0)
-        for system, use_where in (("megacontext-where", True), ("megacontext", False)):
+        for system, use_where, prior in (
+            ("megacontext-where", True, None),
+            ("megacontext-where-prior", True, SCENARIO_PRIOR),
+            ("megacontext", False, None),
+        ):
             rows = []
             for i, q in enumerate(questions, 1):
                 progress(f"{system}, question {i}/{len(questions)}")
-                rows.append(_ask_megacontext(mc, q, use_where))
+                rows.append(_ask_megacontext(mc, q, use_where, prior))
             answered[system] = rows
         tokens = mc.tree.tokens(0, mc.tree.num_tokens)
         sources = knowledge_sources(mc)
@@ -150,6 +164,7 @@ def run_scenario(
     focus = "focus by the bundle's LensNet" if lens else "focus by recency (no LensNet)"
     notes = {
         "megacontext-where": f"{focus}; each question's metadata predicate applied",
+        "megacontext-where-prior": f"{focus}; the predicate, and the prior {SCENARIO_PRIOR!r}",
         "megacontext": f"{focus}; no predicate",
     }
     extra = {
@@ -179,4 +194,4 @@ def run(quick: bool, progress: Progress, options: BenchOptions) -> list[Result]:
         )
 
 
-__all__ = ["BUDGET", "run", "run_scenario"]
+__all__ = ["BUDGET", "SCENARIO_PRIOR", "run", "run_scenario"]
