@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from megacontext import __version__
 from megacontext.cli import app
+from megacontext.errors import InvalidInputError
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -151,3 +152,23 @@ def test_dashboards_render_names_a_bad_prometheus(tmp_path: Path) -> None:
             assert "Traceback" not in said
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["ask", "Why?"],
+        ["chat"],
+        ["knowledge", "ask", "Why?"],
+        ["code", "ask", "Why?"],
+        ["code", "agent", "Why?"],
+    ],
+)
+def test_max_new_tokens_below_one_is_refused_before_anything_opens(
+    command: list[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-tree"
+    result = CliRunner().invoke(app, [*command, "--tree", str(missing), "--max-new-tokens", "0"])
+    assert isinstance(result.exception, InvalidInputError), result.output
+    assert str(result.exception) == "--max-new-tokens must be >= 1, got 0"
+    assert not missing.exists()

@@ -208,8 +208,6 @@ def ask(
 
     _check_session(tree)
     config = _config(tree, w_max, focus_steps, prompt)
-    if max_new_tokens < 1:
-        raise InvalidInputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     with _opened(tree, base, focus, config, readonly=True) as mc:
         answer = ask_code(mc, question, name, max_new_tokens=max_new_tokens)
     if as_json:
@@ -284,8 +282,6 @@ def agent(
 
     _check_session(tree)
     config = _config(tree, w_max, None, prompt)
-    if max_new_tokens < 1:
-        raise InvalidInputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if max_steps < 3:
         raise InvalidInputError(
             f"--max-steps must be >= 3 (a search, an open, an ask), got {max_steps}"

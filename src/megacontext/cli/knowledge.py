@@ -242,8 +242,6 @@ def ask(
     predicate = parse_predicate(where) if where is not None else None
     weighting = parse_partition_prior(prior) if prior is not None else None
     _check_session(tree)
-    if max_new_tokens < 1:
-        raise InvalidInputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     config = _config(tree, w_max, focus_steps, prompt)
     with _opened(tree, base, focus, config, readonly=True) as mc:
         answer = ask_where(mc, question, predicate, max_new_tokens=max_new_tokens, prior=weighting)

@@ -78,7 +78,20 @@ FocusStepsOpt = Annotated[
         show_default=False,
     ),
 ]
-MaxNewOpt = Annotated[int, typer.Option("--max-new-tokens", help="Longest answer in tokens.")]
+
+
+def _at_least_one_token(value: int) -> int:
+    if value < 1:
+        raise InvalidInputError(f"--max-new-tokens must be >= 1, got {value}")
+    return value
+
+
+MaxNewOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-new-tokens", help="Longest answer in tokens.", callback=_at_least_one_token
+    ),
+]
 PromptOpt = Annotated[
     str | None,
     typer.Option(
@@ -413,8 +426,6 @@ def ask(
     """
     if not question.strip():
         raise InvalidInputError("the question is empty; ask something")
-    if max_new_tokens < 1:
-        raise InvalidInputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     config = _config(tree, w_max, focus_steps, prompt)
     _check_session(tree)
     started = time.perf_counter()
@@ -480,8 +491,6 @@ def chat(
 
     Example: megacontext chat --tree runs/mc
     """
-    if max_new_tokens < 1:
-        raise InvalidInputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     config = _config(tree, w_max, focus_steps, prompt)
     _check_session(tree)
     with _opened(tree, base, focus, config) as mc:
