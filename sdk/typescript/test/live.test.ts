@@ -359,9 +359,9 @@ describe("live service", () => {
   });
 
   it("asks with a predicate and a focus prior; bad ones are InvalidRequestError", async () => {
-    const kept = await client.ask(TREE, { question: QUESTION, where: "version=latest" });
+    const kept = await client.ask(TREE, { ...QUESTION, where: "path=notes.txt" });
     expect(kept.citations.every((c) => c.latest === true)).toBe(true);
-    const weighed = await client.ask(TREE, { question: QUESTION, prior: "lexical=1, lens=1" });
+    const weighed = await client.ask(TREE, { ...QUESTION, prior: "lexical=1, lens=1" });
     expect(weighed.answer.length).toBeGreaterThan(0);
     expect(weighed.citations.every((c) => c.latest === true)).toBe(true);
     const badWhere = await rejection(client.ask(TREE, { question: "?", where: "colour=red" }));
