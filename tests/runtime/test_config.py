@@ -9,14 +9,34 @@ from hypothesis import strategies as st
 from megacontext.core import DEFAULT_W_MAX, default_protected_recent
 from megacontext.errors import BudgetError, InvalidInputError
 from megacontext.runtime import SessionConfig
-from megacontext.runtime.config import default_refocus_reach
+from megacontext.runtime.config import (
+    default_collapse_ahead,
+    default_refocus_every,
+    default_refocus_reach,
+)
 
 
 def test_defaults_come_from_one_place() -> None:
     config = SessionConfig()
     assert config.W_max == DEFAULT_W_MAX
     assert config.protected_recent == default_protected_recent(DEFAULT_W_MAX) == 128
-    assert config.refocus_reach == default_refocus_reach(DEFAULT_W_MAX) == DEFAULT_W_MAX // 2
+    assert config.refocus_every == default_refocus_every(DEFAULT_W_MAX) == 128
+    assert config.collapse_ahead == default_collapse_ahead(DEFAULT_W_MAX, 128, 128) == 128
+    # The reach holds the protected window and room to free collapse_ahead positions.
+    assert config.refocus_reach == default_refocus_reach(DEFAULT_W_MAX, 128, 128) == 320
+    assert SessionConfig(W_max=64).refocus_every == 32  # small budgets keep refocusing often
+
+
+@given(W_max=st.integers(1, 1 << 16))
+def test_the_default_reach_can_free_the_default_room(W_max: int) -> None:
+    config = SessionConfig(W_max=W_max)
+    assert config.protected_recent is not None and config.collapse_ahead is not None
+    assert config.refocus_reach is not None and config.refocus_every is not None
+    assert config.collapse_ahead >= min(config.refocus_every, W_max - config.protected_recent)
+    # Raw text within the reach, outside the protected window, frees K - 1 of every K
+    # positions when collapsed (K >= 2): 1.5 x collapse_ahead of it frees collapse_ahead.
+    editable = config.refocus_reach - config.protected_recent
+    assert editable >= min(config.collapse_ahead * 3 // 2, W_max - config.protected_recent)
 
 
 @given(
@@ -38,8 +58,12 @@ def test_defaulted_fields_follow_a_new_budget_and_explicit_ones_stay(
     again = SessionConfig.from_json(config.to_json())
     assert again == config and again.resized(second) == resized
     assert (config.to_json()["protected_recent"] is None) == (explicit is None)
-    assert resized.refocus_reach == default_refocus_reach(second)  # a default follows too
+    assert resized.refocus_every == default_refocus_every(second)  # defaults follow too
+    assert resized.refocus_reach == default_refocus_reach(
+        second, resized.protected_recent, resized.collapse_ahead
+    )
     assert config.to_json()["refocus_reach"] is None
+    assert config.to_json()["refocus_every"] is None
     assert config.with_changes(trace=False).resized(second) == resized.with_changes(trace=False)
 
 

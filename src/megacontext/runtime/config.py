@@ -24,10 +24,20 @@ def default_collapse_ahead(W_max: int, refocus_every: int, protected_recent: int
     return min(max(refocus_every, W_max // 8), W_max - protected_recent)
 
 
-def default_refocus_reach(W_max: int) -> int:
+def default_refocus_every(W_max: int) -> int:
+    """Tokens generated between refocus steps, when none is given: a quarter of the budget, at
+    least 32. A refocus that edits recomputes the KV cache from its first edit to the end (the
+    protected window at least), so at a 512-entry budget refocusing every 32 tokens made that
+    recompute a fifth of the decoding time (BENCHMARKS.md, 2026-12-07 20:15)."""
+    return max(32, W_max // 4)
+
+
+def default_refocus_reach(W_max: int, protected_recent: int, collapse_ahead: int) -> int:
     """How far back from the working context's end a refocus may edit while the session
-    generates, when none is given: half the budget."""
-    return max(1, W_max // 2)
+    generates, when none is given: the protected window and one and a half times
+    ``collapse_ahead`` (raw text enough to free that much room without reaching further back),
+    at least half the budget."""
+    return max(1, min(W_max, max(W_max // 2, protected_recent + collapse_ahead * 3 // 2)))
 
 
 @dataclass
@@ -37,14 +47,14 @@ class SessionConfig:
     W_max: int = W_MAX
     protected_recent: int | None = None  # default: default_protected_recent(W_max)
     policy: PositionPolicy = "compact"
-    refocus_every: int = 32
+    refocus_every: int | None = None  # default: default_refocus_every(W_max)
     # Entries freed at once when the working context runs out of room (default W_max // 8, at
     # least refocus_every). A collapse rewrites the KV cache from the collapsed entry on, usually
     # most of the context; freeing room for many tokens at once pays that recompute once per
     # that many tokens instead of once per refocus, at the cost of a slightly emptier context.
     collapse_ahead: int | None = None
     # While the session generates, a refocus step (and the room it makes for new tokens) edits
-    # only the last refocus_reach positions of the working context (default W_max // 2), so
+    # only the last refocus_reach positions of the working context (default_refocus_reach), so
     # the KV cache it recomputes is at most that long; an edit further back would re-prefill
     # nearly the whole context every refocus_every tokens. Focus for a question (`ask`,
     # `focus_for`) reaches everywhere. W_max lets generation edit anywhere.
@@ -78,8 +88,8 @@ class SessionConfig:
     # Pages (256 records each) kept per store in the read cache; bounds its memory (at d_model
     # 256 in float16, 64 gist pages are 8 MiB).
     cache_pages: int = 64
-    # The fields left to their budget-dependent defaults (protected_recent, collapse_ahead,
-    # refocus_reach):
+    # The fields left to their budget-dependent defaults (protected_recent, refocus_every,
+    # collapse_ahead, refocus_reach):
     # they follow a new budget (resized) and are recorded as null in session.json.
     _defaulted: frozenset[str] = field(
         init=False, default_factory=frozenset, repr=False, compare=False
@@ -91,7 +101,7 @@ class SessionConfig:
                 _check_type(spec.name, getattr(self, spec.name), spec.type)
         self._defaulted = frozenset(
             name
-            for name in ("protected_recent", "collapse_ahead", "refocus_reach")
+            for name in ("protected_recent", "refocus_every", "collapse_ahead", "refocus_reach")
             if getattr(self, name) is None
         )
         self._check_budget()
@@ -118,6 +128,8 @@ class SessionConfig:
                 f"W_max={self.W_max} is smaller than the protected recent window "
                 f"({self.protected_recent}); raise W_max or lower protected_recent"
             )
+        if self.refocus_every is None:
+            self.refocus_every = default_refocus_every(self.W_max)
         if self.collapse_ahead is None:
             self.collapse_ahead = default_collapse_ahead(
                 self.W_max, self.refocus_every, self.protected_recent
@@ -128,7 +140,9 @@ class SessionConfig:
                 f"{self.W_max - self.protected_recent}], got {self.collapse_ahead}"
             )
         if self.refocus_reach is None:
-            self.refocus_reach = default_refocus_reach(self.W_max)
+            self.refocus_reach = default_refocus_reach(
+                self.W_max, self.protected_recent, self.collapse_ahead
+            )
         if not 1 <= self.refocus_reach <= self.W_max:
             raise InvalidInputError(
                 f"refocus_reach must be in [1, W_max = {self.W_max}] (positions from the working "
@@ -152,9 +166,9 @@ class SessionConfig:
         return dataclasses.replace(self, **{**kept, **changes})
 
     def resized(self, W_max: int) -> SessionConfig:
-        """This config for another budget: a protected window, ``collapse_ahead`` and
-        ``refocus_reach`` that were defaults follow the new budget; values set explicitly are
-        kept."""
+        """This config for another budget: a protected window, ``refocus_every``,
+        ``collapse_ahead`` and ``refocus_reach`` that were defaults follow the new budget; values
+        set explicitly are kept."""
         return self.with_changes(W_max=W_max)
 
     def to_json(self) -> dict[str, Any]:
@@ -200,5 +214,6 @@ __all__ = [
     "SessionConfig",
     "default_collapse_ahead",
     "default_protected_recent",
+    "default_refocus_every",
     "default_refocus_reach",
 ]

@@ -610,7 +610,7 @@ class Session:
             self._crop(self.wc.extend(step).first_position)
             remaining -= step
             self._since_refocus += step
-            if refocus and self._since_refocus >= self.config.refocus_every:
+            if refocus and self._since_refocus >= int(self.config.refocus_every or 1):
                 self.refocus(local=True)
 
     def _room_to_free(self, needed: int) -> int:
@@ -630,7 +630,7 @@ class Session:
         runs out, ``collapse_ahead`` entries are freed at once, so the following refocus steps
         need no collapse.
         """
-        reserve = self._room_to_free(self.config.refocus_every)
+        reserve = self._room_to_free(int(self.config.refocus_every or 1))
         return self._plan_within_reach(scores, (reserve, 0) if reserve > 0 else (0,), local)
 
     def _plan_within_reach(
