@@ -316,6 +316,20 @@ def test_the_knowledge_commands(tiny_world, tmp_path: Path) -> None:  # type: ig
     )
     assert weighed.exit_code == 0, weighed.output
     assert json.loads(weighed.stdout)["prior"] == "logs: lexical=1; *: lens=1"
+    shown = runner.invoke(
+        app,
+        [
+            "knowledge",
+            "ask",
+            "Refund window?",
+            *tree,
+            "--prior",
+            "logs: lexical=1",
+            "--max-new-tokens",
+            "2",
+        ],
+    )
+    assert shown.exit_code == 0 and "focus prior: logs: lexical=1" in shown.output
     for prior, said in [
         ("logs: colour=1", "SIGNAL one of lexical, keys, lens"),
         ("tickets: lexical=1", "partition 'tickets', which holds no source; partitions: logs"),

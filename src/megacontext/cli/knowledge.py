@@ -277,6 +277,8 @@ def ask(
             + (f", {answer.withheld} citation(s) outside them withheld" if answer.withheld else "")
             + "[/dim]"
         )
+    if answer.prior:
+        console.print(f"[dim]focus prior: {escape(answer.prior)}[/dim]")
 
 
 __all__ = ["app"]
