@@ -82,3 +82,23 @@ def test_weights_parse_and_bad_weights_are_named() -> None:
         FocusPrior(LENS_ONLY, ((0, 20, LENS_ONLY), (10, 30, LENS_ONLY)))
     with pytest.raises(InvalidInputError, match=r"range \[5, 5\) is empty"):
         FocusPrior(LENS_ONLY, ((5, 5, LENS_ONLY),))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    cuts=st.lists(st.integers(0, 200), min_size=0, max_size=12, unique=True),
+    starts=arrays(np.int64, st.integers(0, 30), elements=st.integers(0, 220)),
+)
+def test_an_entry_takes_the_weights_of_the_range_holding_its_first_token(cuts, starts) -> None:  # type: ignore[no-untyped-def]
+    bounds = sorted(cuts)
+    # Every other interval between the cuts is a range, each with its own weights.
+    ranges = tuple(
+        (a, b, PriorWeights(lexical=float(i + 1)))
+        for i, (a, b) in enumerate(zip(bounds[::2], bounds[1::2], strict=False))
+    )
+    prior = FocusPrior(LENS_ONLY, ranges)
+    expected = [
+        next((w.as_array() for a, b, w in ranges if a <= s < b), LENS_ONLY.as_array())
+        for s in starts
+    ]
+    np.testing.assert_array_equal(prior.weights(starts), np.array(expected).reshape(-1, 3))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -112,6 +112,11 @@ class FocusPrior:
 
     default: PriorWeights = LENS_ONLY
     ranges: tuple[tuple[int, int, PriorWeights], ...] = ()
+    # The ranges as arrays (starts, stops, one weights row each), for lookups by searchsorted:
+    # a knowledge base may hold thousands of sources, and focus looks entries up every step.
+    _starts: np.ndarray = field(init=False, repr=False, compare=False)
+    _stops: np.ndarray = field(init=False, repr=False, compare=False)
+    _table: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         ordered = sorted(self.ranges, key=lambda r: r[0])
@@ -124,13 +129,21 @@ class FocusPrior:
                     f"focus prior ranges overlap at token {start}: each token takes one weighting"
                 )
         object.__setattr__(self, "ranges", tuple(ordered))
+        object.__setattr__(self, "_starts", np.array([r[0] for r in ordered], dtype=np.int64))
+        object.__setattr__(self, "_stops", np.array([r[1] for r in ordered], dtype=np.int64))
+        table = np.array([r[2].as_array() for r in ordered]).reshape(len(ordered), len(SIGNALS))
+        object.__setattr__(self, "_table", table)
 
     def weights(self, starts: np.ndarray) -> np.ndarray:
         """``(len(starts), 3)`` weights (lexical, keys, lens) of entries starting at ``starts``."""
         starts = np.asarray(starts, dtype=np.int64)
         out = np.tile(self.default.as_array(), (starts.size, 1))
-        for start, stop, weights in self.ranges:
-            out[(starts >= start) & (starts < stop)] = weights.as_array()
+        if not self.ranges:
+            return out
+        # The last range starting at or before each entry, if the entry lies inside it.
+        which = np.searchsorted(self._starts, starts, side="right") - 1
+        inside = (which >= 0) & (starts < self._stops[np.maximum(which, 0)])
+        out[inside] = self._table[which[inside]]
         return out
 
     def blend(

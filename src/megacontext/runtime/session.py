@@ -987,11 +987,12 @@ class Session:
         if not self.wc.size or (not use_lens and prior is None):
             times["fetch"] = times["lensnet"] = 0.0
             return np.zeros(self.wc.size)
+        query = self.focus_query()
         if use_lens:
-            inputs = self.scorer.inputs(self.wc, self.focus_query())
+            inputs = self.scorer.inputs(self.wc, query)
             features = inputs.features[0].cpu().numpy()
         else:
-            features = self.scorer.features(self.wc, self.focus_query())
+            features = self.scorer.features(self.wc, query)
         fetched = time.perf_counter()
         if self.trace_path is not None:
             self._evidence = {

@@ -84,7 +84,7 @@ def ask_where(
             f"no source matches --where {predicate.text!r}; `megacontext knowledge sources` "
             "lists the sources and their metadata"
         )
-    everything = sorted(admitted + others, key=lambda s: s.start)
+    everything = admitted + others
     focus_prior = weighting.over(everything) if weighting is not None else None
     avoided_before, prior_before = list(session.focus.avoided), session.focus.prior
     session.focus.avoid([(s.start, s.stop) for s in others])
