@@ -175,6 +175,46 @@ def test_refocus_while_generating_edits_only_within_its_reach(models, tmp_path: 
     assert min(first for _, first in edits) < 48 - 20  # reach 48: the oldest were edited
 
 
+def test_a_continuation_refocuses_within_reach_a_prompt_everywhere(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The first refocus of a generate call that only continues the last generation edits
+    within ``refocus_reach`` as generation does; after a prompt or an ingest (something new to
+    focus for) it may edit anywhere."""
+    base, bundle = models
+    cfg = config(refocus_every=32, refocus_reach=20, trace=False)
+    with open_session(tmp_path / "s", base, bundle, cfg) as mc:
+        mc.ingest(TEXT)
+        reaches: list[int] = []  # the first entry each refocus plan may edit
+        refocusing = [False]  # (plans that make room for a prompt are not refocus plans)
+        plan, refocus = mc.engine.plan, mc.refocus
+
+        def record(wc, scores, reserve, editable_from, plan=plan):  # type: ignore[no-untyped-def]
+            if refocusing[0]:
+                reaches.append(editable_from)
+            return plan(wc, scores, reserve, editable_from)
+
+        def traced(refocus=refocus, **kw):  # type: ignore[no-untyped-def]
+            refocusing[0] = True
+            try:
+                return refocus(**kw)
+            finally:
+                refocusing[0] = False
+
+        mc.engine.plan = record  # type: ignore[method-assign]
+        mc.refocus = traced  # type: ignore[method-assign]
+
+        def first_reach(*args: object) -> int:
+            reaches.clear()
+            list(mc.generate(*args, max_new_tokens=1))  # type: ignore[arg-type]
+            return reaches[0]
+
+        assert first_reach() == 0  # nothing generated yet: focus for the history
+        assert first_reach() > 0  # a continuation: only the last refocus_reach positions
+        assert first_reach(" and then") == 0
+        assert first_reach() > 0
+        mc.ingest(" more text")
+        assert first_reach() == 0
+
+
 def test_generate_does_not_refocus_an_unchanged_context(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     base, bundle = models
     with open_session(tmp_path / "s", base, bundle, config()) as mc:

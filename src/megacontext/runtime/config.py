@@ -53,11 +53,12 @@ class SessionConfig:
     # most of the context; freeing room for many tokens at once pays that recompute once per
     # that many tokens instead of once per refocus, at the cost of a slightly emptier context.
     collapse_ahead: int | None = None
-    # While the session generates, a refocus step (and the room it makes for new tokens) edits
-    # only the last refocus_reach positions of the working context (default_refocus_reach), so
-    # the KV cache it recomputes is at most that long; an edit further back would re-prefill
-    # nearly the whole context every refocus_every tokens. Focus for a question (`ask`,
-    # `focus_for`) reaches everywhere. W_max lets generation edit anywhere.
+    # While the session generates (a generate call without a prompt continues generating), a
+    # refocus step (and the room it makes for new tokens) edits only the last refocus_reach
+    # positions of the working context (default_refocus_reach), so the KV cache it recomputes
+    # is at most that long; an edit further back would re-prefill nearly the whole context
+    # every refocus_every tokens. Focus for a question (`ask`, `focus_for`, generate with a
+    # prompt or after an ingest) reaches everywhere. W_max lets generation edit anywhere.
     refocus_reach: int | None = None
     use_lens: bool = True
     max_edits: int = 4

@@ -199,6 +199,9 @@ class Session:
         # LensNet's lexical and key evidence per entry at the last scoring (for the trace).
         self._evidence: dict[str, list[float]] = {}
         self._focused: tuple[WorkingContext, int] | None = None  # the WC version last refocused
+        # The WC version right after the last generated token: a continuation from there has
+        # only its own tokens to refocus for, so it refocuses as generation does (locally).
+        self._generated: tuple[WorkingContext, int] | None = None
         # Where the latest input (an ingest call or a prompt) starts: LensNet's query is read
         # from there on, so a question is not diluted by the document text before it.
         self._query_start = 0
@@ -539,9 +542,12 @@ class Session:
 
         The prompt goes into the tree like everything else, however long it is. Each generated
         token is appended too, and the working context is refocused every ``refocus_every``
-        tokens. Decoding stops at the base's end-of-turn tokens, at a string of ``stop``, or
-        after ``max_new_tokens``. On disk the prompt and the generated tokens are recorded as
-        one source (kind ``generated``), kept even when generation is interrupted.
+        tokens; refocus steps while generating edit only the last ``refocus_reach`` positions,
+        and so does the first one of a call without a prompt that continues the last
+        generation (with a prompt, or after an ingest, it reaches everywhere). Decoding stops
+        at the base's end-of-turn tokens, at a string of ``stop``, or after
+        ``max_new_tokens``. On disk the prompt and the generated tokens are recorded as one
+        source (kind ``generated``), kept even when generation is interrupted.
         """
         self._check_writable()
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
@@ -575,9 +581,8 @@ class Session:
             self._query_start = self.tree.num_tokens
             self._query = None
             self._append(prompt, refocus=False)
-        focused = self._focused
-        if focused is None or focused[0] is not self.wc or focused[1] != self.wc.version:
-            self.refocus()  # (an unchanged context was focused already: nothing new to plan)
+        if not self._is_current(self._focused):  # (else focused already: nothing new to plan)
+            self.refocus(local=prompt is None and self._is_current(self._generated))
         generated: list[int] = []
         shown = ""
         for _ in range(max_new_tokens):
@@ -586,6 +591,7 @@ class Session:
                 break
             generated.append(token)
             self._append(np.asarray([token], dtype=np.int64), refocus=True)
+            self._generated = (self.wc, self.wc.version)
             text = self.base.decode(generated)
             if text.startswith(shown) and len(text) > len(shown):
                 piece, shown = text[len(shown) :], text
@@ -593,6 +599,10 @@ class Session:
             if any(s and s in shown for s in stop):
                 break
         self.tree.flush()
+
+    def _is_current(self, mark: tuple[WorkingContext, int] | None) -> bool:
+        """Whether ``mark`` (a working context and its version) is the context as it is now."""
+        return mark is not None and mark[0] is self.wc and mark[1] == self.wc.version
 
     def _append(self, ids: np.ndarray, refocus: bool) -> None:
         """Append tokens to the tree and the working context (collapsing to make room)."""
