@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 
 from megacontext.apps.code import code_sources, ingest_repo, scan_repo
 from megacontext.apps.code.ingest import file_uri
+from megacontext.apps.code.repo import ReadCache
 from megacontext.cli import app
 from megacontext.errors import InvalidInputError
 from megacontext.runtime import Session, SessionConfig, open_session
@@ -90,6 +92,77 @@ def test_scan_reads_the_code_in_sorted_order_and_says_why_it_skips_the_rest(repo
     area = next(f for f in scan.files if f.path == "shapes/area.py")
     assert area.lines == 5 and area.encoding == "utf-8"
     assert scan_repo(repo).skipped.get("data/huge.csv") is None  # under the default limit
+
+
+def test_a_rescan_with_a_read_cache_reads_only_what_changed(tmp_path: Path) -> None:
+    """``code watch`` rescans after every burst of events: files whose stat is unchanged are
+    not read again, and the scan finds what a scan without the cache finds."""
+    repo = tmp_path / "r"
+    repo.mkdir()
+    then = time.time() - 60  # modified long before the scans (not "racy")
+
+    def write(name: str, data: bytes, mtime: float | None = then) -> None:
+        (repo / name).write_bytes(data)
+        if mtime is not None:
+            os.utime(repo / name, (mtime, mtime))
+
+    for i in range(4):
+        write(f"m{i}.py", f"VALUE = {i}\n".encode())
+    write("blob.bin", b"\0\1" * 8)
+    write("empty.py", b"  \n")
+    cache = ReadCache()
+
+    def scan_and_compare() -> dict[str, str]:
+        scan = scan_repo(repo, cache=cache)
+        plain = scan_repo(repo)
+        assert scan.files == plain.files and scan.skipped == plain.skipped
+        return {f.path: f.text for f in scan.files}
+
+    assert len(scan_and_compare()) == 4 and cache.reads == 6
+    assert len(scan_and_compare()) == 4 and cache.reads == 6  # nothing read again
+    write("m1.py", b"VALUE = 7\n", then + 1)  # same size, a new time
+    write("new.py", b"FRESH = 1\n", None)  # just written: read again until it settles
+    assert scan_and_compare()["m1.py"] == "VALUE = 7\n" and cache.reads == 8
+    scan_and_compare()
+    assert cache.reads == 9  # new.py again, nothing else
+    (repo / "m2.py").unlink()
+    write("blob.bin", b"now text\n", then + 2)  # a skipped file that became readable
+    texts = scan_and_compare()
+    assert "m2.py" not in texts and texts["blob.bin"] == "now text\n" and cache.reads == 11
+
+
+def test_files_and_directories_removed_during_a_scan(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """What an editor deletes between the listing and the read is absent, not an error; the
+    repository itself removed midway is a clear error."""
+    repo = tmp_path / "r"
+    (repo / "pkg").mkdir(parents=True)
+    for name in ("a.py", "b.py.tmp.123", "pkg/c.py"):
+        (repo / name).write_text("X = 1\n")
+    listing = os.scandir
+
+    def listing_then_delete(path):  # type: ignore[no-untyped-def]
+        entries = list(listing(path))
+        for entry in entries:  # gone once listed: a temporary file, a whole directory
+            if entry.name == "a.py":
+                os.remove(entry.path)
+            if entry.name == "pkg":
+                os.remove(Path(entry.path) / "c.py")
+                os.rmdir(entry.path)
+        return iter(entries)
+
+    monkeypatch.setattr(os, "scandir", listing_then_delete)
+    scan = scan_repo(repo)
+    assert scan.files == [] and scan.skipped == {"b.py.tmp.123": "temporary"}
+
+    def remove_the_repository(path):  # type: ignore[no-untyped-def]
+        for name in os.listdir(repo):  # (shutil.rmtree would list with this very function)
+            os.remove(repo / name)
+        os.rmdir(repo)
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", remove_the_repository)
+    with pytest.raises(InvalidInputError, match="removed while it was read"):
+        scan_repo(repo)
 
 
 def test_bad_repositories_are_refused_with_what_was_wrong(tmp_path: Path) -> None:

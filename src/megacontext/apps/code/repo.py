@@ -27,6 +27,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -93,6 +94,10 @@ SKIP_REASONS = (
     "binary",
     "link",
 )
+
+# A file modified this close to when it was read may be written again within the same mtime
+# tick at the same size (git's "racy" case): its read is not reused by the next scan.
+RACY_NS = 2_000_000_000
 
 # What editors write beside a file while it is edited or saved (vim, emacs, the `4913` probe
 # vim writes to test a directory, and the `name.tmp.PID` style of atomic saves).
@@ -204,8 +209,46 @@ def _generated(name: str, text: str) -> bool:
     return any(marker in head for marker in GENERATED_MARKERS)
 
 
-def scan_repo(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> RepoScan:
+class ReadCache:
+    """What earlier scans read, by path: a file whose size, modification time and inode are
+    unchanged since is not read again. ``code watch`` rescans the repository after every burst
+    of events; with this, a rescan reads only the files that changed. A file read within
+    :data:`RACY_NS` of its last modification is read again next time (it may have changed since
+    without its size or time showing it)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[tuple[int, int, int], RepoFile | str]] = {}
+        self._seen: dict[str, tuple[tuple[int, int, int], RepoFile | str]] = {}
+        self.reads = 0  # files read, over all scans
+
+    def get(self, name: str, signature: tuple[int, int, int]) -> RepoFile | str | None:
+        """The file (or its skip reason) as last read, when its stat still matches."""
+        entry = self._entries.get(name)
+        if entry is None or entry[0] != signature:
+            return None
+        self._seen[name] = entry
+        return entry[1]
+
+    def put(self, name: str, stat: os.stat_result, outcome: RepoFile | str) -> None:
+        self.reads += 1
+        if time.time_ns() - stat.st_mtime_ns >= RACY_NS:
+            self._seen[name] = (_signature(stat), outcome)
+
+    def finish(self) -> None:
+        """End a scan: forget the files it did not meet (deleted, or now skipped unread)."""
+        self._entries, self._seen = self._seen, {}
+
+
+def _signature(stat: os.stat_result) -> tuple[int, int, int]:
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+def scan_repo(
+    path: str | Path, max_bytes: int = MAX_FILE_BYTES, cache: ReadCache | None = None
+) -> RepoScan:
     """Walk the repository at ``path``: the files to read, in sorted order, and the skipped.
+    With ``cache`` (kept from scan to scan), files unchanged since the last scan are not read
+    again.
 
     Raises:
         InvalidInputError: ``path`` is not a directory, or ``max_bytes`` is not positive.
@@ -219,8 +262,7 @@ def scan_repo(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> RepoScan:
     def walk(directory: PurePosixPath) -> None:
         added = ignores.enter(directory)
         try:
-            entries = sorted(os.scandir(root / directory), key=lambda e: e.name)
-            for entry in entries:
+            for entry in _listing(root, directory):
                 relative = directory / entry.name  # (PurePosixPath(".") / "a" is "a")
                 if entry.is_symlink():
                     # A link's target is read where it lives in the repository, or not at all.
@@ -236,16 +278,36 @@ def scan_repo(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> RepoScan:
                     else:
                         walk(relative)
                 elif entry.is_file():
-                    _consider(scan, ignores, relative, Path(entry.path), max_bytes)
+                    _consider(scan, ignores, relative, Path(entry.path), max_bytes, cache)
         finally:
             ignores.leave(added)
 
     walk(PurePosixPath("."))
+    if cache is not None:
+        cache.finish()
     return scan
 
 
+def _listing(root: Path, directory: PurePosixPath) -> list[os.DirEntry[str]]:
+    """A directory's entries in name order; none when it was removed while the repository was
+    walked (the repository itself: an error)."""
+    try:
+        return sorted(os.scandir(root / directory), key=lambda e: e.name)
+    except FileNotFoundError:
+        if directory == PurePosixPath("."):
+            raise InvalidInputError(
+                f"{root} was removed while it was read; give the directory of a repository"
+            ) from None
+        return []
+
+
 def _consider(
-    scan: RepoScan, ignores: _Ignores, relative: PurePosixPath, file: Path, max_bytes: int
+    scan: RepoScan,
+    ignores: _Ignores,
+    relative: PurePosixPath,
+    file: Path,
+    max_bytes: int,
+    cache: ReadCache | None,
 ) -> None:
     name = str(relative)
     if ignores.ignored(relative, is_dir=False):
@@ -254,22 +316,36 @@ def _consider(
     if any(fnmatch.fnmatchcase(relative.name, pattern) for pattern in TEMPORARY_NAMES):
         scan.skipped[name] = "temporary"
         return
-    if file.stat().st_size > max_bytes:
-        scan.skipped[name] = "too large"
+    try:
+        stat = file.stat()
+        if stat.st_size > max_bytes:
+            scan.skipped[name] = "too large"
+            return
+        outcome = cache.get(name, _signature(stat)) if cache is not None else None
+        if outcome is None:
+            outcome = _read(file, relative)
+            if cache is not None:
+                cache.put(name, stat, outcome)
+    except FileNotFoundError:  # deleted since it was listed (an editor's temporary file)
         return
+    if isinstance(outcome, str):
+        scan.skipped[name] = outcome
+    else:
+        scan.files.append(outcome)
+
+
+def _read(file: Path, relative: PurePosixPath) -> RepoFile | str:
+    """The file to read, or why it is skipped."""
+    name = str(relative)
     data = file.read_bytes()
     if not data.strip():
-        scan.skipped[name] = "empty"
-        return
+        return "empty"
     decoded = None if b"\0" in data[:8192] else decode_text(data, None, name)
     if decoded is None:
-        scan.skipped[name] = "binary"
-        return
+        return "binary"
     if _generated(relative.name, decoded.text):
-        scan.skipped[name] = "generated"
-        return
-    digest = hashlib.sha256(data).hexdigest()
-    scan.files.append(RepoFile(name, decoded.text, digest, decoded.encoding))
+        return "generated"
+    return RepoFile(name, decoded.text, hashlib.sha256(data).hexdigest(), decoded.encoding)
 
 
 __all__ = [
@@ -277,6 +353,7 @@ __all__ = [
     "MAX_FILE_BYTES",
     "SKIP_REASONS",
     "VENDORED_DIRS",
+    "ReadCache",
     "RepoFile",
     "RepoScan",
     "repo_root",

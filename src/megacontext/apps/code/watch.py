@@ -4,10 +4,11 @@ File-system events (watchdog: inotify, FSEvents, ReadDirectoryChangesW, or polli
 *that* something changed; what changed is decided by content, the same way a re-run of
 ``code ingest`` decides it: once the repository has been quiet for ``debounce_s`` seconds the
 watcher scans it again and appends what :func:`~megacontext.apps.code.ingest.ingest_repo` finds
-new, changed or deleted. So an editor's save patterns — write a temporary file and rename it
-over the original, several writes in a burst, delete and recreate — end in one update with the
-file's final content, and a file saved unchanged appends nothing. Events inside ``.git`` are
-ignored (a commit changes no working file).
+new, changed or deleted (a rescan reads only the files whose size, modification time or inode
+changed: :class:`~megacontext.apps.code.repo.ReadCache`). So an editor's save patterns — write
+a temporary file and rename it over the original, several writes in a burst, delete and
+recreate — end in one update with the file's final content, and a file saved unchanged
+appends nothing. Events inside ``.git`` are ignored (a commit changes no working file).
 
 The session is only touched from the thread that calls :meth:`RepoWatcher.run`; the observer's
 thread only notes the time of the last event.
@@ -25,7 +26,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from megacontext.apps.code.ingest import RepoIngest, ingest_repo
-from megacontext.apps.code.repo import MAX_FILE_BYTES, repo_root, scan_repo
+from megacontext.apps.code.repo import MAX_FILE_BYTES, ReadCache, repo_root, scan_repo
 from megacontext.errors import InvalidInputError
 
 DEBOUNCE_S = 0.5  # quiet seconds after the last event before the repository is scanned
@@ -90,6 +91,7 @@ class RepoWatcher:
         self.debounce_s = debounce_s
         self.on_update = on_update
         self.updates = 0
+        self.reads = ReadCache()  # what the scans read, so that a rescan reads only changes
 
     def sync(self) -> RepoIngest:
         """Scan the repository now and append what changed (also a repository emptied of
@@ -98,17 +100,25 @@ class RepoWatcher:
         Raises:
             InvalidInputError: the repository directory is gone.
         """
-        if not self.root.is_dir():
-            raise InvalidInputError(
-                f"{self.root} vanished while it was watched; what was ingested stays in the "
-                "session (watch it again once it is back)"
-            )
-        scan = scan_repo(self.root, self.max_bytes)
+        self._check_present()
+        try:
+            scan = scan_repo(self.root, self.max_bytes, self.reads)
+        except InvalidInputError:
+            self._check_present()  # (removed during the scan: say so in the watcher's words)
+            raise
+        self._check_present()  # a scan of a directory removed midway would find files deleted
         report = ingest_repo(self.session, scan, self.name, require_files=False)
         if self.on_update is not None and (report.tokens or not self.updates):
             self.on_update(report)
         self.updates += 1
         return report
+
+    def _check_present(self) -> None:
+        if not self.root.is_dir():
+            raise InvalidInputError(
+                f"{self.root} vanished while it was watched; what was ingested stays in the "
+                "session (watch it again once it is back)"
+            )
 
     def run(self, stop: Callable[[], bool] = lambda: False) -> None:
         """Sync once, then watch until ``stop()`` is true (or Ctrl-C in the caller).
