@@ -490,6 +490,23 @@ def test_lora_trains_with_gistnet_resumes_and_ships_in_the_bundle(base, tmp_path
             torch.testing.assert_close(weight, straight_lora[name], msg=name)
     finally:
         attached.detach()
+    # init_from: the bundle's GistNet continues only with its own adapters, which it loads.
+    bundle_dir = tmp_path / "run" / "bundle"
+    fresh = make_gistnet(base, cfg, K=K)
+    with pytest.raises(InvalidInputError, match=r"trained with LoRA .*r: 2, alpha: 4"):
+        start_from_bundle(fresh, bundle_dir, base)
+    for settings, loads in (({"r": 4, "alpha": 4}, False), (cfg.lora, True)):
+        adapter = LoraAdapter(base, LoraSettings.from_mapping(settings))
+        try:
+            if not loads:
+                with pytest.raises(InvalidInputError, match=r"set gist\.lora="):
+                    start_from_bundle(fresh, bundle_dir, base, adapter)
+                continue
+            assert start_from_bundle(fresh, bundle_dir, base, adapter)
+            for name, weight in adapter.state_dict().items():
+                torch.testing.assert_close(weight, straight_lora[name], msg=name)
+        finally:
+            adapter.detach()
     with pytest.raises(InvalidInputError, match="unknown LoRA setting"):
         LoraSettings.from_mapping({"rank": 4})
 

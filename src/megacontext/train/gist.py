@@ -777,10 +777,16 @@ def train_gistnet(  # noqa: C901, PLR0912, PLR0913, PLR0917, PLR0915  (the disti
     return GistTrainResult(gistnet, history, evals, reports, seconds, tokens)
 
 
-def start_from_bundle(gistnet: GistNet, path: str | Path, base: BaseAdapter) -> None:
-    """Load the GistNet of the bundle at ``path`` into ``gistnet``; refused when the bundle was
-    made for another base or its GistNet has another shape."""
-    donor = load_bundle(path, fingerprints=base.fingerprints).get("gistnet")
+def start_from_bundle(
+    gistnet: GistNet, path: str | Path, base: BaseAdapter, lora: LoraAdapter | None = None
+) -> bool:
+    """Load the GistNet of the bundle at ``path`` into ``gistnet``, and its LoRA adapters into
+    ``lora``; refused when the bundle was made for another base, its GistNet has another shape,
+    or its LoRA does not match ``lora`` (a GistNet trained with LoRA writes gists for the
+    adapted base, so it continues only with those adapters). A bundle without LoRA may start a
+    run that adds it (the adapters then start at zero). Returns whether LoRA was loaded."""
+    bundle = load_bundle(path, fingerprints=base.fingerprints)
+    donor = bundle.get("gistnet")
     assert isinstance(donor, GistNet)
     theirs, ours = asdict(donor.config), asdict(gistnet.config)
     differ = sorted(k for k in ours if theirs.get(k) != ours[k])
@@ -790,7 +796,22 @@ def start_from_bundle(gistnet: GistNet, path: str | Path, base: BaseAdapter) -> 
             f"init_from {path}: its GistNet has another shape ({shown}); set gist.gistnet "
             "to match it, or start from a fresh GistNet"
         )
+    if bundle.lora is not None:
+        settings = LoraSettings.from_mapping(bundle.lora[0])
+        wanted = f"gist.lora={{r: {settings.r}, alpha: {settings.alpha}}}"
+        if lora is None:
+            raise InvalidInputError(
+                f"init_from {path}: its GistNet was trained with LoRA adapters on the base; "
+                f"continue it with them (--set '{wanted}')"
+            )
+        if settings != lora.config:
+            raise InvalidInputError(
+                f"init_from {path}: its LoRA is {settings.to_dict()}, this run's is "
+                f"{lora.config.to_dict()}; set {wanted} to continue it"
+            )
+        lora.load_state_dict(bundle.lora[1])
     gistnet.load_state_dict(donor.state_dict())
+    return bundle.lora is not None
 
 
 def _resume(
@@ -1009,12 +1030,33 @@ def run_gist(run: GistRunConfig, log: Callable[[str], None] = print) -> dict[str
         for level in levels
     }
     gistnet = make_gistnet(base, cfg, K=K)
-    if run.init_from:
-        start_from_bundle(gistnet, run.init_from, base)
-        log(f"GistNet starts from the one in {run.init_from}")
     lora = None
     if cfg.lora is not None:
         lora = LoraAdapter(base, LoraSettings.from_mapping(cfg.lora))
+    try:
+        return _train_and_save(run, base, cfg, gistnet, lora, val, train_streams, levels, log)
+    finally:
+        if lora is not None:
+            lora.detach()  # the loaded base is plain again for whoever holds it next
+
+
+def _train_and_save(  # noqa: PLR0913, PLR0917  (the parts run_gist assembled)
+    run: GistRunConfig,
+    base: BaseAdapter,
+    cfg: GistTrainConfig,
+    gistnet: GistNet,
+    lora: LoraAdapter | None,
+    val: dict[int, Any],
+    train_streams: Any,
+    levels: tuple[int, ...],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    if run.init_from:
+        with_lora = start_from_bundle(gistnet, run.init_from, base, lora)
+        log(
+            f"GistNet starts from the one in {run.init_from}"
+            + (" (and its LoRA)" if with_lora else "")
+        )
     log(
         f"GistNet: {gistnet.num_parameters():,} parameters, pooling={gistnet.config.pooling}, "
         f"gist head {gistnet.config.gist_head}; evaluated at LOD{', LOD'.join(map(str, levels))}"
@@ -1043,8 +1085,6 @@ def run_gist(run: GistRunConfig, log: Callable[[str], None] = print) -> dict[str
         if rank == 0
         else Path(run.out_dir)
     )
-    if lora is not None:
-        lora.detach()  # the loaded base is plain again for whoever holds it next
     summary: dict[str, Any] = {
         "out_dir": str(out),
         "seconds": result.seconds,
