@@ -1034,57 +1034,44 @@ def run_gist(run: GistRunConfig, log: Callable[[str], None] = print) -> dict[str
     if cfg.lora is not None:
         lora = LoraAdapter(base, LoraSettings.from_mapping(cfg.lora))
     try:
-        return _train_and_save(run, base, cfg, gistnet, lora, val, train_streams, levels, log)
+        if run.init_from:
+            with_lora = start_from_bundle(gistnet, run.init_from, base, lora)
+            log(
+                f"GistNet starts from the one in {run.init_from}"
+                + (" (and its LoRA)" if with_lora else "")
+            )
+        log(
+            f"GistNet: {gistnet.num_parameters():,} parameters, pooling={gistnet.config.pooling}, "
+            f"gist head {gistnet.config.gist_head}; evaluated at LOD"
+            + ", LOD".join(map(str, levels))
+            + (
+                f"; LoRA r={lora.config.r} ({sum(p.numel() for p in lora.lora_parameters()):,} "
+                "parameters) trains with it"
+                if lora is not None
+                else ""
+            )
+        )
+        rank, _ = data_parallel()
+        log = rank_zero(log)  # one process writes and speaks; the others train their share
+        result = train_gistnet(
+            base,
+            WindowSampler(train_streams, seed=cfg.seed),
+            val,
+            cfg,
+            gistnet,
+            log,
+            progress=not rank,
+            checkpoint=Path(run.out_dir) / CHECKPOINT,
+            lora=lora,
+        )
+        out = (
+            save_gist_run(result, base, cfg, run.out_dir, lora, started_from=run.init_from)
+            if rank == 0
+            else Path(run.out_dir)
+        )
     finally:
         if lora is not None:
             lora.detach()  # the loaded base is plain again for whoever holds it next
-
-
-def _train_and_save(  # noqa: PLR0913, PLR0917  (the parts run_gist assembled)
-    run: GistRunConfig,
-    base: BaseAdapter,
-    cfg: GistTrainConfig,
-    gistnet: GistNet,
-    lora: LoraAdapter | None,
-    val: dict[int, Any],
-    train_streams: Any,
-    levels: tuple[int, ...],
-    log: Callable[[str], None],
-) -> dict[str, Any]:
-    if run.init_from:
-        with_lora = start_from_bundle(gistnet, run.init_from, base, lora)
-        log(
-            f"GistNet starts from the one in {run.init_from}"
-            + (" (and its LoRA)" if with_lora else "")
-        )
-    log(
-        f"GistNet: {gistnet.num_parameters():,} parameters, pooling={gistnet.config.pooling}, "
-        f"gist head {gistnet.config.gist_head}; evaluated at LOD{', LOD'.join(map(str, levels))}"
-        + (
-            f"; LoRA r={lora.config.r} ({sum(p.numel() for p in lora.lora_parameters()):,} "
-            "parameters) trains with it"
-            if lora is not None
-            else ""
-        )
-    )
-    rank, _ = data_parallel()
-    log = rank_zero(log)  # one process writes and speaks; the others train their share
-    result = train_gistnet(
-        base,
-        WindowSampler(train_streams, seed=cfg.seed),
-        val,
-        cfg,
-        gistnet,
-        log,
-        progress=not rank,
-        checkpoint=Path(run.out_dir) / CHECKPOINT,
-        lora=lora,
-    )
-    out = (
-        save_gist_run(result, base, cfg, run.out_dir, lora, started_from=run.init_from)
-        if rank == 0
-        else Path(run.out_dir)
-    )
     summary: dict[str, Any] = {
         "out_dir": str(out),
         "seconds": result.seconds,

@@ -100,11 +100,10 @@ class RepoWatcher:
         Raises:
             InvalidInputError: the repository directory is gone.
         """
-        self._check_present()
         try:
             scan = scan_repo(self.root, self.max_bytes, self.reads)
         except InvalidInputError:
-            self._check_present()  # (removed during the scan: say so in the watcher's words)
+            self._check_present()  # (gone before or during the scan: say so in its words)
             raise
         self._check_present()  # a scan of a directory removed midway would find files deleted
         report = ingest_repo(self.session, scan, self.name, require_files=False)
