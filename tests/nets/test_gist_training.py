@@ -17,8 +17,10 @@ from megacontext.train.gist import (
     GistTrainConfig,
     WindowSampler,
     _use_bf16,
+    block_sources,
     contrast_loss,
     evaluate_gists,
+    lod2_student,
     make_gistnet,
     reconstruction_loss,
     reconstruction_nll,
@@ -557,11 +559,11 @@ def test_hidden_inputs_train(base) -> None:  # type: ignore[no-untyped-def]
     assert np.mean(kl[-8:]) < np.mean(kl[:8])
 
 
-def test_several_gists_per_block_train_at_lod1_and_the_tree_stores_them(base) -> None:  # type: ignore[no-untyped-def]
+def test_several_gists_per_block_train_and_the_tree_stores_what_training_scores(base) -> None:  # type: ignore[no-untyped-def]
     """G gists per block: the reconstruction reads ``[G gists][block tokens]``, the student
     splices G vectors per gisted block, the controls keep one constant per slot (a per-slot
-    constant GistNet has content gap closure 0), and the tree stores the trained net's G
-    vectors per node, the ones training scores."""
+    constant GistNet has content gap closure 0), the tree stores the trained net's G vectors
+    per node, the ones training scores, at LOD1 and at LOD2, and LOD2 trains."""
     from megacontext.core import MegaContextTree, MemoryBackend
     from megacontext.models.context import GistNetGister, level1_inputs
 
@@ -604,9 +606,30 @@ def test_several_gists_per_block_train_at_lod1_and_the_tree_stores_them(base) ->
         ids = torch.as_tensor(tokens.astype(np.int64)).view(6, K)
         want = gistnet(level1_inputs(gistnet, base, ids).float(), 1)[0]
     np.testing.assert_allclose(tree.gists(1, 0, 6), want.numpy(), rtol=1e-4, atol=1e-5)
-    with pytest.raises(InvalidInputError, match="LOD1 only"):
-        train_gistnet(base, WindowSampler({"text": stream(1)}), {}, config(gistnet=cfg.gistnet),
-                      gistnet, progress=False)  # fmt: skip
+    # LOD2 of such a node: training reads it as the tree's gister does (each child's G gists
+    # read as their mean; G LOD2 gists, G positions of the student's context).
+    node = stream(3)[: K * K]
+    tree = MegaContextTree(
+        MemoryBackend(2 * base.d_model, np.float32), GistNetGister(gistnet, base), K=K
+    )
+    tree.append(node)
+    ids = torch.as_tensor(np.concatenate([node, stream(4)[:24]]).astype(np.int64))[None]
+    with torch.no_grad():
+        sources = block_sources(base, gistnet, ids, np.arange(K))
+        student, teacher, lod1 = lod2_student(gistnet, base.embed(ids), sources)
+    assert student.shape[1] == 2 + 24 and teacher.shape[1] == 2 * K + 24
+    np.testing.assert_allclose(tree.gists(2, 0, 1)[0], student[0, :2].numpy(), rtol=1e-4,
+                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(tree.gists(1, 0, K).reshape(2 * K, -1), lod1[0].numpy(),
+                               rtol=1e-4, atol=1e-5)  # fmt: skip
+    lod2_cfg = config(gistnet=cfg.gistnet, lod2_probability=1.0, steps=6, recon_weight=1.0)
+    trained = train_gistnet(
+        base, WindowSampler({"text": stream(1)}), {2: val(lod2_cfg)[2][:8]}, lod2_cfg, gistnet,
+        progress=False, log=lambda _m: None,
+    )  # fmt: skip
+    assert {h["level"] for h in trained.history} == {2}
+    assert np.isfinite(trained.reports[2].gap_closure)
+    assert np.isfinite(trained.reports[2].content_gap_closure)
 
     slot_constants = torch.randn(2, base.d_model, generator=torch.Generator().manual_seed(4))
     real_forward = gistnet.forward

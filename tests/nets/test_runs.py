@@ -237,7 +237,6 @@ def test_train_focus_refuses_bad_flags(tmp_path: Path) -> None:
         (["--budget-hours", "0"], "--budget-hours"),
         (["--set", "lens.lens.epochz=3"], "epochz"),  # a LensNet typo, caught before GistNet
         (["--nproc", "2"], "lens.batch_size 1 is smaller than --nproc 2"),
-        (["--set", "gist.gist.gistnet.gists_per_block=4"], "LOD1 only"),
         (["--nproc", "2", "--set", "lens.lens.batch_size=2", "--set", "gist.gist.lora={r: 2}"],
          "gist.lora"),
     ):  # fmt: skip

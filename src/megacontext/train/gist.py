@@ -18,8 +18,9 @@ One training window, K-aligned, read left to right::
   reconstruction is lowered by content, but also by a base that learns to predict blocks
   without their gists (LoRA does, measured); the contrast only by content.
 * **Level 2**: the prefix is one K²-token node. By default the teacher reads it as its K LOD1 gists
-  (hierarchical distillation: no teacher context longer than the base's), and the student reads one
-  LOD2 gist made by GistNet from those K gists.
+  (hierarchical distillation: no teacher context longer than the base's), and the student reads the
+  node's LOD2 gist(s) made by GistNet from those K gists (G of them for G gists per block, made from
+  the mean of each child's G, as the tree's gister makes them).
 
 Evaluation (:func:`evaluate_gists`) reports, per level and with *every* prefix block gisted,
 ``NLL_full``, ``NLL_drop`` (prefix deleted), ``NLL_gist``, ``ΔNLL = NLL_gist − NLL_full`` and the
@@ -145,11 +146,6 @@ class GistTrainConfig:
             raise InvalidInputError("lod2_teacher must be 'gists' or 'tokens'")
         if self.autocast not in (True, False, "auto"):
             raise InvalidInputError(f"autocast must be true, false or auto, got {self.autocast!r}")
-        if int(self.gistnet.get("gists_per_block", 1)) > 1 and self.lod2_probability > 0:
-            raise InvalidInputError(
-                "a GistNet with several gists per block is trained at LOD1 only: set "
-                "gist.lod2_probability=0"
-            )
 
 
 # --------------------------------------------------------------------------- data
@@ -314,16 +310,19 @@ def lod2_student(
     gistnet: GistNet, embeds: torch.Tensor, sources: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Prefix = one K²-token node, whose LOD1 gists GistNet makes from ``sources``, its K
-    blocks' inputs (:func:`block_sources`). Returns (student seq, hierarchical teacher seq,
-    LOD1 gists)."""
+    blocks' inputs (:func:`block_sources`), and whose G LOD2 gists it makes from those (a
+    child of G gists read as their mean, as the tree's gister reads it). Returns (student seq:
+    the G LOD2 gists then the rest, hierarchical teacher seq: the K·G LOD1 gists then the rest,
+    LOD1 gists ``(B, K·G, d)``)."""
     b, _, d = embeds.shape
-    K = gistnet.config.K
+    K, G = gistnet.config.K, gistnet.config.gists_per_block
     blocks = sources.reshape(b * K, K, d)
     lod1, _ = gistnet(blocks, 1)
-    lod1 = lod1.reshape(b, K, d)
-    lod2, _ = gistnet(lod1, 2)
+    lod1 = lod1.reshape(b, K, G, d)
+    lod2, _ = gistnet(lod1.mean(dim=2), 2)
     rest = embeds[:, K * K :]
-    student = torch.cat([lod2[:, None].to(embeds.dtype), rest], dim=1)
+    student = torch.cat([lod2.reshape(b, G, d).to(embeds.dtype), rest], dim=1)
+    lod1 = lod1.reshape(b, K * G, d)
     teacher = torch.cat([lod1.detach().to(embeds.dtype), rest], dim=1)
     return student, teacher, lod1
 
@@ -434,8 +433,6 @@ def evaluate_gists(
     """
     gistnet.eval()
     K, H, G = gistnet.config.K, cfg.horizon, gistnet.config.gists_per_block
-    if level == 2 and G > 1:
-        raise InvalidInputError("a GistNet with several gists per block is trained at LOD1 only")
     prefix = cfg.prefix_blocks * K if level == 1 else K * K
     hierarchical = level == 2 and cfg.lod2_teacher == "gists"
     every = np.ones(cfg.prefix_blocks, bool)
@@ -460,7 +457,7 @@ def evaluate_gists(
             seq, gists = lod1_student(gistnet, embeds, sources, cfg.prefix_blocks, every)
         else:
             seq, lod1_seq, _ = lod2_student(gistnet, embeds, sources)
-            gists = seq[:, :1]
+            gists = seq[:, :G]
             if hierarchical:
                 with teacher():
                     hier.append(_nll(_scored_logits(base, lod1_seq, H), targets))
@@ -622,11 +619,6 @@ def train_gistnet(  # noqa: C901, PLR0912, PLR0913, PLR0917, PLR0915  (the disti
     """
     gistnet = gistnet or make_gistnet(base, cfg)
     K = gistnet.config.K
-    if gistnet.config.gists_per_block > 1 and cfg.lod2_probability > 0:
-        raise InvalidInputError(
-            "a GistNet with several gists per block is trained at LOD1 only: set "
-            "gist.lod2_probability=0"
-        )
     if checkpoint is not None and params is not None:
         raise InvalidInputError("co-learning phases are not checkpointed; pass no checkpoint")
     if lora is not None and params is not None:
