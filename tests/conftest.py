@@ -35,6 +35,18 @@ def pytest_configure(config: object) -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> None:
+    """Every test starts on one torch thread, whatever a test before it on this worker set: the
+    thread count changes float sums, and byte-for-byte comparisons (a cluster's gists against a
+    serial ingest's) must not depend on which tests ran earlier in the same process."""
+    try:
+        import torch
+    except ImportError:  # core-only environments
+        return
+    torch.set_num_threads(1)
+
+
 # A real PostgreSQL server for the metadata and lexical-index tests (session-wide).
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "postgres.sh"
 ENV_URL = "MEGACONTEXT_TEST_POSTGRES_URL"

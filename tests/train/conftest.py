@@ -6,7 +6,6 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
 
 from megacontext.train.corpus import Document, build_corpus
 from megacontext.train.tokenizer import save_tokenizer, train_tokenizer
@@ -31,11 +30,6 @@ def synthetic_documents(n: int = 24, seed: int = 0, source: str = "synthetic") -
             paragraphs.append(" ".join(words).capitalize() + ".")
         docs.append(Document(source, f"doc{i:03d}", "\n\n".join(paragraphs) + "\n"))
     return docs
-
-
-@pytest.fixture(autouse=True)
-def _fixed_threads() -> None:
-    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
