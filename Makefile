@@ -45,7 +45,7 @@ docs: install
 
 # pytest exits 5 when it collects no test: that is a broken test run, never a pass.
 # Tests run on PYTEST_WORKERS processes (pytest-xdist; each test uses one torch thread, so two
-# workers use both of CI's cores: 21 -> 9 minutes). --dist loadscope keeps a module on one
+# workers use both of CI's cores: 21 -> 7 minutes). --dist loadscope keeps a module on one
 # worker, so its module-scoped fixtures are built once. PYTEST_WORKERS=0 runs in one process.
 PYTEST_WORKERS ?= 2
 pytest: install
